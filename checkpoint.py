@@ -1,0 +1,107 @@
+"""A checkpoint directory holds everything translation needs, and nothing that runs code:
+
+    model.safetensors   weights (tied copies stored once)
+    config.json         the resolved training config (a valid --config for train.py)
+    model_config.json   ModelConfig + the special token ids
+    tokenizer files     whatever tokenizer.save_pretrained wrote (AutoTokenizer loads them)
+
+Writes go to a temporary directory that is renamed into place, so an interrupted save never
+leaves a half-written checkpoint under the real name.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from config import TrainConfig, UserError
+from data import SpecialIds, load_pretrained_tokenizer
+from model import ModelConfig, Transformer
+
+WEIGHTS = "model.safetensors"
+
+
+def tied_keys(cfg: ModelConfig) -> list[str]:
+    """State-dict keys that alias another tensor (paper §3.4 weight sharing)."""
+    return ["out_proj.weight"] + (["tgt_embed.tokens.weight"] if cfg.share_embeddings else [])
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished directory into place; the old one is removed only after the rename."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fresh_tmp(final: str | Path) -> Path:
+    """An empty sibling directory to write into before `replace_dir`."""
+    tmp = Path(final).with_name(Path(final).name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_model_dir(path: str | Path, state_dict: dict, cfg: TrainConfig, model_cfg: ModelConfig,
+                   ids: SpecialIds, tokenizer, extra_files: dict | None = None) -> None:
+    """Write a self-contained model directory atomically (see module docstring)."""
+    tmp = fresh_tmp(path)
+    write_model_dir(tmp, state_dict, cfg, model_cfg, ids, tokenizer, extra_files)
+    replace_dir(tmp, Path(path))
+
+
+def write_model_dir(tmp: Path, state_dict: dict, cfg: TrainConfig, model_cfg: ModelConfig,
+                    ids: SpecialIds, tokenizer, extra_files: dict | None = None) -> None:
+    skip = set(tied_keys(model_cfg))
+    weights = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if k not in skip}
+    save_file(weights, tmp / WEIGHTS, metadata={"format": "pt"})
+    cfg.save(tmp / "config.json")
+    meta = {**model_cfg.to_dict(), "special_ids": vars(ids)}
+    (tmp / "model_config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    tokenizer.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+
+
+def resolve(path: str | Path) -> Path:
+    """A model directory, or an output_dir (then its best checkpoint, else its last)."""
+    path = Path(path)
+    for candidate in (path, path / "best", path / "last"):
+        if (candidate / WEIGHTS).exists():
+            return candidate
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    raise UserError(f"{path}: no {WEIGHTS} here or in {path}/best or {path}/last")
+
+
+def load_model(path: str | Path, device="cpu") -> tuple[Transformer, object, SpecialIds, TrainConfig]:
+    """Checkpoint directory -> (model in eval mode, tokenizer, special ids, training config)."""
+    path = resolve(path)
+    try:
+        meta = json.loads((path / "model_config.json").read_text())
+        ids = SpecialIds(**meta.pop("special_ids"))
+        model_cfg = ModelConfig(**meta)
+        cfg = TrainConfig(**json.loads((path / "config.json").read_text()))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{path}: unreadable model_config.json/config.json ({e})") from None
+    try:
+        weights = load_file(path / WEIGHTS)
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path / WEIGHTS}: corrupt or truncated weights ({e})") from None
+    model = Transformer(model_cfg)
+    expected = set(model.state_dict()) - set(tied_keys(model_cfg))
+    if set(weights) != expected:
+        diff = sorted(set(weights) ^ expected)[:3]
+        raise UserError(f"{path / WEIGHTS}: weights do not match model_config.json (e.g. {diff})")
+    try:
+        model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:
+        raise UserError(f"{path / WEIGHTS}: weights do not match model_config.json "
+                        f"({str(e).splitlines()[-1].strip()})") from None
+    tokenizer = load_pretrained_tokenizer(str(path))
+    return model.to(device).eval(), tokenizer, ids, cfg

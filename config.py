@@ -1,0 +1,208 @@
+"""TrainConfig: every setting of a run, loaded from JSON and overridable from the command line.
+
+The first eleven keys are the ones our users already know (`model_dim`, `hidden_dims`, ...);
+their paper names are given in the comments. Unknown keys, wrong types and impossible values
+are collected and reported together on one line (UserError -> exit code 2).
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem with what the user gave us (config, data, checkpoint): one line, exit 2."""
+
+
+def cli(main):
+    """Run `main()`; a UserError becomes one line on stderr and exit code 2, not a traceback."""
+    try:
+        return main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- keys documented to users since the first release ---
+    train_data: str = "wmt/wmt14"  # Hub dataset, local JSONL/dir, or text pair "path.{lang}[.gz]"
+    valid_data: str | None = "wmt/wmt14"  # same forms; None = no validation
+    epochs: int = 1  # passes over train_data
+    batch_size: int = 128  # max sentences per batch (a cap next to max_tokens)
+    learning_rate: float = 7e-4  # peak LR, reached after warmup_steps
+    model_dim: int = 512  # d_model
+    hidden_dims: int = 2048  # d_ff
+    num_heads: int = 8  # h
+    num_layers: int = 6  # N (encoder and decoder each)
+    dropout: float = 0.1  # P_drop
+    max_seq_length: int = 256  # longer pairs (in tokens, either side) are dropped from training
+    # --- data ---
+    test_data: str | None = None  # used by evaluate.py defaults only, never for training
+    dataset_config: str | None = "de-en"  # Hub dataset config name
+    train_split: str = "train"
+    valid_split: str = "validation"
+    test_split: str = "test"
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    # Hub name / local directory of a tokenizer, or {"train": "unigram"|"bpe", "vocab_size": N}
+    # to train one on the training split (saved with every checkpoint).
+    tokenizer: str | dict = "Helsinki-NLP/opus-mt-en-de"
+    max_tokens: int | None = 8192  # max padded tokens per batch, source or target side
+    # --- model (beyond the documented keys) ---
+    attn_dropout: float = 0.0
+    pre_norm: bool = False  # post-LN as in the paper; pre-LN if True
+    share_embeddings: bool = True  # source/target/output share one matrix (paper §3.4)
+    # --- optimisation (paper §5.3, §5.4) ---
+    warmup_steps: int = 4000
+    label_smoothing: float = 0.1
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping
+    grad_accum_steps: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (None = run all epochs)
+    # --- bookkeeping ---
+    output_dir: str = "runs/wmt14"
+    seed: int = 1234
+    log_every: int = 20  # steps between loss reads (each read is a host sync)
+    valid_bleu_samples: int = 500  # validation sentences decoded for BLEU each epoch (0 = none)
+    decode_batch_size: int = 200  # sentences per batch when decoding for validation BLEU
+
+    def __post_init__(self):
+        problems = [p for f in dataclasses.fields(self) if (p := _type_error(self, f))]
+        if not problems:
+            problems = self._value_errors()
+        if problems:
+            raise UserError("config: " + "; ".join(problems))
+
+    def _value_errors(self) -> list[str]:
+        bad = []
+        for key in ("epochs", "batch_size", "model_dim", "hidden_dims", "num_heads", "num_layers",
+                    "max_seq_length", "grad_accum_steps", "log_every", "decode_batch_size"):
+            if getattr(self, key) <= 0:
+                bad.append(f"{key} must be > 0 (got {getattr(self, key)})")
+        for key in ("max_tokens", "max_steps"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                bad.append(f"{key} must be > 0 or null (got {getattr(self, key)})")
+        for key in ("dropout", "attn_dropout", "label_smoothing"):
+            if not 0 <= getattr(self, key) < 1:
+                bad.append(f"{key} must be in [0, 1) (got {getattr(self, key)})")
+        for key in ("learning_rate",):
+            if getattr(self, key) <= 0:
+                bad.append(f"{key} must be > 0 (got {getattr(self, key)})")
+        for key in ("warmup_steps", "weight_decay", "clip_norm", "valid_bleu_samples"):
+            if getattr(self, key) < 0:
+                bad.append(f"{key} must be >= 0 (got {getattr(self, key)})")
+        if self.num_heads > 0 and self.model_dim % self.num_heads:
+            bad.append(f"num_heads ({self.num_heads}) must divide model_dim ({self.model_dim})")
+        if self.max_tokens is not None and self.max_tokens < self.max_seq_length:
+            bad.append(f"max_tokens ({self.max_tokens}) must be >= max_seq_length "
+                       f"({self.max_seq_length}) so that every kept pair fits in a batch")
+        if self.src_lang == self.tgt_lang:
+            bad.append("src_lang and tgt_lang must differ")
+        if isinstance(self.tokenizer, dict):
+            unknown = set(self.tokenizer) - {"train", "vocab_size"}
+            if unknown or self.tokenizer.get("train") not in ("unigram", "bpe"):
+                bad.append('tokenizer must be a name/path or {"train": "unigram"|"bpe", '
+                           '"vocab_size": N}')
+            elif not isinstance(self.tokenizer.get("vocab_size", 8000), int):
+                bad.append("tokenizer.vocab_size must be an integer")
+        return bad
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _type_error(cfg: TrainConfig, f: dataclasses.Field) -> str | None:
+    value = getattr(cfg, f.name)
+    allowed = _allowed_types(f.type)
+    if isinstance(value, bool) and bool not in allowed:  # bool is an int in Python: refuse it
+        return f"{f.name} must be {_type_name(f.type)} (got {value!r})"
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        object.__setattr__(cfg, f.name, float(value))  # 1 is a fine learning rate
+        return None
+    if not isinstance(value, allowed):
+        return f"{f.name} must be {_type_name(f.type)} (got {value!r})"
+    return None
+
+
+def _allowed_types(tp) -> tuple[type, ...]:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return tuple(a for a in typing.get_args(tp))
+    return (tp,)
+
+
+def _type_name(tp) -> str:
+    return " or ".join("null" if a is type(None) else a.__name__ for a in _allowed_types(tp))
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """JSON file (optional) + overrides -> validated TrainConfig."""
+    values = {}
+    if path is not None:
+        try:
+            values = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: expected a JSON object of settings")
+    values.update(overrides or {})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise UserError(f"unknown config key{'s' if len(unknown) > 1 else ''}{where}: "
+                        + ", ".join(unknown))
+    return TrainConfig(**values)
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """['--epochs', '2', '--output_dir', 'runs/x'] -> {'epochs': 2, 'output_dir': 'runs/x'}.
+
+    Values are parsed as JSON when they can be (numbers, true/false, null, objects), else kept
+    as strings; the dataclass then checks the types.
+    """
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    out, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument: {arg}")
+        key, sep, value = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in known:
+            raise UserError(f"unknown config key: {key} (from {arg})")
+        if not sep:
+            if i + 1 >= len(args):
+                raise UserError(f"missing value for --{key}")
+            value, i = args[i + 1], i + 1
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        # "--output_dir 2024" is a path, not a number
+        str_field = str in _allowed_types(TrainConfig.__dataclass_fields__[key].type)
+        out[key] = value if str_field and not isinstance(parsed, (str, dict, type(None))) else parsed
+        i += 1
+    return out
+
+
+def config_from_argv(argv: list[str] | None, description: str) -> tuple[argparse.Namespace, TrainConfig]:
+    """`--config FILE` and `--resume`, then any config key as `--key value`."""
+    parser = argparse.ArgumentParser(description=description, epilog="Any config key can be "
+                                     "overridden: --epochs 2 --output_dir runs/x")
+    parser.add_argument("--config", default="config.json", help="JSON config (default: config.json)")
+    parser.add_argument("--resume", action="store_true", help="continue from output_dir/last")
+    args, rest = parser.parse_known_args(argv)
+    return args, load_config(args.config, parse_overrides(rest))

@@ -1,0 +1,67 @@
+"""Multi-head attention (paper §3.2), one class for self- and cross-attention.
+
+Shape legend:
+    B batch, S source length, T target length, Tq query length, Tk key length,
+    D d_model, H heads, Dh head dim (D // H).
+
+Masks are boolean, True = may attend (see masks.py), broadcastable to (B, H, Tq, Tk).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# A layer's decoding cache: {"k": (B, H, Tk, Dh), "v": (B, H, Tk, Dh)}. Self-attention appends
+# one step per call; cross-attention fills it once from the encoder memory and reuses it.
+Cache = dict[str, torch.Tensor]
+
+
+class MultiHeadAttention(nn.Module):
+    """softmax(QKᵀ/√Dh)V over H heads; `context=None` means self-attention."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, T, Dh)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: Cache | None = None,
+    ) -> torch.Tensor:
+        """x (B, Tq, D), context (B, Tk, D) or None -> (B, Tq, D).
+
+        `is_causal` lets SDPA build the causal mask itself (and pick a flash kernel); use it only
+        without `mask`. With `cache`, x holds the new positions only.
+        """
+        b, tq, d = x.shape
+        q = self._split(self.q_proj(x))  # (B, H, Tq, Dh)
+        if context is None:  # self-attention: keys are x, plus the cached past when decoding
+            k, v = self._split(self.k_proj(x)), self._split(self.v_proj(x))  # (B, H, Tq, Dh)
+            if cache is not None:
+                if "k" in cache:
+                    k = torch.cat([cache["k"], k], dim=2)  # (B, H, Tk, Dh)
+                    v = torch.cat([cache["v"], v], dim=2)  # (B, H, Tk, Dh)
+                cache["k"], cache["v"] = k, v
+        elif cache is not None and "k" in cache:  # cross-attention, memory already projected
+            k, v = cache["k"], cache["v"]  # (B, H, S, Dh)
+        else:
+            k, v = self._split(self.k_proj(context)), self._split(self.v_proj(context))  # (B, H, S, Dh)
+            if cache is not None:
+                cache["k"], cache["v"] = k, v
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )  # (B, H, Tq, Dh)
+        return self.out_proj(out.transpose(1, 2).reshape(b, tq, d))  # (B, Tq, D)

@@ -1,0 +1,32 @@
+"""ModelConfig: the architecture's hyperparameters, named as in the paper."""
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    src_vocab_size: int  # source vocabulary size
+    tgt_vocab_size: int  # target vocabulary size (equal to src_vocab_size when shared)
+    pad_id: int  # padding id: masked as a key, ignored by the loss
+    d_model: int = 512  # width of the residual stream (paper: d_model)
+    n_heads: int = 8  # attention heads (paper: h); must divide d_model
+    d_ff: int = 2048  # inner width of the feed-forward block (paper: d_ff)
+    n_layers: int = 6  # encoder layers = decoder layers (paper: N)
+    dropout: float = 0.1  # on embeddings and sub-layer outputs (paper: P_drop)
+    attn_dropout: float = 0.0  # on attention weights (not in the paper; fairseq's attention_dropout)
+    max_len: int = 1024  # longest sequence the positional table covers
+    pre_norm: bool = False  # False: post-LN as in the paper; True: pre-LN (more stable when deep)
+    share_embeddings: bool = True  # one table for source, target and output (paper §3.4)
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ValueError("share_embeddings needs one vocabulary for source and target")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
