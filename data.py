@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 
@@ -47,10 +48,11 @@ def _read_lines(path: str) -> list[str]:
         raise UserError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
+LOCAL_SUFFIXES = (".gz", ".txt", ".json", ".jsonl", ".parquet", ".csv", ".tsv", ".arrow")
+
+
 def load_text(spec: str, cfg: TrainConfig, split: str):
     """Any supported source -> datasets.Dataset with string columns "src" and "tgt"."""
-    import datasets
-
     src, tgt = cfg.src_lang, cfg.tgt_lang
     if "{lang}" in spec:
         paths = {lang: spec.format(lang=lang) for lang in (src, tgt)}
@@ -67,9 +69,9 @@ def load_text(spec: str, cfg: TrainConfig, split: str):
         ds = datasets.load_from_disk(spec)
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split]
-    elif os.path.sep in spec and not os.path.exists(os.path.dirname(spec) or "."):
+    elif spec.startswith((".", "/", "~")) or spec.endswith(LOCAL_SUFFIXES):
         raise UserError(f"data path not found: {spec}")
-    else:
+    else:  # "owner/name" or "name": a Hub dataset
         ds = _load_hub(spec, cfg.dataset_config, split)
     if "translation" not in ds.column_names:
         raise UserError(f"{spec}: expected a 'translation' column, found {ds.column_names}")
@@ -79,9 +81,15 @@ def load_text(spec: str, cfg: TrainConfig, split: str):
     )
 
 
-def _load_hub(name: str, config: str | None, split: str):
-    import datasets
+def _quiet_hub():
+    """The Hub client logs each retry; our one-line error says it all."""
+    import huggingface_hub
 
+    huggingface_hub.utils.logging.set_verbosity_error()
+
+
+def _load_hub(name: str, config: str | None, split: str):
+    _quiet_hub()
     try:
         return datasets.load_dataset(name, config, split=split)
     except Exception as e:  # network, offline mode, missing repo: all end the same way for users
@@ -91,24 +99,25 @@ def _load_hub(name: str, config: str | None, split: str):
 
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300].rstrip(".")
 
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizer
 
 
-def load_tokenizer(cfg: TrainConfig, out_dir: str | Path | None = None, train_texts=None):
+def load_tokenizer(cfg: TrainConfig, out_dir: str | Path | None = None, train_texts=None,
+                   reuse: bool = False):
     """The tokenizer named in the config, or one trained on `train_texts` and saved in out_dir.
 
     A trained tokenizer is saved as a directory that AutoTokenizer loads (PreTrainedTokenizerFast);
-    if out_dir already holds one (a resumed run), it is reused as is.
+    with `reuse` (a resumed run) the one already in out_dir is loaded instead of trained again.
     """
     from transformers import AutoTokenizer
 
     if isinstance(cfg.tokenizer, dict):
         saved = Path(out_dir) / "tokenizer" if out_dir else None
-        if saved and (saved / "tokenizer.json").exists():
+        if reuse and saved and (saved / "tokenizer.json").exists():
             return AutoTokenizer.from_pretrained(saved)
         tok = train_tokenizer(train_texts(), cfg.tokenizer["train"], cfg.tokenizer.get("vocab_size", 8000))
         if saved:
@@ -120,6 +129,7 @@ def load_tokenizer(cfg: TrainConfig, out_dir: str | Path | None = None, train_te
 def load_pretrained_tokenizer(name: str):
     from transformers import AutoTokenizer
 
+    _quiet_hub()
     try:
         return AutoTokenizer.from_pretrained(name)
     except Exception as e:

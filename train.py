@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+import datasets
 import sacrebleu
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,8 @@ def main(argv=None):
     args, cfg = config_from_argv(argv, "Train a Transformer for translation.")
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps)
     log, out = accelerator.print, Path(cfg.output_dir)
+    if not accelerator.is_local_main_process:
+        datasets.disable_progress_bars()  # one set of bars, not one per process
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / ".write_test").touch()
@@ -106,7 +109,8 @@ def main(argv=None):
 
     train_text = load_text(cfg.train_data, cfg, cfg.train_split)
     with accelerator.main_process_first():  # the main process trains/saves a tokenizer first
-        tokenizer = load_tokenizer(cfg, out, lambda: (b["src"] + b["tgt"] for b in train_text.iter(1000)))
+        tokenizer = load_tokenizer(cfg, out, lambda: (b["src"] + b["tgt"] for b in train_text.iter(1000)),
+                                   reuse=args.resume or not accelerator.is_main_process)
     ids = SpecialIds.of(tokenizer)
     train_set = tokenize(train_text, tokenizer, cfg.max_seq_length, "train", log)
     valid = None
