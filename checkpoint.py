@@ -13,7 +13,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -47,16 +46,30 @@ def fresh_tmp(final: str | Path) -> Path:
     return tmp
 
 
-def save_model_dir(path: str | Path, state_dict: dict, cfg: TrainConfig, model_cfg: ModelConfig,
-                   ids: SpecialIds, tokenizer, extra_files: dict | None = None) -> None:
+def save_model_dir(
+    path: str | Path,
+    state_dict: dict,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    ids: SpecialIds,
+    tokenizer,
+    extra_files: dict | None = None,
+) -> None:
     """Write a self-contained model directory atomically (see module docstring)."""
     tmp = fresh_tmp(path)
     write_model_dir(tmp, state_dict, cfg, model_cfg, ids, tokenizer, extra_files)
     replace_dir(tmp, Path(path))
 
 
-def write_model_dir(tmp: Path, state_dict: dict, cfg: TrainConfig, model_cfg: ModelConfig,
-                    ids: SpecialIds, tokenizer, extra_files: dict | None = None) -> None:
+def write_model_dir(
+    tmp: Path,
+    state_dict: dict,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    ids: SpecialIds,
+    tokenizer,
+    extra_files: dict | None = None,
+) -> None:
     skip = set(tied_keys(model_cfg))
     weights = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if k not in skip}
     save_file(weights, tmp / WEIGHTS, metadata={"format": "pt"})
@@ -68,8 +81,36 @@ def write_model_dir(tmp: Path, state_dict: dict, cfg: TrainConfig, model_cfg: Mo
         (tmp / name).write_text(text)
 
 
+def copy_model_dir(src: Path, final: Path) -> None:
+    """Copy a checkpoint's model files (not its optimizer state) to `final`, atomically."""
+    tmp = fresh_tmp(final)
+    for f in src.iterdir():
+        if f.is_file() and f.name != "trainer_state.json":
+            shutil.copy2(f, tmp / f.name)
+    replace_dir(tmp, final)
+
+
+def step_dirs(checkpoints: Path) -> list[Path]:
+    """Complete step-N checkpoint directories, oldest first."""
+    dirs = [d for d in checkpoints.glob("step-*") if d.name.split("-")[1].isdigit()]
+    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint under out/checkpoints that can be resumed from."""
+    for d in reversed(step_dirs(out / "checkpoints")):
+        if (d / "trainer_state.json").exists() and (d / "state").is_dir():
+            return d
+    return None
+
+
+def prune_checkpoints(checkpoints: Path, keep: int) -> None:
+    for d in step_dirs(checkpoints)[: -max(keep, 1)]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def resolve(path: str | Path) -> Path:
-    """A model directory, or an output_dir (then its best checkpoint, else its last)."""
+    """A model directory, or a run's output_dir (then its best checkpoint, else its last)."""
     path = Path(path)
     for candidate in (path, path / "best", path / "last"):
         if (candidate / WEIGHTS).exists():
@@ -79,7 +120,9 @@ def resolve(path: str | Path) -> Path:
     raise UserError(f"{path}: no {WEIGHTS} here or in {path}/best or {path}/last")
 
 
-def load_model(path: str | Path, device="cpu") -> tuple[Transformer, object, SpecialIds, TrainConfig]:
+def load_model(
+    path: str | Path, device="cpu"
+) -> tuple[Transformer, object, SpecialIds, TrainConfig]:
     """Checkpoint directory -> (model in eval mode, tokenizer, special ids, training config)."""
     path = resolve(path)
     try:
@@ -101,7 +144,9 @@ def load_model(path: str | Path, device="cpu") -> tuple[Transformer, object, Spe
     try:
         model.load_state_dict(weights, strict=False)
     except RuntimeError as e:
-        raise UserError(f"{path / WEIGHTS}: weights do not match model_config.json "
-                        f"({str(e).splitlines()[-1].strip()})") from None
+        raise UserError(
+            f"{path / WEIGHTS}: weights do not match model_config.json "
+            f"({str(e).splitlines()[-1].strip()})"
+        ) from None
     tokenizer = load_pretrained_tokenizer(str(path))
     return model.to(device).eval(), tokenizer, ids, cfg

@@ -67,10 +67,17 @@ class TrainConfig:
     clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping
     grad_accum_steps: int = 1
     max_steps: int | None = None  # stop after this many optimizer steps (None = run all epochs)
-    # --- bookkeeping ---
+    max_bad_steps: int = 10  # stop after this many consecutive non-finite losses (steps skipped)
+    # --- checkpoints and early stopping ---
     output_dir: str = "runs/wmt14"
+    save_every: int | None = None  # also save every N steps (resume mid-epoch); epoch ends always
+    keep_last: int = 5  # step snapshots kept in output_dir/checkpoints (for `average.py`)
+    patience: int | None = None  # stop after this many validations without improvement
+    best_metric: str = "bleu"  # "bleu" (valid sacreBLEU, higher is better) or "loss"
+    # --- logging ---
     seed: int = 1234
     log_every: int = 20  # steps between loss reads (each read is a host sync)
+    log_with: str | None = "tensorboard"  # accelerate tracker (tensorboard, wandb, ...) or null
     valid_bleu_samples: int = 500  # validation sentences decoded for BLEU each epoch (0 = none)
     decode_batch_size: int = 200  # sentences per batch when decoding for validation BLEU
 
@@ -83,11 +90,21 @@ class TrainConfig:
 
     def _value_errors(self) -> list[str]:
         bad = []
-        for key in ("epochs", "batch_size", "model_dim", "hidden_dims", "num_heads", "num_layers",
-                    "max_seq_length", "grad_accum_steps", "log_every", "decode_batch_size"):
+        for key in (
+            "epochs",
+            "batch_size",
+            "model_dim",
+            "hidden_dims",
+            "num_heads",
+            "num_layers",
+            "max_seq_length",
+            "grad_accum_steps",
+            "log_every",
+            "decode_batch_size",
+        ):
             if getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 (got {getattr(self, key)})")
-        for key in ("max_tokens", "max_steps"):
+        for key in ("max_tokens", "max_steps", "save_every", "patience"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 or null (got {getattr(self, key)})")
         for key in ("dropout", "attn_dropout", "label_smoothing"):
@@ -96,23 +113,35 @@ class TrainConfig:
         for key in ("learning_rate",):
             if getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 (got {getattr(self, key)})")
-        for key in ("warmup_steps", "weight_decay", "clip_norm", "valid_bleu_samples"):
+        for key in (
+            "warmup_steps",
+            "weight_decay",
+            "clip_norm",
+            "valid_bleu_samples",
+            "keep_last",
+            "max_bad_steps",
+        ):
             if getattr(self, key) < 0:
                 bad.append(f"{key} must be >= 0 (got {getattr(self, key)})")
         if self.num_heads > 0 and self.model_dim % self.num_heads:
             bad.append(f"num_heads ({self.num_heads}) must divide model_dim ({self.model_dim})")
         if self.max_tokens is not None and self.max_tokens < self.max_seq_length:
-            bad.append(f"max_tokens ({self.max_tokens}) must be >= max_seq_length "
-                       f"({self.max_seq_length}) so that every kept pair fits in a batch")
+            bad.append(
+                f"max_tokens ({self.max_tokens}) must be >= max_seq_length "
+                f"({self.max_seq_length}) so that every kept pair fits in a batch"
+            )
+        if self.best_metric not in ("bleu", "loss"):
+            bad.append(f'best_metric must be "bleu" or "loss" (got {self.best_metric!r})')
         if self.src_lang == self.tgt_lang:
             bad.append("src_lang and tgt_lang must differ")
         if isinstance(self.tokenizer, dict):
             unknown = set(self.tokenizer) - {"train", "vocab_size"}
             if unknown or self.tokenizer.get("train") not in ("unigram", "bpe"):
-                bad.append('tokenizer must be a name/path or {"train": "unigram"|"bpe", '
-                           '"vocab_size": N}')
-            elif not isinstance(self.tokenizer.get("vocab_size", 8000), int):
-                bad.append("tokenizer.vocab_size must be an integer")
+                bad.append(
+                    'tokenizer must be a name/path or {"train": "unigram"|"bpe", "vocab_size": N}'
+                )
+            elif not _positive_int(self.tokenizer.get("vocab_size", 8000)):
+                bad.append("tokenizer.vocab_size must be a positive integer")
         return bad
 
     def to_dict(self) -> dict:
@@ -120,6 +149,10 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def _type_error(cfg: TrainConfig, f: dataclasses.Field) -> str | None:
@@ -162,8 +195,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     unknown = sorted(set(values) - known)
     if unknown:
         where = f" in {path}" if path else ""
-        raise UserError(f"unknown config key{'s' if len(unknown) > 1 else ''}{where}: "
-                        + ", ".join(unknown))
+        raise UserError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''}{where}: " + ", ".join(unknown)
+        )
     return TrainConfig(**values)
 
 
@@ -193,16 +227,24 @@ def parse_overrides(args: list[str]) -> dict:
             parsed = value
         # "--output_dir 2024" is a path, not a number
         str_field = str in _allowed_types(TrainConfig.__dataclass_fields__[key].type)
-        out[key] = value if str_field and not isinstance(parsed, (str, dict, type(None))) else parsed
+        out[key] = (
+            value if str_field and not isinstance(parsed, (str, dict, type(None))) else parsed
+        )
         i += 1
     return out
 
 
-def config_from_argv(argv: list[str] | None, description: str) -> tuple[argparse.Namespace, TrainConfig]:
+def config_from_argv(
+    argv: list[str] | None, description: str
+) -> tuple[argparse.Namespace, TrainConfig]:
     """`--config FILE` and `--resume`, then any config key as `--key value`."""
-    parser = argparse.ArgumentParser(description=description, epilog="Any config key can be "
-                                     "overridden: --epochs 2 --output_dir runs/x")
-    parser.add_argument("--config", default="config.json", help="JSON config (default: config.json)")
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="Any config key can be overridden: --epochs 2 --output_dir runs/x",
+    )
+    parser.add_argument(
+        "--config", default="config.json", help="JSON config (default: config.json)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/last")
     args, rest = parser.parse_known_args(argv)
     return args, load_config(args.config, parse_overrides(rest))

@@ -3,12 +3,13 @@
     python train.py --config configs/quickstart.json [--key value ...] [--resume]
     accelerate launch --config_file accelerate_config.yaml train.py --config config.json
 
-One process or many, the same loop runs; accelerate handles devices, precision and FSDP.
+One process or many, the same loop runs; accelerate handles devices, precision, DDP and FSDP.
 """
 
 import json
+import logging
 import math
-import os
+import signal
 import time
 from pathlib import Path
 
@@ -17,13 +18,20 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
-from checkpoint import fresh_tmp, replace_dir, write_model_dir
+from checkpoint import (
+    copy_model_dir,
+    fresh_tmp,
+    latest_checkpoint,
+    prune_checkpoints,
+    replace_dir,
+    write_model_dir,
+)
 from config import TrainConfig, UserError, cli, config_from_argv
-from data import (SpecialIds, batch_iter, load_text, load_tokenizer, shard, token_batches,
-                  tokenize)
+from data import SpecialIds, batch_iter, load_text, load_tokenizer, shard, token_batches, tokenize
+from distributed import setup_cpu_launch
 from model import ModelConfig, Transformer
 from translate import translate_texts
 
@@ -36,161 +44,401 @@ def inverse_sqrt(step: int, warmup: int) -> float:
 
 def loss_fn(logits, labels, pad_id: int, label_smoothing: float = 0.0, reduction="mean"):
     """Label-smoothed cross-entropy over non-padding target tokens (paper §5.4)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=pad_id,
-                           label_smoothing=label_smoothing, reduction=reduction)
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(),
+        labels.flatten(),
+        ignore_index=pad_id,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+    )
 
 
 def model_config(cfg: TrainConfig, tokenizer, ids: SpecialIds) -> ModelConfig:
     vocab = len(tokenizer)
     return ModelConfig(
-        src_vocab_size=vocab, tgt_vocab_size=vocab, pad_id=ids.pad, d_model=cfg.model_dim,
-        n_heads=cfg.num_heads, d_ff=cfg.hidden_dims, n_layers=cfg.num_layers,
-        dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
+        src_vocab_size=vocab,
+        tgt_vocab_size=vocab,
+        pad_id=ids.pad,
+        d_model=cfg.model_dim,
+        n_heads=cfg.num_heads,
+        d_ff=cfg.hidden_dims,
+        n_layers=cfg.num_layers,
+        dropout=cfg.dropout,
+        attn_dropout=cfg.attn_dropout,
         max_len=2 * cfg.max_seq_length + 16,  # room for decoding 1.5·src_len + 10 tokens
-        pre_norm=cfg.pre_norm, share_embeddings=cfg.share_embeddings,
+        pre_norm=cfg.pre_norm,
+        share_embeddings=cfg.share_embeddings,
     )
 
 
+def epoch_batches(run: dict, accelerator, epoch: int) -> list:
+    """This process's batches for one epoch: same on every run with the same seed."""
+    cfg = run["cfg"]
+    batches = token_batches(run["train"].lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, epoch)
+    batches = shard(batches, accelerator.process_index, accelerator.num_processes)
+    # whole optimizer steps only, so that every checkpoint falls on a step boundary
+    return batches[: len(batches) - len(batches) % cfg.grad_accum_steps]
+
+
 @torch.no_grad()
-def evaluate(model, accelerator, valid, run: dict) -> dict:
+def evaluate(model, accelerator, run: dict) -> dict:
     """Validation loss per target token (no smoothing) and sacreBLEU on a capped sample."""
-    corpus, texts = valid
-    cfg, ids = run["cfg"], run["ids"]
+    cfg, ids, (corpus, texts) = run["cfg"], run["ids"], run["valid"]
     model.eval()
     total = torch.zeros(2, device=accelerator.device)  # summed loss, tokens
     batches = token_batches(corpus.lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, 0, False)
-    for batch in batch_iter(corpus, shard(batches, accelerator.process_index,
-                                          accelerator.num_processes), ids, accelerator.device):
-        logits = model(batch["src"], batch["tgt_in"])
-        total += torch.stack([loss_fn(logits, batch["labels"], ids.pad, reduction="sum"),
-                              torch.tensor(float(batch["n_tokens"]), device=total.device)])
+    # every process runs the same number of forwards (FSDP gathers weights in each one)
+    mine = batches[accelerator.process_index :: accelerator.num_processes]
+    rounds = math.ceil(len(batches) / accelerator.num_processes)
+    for i in range(rounds):
+        batch = next(
+            batch_iter(corpus, [mine[i] if i < len(mine) else batches[0]], ids, accelerator.device)
+        )
+        loss = loss_fn(
+            model(batch["src"], batch["tgt_in"]), batch["labels"], ids.pad, reduction="sum"
+        )
+        if i < len(mine):
+            total += torch.stack([loss.float(), loss.new_tensor(float(batch["n_tokens"]))])
     total = accelerator.reduce(total, "sum")
     metrics = {"valid_loss": (total[0] / total[1]).item()}
     if cfg.valid_bleu_samples:
         sample = texts[: cfg.valid_bleu_samples]
-        hyps = translate_texts(accelerator.unwrap_model(model), run["tokenizer"], ids,
-                               sample["src"], cfg.decode_batch_size, cfg.max_seq_length)
+        hyps = translate_texts(
+            accelerator.unwrap_model(model),
+            run["tokenizer"],
+            ids,
+            sample["src"],
+            cfg.decode_batch_size,
+            cfg.max_seq_length,
+        )
         metrics["valid_bleu"] = sacrebleu.corpus_bleu(hyps, [sample["tgt"]]).score
     model.train()
     return metrics
 
 
-def save(accelerator, model, name: str, run: dict, state: dict) -> None:
-    """Write output_dir/name atomically: weights, config, tokenizer and (for resume) the
-    optimizer/scheduler/RNG state. Collective: every process must call it."""
-    out = Path(run["cfg"].output_dir) / name
-    weights = accelerator.get_state_dict(model)
-    tmp = out.with_name(out.name + ".tmp")
+def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None:
+    """Write output_dir/checkpoints/step-N (weights, config, tokenizer, and optimizer, scheduler
+    and RNG state for --resume), point `last` at it, copy it to `best` if asked, keep the newest
+    `keep_last`. Each directory appears under its name only when complete. Collective: every
+    process must call it."""
+    cfg, out = run["cfg"], Path(run["cfg"].output_dir)
+    final = out / "checkpoints" / f"step-{state['step']:08d}"
+    weights = accelerator.get_state_dict(model)  # gathers shards: all processes take part
+    tmp = final.with_name(final.name + ".tmp")
+    finite = True
     if accelerator.is_main_process:
-        fresh_tmp(out)
-        write_model_dir(tmp, weights, run["cfg"], run["model_cfg"], run["ids"], run["tokenizer"],
-                        {"trainer_state.json": json.dumps(state, indent=2)})
+        finite = all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+        fresh_tmp(final)
+        write_model_dir(
+            tmp,
+            weights,
+            cfg,
+            run["model_cfg"],
+            run["ids"],
+            run["tokenizer"],
+            {"trainer_state.json": json.dumps(state, indent=2)},
+        )
     accelerator.wait_for_everyone()
-    if name == "last":
-        accelerator.save_state(tmp / "state")
+    # accelerate warns that it stores tied weights once; that is what we want
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    accelerator.save_state(tmp / "state")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        replace_dir(tmp, out)
+        if not finite:  # never let a diverged model replace a good checkpoint
+            run["log"](f"step {state['step']}: weights are not finite, checkpoint not kept")
+            return
+        replace_dir(tmp, final)
+        link = out / "last.tmp"
+        link.unlink(missing_ok=True)
+        link.symlink_to(final.relative_to(out))
+        link.replace(out / "last")  # atomic: `last` always names a complete checkpoint
+        if best:
+            copy_model_dir(final, out / "best")
+        prune_checkpoints(out / "checkpoints", cfg.keep_last)
+    accelerator.wait_for_everyone()
+
+
+class StopSignal:
+    """SIGTERM/SIGINT (preemption, Ctrl-C): finish the step, save, exit 0. A second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def agreed(self, accelerator, step: int, every: int) -> bool:
+        """Whether all processes saw a stop request (they vote every `every` steps)."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        if step % every:
+            return False
+        flag = torch.tensor(float(self.requested), device=accelerator.device)
+        return bool(accelerator.reduce(flag, "sum") > 0)
+
+
+def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
+    """Data, tokenizer, model config: everything a run needs besides the model itself."""
+    out, log = Path(cfg.output_dir), accelerator.print
+    train_text = load_text(cfg.train_data, cfg, cfg.train_split)
+    with accelerator.main_process_first():  # the main process trains/saves a tokenizer first
+        tokenizer = load_tokenizer(
+            cfg,
+            out,
+            lambda: (b["src"] + b["tgt"] for b in train_text.iter(1000)),
+            reuse=resume or not accelerator.is_main_process,
+        )
+    ids = SpecialIds.of(tokenizer)
+    run = {
+        "cfg": cfg,
+        "ids": ids,
+        "tokenizer": tokenizer,
+        "log": log,
+        "valid": None,
+        "train": tokenize(train_text, tokenizer, cfg.max_seq_length, "train", log),
+    }
+    if cfg.valid_data:
+        valid_text = load_text(cfg.valid_data, cfg, cfg.valid_split)
+        run["valid"] = (
+            tokenize(valid_text, tokenizer, cfg.max_seq_length, "valid", log),
+            valid_text,
+        )
+    run["model_cfg"] = model_config(cfg, tokenizer, ids)
+    return run
+
+
+def restore(accelerator, out: Path, resume: bool, log) -> dict:
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "batch_in_epoch": 0,
+        "best": None,
+        "bad_evals": 0,
+        "skipped_steps": 0,
+    }
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt:
+        accelerator.load_state(ckpt / "state")
+        state.update(json.loads((ckpt / "trainer_state.json").read_text()))
+        log(f"resumed from {ckpt}: epoch {state['epoch'] + 1}, step {state['step']}")
+    elif resume:
+        log(f"nothing to resume in {out}; starting fresh")
+    if accelerator.is_main_process:  # drop metrics logged after the checkpoint we resume from
+        metrics = out / "metrics.jsonl"
+        lines = metrics.read_text().splitlines() if ckpt and metrics.exists() else []
+        metrics.write_text(
+            "".join(line + "\n" for line in lines if json.loads(line)["step"] <= state["step"])
+        )
+    return state
 
 
 def main(argv=None):
     args, cfg = config_from_argv(argv, "Train a Transformer for translation.")
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum_steps)
-    log, out = accelerator.print, Path(cfg.output_dir)
-    if not accelerator.is_local_main_process:
-        datasets.disable_progress_bars()  # one set of bars, not one per process
+    setup_cpu_launch()
+    out = Path(cfg.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / ".write_test").touch()
         (out / ".write_test").unlink()
     except OSError as e:
         raise UserError(f"output_dir {out} is not writable ({e.strerror})") from None
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.grad_accum_steps, log_with=cfg.log_with, project_dir=out
+    )
+    if not accelerator.is_local_main_process:
+        datasets.disable_progress_bars()  # one set of bars, not one per process
     set_seed(cfg.seed)
-
-    train_text = load_text(cfg.train_data, cfg, cfg.train_split)
-    with accelerator.main_process_first():  # the main process trains/saves a tokenizer first
-        tokenizer = load_tokenizer(cfg, out, lambda: (b["src"] + b["tgt"] for b in train_text.iter(1000)),
-                                   reuse=args.resume or not accelerator.is_main_process)
-    ids = SpecialIds.of(tokenizer)
-    train_set = tokenize(train_text, tokenizer, cfg.max_seq_length, "train", log)
-    valid = None
-    if cfg.valid_data:
-        valid_text = load_text(cfg.valid_data, cfg, cfg.valid_split)
-        valid = (tokenize(valid_text, tokenizer, cfg.max_seq_length, "valid", log), valid_text)
-    model_cfg = model_config(cfg, tokenizer, ids)
-    model = Transformer(model_cfg)
-    log(f"{len(train_set)} training pairs, vocabulary {model_cfg.src_vocab_size}, "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.98),
-                                  eps=1e-9, weight_decay=cfg.weight_decay)
+    run = setup(cfg, accelerator, args.resume)
+    model = Transformer(run["model_cfg"])
+    run["log"](
+        f"{len(run['train'])} training pairs, vocabulary {run['model_cfg'].src_vocab_size}, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.learning_rate,
+        betas=(0.9, 0.98),
+        eps=1e-9,
+        weight_decay=cfg.weight_decay,
+    )
     # Not passed to prepare(): accelerate would step it once per process per step.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: inverse_sqrt(s, cfg.warmup_steps))
-    model, optimizer = accelerator.prepare(model, optimizer)
+        optimizer, lambda s: inverse_sqrt(s, cfg.warmup_steps)
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)  # one call: FSDP needs both at once
     accelerator.register_for_checkpointing(scheduler)
-    run = {"cfg": cfg, "model_cfg": model_cfg, "ids": ids, "tokenizer": tokenizer}
+    if accelerator.distributed_type == DistributedType.FSDP:
+        if not accelerator.is_fsdp2:
+            raise UserError("FSDP: set fsdp_version: 2 in the accelerate config")
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        for method in ("encode", "decode"):  # decoding calls these, not forward()
+            register_fsdp_forward_method(model, method)
+    state = restore(accelerator, out, args.resume, run["log"])
     if accelerator.is_main_process:
         cfg.save(out / "config.json")
-
-    state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "best": None}
-    if args.resume and (out / "last" / "state").exists():
-        accelerator.load_state(out / "last" / "state")
-        state = json.loads((out / "last" / "trainer_state.json").read_text())
-        log(f"resumed from {out / 'last'}: epoch {state['epoch'] + 1}, step {state['step']}")
-    elif args.resume:
-        log(f"nothing to resume in {out}; starting fresh")
-
-    lengths = train_set.lengths()
-    for epoch in range(state["epoch"], cfg.epochs):
-        batches = shard(token_batches(lengths, cfg.max_tokens, cfg.batch_size, cfg.seed, epoch),
-                        accelerator.process_index, accelerator.num_processes)
-        skip = state["batch_in_epoch"]
-        bar = tqdm(total=len(batches), initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-        loss_sum, n_loss, n_tok, t0 = torch.zeros((), device=accelerator.device), 0, 0, time.time()
-        model.train()
-        for i, batch in enumerate(batch_iter(train_set, batches[skip:], ids, accelerator.device), skip):
-            with accelerator.accumulate(model):
-                loss = loss_fn(model(batch["src"], batch["tgt_in"]), batch["labels"], ids.pad,
-                               cfg.label_smoothing)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.clip_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            loss_sum, n_loss, n_tok = loss_sum + loss.detach(), n_loss + 1, n_tok + batch["n_tokens"]
-            state["batch_in_epoch"] = i + 1
-            bar.update(1)
-            if accelerator.sync_gradients:
-                scheduler.step()
-                state["step"] += 1
-                if state["step"] % cfg.log_every == 0:  # the only host sync in the loop
-                    bar.set_postfix(loss=f"{loss_sum.item() / n_loss:.3f}",
-                                    lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                    tok_s=f"{n_tok * accelerator.num_processes / (time.time() - t0):.0f}")
-                    loss_sum, n_loss, n_tok, t0 = loss_sum.zero_(), 0, 0, time.time()
-                if cfg.max_steps and state["step"] >= cfg.max_steps:
-                    break
-        bar.close()
-        finished = state["batch_in_epoch"] >= len(batches)
-        state.update(epoch=epoch + 1 if finished else epoch, batch_in_epoch=0 if finished else state["batch_in_epoch"])
-        metrics = evaluate(model, accelerator, valid, run) if valid else {}
-        score = metrics.get("valid_bleu", -metrics.get("valid_loss", 0.0))
-        is_best = valid is not None and (state["best"] is None or score > state["best"])
-        if is_best:
-            state["best"] = score
-        log(f"epoch {epoch + 1}: step {state['step']} "
-            + " ".join(f"{k} {v:.3f}" for k, v in metrics.items()) + (" (best)" if is_best else ""))
-        if accelerator.is_main_process:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"epoch": epoch + 1, "step": state["step"], **metrics}) + "\n")
-        save(accelerator, model, "last", run, state)
-        if is_best or valid is None:
-            save(accelerator, model, "best", run, state)
-        if cfg.max_steps and state["step"] >= cfg.max_steps:
-            break
+    if cfg.log_with:
+        accelerator.init_trackers(
+            "tensorboard",
+            {
+                k: str(v) if isinstance(v, (dict, type(None))) else v
+                for k, v in cfg.to_dict().items()
+            },
+        )
+    fit(model, optimizer, scheduler, accelerator, run, state)
     accelerator.end_training()
-    log(f"done: checkpoints in {out}/best and {out}/last")
+
+
+def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> None:
+    cfg, ids, stop = run["cfg"], run["ids"], StopSignal()
+    done = False
+    for epoch in range(state["epoch"], cfg.epochs):
+        batches = epoch_batches(run, accelerator, epoch)
+        steps = len(batches) // cfg.grad_accum_steps
+        bar = tqdm(
+            total=steps,
+            initial=state["batch_in_epoch"] // cfg.grad_accum_steps,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            dynamic_ncols=True,
+            disable=not accelerator.is_local_main_process,
+        )
+        meter = Meter(accelerator)
+        model.train()
+        for batch in batch_iter(
+            run["train"], batches[state["batch_in_epoch"] :], ids, accelerator.device
+        ):
+            with accelerator.accumulate(model):
+                loss = loss_fn(
+                    model(batch["src"], batch["tgt_in"]),
+                    batch["labels"],
+                    ids.pad,
+                    cfg.label_smoothing,
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    # the only per-step host sync: a non-finite gradient norm skips the step
+                    norm = accelerator.clip_grad_norm_(
+                        model.parameters(), cfg.clip_norm or math.inf
+                    )
+                    finite = bool(torch.isfinite(norm))
+                    if finite:
+                        optimizer.step()
+                    optimizer.zero_grad()
+            state["batch_in_epoch"] += 1
+            meter.add(loss, batch["n_tokens"])
+            if not accelerator.sync_gradients:
+                continue
+            if not finite:
+                check_bad_step(state, cfg, run["log"])
+                continue
+            state["bad_steps"] = 0
+            scheduler.step()
+            state["step"] += 1
+            bar.update(1)
+            if state["step"] % cfg.log_every == 0:
+                log_train(accelerator, bar, meter, scheduler, state, epoch, run)
+            done = bool(cfg.max_steps and state["step"] >= cfg.max_steps)
+            if stop.agreed(accelerator, state["step"], cfg.log_every):
+                save(accelerator, model, run, state)
+                run["log"](f"stopped by signal at step {state['step']}; continue with --resume")
+                return
+            if done:
+                break
+            if cfg.save_every and state["step"] % cfg.save_every == 0:
+                save(accelerator, model, run, state)
+        bar.close()
+        if state["batch_in_epoch"] >= len(batches):
+            state.update(epoch=epoch + 1, batch_in_epoch=0)
+        if end_of_epoch(model, accelerator, run, state, epoch) or done:
+            break
+    run["log"](f"done: step {state['step']}, checkpoints in {cfg.output_dir}")
+
+
+def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
+    """Validate, log, save last (and best); True if early stopping says to stop."""
+    cfg = run["cfg"]
+    metrics = evaluate(model, accelerator, run) if run["valid"] else {}
+    score = metrics.get("valid_bleu") if cfg.best_metric == "bleu" else None
+    score = -metrics.get("valid_loss", 0.0) if score is None else score
+    is_best = (
+        bool(metrics) and math.isfinite(score) and (state["best"] is None or score > state["best"])
+    )
+    state["best"] = score if is_best else state["best"]
+    state["bad_evals"] = 0 if is_best else state["bad_evals"] + 1
+    run["log"](
+        f"epoch {epoch + 1}: step {state['step']} "
+        + " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+        + (" (best)" if is_best else "")
+    )
+    write_metrics(accelerator, {"epoch": epoch + 1, "step": state["step"], **metrics}, run)
+    save(accelerator, model, run, state, best=is_best or not run["valid"])
+    if cfg.patience and state["bad_evals"] >= cfg.patience:
+        run["log"](f"early stopping: no improvement in {cfg.patience} validations")
+        return True
+    return False
+
+
+class Meter:
+    """Loss and token counts since the last log line, kept on device (no sync per step)."""
+
+    def __init__(self, accelerator):
+        self.loss = torch.zeros((), device=accelerator.device)
+        self.n, self.tokens, self.t0 = 0, 0, time.time()
+
+    def add(self, loss, tokens: int):
+        self.loss += loss.detach().float()
+        self.n, self.tokens = self.n + 1, self.tokens + tokens
+
+    def reset(self):
+        self.loss.zero_()
+        self.n, self.tokens, self.t0 = 0, 0, time.time()
+
+
+def log_train(accelerator, bar, meter: Meter, scheduler, state, epoch, run):
+    """Every log_every steps: mean loss over all processes, LR, target tokens/s."""
+    loss = accelerator.reduce(meter.loss / max(meter.n, 1), "mean").item()
+    tok_s = meter.tokens * accelerator.num_processes / (time.time() - meter.t0)
+    lr = scheduler.get_last_lr()[0]
+    bar.set_postfix(step=state["step"], loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
+    write_metrics(
+        accelerator,
+        {"epoch": epoch + 1, "step": state["step"], "train_loss": loss, "lr": lr, "tok_s": tok_s},
+        run,
+    )
+    meter.reset()
+
+
+def write_metrics(accelerator, record: dict, run: dict):
+    out = Path(run["cfg"].output_dir)
+    if run["cfg"].log_with:
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+    if accelerator.is_main_process:
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if "valid_loss" in record:
+            from plot import plot_metrics
+
+            plot_metrics(out / "metrics.jsonl", out / "curves.png")
+
+
+def check_bad_step(state: dict, cfg: TrainConfig, log):
+    """A non-finite loss/gradient: the step was skipped; too many in a row ends the run."""
+    state["bad_steps"] = state.get("bad_steps", 0) + 1
+    state["skipped_steps"] += 1
+    log(
+        f"warning: non-finite gradient, step skipped ({state['bad_steps']} in a row, "
+        f"{state['skipped_steps']} in total)"
+    )
+    if state["bad_steps"] >= cfg.max_bad_steps:
+        raise UserError(
+            f"{state['bad_steps']} consecutive non-finite losses at step "
+            f"{state['step']}: training diverged (try a lower learning_rate or "
+            f"more warmup_steps); the last good checkpoint is kept"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ from .masks import causal_mask, padding_mask, shift_right
 from .transformer import Transformer, cache_length, reorder_cache
 
 __all__ = [
-    "ModelConfig", "Transformer", "cache_length", "causal_mask", "padding_mask",
-    "reorder_cache", "shift_right",
+    "ModelConfig",
+    "Transformer",
+    "cache_length",
+    "causal_mask",
+    "padding_mask",
+    "reorder_cache",
+    "shift_right",
 ]

@@ -57,11 +57,16 @@ class MultiHeadAttention(nn.Module):
         elif cache is not None and "k" in cache:  # cross-attention, memory already projected
             k, v = cache["k"], cache["v"]  # (B, H, S, Dh)
         else:
-            k, v = self._split(self.k_proj(context)), self._split(self.v_proj(context))  # (B, H, S, Dh)
+            k = self._split(self.k_proj(context))  # (B, H, S, Dh)
+            v = self._split(self.v_proj(context))  # (B, H, S, Dh)
             if cache is not None:
                 cache["k"], cache["v"] = k, v
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
         )  # (B, H, Tq, Dh)
         return self.out_proj(out.transpose(1, 2).reshape(b, tq, d))  # (B, Tq, D)

@@ -13,7 +13,7 @@ class ModelConfig:
     d_ff: int = 2048  # inner width of the feed-forward block (paper: d_ff)
     n_layers: int = 6  # encoder layers = decoder layers (paper: N)
     dropout: float = 0.1  # on embeddings and sub-layer outputs (paper: P_drop)
-    attn_dropout: float = 0.0  # on attention weights (not in the paper; fairseq's attention_dropout)
+    attn_dropout: float = 0.0  # on attention weights (not in the paper; fairseq has it)
     max_len: int = 1024  # longest sequence the positional table covers
     pre_norm: bool = False  # False: post-LN as in the paper; True: pre-LN (more stable when deep)
     share_embeddings: bool = True  # one table for source, target and output (paper §3.4)

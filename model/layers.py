@@ -75,11 +75,13 @@ class DecoderLayer(_Layer):
         # A single new position may attend to the whole cached past: no mask at all.
         causal = x.size(1) > 1
         x = self.residual(
-            x, self.self_attn_layer_norm,
+            x,
+            self.self_attn_layer_norm,
             lambda h: self.self_attn(h, is_causal=causal, cache=self_cache),
         )
         x = self.residual(
-            x, self.cross_attn_layer_norm,
+            x,
+            self.cross_attn_layer_norm,
             lambda h: self.cross_attn(h, context=memory, mask=src_mask, cache=cross_cache),
         )
         return self.residual(x, self.final_layer_norm, self.ffn)

@@ -11,13 +11,25 @@ import pytest
 import quickstart_data
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
 
 
 def run(*args, input=None, check=True):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, input=input,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
@@ -29,9 +41,19 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     quickstart_data.write_splits(tmp / "data", seed=7, n_train=600, n_valid=30, n_test=20)
     out = tmp / "run"
-    proc = run("train.py", "--config", "configs/tiny.json",
-               "--train_data", f"{tmp}/data/train.{{lang}}", "--valid_data", f"{tmp}/data/valid.{{lang}}",
-               "--output_dir", out, "--max_steps", 6)
+    proc = run(
+        "train.py",
+        "--config",
+        "configs/tiny.json",
+        "--train_data",
+        f"{tmp}/data/train.{{lang}}",
+        "--valid_data",
+        f"{tmp}/data/valid.{{lang}}",
+        "--output_dir",
+        out,
+        "--max_steps",
+        6,
+    )
     return tmp, out, proc
 
 
@@ -66,14 +88,30 @@ def test_translate_keeps_one_line_per_input_line(trained):
 def test_evaluate_translates_and_scores(trained):
     tmp, out, _ = trained
     report = tmp / "report.json"
-    run("evaluate.py", "--checkpoint", out / "best", "--source", tmp / "data/test.en",
-        "--reference", tmp / "data/test.de", "--json", report)
+    run(
+        "evaluate.py",
+        "--checkpoint",
+        out / "best",
+        "--source",
+        tmp / "data/test.en",
+        "--reference",
+        tmp / "data/test.de",
+        "--json",
+        report,
+    )
     r = json.loads(report.read_text())
     assert 0 <= r["bleu"] <= 100 and r["sentences"] == 20
     assert "tok:13a" in r["bleu_signature"] and "nc:6" in r["chrf_signature"]
     # scoring the references against themselves is perfect
-    run("evaluate.py", "--hypotheses", tmp / "data/test.de", "--reference", tmp / "data/test.de",
-        "--json", report)
+    run(
+        "evaluate.py",
+        "--hypotheses",
+        tmp / "data/test.de",
+        "--reference",
+        tmp / "data/test.de",
+        "--json",
+        report,
+    )
     assert json.loads(report.read_text())["bleu"] == 100.0
 
 

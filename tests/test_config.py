@@ -1,0 +1,226 @@
+"""Tests for config.py: unknown keys, wrong types and impossible values are rejected by name;
+the config round-trips through JSON; command-line overrides get the right types."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import TrainConfig, UserError, config_from_argv, load_config, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_json(path, values: dict):
+    path.write_text(json.dumps(values))
+    return path
+
+
+def from_cli(*args: str) -> TrainConfig:
+    return load_config(None, parse_overrides(list(args)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Unknown keys
+
+
+def test_unknown_key_in_file_is_named_with_the_file(tmp_path):
+    path = write_json(tmp_path / "run.json", {"epochs": 2, "epoch_count": 3, "lr": 0.1})
+    with pytest.raises(UserError, match=r"unknown config keys in .*run\.json: epoch_count, lr$"):
+        load_config(path)
+
+
+def test_unknown_key_from_cli_is_named():
+    with pytest.raises(UserError, match=r"unknown config key: bogus \(from --bogus\)"):
+        parse_overrides(["--bogus", "3"])
+    with pytest.raises(UserError, match="unknown config key: bogus"):
+        load_config(None, {"bogus": 3})
+
+
+# ---------------------------------------------------------------------------------------------
+# Wrong types and impossible values
+
+
+@pytest.mark.parametrize("value", ["x", True, 1.5, None, [1]])
+def test_wrong_type_is_named(value):
+    with pytest.raises(UserError, match=r"epochs must be int \(got "):
+        TrainConfig(epochs=value)
+
+
+@pytest.mark.parametrize(("cli_value", "shown"), [("x", "'x'"), ("true", "True")])
+def test_wrong_type_from_cli_is_named(cli_value, shown):
+    with pytest.raises(UserError, match=rf"epochs must be int \(got {shown}\)"):
+        from_cli("--epochs", cli_value)
+
+
+def test_wrong_type_in_file_is_named(tmp_path):
+    path = write_json(tmp_path / "run.json", {"dropout": "high"})
+    with pytest.raises(UserError, match=r"dropout must be float \(got 'high'\)"):
+        load_config(path)
+
+
+def test_optional_field_names_null_in_its_type():
+    with pytest.raises(UserError, match=r"max_tokens must be int or null \(got 'lots'\)"):
+        TrainConfig(max_tokens="lots")
+
+
+def test_num_heads_must_divide_model_dim():
+    with pytest.raises(UserError, match=r"num_heads \(3\) must divide model_dim \(32\)"):
+        TrainConfig(model_dim=32, num_heads=3)
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, 1.5])
+@pytest.mark.parametrize("key", ["dropout", "attn_dropout", "label_smoothing"])
+def test_probabilities_must_be_in_unit_interval(key, value):
+    with pytest.raises(UserError, match=rf"{key} must be in \[0, 1\) \(got {value}\)"):
+        TrainConfig(**{key: value})
+
+
+@pytest.mark.parametrize("value", [0, -1])
+@pytest.mark.parametrize(
+    "key",
+    ["epochs", "batch_size", "model_dim", "hidden_dims", "num_heads", "num_layers",
+     "max_seq_length", "grad_accum_steps", "max_tokens", "max_steps"],
+)  # fmt: skip
+def test_sizes_must_be_positive(key, value):
+    with pytest.raises(UserError, match=rf"{key} must be > 0"):
+        TrainConfig(**{key: value})
+
+
+def test_learning_rate_must_be_positive():
+    with pytest.raises(UserError, match="learning_rate must be > 0"):
+        TrainConfig(learning_rate=0)
+
+
+def test_all_problems_are_reported_together():
+    with pytest.raises(UserError) as e:
+        TrainConfig(epochs=0, dropout=1.0, model_dim=30, num_heads=4)
+    message = str(e.value)
+    assert "\n" not in message
+    for part in ("epochs must be > 0", "dropout must be in", "num_heads (4) must divide"):
+        assert part in message
+
+
+def test_max_tokens_must_hold_the_longest_pair():
+    with pytest.raises(UserError, match=r"max_tokens \(100\) must be >= max_seq_length \(256\)"):
+        TrainConfig(max_tokens=100, max_seq_length=256)
+
+
+def test_languages_must_differ():
+    with pytest.raises(UserError, match="src_lang and tgt_lang must differ"):
+        TrainConfig(src_lang="en", tgt_lang="en")
+
+
+@pytest.mark.parametrize("tokenizer", [{"train": "wordpiece"}, {"train": "bpe", "size": 10}])
+def test_bad_tokenizer_spec(tokenizer):
+    with pytest.raises(UserError, match="tokenizer must be"):
+        TrainConfig(tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("size", [0, -5])
+def test_tokenizer_vocab_size_must_be_positive(size):
+    with pytest.raises(UserError, match="vocab_size"):
+        TrainConfig(tokenizer={"train": "bpe", "vocab_size": size})
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def test_bad_json_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{\n  "epochs": 2,\n  "dropout": ,\n  "seed": 1\n}\n')
+    with pytest.raises(UserError, match=r"broken\.json: not valid JSON \(line 3"):
+        load_config(path)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(UserError, match=r"config file not found: .*nowhere\.json"):
+        load_config(tmp_path / "nowhere.json")
+
+
+def test_config_file_must_hold_an_object(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(UserError, match="expected a JSON object"):
+        load_config(path)
+
+
+def test_json_round_trip(tmp_path):
+    cfg = TrainConfig(
+        epochs=3, learning_rate=1e-3, model_dim=64, num_heads=4, max_tokens=None,
+        valid_data=None, pre_norm=True, tokenizer={"train": "bpe", "vocab_size": 100},
+        train_data="data/train.{lang}.gz", output_dir="runs/x",
+    )  # fmt: skip
+    cfg.save(tmp_path / "config.json")
+    loaded = load_config(tmp_path / "config.json")
+    assert loaded == cfg
+    assert loaded.to_dict() == cfg.to_dict()
+
+
+def test_integer_learning_rate_in_file_becomes_float(tmp_path):
+    cfg = load_config(write_json(tmp_path / "run.json", {"learning_rate": 1}))
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+
+
+def test_overrides_beat_the_file(tmp_path):
+    path = write_json(tmp_path / "run.json", {"epochs": 2, "seed": 7})
+    args, cfg = config_from_argv(["--config", str(path), "--epochs", "5", "--resume"], "test")
+    assert args.resume and (cfg.epochs, cfg.seed) == (5, 7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line override types
+
+
+def test_cli_integer_for_float_field_becomes_float():
+    cfg = from_cli("--learning_rate", "1")
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+
+
+def test_cli_null_becomes_none():
+    assert parse_overrides(["--max_tokens", "null"]) == {"max_tokens": None}
+    assert from_cli("--max_tokens", "null").max_tokens is None
+
+
+@pytest.mark.parametrize("value", ["2024", "true", "1.5", "null-run"])
+def test_cli_string_field_keeps_the_string(value):
+    assert parse_overrides(["--output_dir", value]) == {"output_dir": value}
+    assert from_cli("--output_dir", value).output_dir == value
+
+
+def test_cli_json_object():
+    cfg = from_cli("--tokenizer", '{"train": "bpe", "vocab_size": 100}')
+    assert cfg.tokenizer == {"train": "bpe", "vocab_size": 100}
+
+
+def test_cli_equals_form_and_dashes():
+    assert parse_overrides(["--epochs=3", "--max-tokens", "4096", "--pre_norm", "true"]) == {
+        "epochs": 3,
+        "max_tokens": 4096,
+        "pre_norm": True,
+    }
+
+
+def test_cli_missing_value_and_stray_argument():
+    with pytest.raises(UserError, match="missing value for --epochs"):
+        parse_overrides(["--epochs"])
+    with pytest.raises(UserError, match="unexpected argument: epochs"):
+        parse_overrides(["epochs", "3"])
+
+
+def test_train_py_reports_unknown_key_in_one_line(tmp_path):
+    config = write_json(tmp_path / "tmp.json", {"epochs": 1, "output_dir": str(tmp_path / "run")})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", str(config), "--bogus", "3"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and "bogus" in lines[0]

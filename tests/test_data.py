@@ -1,0 +1,360 @@
+"""Tests for data.py: loading every kind of source, the trained tokenizer, tokenize's filters,
+the flat corpus, token batching, sharding and collation."""
+
+import gzip
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from config import TrainConfig, UserError
+from data import (
+    Corpus,
+    SpecialIds,
+    collate,
+    encode_sources,
+    encode_targets,
+    load_text,
+    load_tokenizer,
+    shard,
+    token_batches,
+    tokenize,
+    train_tokenizer,
+)
+
+EN = ["a small dog runs", "the red cat sleeps", "two birds sing loudly"]
+DE = ["ein kleiner Hund rennt", "die rote Katze schläft", "zwei Vögel singen laut"]
+
+SENTENCES = [
+    f"{a} {n} {v} {p}"
+    for a, n, v, p in zip(
+        ["the", "a", "one", "every", "no", "some"] * 6,
+        ["dog", "cat", "bird", "house", "tree", "river"] * 6,
+        ["sees", "likes", "finds", "paints", "hears", "follows", "knows", "meets", "calls"] * 4,
+        ["today.", "again!", "at night", "in the park", "by the river", "slowly", "quickly"] * 6,
+    )
+] + ["der Hund sieht die Katze", "die Katze mag den Vogel", "ein Vogel singt im Baum"] * 4
+
+
+@pytest.fixture
+def cfg() -> TrainConfig:
+    return TrainConfig(src_lang="en", tgt_lang="de")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(iter(SENTENCES), "bpe", 120)
+
+
+def write_lines(path, lines: list[str], newline: str = "\n"):
+    data = "".join(line + newline for line in lines).encode("utf-8")
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading text
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_aligned_text_files(tmp_path, cfg, suffix):
+    write_lines(tmp_path / f"train.en{suffix}", EN)
+    write_lines(tmp_path / f"train.de{suffix}", DE)
+    ds = load_text(str(tmp_path / f"train.{{lang}}{suffix}"), cfg, "train")
+    assert ds.column_names == ["src", "tgt"]
+    assert ds["src"] == EN and ds["tgt"] == DE
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_crlf_line_ends_are_stripped(tmp_path, cfg, suffix):
+    write_lines(tmp_path / f"t.en{suffix}", EN, newline="\r\n")
+    write_lines(tmp_path / f"t.de{suffix}", DE, newline="\r\n")
+    ds = load_text(str(tmp_path / f"t.{{lang}}{suffix}"), cfg, "train")
+    assert ds["src"] == EN and ds["tgt"] == DE
+
+
+def test_unicode_line_separators_do_not_split_lines(tmp_path, cfg):
+    # str.splitlines() would cut these lines in two and misalign the files.
+    en = ["one\u2028two", "form\x0cfeed", "next\x85line"]
+    write_lines(tmp_path / "t.en", en)
+    write_lines(tmp_path / "t.de", DE)
+    assert load_text(str(tmp_path / "t.{lang}"), cfg, "train")["src"] == en
+
+
+def test_misaligned_files_name_both_files_and_counts(tmp_path, cfg):
+    write_lines(tmp_path / "t.en", EN)
+    write_lines(tmp_path / "t.de", DE[:2])
+    with pytest.raises(UserError) as e:
+        load_text(str(tmp_path / "t.{lang}"), cfg, "train")
+    message = str(e.value)
+    assert str(tmp_path / "t.en") in message and str(tmp_path / "t.de") in message
+    assert "has 3 lines" in message and "has 2" in message
+
+
+def test_missing_text_file_is_named(tmp_path, cfg):
+    write_lines(tmp_path / "t.en", EN)
+    with pytest.raises(UserError, match=f"data file not found: {tmp_path / 't.de'}"):
+        load_text(str(tmp_path / "t.{lang}"), cfg, "train")
+
+
+@pytest.fixture
+def private_datasets_cache(tmp_path, monkeypatch):
+    """load_dataset("json") writes an Arrow cache: keep it out of the user's ~/.cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+
+
+def test_jsonl_translation_records(tmp_path, cfg, private_datasets_cache):
+    path = tmp_path / "train.jsonl"
+    records = [{"translation": {"en": e, "de": d}} for e, d in zip(EN, DE)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    ds = load_text(str(path), cfg, "train")
+    assert ds.column_names == ["src", "tgt"]
+    assert ds["src"] == EN and ds["tgt"] == DE
+
+
+def test_missing_jsonl_is_named(tmp_path, cfg):
+    with pytest.raises(UserError, match=f"data file not found: {tmp_path / 'nope.jsonl'}"):
+        load_text(str(tmp_path / "nope.jsonl"), cfg, "train")
+
+
+def translations(en: list[str], de: list[str]) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({"translation": [{"en": e, "de": d} for e, d in zip(en, de)]})
+
+
+def test_saved_dataset_directory(tmp_path, cfg):
+    translations(EN, DE).save_to_disk(str(tmp_path / "ds"))
+    ds = load_text(str(tmp_path / "ds"), cfg, "train")
+    assert ds.column_names == ["src", "tgt"]
+    assert ds["src"] == EN and ds["tgt"] == DE
+
+
+def test_saved_dataset_dict_selects_the_split(tmp_path, cfg):
+    splits = {"train": translations(EN[:2], DE[:2]), "validation": translations(EN[2:], DE[2:])}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "ds"))
+    ds = load_text(str(tmp_path / "ds"), cfg, "validation")
+    assert ds["src"] == EN[2:] and ds["tgt"] == DE[2:]
+
+
+@pytest.mark.xfail(
+    reason="BUG: data.py load_text indexes a DatasetDict with ds[split] unguarded, so a missing "
+    "split is a KeyError traceback instead of a UserError listing the splits",
+    strict=True,
+    raises=KeyError,
+)
+def test_saved_dataset_dict_missing_split_is_a_user_error(tmp_path, cfg):
+    datasets.DatasetDict({"train": translations(EN, DE)}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(UserError, match="test"):
+        load_text(str(tmp_path / "ds"), cfg, "test")
+
+
+def test_dataset_without_translation_column(tmp_path, cfg):
+    datasets.Dataset.from_dict({"text": EN}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(UserError, match="expected a 'translation' column"):
+        load_text(str(tmp_path / "ds"), cfg, "train")
+
+
+def assert_offline_hub_error(name: str, cfg: TrainConfig):
+    with pytest.raises(UserError) as e:
+        load_text(name, cfg, "train")
+    message = str(e.value)
+    assert f"cannot load dataset '{name}'" in message and "Hugging Face Hub" in message
+    assert "To work offline" in message and "--train_data" in message
+    assert "\n" not in message and e.value.__suppress_context__  # one line, no chained traceback
+
+
+@pytest.mark.parametrize("name", ["wmt/wmt14", "wmt14"])
+def test_hub_name_offline_is_a_user_error(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # no local directory of that name can interfere
+    assert_offline_hub_error(name, TrainConfig(src_lang="en", tgt_lang="de"))
+
+
+@pytest.mark.parametrize("spec", ["./missing/train", "/nonexistent/corpus.jsonl.gz", "x.txt"])
+def test_missing_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch, cfg, spec):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="not found"):
+        load_text(spec, cfg, "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+def test_trained_tokenizer(tmp_path, kind):
+    from transformers import AutoTokenizer
+
+    tok = train_tokenizer(iter(SENTENCES), kind, 120)
+    assert (tok.pad_token, tok.unk_token, tok.bos_token, tok.eos_token) == (
+        "<pad>",
+        "<unk>",
+        "<s>",
+        "</s>",
+    )
+    ids = SpecialIds.of(tok)
+    assert ids.start == tok.bos_token_id != ids.pad
+    sources, targets = encode_sources(tok, SENTENCES), encode_targets(tok, SENTENCES)
+    for seq in sources + targets:
+        assert seq[-1] == ids.eos and ids.start not in seq and ids.pad not in seq
+    # Decoding gives the text back (Metaspace pre-tokenizer and decoder).
+    assert tok.decode(sources[0], skip_special_tokens=True) == SENTENCES[0]
+
+    tok.save_pretrained(tmp_path / "tok")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert SpecialIds.of(loaded) == ids
+    assert encode_sources(loaded, SENTENCES) == sources
+    assert encode_targets(loaded, SENTENCES) == targets
+
+
+def test_load_tokenizer_trains_and_reuses_on_request(tmp_path):
+    cfg = TrainConfig(tokenizer={"train": "bpe", "vocab_size": 100})
+    first = load_tokenizer(cfg, tmp_path, lambda: iter(SENTENCES))
+    assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
+
+    def must_not_train():
+        raise AssertionError("with reuse=True the saved tokenizer should be loaded")
+
+    again = load_tokenizer(cfg, tmp_path, must_not_train, reuse=True)
+    assert encode_sources(again, SENTENCES) == encode_sources(first, SENTENCES)
+
+    trained = []
+    load_tokenizer(cfg, tmp_path, lambda: trained.append(1) or iter(SENTENCES), reuse=False)
+    assert trained == [1]  # a fresh run trains its own tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenize and Corpus
+
+
+def test_tokenize_drops_empty_and_long_pairs_and_says_so(tokenizer):
+    long = " ".join(["river"] * 40)
+    src = ["the dog sees", "", "a cat", long, "some tree", "the bird"]
+    tgt = ["der Hund", "die Katze", "   ", "ein Vogel", long, "ein Vogel singt"]
+    messages = []
+    corpus = tokenize(datasets.Dataset.from_dict({"src": src, "tgt": tgt}), tokenizer, 12, "train",
+                      messages.append)  # fmt: skip
+    kept = [0, 5]
+    assert len(corpus) == len(kept)
+    assert len(messages) == 1
+    assert "dropped 2 empty pairs and 2 pairs longer than 12 tokens; 2 of 6 remain" in messages[0]
+    for i, j in enumerate(kept):
+        s, t = corpus.pair(i)
+        assert s.tolist() == encode_sources(tokenizer, [src[j]])[0]
+        assert t.tolist() == encode_targets(tokenizer, [tgt[j]])[0]
+
+
+def test_tokenize_is_quiet_when_nothing_is_dropped(tokenizer):
+    messages = []
+    corpus = tokenize(datasets.Dataset.from_dict({"src": EN, "tgt": DE}), tokenizer, 64, "valid",
+                      messages.append)  # fmt: skip
+    assert len(corpus) == 3 and messages == []
+
+
+def test_tokenize_with_nothing_left_is_a_user_error(tokenizer):
+    with pytest.raises(UserError, match="valid: no usable sentence pairs"):
+        tokenize(datasets.Dataset.from_dict({"src": ["", "x"], "tgt": ["y", " "]}), tokenizer, 64,
+                 "valid", lambda _: None)  # fmt: skip
+
+
+def make_corpus(pairs: list[tuple[list[int], list[int]]]) -> Corpus:
+    def flat(seqs):
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
+        return np.concatenate([np.asarray(s, dtype=np.int32) for s in seqs]), offsets
+
+    return Corpus(*flat([s for s, _ in pairs]), *flat([t for _, t in pairs]))
+
+
+def test_corpus_pair_and_lengths():
+    pairs = [([5, 6, 3], [7, 3]), ([8, 3], [9, 10, 11, 3]), ([12, 13, 14, 15, 3], [3])]
+    corpus = make_corpus(pairs)
+    assert len(corpus) == 3
+    for i, (s, t) in enumerate(pairs):
+        assert corpus.pair(i)[0].tolist() == s and corpus.pair(i)[1].tolist() == t
+    assert corpus.lengths().tolist() == [3, 4, 5]  # the longer side of each pair
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching and sharding
+
+
+def test_token_batches_cover_every_pair_within_the_caps():
+    lengths = np.random.default_rng(0).integers(1, 30, size=300)
+    batches = token_batches(lengths, max_tokens=64, max_sentences=8, seed=1, epoch=0)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(300))
+    for b in batches:
+        assert 1 <= len(b) <= 8
+        assert len(b) * lengths[b].max() <= 64
+
+
+def test_token_batches_without_a_token_cap():
+    lengths = np.random.default_rng(0).integers(1, 30, size=50)
+    batches = token_batches(lengths, max_tokens=None, max_sentences=16, seed=1, epoch=0)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(50))
+    assert sorted(len(b) for b in batches) == [2, 16, 16, 16]
+
+
+def test_token_batches_depend_only_on_seed_and_epoch():
+    lengths = np.random.default_rng(0).integers(1, 30, size=300)
+
+    def batches(seed, epoch):
+        return [b.tolist() for b in token_batches(lengths, 64, 8, seed, epoch)]
+
+    assert batches(1, 0) == batches(1, 0)
+    assert batches(1, 1) != batches(1, 0)
+    assert batches(2, 0) != batches(1, 0)
+
+
+def test_token_batches_unshuffled_are_sorted_by_length():
+    lengths = np.array([5, 1, 4, 1, 3])
+    batches = token_batches(lengths, max_tokens=8, max_sentences=2, seed=0, epoch=0, shuffle=False)
+    assert [b.tolist() for b in batches] == [[1, 3], [4, 2], [0]]
+
+
+@pytest.mark.parametrize("n", [2, 6, 7, 11])
+def test_shard_for_two_processes(n):
+    batches = list(range(n))
+    ranks = [shard(batches, rank, 2) for rank in range(2)]
+    assert not set(ranks[0]) & set(ranks[1])
+    assert len(ranks[0]) == len(ranks[1])
+    assert set(batches) - set(ranks[0] + ranks[1]) <= set(batches[-1:])  # at most 1 dropped
+    assert len(ranks[0]) + len(ranks[1]) >= n - 1
+
+
+def test_shard_single_process_keeps_everything():
+    assert shard(list(range(5)), 0, 1) == list(range(5))
+
+
+@pytest.mark.xfail(
+    reason="BUG: data.py shard keeps all batches when there are fewer than `world`, so ranks get "
+    "unequal counts (1 vs 0) and the ranks' collectives in backward/FSDP forward hang",
+    strict=True,
+)
+def test_shard_fewer_batches_than_processes_keeps_counts_equal():
+    counts = [len(shard([np.arange(3)], rank, 2)) for rank in range(2)]
+    assert counts[0] == counts[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Collation
+
+
+def test_collate_pads_and_shifts(tokenizer):
+    ids = SpecialIds.of(tokenizer)
+    corpus = tokenize(datasets.Dataset.from_dict({"src": EN, "tgt": DE}), tokenizer, 64, "t",
+                      lambda _: None)  # fmt: skip
+    index = np.array([2, 0, 1])
+    batch = collate(corpus, index, ids)
+    src, tgt_in, labels = batch["src"], batch["tgt_in"], batch["labels"]
+    assert src.dtype == tgt_in.dtype == labels.dtype == torch.long
+    assert tgt_in.shape == labels.shape
+    tgt_lengths = []
+    for row, i in enumerate(index):
+        s, t = (x.tolist() for x in corpus.pair(i))
+        assert src[row, : len(s)].tolist() == s and (src[row, len(s) :] == ids.pad).all()
+        assert labels[row, : len(t)].tolist() == t and (labels[row, len(t) :] == ids.pad).all()
+        assert labels[row, len(t) - 1] == ids.eos
+        tgt_lengths.append(len(t))
+    assert (tgt_in[:, 0] == ids.start).all()
+    assert torch.equal(tgt_in[:, 1:], labels[:, :-1])
+    assert batch["n_tokens"] == sum(tgt_lengths)
+    assert min(tgt_lengths) < labels.size(1)  # the batch did need padding

@@ -1,0 +1,211 @@
+"""Training you can leave running: schedule, exact resume after SIGKILL, SIGTERM, FSDP on CPU.
+
+Multi-process tests launch `accelerate launch` on loopback with a timeout, so a hang fails.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import quickstart_data
+from train import inverse_sqrt
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "MASTER_ADDR": "127.0.0.1",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small corpus and a tokenizer trained once, so every run below sees the same ids."""
+    from data import train_tokenizer
+
+    tmp = tmp_path_factory.mktemp("train")
+    quickstart_data.write_splits(tmp, seed=3, n_train=400, n_valid=16, n_test=4)
+    texts = (tmp / "train.en").read_text().splitlines() + (
+        tmp / "train.de"
+    ).read_text().splitlines()
+    train_tokenizer([texts], "unigram", 150).save_pretrained(tmp / "tok")
+    return tmp
+
+
+def args_for(corpus, out, *extra):
+    return [
+        "train.py", "--config", "configs/tiny.json",
+        "--train_data", f"{corpus}/train.{{lang}}", "--valid_data", f"{corpus}/valid.{{lang}}",
+        "--tokenizer", str(corpus / "tok"), "--output_dir", str(out),
+        "--max_tokens", "400", "--max_steps", "null", "--log_with", "null",
+        "--valid_bleu_samples", "4", *map(str, extra),
+    ]  # fmt: skip
+
+
+def run(args, launch=None, timeout=240):
+    cmd = [sys.executable, *args]
+    if launch:
+        cmd = ["timeout", str(timeout), "accelerate", "launch", "--config_file", launch, *args]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout + 30
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def weights(out):
+    return load_file(Path(out) / "last" / "model.safetensors")
+
+
+def train_losses(out):
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["train_loss"] for r in map(json.loads, lines) if "train_loss" in r}
+
+
+def test_inverse_sqrt_schedule():
+    assert inverse_sqrt(1, 4) == 0.25 and inverse_sqrt(4, 4) == 1.0  # linear warmup to the peak
+    assert inverse_sqrt(16, 4) == 0.5  # then sqrt(warmup / step)
+    assert inverse_sqrt(0, 4) == 0.25  # step 0 is treated as step 1
+    assert math.isclose(inverse_sqrt(100, 0), 0.1)
+
+
+def wait_for_checkpoint(out, min_step, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        steps = [int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*[0-9]")]
+        if steps and max(steps) >= min_step:
+            return max(steps)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkill_then_resume_is_bitwise_identical(corpus, tmp_path):
+    # dropout on, several epochs of ~10 steps, saves every 3 steps: resume must restore the
+    # weights, optimizer, schedule, RNG, epoch, position in the epoch and the data order.
+    extra = ("--epochs", 3, "--save_every", 3, "--dropout", 0.2, "--log_every", 2)
+    run(args_for(corpus, tmp_path / "a", *extra))
+
+    b = tmp_path / "b"
+    proc = subprocess.Popen(
+        [sys.executable, *args_for(corpus, b, *extra)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed_after = wait_for_checkpoint(b, 5, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((b / "last" / "trainer_state.json").read_text())
+    total = json.loads((tmp_path / "a" / "last" / "trainer_state.json").read_text())["step"]
+    assert killed_after < total, "the kill came too late to test anything"
+    resumed = run([*args_for(corpus, b, *extra), "--resume"])
+    assert f"step {state['step']}" in resumed.stdout + resumed.stderr
+
+    wa, wb = weights(tmp_path / "a"), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert train_losses(tmp_path / "a") == train_losses(b)
+
+
+def test_sigterm_saves_and_exits_zero(corpus, tmp_path):
+    out = tmp_path / "t"
+    proc = subprocess.Popen(
+        [sys.executable, *args_for(corpus, out, "--epochs", 1000, "--save_every", 2)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_checkpoint(out, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "stopped by signal" in stdout + stderr
+    state = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert state["step"] >= 2 and (out / "last" / "state").is_dir()
+
+
+def probe(launch, tmp_path):
+    run(["tests/scripts/fsdp_probe.py", str(tmp_path / "probe")], launch=launch, timeout=120)
+    return [json.loads((tmp_path / f"probe.rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_fsdp_on_cpu_really_shards(tmp_path):
+    ranks = probe(FSDP, tmp_path)
+    for r in ranks:
+        assert r["world"] == 2 and r["distributed_type"] == "DistributedType.FSDP"
+        assert r["type"].startswith("FSDP")  # fully_shard swaps in an FSDP subclass
+        assert abs(r["local"] - r["total"] / 2) <= 0.01 * r["total"], r
+    assert sum(r["local"] for r in ranks) == ranks[0]["total"]
+
+
+FSDP = "configs/accelerate/fsdp_cpu.yaml"
+DDP = "configs/accelerate/cpu_ddp.yaml"
+SIX_STEPS = ("--dropout", 0, "--max_steps", 6, "--log_every", 1, "--save_every", 3)
+
+
+@pytest.fixture(scope="module")
+def single_process_run(corpus, tmp_path_factory):
+    """The reference: 1 process accumulating 2 batches per step = 2 processes x 1 batch."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    run(args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp") / "run"
+    run(args_for(corpus, out, *SIX_STEPS), launch=FSDP)
+    return out
+
+
+def assert_same_losses(got_run, ref_run):
+    ref, got = train_losses(ref_run), train_losses(got_run)
+    assert sorted(got) == sorted(ref) == list(range(1, 7))
+    for step in ref:
+        assert abs(got[step] - ref[step]) <= 1e-4 * abs(ref[step]), (step, got[step], ref[step])
+
+
+def test_fsdp_matches_one_process(single_process_run, fsdp_run):
+    assert_same_losses(fsdp_run, single_process_run)
+
+
+def test_ddp_matches_one_process(corpus, tmp_path, single_process_run):
+    run(args_for(corpus, tmp_path / "run", *SIX_STEPS), launch=DDP)
+    assert_same_losses(tmp_path / "run", single_process_run)
+
+
+def test_fsdp_resume_continues_exactly(corpus, tmp_path, fsdp_run):
+    part = tmp_path / "part"
+    three = [a if a != 6 else 3 for a in SIX_STEPS]
+    run(args_for(corpus, part, *three), launch=FSDP)
+    proc = run([*args_for(corpus, part, *SIX_STEPS), "--resume"], launch=FSDP)
+    assert "resumed from" in proc.stdout + proc.stderr
+    assert_same_losses(part, fsdp_run)
+    wf, wp = weights(fsdp_run), weights(part)
+    for k in wf:
+        torch.testing.assert_close(wp[k], wf[k], rtol=1e-5, atol=1e-6)
+    # the consolidated checkpoint of an FSDP run loads like any other
+    from checkpoint import load_model
+
+    model, _, _, cfg = load_model(part / "last")
+    assert cfg.max_steps == 6 and sum(p.numel() for p in model.parameters()) > 0
