@@ -67,6 +67,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping
     grad_accum_steps: int = 1
     max_steps: int | None = None  # stop after this many optimizer steps (None = run all epochs)
+    max_minutes: float | None = None  # stop (validate, save) once training has run this long
     max_bad_steps: int = 10  # stop after this many consecutive non-finite losses (steps skipped)
     # --- checkpoints and early stopping ---
     output_dir: str = "runs/wmt14"
@@ -104,7 +105,7 @@ class TrainConfig:
         ):
             if getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 (got {getattr(self, key)})")
-        for key in ("max_tokens", "max_steps", "save_every", "patience"):
+        for key in ("max_tokens", "max_steps", "save_every", "patience", "max_minutes"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 or null (got {getattr(self, key)})")
         for key in ("dropout", "attn_dropout", "label_smoothing"):

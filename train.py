@@ -9,6 +9,7 @@ One process or many, the same loop runs; accelerate handles devices, precision, 
 import json
 import logging
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
+from accelerate.utils.other import load as safe_load
 from tqdm.auto import tqdm
 
 from checkpoint import (
@@ -119,34 +121,43 @@ def evaluate(model, accelerator, run: dict) -> dict:
 def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None:
     """Write output_dir/checkpoints/step-N (weights, config, tokenizer, and optimizer, scheduler
     and RNG state for --resume), point `last` at it, copy it to `best` if asked, keep the newest
-    `keep_last`. Each directory appears under its name only when complete. Collective: every
-    process must call it."""
+    `keep_last`. Each directory appears under its name only when complete, so a kill or a full
+    disk never costs the previous checkpoint. Collective: every process must call it."""
     cfg, out = run["cfg"], Path(run["cfg"].output_dir)
     final = out / "checkpoints" / f"step-{state['step']:08d}"
-    weights = accelerator.get_state_dict(model)  # gathers shards: all processes take part
     tmp = final.with_name(final.name + ".tmp")
-    finite = True
+    weights = accelerator.get_state_dict(model)  # gathers shards: all processes take part
+    problem = None
     if accelerator.is_main_process:
-        finite = all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
-        fresh_tmp(final)
-        write_model_dir(
-            tmp,
-            weights,
-            cfg,
-            run["model_cfg"],
-            run["ids"],
-            run["tokenizer"],
-            {"trainer_state.json": json.dumps(state, indent=2)},
-        )
-    accelerator.wait_for_everyone()
-    # accelerate warns that it stores tied weights once; that is what we want
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
-    accelerator.save_state(tmp / "state")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if not finite:  # never let a diverged model replace a good checkpoint
+        if not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()):
+            problem = "weights are not finite"  # never let a diverged model replace a good one
+        else:
+            trainer_state = {**state, "scheduler": run["scheduler"].state_dict()}
+            problem = _try_write(
+                lambda: write_model_dir(
+                    fresh_tmp(final),
+                    weights,
+                    cfg,
+                    run["model_cfg"],
+                    run["ids"],
+                    run["tokenizer"],
+                    {"trainer_state.json": json.dumps(trainer_state, indent=2)},
+                )
+            )
+    if _all_ok(accelerator, problem is None):
+        # accelerate warns that it stores tied weights once; that is what we want
+        logging.getLogger("accelerate").setLevel(logging.ERROR)
+        problem = _try_write(lambda: accelerator.save_state(tmp / "state"))
+    if not _all_ok(accelerator, problem is None):
+        shutil.rmtree(tmp, ignore_errors=True)
+        if problem == "weights are not finite":
             run["log"](f"step {state['step']}: weights are not finite, checkpoint not kept")
             return
+        raise UserError(
+            f"cannot write checkpoint {final}: {problem or 'failed on another process'}"
+            f"; the previous checkpoint ({out / 'last'}) is intact"
+        )
+    if accelerator.is_main_process:
         replace_dir(tmp, final)
         link = out / "last.tmp"
         link.unlink(missing_ok=True)
@@ -156,6 +167,22 @@ def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None
             copy_model_dir(final, out / "best")
         prune_checkpoints(out / "checkpoints", cfg.keep_last)
     accelerator.wait_for_everyone()
+
+
+def _try_write(write) -> str | None:
+    try:
+        write()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def _all_ok(accelerator, ok: bool) -> bool:
+    """True if every process is ok (a collective when there are several)."""
+    if accelerator.num_processes == 1:
+        return ok
+    failed = torch.tensor(float(not ok), device=accelerator.device)
+    return bool(accelerator.reduce(failed, "sum") == 0)
 
 
 class StopSignal:
@@ -222,7 +249,17 @@ def restore(accelerator, out: Path, resume: bool, log) -> dict:
     }
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt:
-        accelerator.load_state(ckpt / "state")
+        try:
+            # accelerate skips an unreadable RNG file silently (the resume would not be exact):
+            # read it first, with weights_only=True like everything accelerate loads for us
+            safe_load(ckpt / "state" / f"random_states_{accelerator.process_index}.pkl")
+            accelerator.load_state(ckpt / "state")
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise UserError(
+                f"{ckpt}: cannot load the training state ({type(e).__name__}: "
+                f"{first}); remove this checkpoint to resume from an older one"
+            ) from None
         state.update(json.loads((ckpt / "trainer_state.json").read_text()))
         log(f"resumed from {ckpt}: epoch {state['epoch'] + 1}, step {state['step']}")
     elif resume:
@@ -270,7 +307,9 @@ def main(argv=None):
         optimizer, lambda s: inverse_sqrt(s, cfg.warmup_steps)
     )
     model, optimizer = accelerator.prepare(model, optimizer)  # one call: FSDP needs both at once
-    accelerator.register_for_checkpointing(scheduler)
+    # The scheduler's state goes into trainer_state.json, not accelerate's pickle (which is
+    # loaded with weights_only=False, i.e. could run code from a tampered checkpoint).
+    run["scheduler"] = scheduler
     if accelerator.distributed_type == DistributedType.FSDP:
         if not accelerator.is_fsdp2:
             raise UserError("FSDP: set fsdp_version: 2 in the accelerate config")
@@ -279,6 +318,8 @@ def main(argv=None):
         for method in ("encode", "decode"):  # decoding calls these, not forward()
             register_fsdp_forward_method(model, method)
     state = restore(accelerator, out, args.resume, run["log"])
+    if "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
     if accelerator.is_main_process:
         cfg.save(out / "config.json")
     if cfg.log_with:
@@ -295,7 +336,7 @@ def main(argv=None):
 
 def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> None:
     cfg, ids, stop = run["cfg"], run["ids"], StopSignal()
-    done = False
+    done, started = False, time.time() - state.get("train_seconds", 0.0)
     for epoch in range(state["epoch"], cfg.epochs):
         batches = epoch_batches(run, accelerator, epoch)
         steps = len(batches) // cfg.grad_accum_steps
@@ -338,10 +379,13 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             state["bad_steps"] = 0
             scheduler.step()
             state["step"] += 1
+            state["train_seconds"] = time.time() - started
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
                 log_train(accelerator, bar, meter, scheduler, state, epoch, run)
-            done = bool(cfg.max_steps and state["step"] >= cfg.max_steps)
+            done = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time(
+                accelerator, state["step"], cfg, started
+            )
             if stop.agreed(accelerator, state["step"], cfg.log_every):
                 save(accelerator, model, run, state)
                 run["log"](f"stopped by signal at step {state['step']}; continue with --resume")
@@ -380,6 +424,16 @@ def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
         run["log"](f"early stopping: no improvement in {cfg.patience} validations")
         return True
     return False
+
+
+def out_of_time(accelerator, step: int, cfg: TrainConfig, started: float) -> bool:
+    """max_minutes reached? Processes decide together, every log_every steps."""
+    if not cfg.max_minutes or step % cfg.log_every:
+        return False
+    late = torch.tensor(
+        float(time.time() - started > 60 * cfg.max_minutes), device=accelerator.device
+    )
+    return bool(accelerator.reduce(late, "sum") > 0)
 
 
 class Meter:

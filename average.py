@@ -1,0 +1,67 @@
+"""Average the weights of a run's last N checkpoints into a new checkpoint (paper §6.1: last 5).
+
+    python average.py --run runs/multi30k --last 5 --out runs/multi30k/avg5
+    python average.py --checkpoints DIR1 DIR2 ... --out DIR
+
+The result is a normal checkpoint directory (config, tokenizer and averaged safetensors weights).
+"""
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from checkpoint import WEIGHTS, fresh_tmp, replace_dir, step_dirs
+from config import UserError, cli
+
+
+def average(dirs: list[Path], out: Path) -> None:
+    total = None
+    for d in dirs:
+        try:
+            weights = load_file(d / WEIGHTS)
+        except Exception as e:
+            raise UserError(f"{d / WEIGHTS}: cannot read weights ({e})") from None
+        if total is None:
+            total = {k: v.double() for k, v in weights.items()}
+        elif weights.keys() != total.keys():
+            raise UserError(f"{d}: its weights do not match {dirs[0]}")
+        else:
+            for k, v in weights.items():
+                total[k] += v.double()
+    tmp = fresh_tmp(out)
+    for f in dirs[-1].iterdir():  # config, model_config, tokenizer from the newest one
+        if f.is_file() and f.name not in (WEIGHTS, "trainer_state.json"):
+            shutil.copy2(f, tmp / f.name)
+    avg = {k: (v / len(dirs)).to(torch.float32).contiguous() for k, v in total.items()}
+    save_file(avg, tmp / WEIGHTS, metadata={"format": "pt", "averaged": " ".join(map(str, dirs))})
+    replace_dir(tmp, out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", help="a run's output_dir: average its newest --last checkpoints")
+    p.add_argument("--last", type=int, default=5)
+    p.add_argument("--checkpoints", nargs="+", help="checkpoint directories to average")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if bool(args.run) == bool(args.checkpoints):
+        raise UserError("give either --run (with --last) or --checkpoints")
+    dirs = [Path(d) for d in args.checkpoints] if args.checkpoints else None
+    if args.run:
+        dirs = step_dirs(Path(args.run) / "checkpoints")[-args.last :]
+        if len(dirs) < args.last:
+            print(f"warning: only {len(dirs)} checkpoints in {args.run}/checkpoints")
+    if not dirs:
+        raise UserError("no checkpoints to average")
+    for d in dirs:
+        if not (d / WEIGHTS).exists():
+            raise UserError(f"{d}: no {WEIGHTS}")
+    average(dirs, Path(args.out))
+    print(f"averaged {len(dirs)} checkpoints ({dirs[0].name} ... {dirs[-1].name}) into {args.out}")
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,188 @@
+"""Reliability: non-finite losses, a full disk during a save, tampered checkpoints."""
+
+import errno
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import quickstart_data
+import train
+from config import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from data import train_tokenizer
+
+    tmp = tmp_path_factory.mktemp("rel")
+    quickstart_data.write_splits(tmp, seed=5, n_train=300, n_valid=8, n_test=4)
+    texts = (tmp / "train.en").read_text().splitlines() + (
+        tmp / "train.de"
+    ).read_text().splitlines()
+    train_tokenizer([texts], "unigram", 120).save_pretrained(tmp / "tok")
+    return tmp
+
+
+def argv(corpus, out, *extra):
+    return [
+        "--config", "configs/tiny.json", "--train_data", f"{corpus}/train.{{lang}}",
+        "--valid_data", f"{corpus}/valid.{{lang}}", "--tokenizer", str(corpus / "tok"),
+        "--output_dir", str(out), "--max_tokens", "400", "--log_with", "null",
+        "--valid_bleu_samples", "2", *map(str, extra),
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Run train.main in this process (so a test can patch it), then reset accelerate."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    monkeypatch.chdir(ROOT)
+    yield train.main
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def nan_on_calls(monkeypatch, bad_calls):
+    real, calls = train.loss_fn, [0]
+
+    def loss_fn(*args, **kwargs):
+        calls[0] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls[0] in bad_calls else loss
+
+    monkeypatch.setattr(train, "loss_fn", loss_fn)
+
+
+def test_nan_steps_are_skipped_and_counted(corpus, tmp_path, monkeypatch, in_process, capsys):
+    nan_on_calls(monkeypatch, {3, 4})
+    in_process(argv(corpus, tmp_path / "run", "--max_steps", 6, "--max_bad_steps", 3))
+    state = json.loads((tmp_path / "run/last/trainer_state.json").read_text())
+    assert state["step"] == 6 and state["skipped_steps"] == 2
+    assert "non-finite gradient, step skipped" in capsys.readouterr().out
+    for name, w in load_file(tmp_path / "run/last/model.safetensors").items():
+        assert torch.isfinite(w).all(), name
+
+
+def test_too_many_nan_steps_stop_with_a_clear_message(corpus, tmp_path, monkeypatch, in_process):
+    nan_on_calls(monkeypatch, set(range(5, 100)))
+    with pytest.raises(UserError, match="3 consecutive non-finite losses at step 4"):
+        in_process(
+            argv(
+                corpus, tmp_path / "run", "--max_steps", 50, "--max_bad_steps", 3, "--save_every", 2
+            )
+        )
+    state = json.loads((tmp_path / "run/last/trainer_state.json").read_text())
+    assert state["step"] == 4  # the last good checkpoint is kept
+
+
+def test_disk_full_during_save_keeps_the_previous_checkpoint(
+    corpus, tmp_path, monkeypatch, in_process
+):
+    import checkpoint
+
+    real, saves = checkpoint.save_file, [0]
+
+    def save_file(*args, **kwargs):
+        saves[0] += 1
+        if saves[0] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_file)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="No space left on device.*previous checkpoint"):
+        in_process(argv(corpus, out, "--max_steps", 10, "--save_every", 2))
+    assert os.readlink(out / "last") == "checkpoints/step-00000002"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # no .tmp left
+    load_file(out / "last/model.safetensors")
+
+
+class Exploit:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def resume(corpus, out):
+    return subprocess.run(
+        [sys.executable, "train.py", *argv(corpus, out, "--max_steps", 4), "--resume"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    subprocess.run(
+        [sys.executable, "train.py", *argv(corpus, out, "--max_steps", 2)],
+        cwd=ROOT,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return out
+
+
+@pytest.mark.parametrize("victim", ["state/optimizer.bin", "state/random_states_0.pkl"])
+def test_resume_refuses_a_pickle_that_runs_code(corpus, trained, tmp_path, victim):
+    out = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(trained), str(out)], check=True)
+    marker = tmp_path / "pwned"
+    target = (out / "last").resolve() / victim
+    assert target.exists()
+    with open(target, "wb") as f:
+        torch.save({"state": Exploit(marker)}, f)  # what torch.load would unpickle
+    proc = resume(corpus, out)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "cannot load the training state" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists(), "loading the checkpoint ran code"
+
+
+def test_weights_file_that_is_a_pickle_is_refused(trained, tmp_path):
+    from checkpoint import load_model
+
+    ckpt = tmp_path / "ckpt"
+    subprocess.run(["cp", "-rL", str(trained / "best"), str(ckpt)], check=True)
+    marker = tmp_path / "pwned"
+    (ckpt / "model.safetensors").write_bytes(pickle.dumps(Exploit(marker)))
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        load_model(ckpt)
+    assert not marker.exists()
+
+
+def test_truncated_weights_are_a_clear_error(trained, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    subprocess.run(["cp", "-rL", str(trained / "best"), str(ckpt)], check=True)
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    proc = subprocess.run(
+        [sys.executable, "translate.py", "--checkpoint", str(ckpt)],
+        input="x\n",
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "corrupt or truncated" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
