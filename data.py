@@ -1,84 +1,333 @@
-"""Data: load parallel text (Hub or local), tokenize, filter, batch by tokens, collate.
+"""Data: load parallel text (Hub or local), tokenize once into a disk cache, filter, batch by
+tokens, shard across processes, collate. `python data.py audit|prepare --config C` from a shell.
 
-Sources (`train_data`, `valid_data`, ...):
-  - a Hub dataset name, e.g. "wmt/wmt14" with `dataset_config` "de-en" (its `translation` column)
-  - a local JSON Lines file: {"translation": {"en": ..., "de": ...}} per line
-  - a directory written by `datasets.Dataset.save_to_disk`
-  - aligned plain-text files, optionally gzipped, as one path with a {lang} placeholder:
-    "../shared/data/multi30k/train.{lang}.gz"
-Every source becomes a `datasets.Dataset` with text columns "src" and "tgt".
+Sources (`train_data`, `valid_data`, `test_data`), told apart by the path:
+  - a Hub dataset, "owner/name" or a known old name ("wmt14" -> "wmt/wmt14"), with config
+    `dataset_config` and split `*_split`; a `translation` column or one column per language
+  - a directory: written by `save_to_disk` (Dataset or DatasetDict), or a downloaded Hub dataset
+    repository (README.md + data files), loaded like the Hub one
+  - a Parquet file; a CSV or TSV file with a header naming the language columns; a JSON Lines
+    file with {"translation": {"en": ..., "de": ...}} or {"en": ..., "de": ...} per line
+    (.jsonl, .json, .csv, .tsv may be gzipped)
+  - aligned plain-text files, one sentence per line, plain or gzipped, as one path with a {lang}
+    placeholder: "../shared/data/multi30k/train.{lang}.gz"
+Every source becomes a `datasets.Dataset` with string columns "src" and "tgt".
+
+Caching: everything is cached in datasets' cache (HF_DATASETS_CACHE, by default
+~/.cache/huggingface/datasets). Local files are converted once to Arrow, keyed by their paths,
+sizes and modification times; token ids are cached by the text's fingerprint and the tokenizer's
+files (not max_seq_length: filtering happens after the cache); a tokenizer trained on a cached
+training split is cached too, so a second run of the same config tokenizes nothing. For a
+save_to_disk directory datasets writes its cache files next to the data.
 """
 
+import argparse
+import csv
 import gzip
+import hashlib
+import json
 import os
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
+from datasets.fingerprint import Hasher
 
-from config import TrainConfig, UserError
+from config import TrainConfig, UserError, cli, load_config, parse_overrides
 from model import shift_right
 
 OFFLINE_HINT = (
     "To work offline, run the quick start (bash quickstart.sh) or point train_data/valid_data at "
     "local files (e.g. --train_data '../shared/data/multi30k/train.{lang}.gz') and use a local "
-    "or trained tokenizer (--tokenizer '{\"train\": \"unigram\", \"vocab_size\": 8000}')."
+    'or trained tokenizer (--tokenizer \'{"train": "unigram", "vocab_size": 8000}\').'
 )
+CACHE_VERSION = "tmt-1"  # part of every cache key: change it when a cached format changes
+TEXT_FEATURES = datasets.Features(
+    {"src": datasets.Value("string"), "tgt": datasets.Value("string")}
+)
+IDS_FEATURES = datasets.Features(
+    {
+        "src_ids": datasets.List(datasets.Value("int32")),
+        "tgt_ids": datasets.List(datasets.Value("int32")),
+    }
+)
+# The WMT datasets moved from the Hub's root namespace to the "wmt" organisation.
+HUB_ALIASES = {
+    name: f"wmt/{name}"
+    for name in ("wmt14", "wmt15", "wmt16", "wmt17", "wmt18", "wmt19", "wmt_t2t")
+}
+FORMATS = (
+    "expected a Hub dataset name, a directory (save_to_disk or a dataset repository), a .parquet, "
+    ".csv, .tsv, .jsonl or .json file (.gz ok), or aligned text files given as one path with a "
+    "{lang} placeholder (e.g. data/train.{lang}.gz)"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files: UTF-8, line by line, errors that name the file and the line
+
+
+def _open_bytes(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def iter_lines(path: str):
+    """(line number, text) for every line of a UTF-8 file, plain or gzipped.
+
+    Only "\\n" ends a line (a "\\r" before it is dropped): U+2028 and friends stay inside the
+    line, so aligned files stay aligned. A UTF-8 byte-order mark is dropped.
+    """
+    if not os.path.exists(path):
+        raise UserError(f"data file not found: {path}")
+    try:
+        with _open_bytes(path) as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.rstrip(b"\r\n").decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(
+                        f"{path}, line {n}: not UTF-8 ({e.reason} at byte "
+                        f"{e.start + 1} of the line)"
+                    ) from None
+                yield n, line.lstrip("\ufeff") if n == 1 else line
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+        raise UserError(f"{path}: cannot read ({e})") from None
+
+
+def read_lines(path: str) -> list[str]:
+    """All lines of a text file (translate.py, evaluate.py). An empty file gives []."""
+    return [line for _, line in iter_lines(path)]
+
+
+_read_lines = read_lines  # the name translate.py and evaluate.py import
+
+
+def _require_content(path: str) -> None:
+    if not os.path.exists(path):
+        raise UserError(f"data file not found: {path}")
+    with _open_bytes(path) as f:
+        if not f.read(1):
+            raise UserError(f"{path}: empty file")
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading text
 
 
-def _open_text(path: str):
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
-    return open(path, encoding="utf-8", newline="\n")
-
-
-def _read_lines(path: str) -> list[str]:
-    if not os.path.exists(path):
-        raise UserError(f"data file not found: {path}")
-    try:
-        with _open_text(path) as f:
-            return [line.rstrip("\r\n") for line in f]
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-
-
-LOCAL_SUFFIXES = (".gz", ".txt", ".json", ".jsonl", ".parquet", ".csv", ".tsv", ".arrow")
-
-
-def load_text(spec: str, cfg: TrainConfig, split: str):
+def load_text(spec: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
     """Any supported source -> datasets.Dataset with string columns "src" and "tgt"."""
     src, tgt = cfg.src_lang, cfg.tgt_lang
     if "{lang}" in spec:
-        paths = {lang: spec.format(lang=lang) for lang in (src, tgt)}
-        lines = {lang: _read_lines(p) for lang, p in paths.items()}
-        if len(lines[src]) != len(lines[tgt]):
-            raise UserError(f"misaligned files: {paths[src]} has {len(lines[src])} lines, "
-                            f"{paths[tgt]} has {len(lines[tgt])}")
-        return datasets.Dataset.from_dict({"src": lines[src], "tgt": lines[tgt]})
-    if spec.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
-        if not os.path.exists(spec):
-            raise UserError(f"data file not found: {spec}")
-        ds = datasets.load_dataset("json", data_files=spec, split="train")
+        ds = _text_pairs(spec, src, tgt)
     elif os.path.isdir(spec):
-        ds = datasets.load_from_disk(spec)
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-    elif spec.startswith((".", "/", "~")) or spec.endswith(LOCAL_SUFFIXES):
-        raise UserError(f"data path not found: {spec}")
-    else:  # "owner/name" or "name": a Hub dataset
+        ds = _directory(spec, cfg, split)
+    elif os.path.isfile(spec):
+        ds = _file(spec, src, tgt)
+    elif _looks_like_path(spec):
+        raise UserError(f"data {'file' if _suffix(spec) else 'path'} not found: {spec}")
+    else:
         ds = _load_hub(spec, cfg.dataset_config, split)
-    if "translation" not in ds.column_names:
-        raise UserError(f"{spec}: expected a 'translation' column, found {ds.column_names}")
-    return ds.map(
-        lambda b: {"src": [t[src] for t in b["translation"]], "tgt": [t[tgt] for t in b["translation"]]},
-        batched=True, remove_columns=ds.column_names, desc=f"reading {split}",
+    ds = _as_pairs(ds, spec, src, tgt)
+    if len(ds) == 0:
+        raise UserError(f"{spec}: no sentence pairs")
+    return ds
+
+
+def _looks_like_path(spec: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else is meant as a local path.
+    return (
+        spec.startswith((".", "/", "~"))
+        or spec.count("/") > 1
+        or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", spec)
+        or _suffix(spec) in (".gz", ".txt", ".json", ".jsonl", ".parquet", ".csv", ".tsv", ".arrow")
     )
+
+
+def _suffix(path: str) -> str:
+    """The format suffix: ".jsonl" for "x.jsonl.gz", ".gz" for "x.en.gz", "" for none."""
+    name = Path(path).name
+    if name.endswith(".gz") and Path(name[:-3]).suffix in (".jsonl", ".json", ".csv", ".tsv"):
+        name = name[:-3]
+    return Path(name).suffix.lower()
+
+
+def _file(path: str, src: str, tgt: str) -> datasets.Dataset:
+    kind = _suffix(path)
+    if kind in (".jsonl", ".json"):
+        return _generate(_jsonl_pairs, [path], [src, tgt])
+    if kind in (".csv", ".tsv"):
+        return _generate(_delimited_pairs, [path], [src, tgt])
+    if kind == ".parquet":
+        try:
+            return datasets.Dataset.from_parquet(path)
+        except Exception as e:
+            raise UserError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+    if kind in ("", ".txt", ".gz", f".{src}", f".{tgt}"):
+        example = re.sub(rf"\.({src}|{tgt})(?=(\.gz)?$)", ".{lang}", path)
+        example = example if "{lang}" in example else "data/train.{lang}.gz"
+        raise UserError(
+            f"{path}: a plain-text file holds one language; give the source and target files "
+            f"as one path with a {{lang}} placeholder, e.g. {example}"
+        )
+    raise UserError(f"{path}: cannot tell the data format from the name ({FORMATS})")
+
+
+def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
+    p = Path(path)
+    if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
+        ds = datasets.load_from_disk(path)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise UserError(
+                    f"{path}: no split '{split}' (it has {', '.join(ds)}); set "
+                    f"train_split/valid_split/test_split"
+                )
+            ds = ds[split]
+        return ds
+    data_files = (".parquet", ".arrow", ".jsonl", ".json", ".csv", ".tsv", ".txt")
+    if (p / "README.md").exists() or any(f.suffix in data_files for f in p.rglob("*")):
+        return _load_dataset(path, cfg.dataset_config, split, hub=False)  # a dataset repository
+    raise UserError(
+        f"{path}: not a dataset directory (expected dataset_dict.json or state.json "
+        f"written by save_to_disk, or a dataset repository with README.md or data "
+        f"files)"
+    )
+
+
+def _text_pairs(spec: str, src: str, tgt: str) -> datasets.Dataset:
+    if _suffix(spec.replace("{lang}", "x")) in (".jsonl", ".json", ".csv", ".tsv", ".parquet"):
+        raise UserError(
+            f"{spec}: a {{lang}} placeholder is for aligned plain-text files; this "
+            f"format holds both languages in one file: drop the placeholder"
+        )
+    return _generate(_aligned_pairs, [spec.replace("{lang}", src), spec.replace("{lang}", tgt)])
+
+
+def _generate(reader, files: list[str], langs: list[str] = ()) -> datasets.Dataset:
+    """Run one of the readers below into an on-disk Arrow dataset in datasets' cache, keyed by
+    the files' paths, sizes and mtimes: a second run reads the cache, not the files."""
+    for path in files:
+        _require_content(path)
+    stamp = [(os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files]
+    key = Hasher.hash([CACHE_VERSION, reader.__name__, stamp, list(langs)])
+    # one string argument: datasets would treat a list in gen_kwargs as shards
+    args = "\t".join([*files, *langs])
+    try:
+        return datasets.Dataset.from_generator(
+            reader, features=TEXT_FEATURES, fingerprint=key, gen_kwargs={"args": args}
+        )
+    except datasets.exceptions.DatasetGenerationError as e:
+        cause = e
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__
+            if isinstance(cause, UserError):
+                raise UserError(str(cause)) from None
+        raise UserError(f"{files[0]}: {_first_line(cause)}") from None
+
+
+def _aligned_pairs(args: str):
+    src_path, tgt_path = args.split("\t")
+    src_lines, tgt_lines = iter_lines(src_path), iter_lines(tgt_path)
+    n = 0
+    while True:
+        s, t = next(src_lines, None), next(tgt_lines, None)
+        if s is None or t is None:
+            break
+        n += 1
+        yield {"src": s[1], "tgt": t[1]}
+    if s is not None or t is not None:  # one file ended first: count the rest of the other
+        n_src = n + (s is not None) + sum(1 for _ in src_lines)
+        n_tgt = n + (t is not None) + sum(1 for _ in tgt_lines)
+        raise UserError(f"misaligned files: {src_path} has {n_src} lines, {tgt_path} has {n_tgt}")
+
+
+def _jsonl_pairs(args: str):
+    path, src, tgt = args.split("\t")
+    for n, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{path}, line {n}: not JSON ({e.msg}); expected JSON Lines, one "
+                f'{{"translation": {{"{src}": ..., "{tgt}": ...}}}} per line'
+            ) from None
+        pair = record.get("translation", record) if isinstance(record, dict) else None
+        if not isinstance(pair, dict):
+            raise UserError(
+                f'{path}, line {n}: expected an object like {{"translation": '
+                f'{{"{src}": ..., "{tgt}": ...}}}}'
+            )
+        for lang in (src, tgt):
+            if not isinstance(pair.get(lang), str):
+                raise UserError(
+                    f"{path}, line {n}: no '{lang}' text (keys: {', '.join(pair) or 'none'})"
+                )
+        yield {"src": pair[src], "tgt": pair[tgt]}
+
+
+def _delimited_pairs(args: str):
+    path, src, tgt = args.split("\t")
+    tsv = _suffix(path) == ".tsv"
+    lines = iter_lines(path)
+    # TSV: fields are never quoted (sentences contain quotes); CSV: standard quoting.
+    reader = csv.reader(
+        (line for _, line in lines),
+        delimiter="\t" if tsv else ",",
+        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+    )
+    try:
+        header = next(reader)
+        missing = [lang for lang in (src, tgt) if lang not in header]
+        if missing:
+            raise UserError(
+                f"{path}: expected a header line naming the columns '{src}' and "
+                f"'{tgt}', found {header}"
+            )
+        i, j = header.index(src), header.index(tgt)
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise UserError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, the header "
+                    f"has {len(header)}"
+                )
+            yield {"src": row[i], "tgt": row[j]}
+    except csv.Error as e:
+        raise UserError(f"{path}, line {reader.line_num}: {e}") from None
+
+
+def _as_pairs(ds: datasets.Dataset, spec: str, src: str, tgt: str) -> datasets.Dataset:
+    """A `translation` column or one column per language -> "src", "tgt" (no copy)."""
+    if ds.column_names == ["src", "tgt"] and ds.features == TEXT_FEATURES:
+        return ds
+    if "translation" in ds.column_names:
+        ds = ds.flatten()
+        columns = [f"translation.{src}", f"translation.{tgt}"]
+    else:
+        columns = [src, tgt]
+    if not all(c in ds.column_names for c in columns):
+        raise UserError(
+            f"{spec}: expected a 'translation' column with '{src}' and '{tgt}', or "
+            f"columns '{src}' and '{tgt}'; found {ds.column_names}"
+        )
+    ds = ds.select_columns(columns).rename_columns(dict(zip(columns, ["src", "tgt"], strict=True)))
+    text = ("string", "large_string")
+    if any(getattr(ds.features[c], "dtype", None) not in text for c in ("src", "tgt")):
+        raise UserError(
+            f"{spec}: the '{src}'/'{tgt}' columns must hold text, found {dict(ds.features)}"
+        )
+    return ds
 
 
 def _quiet_hub():
@@ -88,16 +337,39 @@ def _quiet_hub():
     huggingface_hub.utils.logging.set_verbosity_error()
 
 
-def _load_hub(name: str, config: str | None, split: str):
+def _load_hub(name: str, config: str | None, split: str) -> datasets.Dataset:
+    return _load_dataset(name, config, split, hub=True)
+
+
+def _load_dataset(name: str, config: str | None, split: str, hub: bool) -> datasets.Dataset:
+    """datasets.load_dataset for a Hub name or a local dataset repository."""
     _quiet_hub()
+    repo = HUB_ALIASES.get(name, name) if hub else name
+    shown = f"'{name}'" + (f" (= '{repo}')" if repo != name else "")
     try:
-        return datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(repo, config, split=split)
+    except ValueError as e:  # found, but no such config or split
+        if re.match(r"(BuilderConfig .* not found|Unknown split)", str(e)):
+            raise UserError(
+                f"dataset {shown}, config {config!r}, split {split!r}: "
+                f"{_first_line(e)} (set dataset_config / *_split)"
+            ) from None
+        if not hub:
+            raise UserError(f"{name}: {_first_line(e)}") from None
+        err = e
     except Exception as e:  # network, offline mode, missing repo: all end the same way for users
-        raise UserError(f"cannot load dataset '{name}' ({config}, {split}) from the Hugging Face "
-                        f"Hub: {_first_line(e)}. {OFFLINE_HINT}") from None
+        if not hub:
+            raise UserError(
+                f"{name}: cannot load the dataset repository: {_first_line(e)}"
+            ) from None
+        err = e
+    raise UserError(
+        f"cannot load dataset {shown} ({config}, {split}) from the Hugging Face Hub: "
+        f"{_first_line(err)}. {OFFLINE_HINT}"
+    ) from None
 
 
-def _first_line(e: Exception) -> str:
+def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300].rstrip(".")
 
@@ -106,24 +378,55 @@ def _first_line(e: Exception) -> str:
 # Tokenizer
 
 
-def load_tokenizer(cfg: TrainConfig, out_dir: str | Path | None = None, train_texts=None,
-                   reuse: bool = False):
-    """The tokenizer named in the config, or one trained on `train_texts` and saved in out_dir.
+def load_tokenizer(
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    train_texts=None,
+    reuse: bool = False,
+    log=print,
+):
+    """The tokenizer named in the config, or one trained on the training split.
 
-    A trained tokenizer is saved as a directory that AutoTokenizer loads (PreTrainedTokenizerFast);
-    with `reuse` (a resumed run) the one already in out_dir is loaded instead of trained again.
+    `train_texts` is the training split (a Dataset with "src"/"tgt": the trained tokenizer is
+    then cached by its fingerprint, so the same data and settings train once) or a function
+    returning an iterator of strings (always trains). A trained tokenizer is saved in
+    out_dir/tokenizer, a directory AutoTokenizer loads; with `reuse` (a resumed run, a process
+    other than the main one) the one already saved there is loaded instead.
     """
     from transformers import AutoTokenizer
 
-    if isinstance(cfg.tokenizer, dict):
-        saved = Path(out_dir) / "tokenizer" if out_dir else None
-        if reuse and saved and (saved / "tokenizer.json").exists():
-            return AutoTokenizer.from_pretrained(saved)
-        tok = train_tokenizer(train_texts(), cfg.tokenizer["train"], cfg.tokenizer.get("vocab_size", 8000))
-        if saved:
-            tok.save_pretrained(saved)
-        return tok
-    return load_pretrained_tokenizer(cfg.tokenizer)
+    if not isinstance(cfg.tokenizer, dict):
+        return load_pretrained_tokenizer(cfg.tokenizer)
+    saved = Path(out_dir) / "tokenizer" if out_dir else None
+    if reuse and saved and (saved / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(saved)
+    kind, vocab_size = cfg.tokenizer["train"], cfg.tokenizer.get("vocab_size", 8000)
+    cached = None
+    if isinstance(train_texts, datasets.Dataset) and train_texts.cache_files:
+        key = Hasher.hash([CACHE_VERSION, train_texts._fingerprint, kind, vocab_size])
+        cached = Path(datasets.config.HF_DATASETS_CACHE) / "trained_tokenizers" / key
+    if cached and (cached / "tokenizer.json").exists():
+        tok = AutoTokenizer.from_pretrained(cached)
+        log(f"tokenizer: {kind} {vocab_size} trained earlier on the same data ({cached})")
+    else:
+        texts = _texts(train_texts) if isinstance(train_texts, datasets.Dataset) else train_texts()
+        tok = train_tokenizer(texts, kind, vocab_size)
+        if cached:  # written aside and renamed: a reader never sees half a tokenizer
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=cached.parent))
+            tok.save_pretrained(tmp)
+            try:
+                tmp.rename(cached)
+            except OSError:  # another process cached it first
+                shutil.rmtree(tmp, ignore_errors=True)
+    if saved:
+        tok.save_pretrained(saved)
+    return tok
+
+
+def _texts(ds: datasets.Dataset):
+    for batch in ds.iter(1000):
+        yield from (s for s in batch["src"] + batch["tgt"] if s)
 
 
 def load_pretrained_tokenizer(name: str):
@@ -134,8 +437,9 @@ def load_pretrained_tokenizer(name: str):
         return AutoTokenizer.from_pretrained(name)
     except Exception as e:
         where = "local directory" if os.path.isdir(name) else "Hugging Face Hub"
-        raise UserError(f"cannot load tokenizer '{name}' from the {where}: {_first_line(e)}. "
-                        f"{OFFLINE_HINT}") from None
+        raise UserError(
+            f"cannot load tokenizer '{name}' from the {where}: {_first_line(e)}. {OFFLINE_HINT}"
+        ) from None
 
 
 def train_tokenizer(texts, kind: str, vocab_size: int):
@@ -144,27 +448,43 @@ def train_tokenizer(texts, kind: str, vocab_size: int):
     Like Marian's, it appends </s> to every sequence and has no BOS in the input; decoding
     starts from <s>.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<unk>", "<s>", "</s>"]
     if kind == "unigram":
         tok = Tokenizer(models.Unigram())
-        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                          unk_token="<unk>", show_progress=False)
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False
+        )
     else:
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                      show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, show_progress=False
+        )
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     tok.train_from_iterator(texts, trainer=trainer)
     eos = tok.token_to_id("</s>")
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<s>", eos_token="</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", eos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
 
 
 @dataclass(frozen=True)
@@ -188,8 +508,34 @@ def encode_sources(tok, texts: list[str]) -> list[list[int]]:
 
 
 def encode_targets(tok, texts: list[str]) -> list[list[int]]:
-    # text_target= selects the target-side model of tokenizers that have two (Marian).
+    # text_target= selects the target-side model of tokenizers that have two (Marian: separate
+    # source.spm and target.spm over one vocabulary). Encoding targets as sources is a silent bug.
     return tok(text_target=texts, add_special_tokens=True)["input_ids"]
+
+
+# Keys of a saved tokenizer_config.json that say where it was loaded from, not how it encodes.
+_PROVENANCE = set(
+    "is_local local_files_only name_or_path _name_or_path _commit_hash cache_dir revision token "
+    "subfolder".split()
+)
+
+
+def tokenizer_fingerprint(tok) -> str:
+    """A hash of the files the tokenizer saves: equal for equal tokenizers across processes and
+    runs, wherever they were loaded from. (datasets' own hash of a tokenizer object changes when
+    the tokenizer is used, which would defeat the cache.)"""
+    digest = hashlib.sha256(type(tok).__name__.encode())
+    with tempfile.TemporaryDirectory() as d:
+        tok.save_pretrained(d)
+        for f in sorted(Path(d).iterdir()):
+            data = f.read_bytes()
+            if f.suffix == ".json" and f.name != "tokenizer.json":
+                obj = json.loads(data)
+                if isinstance(obj, dict):
+                    obj = {k: v for k, v in obj.items() if k not in _PROVENANCE}
+                data = json.dumps(obj, sort_keys=True).encode()
+            digest.update(f.name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,41 +557,139 @@ class Corpus:
         return np.maximum(np.diff(self.src_off), np.diff(self.tgt_off))
 
     def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return (self.src[self.src_off[i] : self.src_off[i + 1]],
-                self.tgt[self.tgt_off[i] : self.tgt_off[i + 1]])
+        return (
+            self.src[self.src_off[i] : self.src_off[i + 1]],
+            self.tgt[self.tgt_off[i] : self.tgt_off[i + 1]],
+        )
 
 
-def tokenize(ds, tok, max_len: int, name: str, log=print) -> Corpus:
-    """Tokenize text pairs in batches; drop empty and overlong pairs and say how many."""
-    n = len(ds)
-    ds = ds.filter(lambda b: [bool(s.strip()) and bool(t.strip()) for s, t in zip(b["src"], b["tgt"])],
-                   batched=True, desc=f"{name}: dropping empty pairs")
-    n_empty = n - len(ds)
-    ds = ds.map(lambda b: {"src_ids": encode_sources(tok, b["src"]), "tgt_ids": encode_targets(tok, b["tgt"])},
-                batched=True, remove_columns=ds.column_names, desc=f"{name}: tokenizing")
-    ds = ds.filter(lambda b: [len(s) <= max_len and len(t) <= max_len for s, t in zip(b["src_ids"], b["tgt_ids"])],
-                   batched=True, desc=f"{name}: dropping long pairs")
-    n_long = n - n_empty - len(ds)
+def default_num_proc(n_pairs: int) -> int:
+    """Worker processes for tokenizing: starting them costs seconds, so only for big corpora."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 1 if n_pairs < 200_000 else max(1, min(4, cpus or 1))
+
+
+def _encode_batch(batch: dict, tok) -> dict:
+    """Ids of both sides; a blank side gets [] (and is dropped later with its pair)."""
+    out = {}
+    for side, encode in (("src", encode_sources), ("tgt", encode_targets)):
+        texts = batch[side]
+        todo = [i for i, t in enumerate(texts) if t is not None and t.strip()]
+        ids = [[] for _ in texts]
+        if todo:
+            for i, seq in zip(todo, encode(tok, [texts[i] for i in todo]), strict=True):
+                ids[i] = seq
+        out[f"{side}_ids"] = ids
+    return out
+
+
+def encode(
+    ds: datasets.Dataset, tok, name: str = "data", log=print, num_proc: int | None = None
+) -> datasets.Dataset:
+    """Token ids of every pair ("src_ids", "tgt_ids", int32), through datasets.map: cached on disk
+    by (text fingerprint, tokenizer files), so the same data and tokenizer are tokenized once."""
+    num_proc = default_num_proc(len(ds)) if num_proc is None else num_proc
+    key = Hasher.hash([CACHE_VERSION, ds._fingerprint, tokenizer_fingerprint(tok)])
+    started = time.time()
+    # Forked workers each tokenize a shard; Rust threads inside each would oversubscribe the
+    # cores (and tokenizers warns about forking after it used threads).
+    with _env(TOKENIZERS_PARALLELISM="false" if num_proc > 1 else None):
+        out = ds.map(
+            _encode_batch,
+            batched=True,
+            fn_kwargs={"tok": tok},
+            features=IDS_FEATURES,
+            remove_columns=ds.column_names,
+            num_proc=num_proc if num_proc > 1 else None,
+            new_fingerprint=key,
+            desc=f"{name}: tokenizing",
+        )
+    files = [f["filename"] for f in out.cache_files]  # none for an in-memory dataset: no cache
+    if files and all(os.path.getmtime(f) < started for f in files):
+        log(
+            f"{name}: token ids of {len(out):,} pairs loaded from the cache "
+            f"({os.path.dirname(files[0])}), nothing tokenized"
+        )
+    elif files:
+        log(
+            f"{name}: tokenized {len(out):,} pairs in {time.time() - started:.1f} s with "
+            f"{num_proc} process{'es' if num_proc > 1 else ''}, cached in "
+            f"{os.path.dirname(files[0])}"
+        )
+    return out
+
+
+@contextmanager
+def _env(**values):
+    """Set environment variables (None: leave alone) for the duration of a block."""
+    old = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def tokenize(ds, tok, max_len: int, name: str, log=print, num_proc: int | None = None) -> Corpus:
+    """Tokenize text pairs (cached, see `encode`); drop empty and overlong pairs and say how many.
+
+    Filtering works on arrays of lengths and the corpus is built chunk by chunk from the Arrow
+    cache into flat int32 arrays: memory is the kept token ids, not Python lists of the corpus.
+    """
+    table = encode(ds, tok, name, log, num_proc).with_format("arrow")[:]
+    n = table.num_rows
+    src_len = pc.list_value_length(table.column("src_ids")).to_numpy()
+    tgt_len = pc.list_value_length(table.column("tgt_ids")).to_numpy()
+    empty = (src_len == 0) | (tgt_len == 0)
+    keep = ~empty & (src_len <= max_len) & (tgt_len <= max_len)
+    n_empty, n_kept = int(empty.sum()), int(keep.sum())
+    n_long = n - n_empty - n_kept
     if n_empty or n_long:
-        log(f"{name}: dropped {n_empty} empty pairs and {n_long} pairs longer than {max_len} "
-            f"tokens; {len(ds)} of {n} remain")
-    if len(ds) == 0:
+        log(
+            f"{name}: dropped {n_empty} empty pairs and {n_long} pairs longer than {max_len} "
+            f"tokens; {n_kept} of {n} remain"
+        )
+    if n_kept == 0:
         raise UserError(f"{name}: no usable sentence pairs")
-    table = ds.with_format("arrow")[:]
+    return Corpus(
+        *_flat(table.column("src_ids"), keep, src_len),
+        *_flat(table.column("tgt_ids"), keep, tgt_len),
+    )
 
-    def flat(col):
-        arr = table.column(col).combine_chunks()
-        return arr.values.to_numpy().astype(np.int32), arr.offsets.to_numpy().astype(np.int64)
 
-    return Corpus(*flat("src_ids"), *flat("tgt_ids"))
+def _flat(column, keep: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kept rows of a chunked list<int32> column -> (values int32, offsets int64)."""
+    kept = lengths[keep].astype(np.int64)
+    offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+    np.cumsum(kept, out=offsets[1:])
+    values = np.empty(offsets[-1], dtype=np.int32)
+    row = pos = 0
+    for chunk in column.chunks:
+        rows = slice(row, row + len(chunk))
+        flat = chunk.flatten().to_numpy()  # zero-copy view of the (memory-mapped) chunk
+        if not keep[rows].all():
+            flat = flat[np.repeat(keep[rows], lengths[rows])]
+        values[pos : pos + len(flat)] = flat
+        pos, row = pos + len(flat), rows.stop
+    return values, offsets
 
 
 # ---------------------------------------------------------------------------------------------
 # Batching
 
 
-def token_batches(lengths: np.ndarray, max_tokens: int | None, max_sentences: int, seed: int,
-                  epoch: int, shuffle: bool = True) -> list[np.ndarray]:
+def token_batches(
+    lengths: np.ndarray,
+    max_tokens: int | None,
+    max_sentences: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+) -> list[np.ndarray]:
     """Group pairs of similar length so a batch holds at most max_tokens padded tokens per side.
 
     Pairs are sorted by length (ties broken at random from seed+epoch), cut into batches greedily,
@@ -255,25 +699,57 @@ def token_batches(lengths: np.ndarray, max_tokens: int | None, max_sentences: in
     tiebreak = rng.random(len(lengths)) if shuffle else np.arange(len(lengths))
     order = np.lexsort((tiebreak, lengths))
     cap = max_tokens or np.iinfo(np.int64).max
-    batches, start = [], 0
     sorted_len = lengths[order]
-    while start < len(order):
-        # sorted ascending, so the batch's padded width is the length of its last pair
-        end = start + 1
-        while (end < len(order) and end - start < max_sentences
-               and (end - start + 1) * sorted_len[end] <= cap):
-            end += 1
-        batches.append(order[start:end])
-        start = end
+    batches, start, n = [], 0, len(order)
+    while start < n:
+        # The batch order[start:end] is padded to sorted_len[end - 1], so its cost
+        # (end - start) * sorted_len[end - 1] grows with end: bisect for the largest end that
+        # fits (at least one pair). Python work per batch, not per pair.
+        lo, hi = start + 1, min(n, start + max_sentences)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if (mid - start) * int(sorted_len[mid - 1]) <= cap:
+                lo = mid
+            else:
+                hi = mid - 1
+        batches.append(order[start:lo])
+        start = lo
     if shuffle:
         rng.shuffle(batches)
     return batches
 
 
 def shard(batches: list, rank: int, world: int) -> list:
-    """This process's share of an epoch: every world-th batch, equal counts on every rank."""
-    usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
-    return batches[rank:usable:world]
+    """This process's share of an epoch: disjoint from the other ranks', together the whole
+    epoch, and the same number of batches on every rank (DDP/FSDP collectives need that).
+
+    Rank r takes batches r, r + world, ...; the last len % world batches are cut into `world`
+    smaller pieces (each a part of one batch, so within the token cap), one more per rank. If
+    those hold fewer than `world` pairs in all, pairs are repeated to give every rank one.
+    Items that are not index arrays cannot be cut: then the remainder is dropped.
+    """
+    full = len(batches) - len(batches) % world
+    mine = list(batches[rank:full:world])
+    rest = [np.asarray(b) for b in batches[full:]]
+    if rest and all(b.ndim == 1 for b in rest):
+        mine.append(_cut(rest, world)[rank])
+    return mine
+
+
+def _cut(rest: list[np.ndarray], world: int) -> list[np.ndarray]:
+    """Split fewer than `world` batches into exactly `world` non-empty pieces."""
+    total = sum(len(b) for b in rest)
+    if total < world:
+        pairs = np.concatenate(rest)
+        return [pairs[[k % total]] for k in range(world)]
+    parts = [1] * len(rest)  # pieces per batch: give the next piece to the largest pieces
+    for _ in range(world - len(rest)):
+        i = max(
+            (i for i in range(len(rest)) if parts[i] < len(rest[i])),
+            key=lambda i: len(rest[i]) / parts[i],
+        )
+        parts[i] += 1
+    return [piece for b, k in zip(rest, parts, strict=True) for piece in np.array_split(b, k)]
 
 
 def collate(corpus: Corpus, index: np.ndarray, ids: SpecialIds) -> dict:
@@ -299,3 +775,174 @@ def batch_iter(corpus: Corpus, batches: list, ids: SpecialIds, device):
     for index in batches:
         batch = collate(corpus, index, ids)
         yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit and command line: python data.py audit|prepare --config C [--key value ...]
+
+RATIO = 3.0  # a pair is a length-ratio outlier when one side has more than RATIO x the tokens
+
+
+def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
+    """Print, per split: pairs, empty lines, duplicate pairs, length percentiles per side,
+    length-ratio outliers, pairs over max_seq_length, and valid/test sources (and pairs) that
+    also occur in training."""
+    splits = {"train": (cfg.train_data, cfg.train_split)}
+    if cfg.valid_data:
+        splits["valid"] = (cfg.valid_data, cfg.valid_split)
+    if cfg.test_data:
+        splits["test"] = (cfg.test_data, cfg.test_split)
+    texts = {name: load_text(spec, cfg, split) for name, (spec, split) in splits.items()}
+    if whitespace:
+        tok, unit = None, "words"
+        log("lengths: whitespace-separated words")
+    else:
+        tok, unit = load_tokenizer(cfg, None, texts["train"], log=lambda _: None), "tokens"
+        name = cfg.tokenizer
+        if isinstance(cfg.tokenizer, dict):
+            name = (
+                f"{cfg.tokenizer['train']} {cfg.tokenizer.get('vocab_size', 8000)} trained on train"
+            )
+        log(f"lengths: tokens including </s>, tokenizer {name}")
+    log("duplicates, overlap: exact match of whitespace-trimmed text")
+    log(f"length ratio: longer side / shorter side > {RATIO:g}, pairs with an empty side left out")
+    for name, (spec, split) in splits.items():
+        log(f"{name}: {spec}" + ("" if "{lang}" in spec or os.path.exists(spec) else f" [{split}]"))
+    stats = {name: _split_stats(ds, tok, name) for name, ds in texts.items()}
+    train, src, tgt, max_len = stats["train"], cfg.src_lang, cfg.tgt_lang, cfg.max_seq_length
+    table = {  # row label -> one cell per split
+        "pairs": [f"{s['n']:,}" for s in stats.values()],
+        f"empty lines {src} / {tgt}": [
+            f"{s['empty'][0]} / {s['empty'][1]}" for s in stats.values()
+        ],
+        "duplicate pairs": [f"{s['dups']:,}" for s in stats.values()],
+        f"{src} length p50/p90/p99/max": [s["pct"][0] for s in stats.values()],
+        f"{tgt} length p50/p90/p99/max": [s["pct"][1] for s in stats.values()],
+        f"length ratio > {RATIO:g}": [f"{s['ratio']:,}" for s in stats.values()],
+        f"longer than {max_len} {unit}": [
+            f"{int(((s['src_len'] > max_len) | (s['tgt_len'] > max_len)).sum()):,}"
+            for s in stats.values()
+        ],
+        "sources also in train": [
+            "-"
+            if s is train
+            else f"{(np.isin(s['src_hash'], train['src_hash']) & s['has_src']).sum():,}"
+            for s in stats.values()
+        ],
+        "pairs also in train": [
+            "-"
+            if s is train
+            else f"{(np.isin(s['pair_hash'], train['pair_hash']) & s['both']).sum():,}"
+            for s in stats.values()
+        ],
+    }
+    width = max(map(len, table))
+    log("")
+    log(" " * width + "".join(f"{name:>14}" for name in stats))
+    for label, cells in table.items():
+        log(f"{label:{width}}" + "".join(f"{cell:>14}" for cell in cells))
+
+
+def _split_stats(ds: datasets.Dataset, tok, name: str) -> dict:
+    """Lengths, hashes and counts of one split, in batches (no Python list of the corpus)."""
+    src_len, tgt_len, src_hash, pair_hash, empty = [], [], [], [], np.zeros(2, np.int64)
+    if tok is not None:
+        ids = encode(ds, tok, name, log=lambda _: None).with_format("arrow")[:]
+        src_len = [pc.list_value_length(ids.column("src_ids")).to_numpy()]
+        tgt_len = [pc.list_value_length(ids.column("tgt_ids")).to_numpy()]
+    for batch in ds.iter(10_000):
+        src = [s.strip() if s else "" for s in batch["src"]]
+        tgt = [t.strip() if t else "" for t in batch["tgt"]]
+        empty += [sum(not s for s in src), sum(not t for t in tgt)]
+        src_hash.append(np.fromiter((hash(s) for s in src), np.int64, len(src)))
+        pair_hash.append(
+            np.fromiter((hash((s, t)) for s, t in zip(src, tgt, strict=True)), np.int64, len(src))
+        )
+        if tok is None:
+            src_len.append(np.fromiter((len(s.split()) for s in src), np.int64, len(src)))
+            tgt_len.append(np.fromiter((len(t.split()) for t in tgt), np.int64, len(tgt)))
+    src_len, tgt_len = np.concatenate(src_len), np.concatenate(tgt_len)
+    pair_hash = np.concatenate(pair_hash)
+    both = (src_len > 0) & (tgt_len > 0)
+    longer, shorter = np.maximum(src_len, tgt_len)[both], np.minimum(src_len, tgt_len)[both]
+
+    def percentiles(x) -> str:  # of the non-empty lines
+        x = x[x > 0]
+        if len(x) == 0:
+            return "-"
+        return "/".join(
+            str(int(v)) for v in [*np.percentile(x, [50, 90, 99], method="higher"), x.max()]
+        )
+
+    return {
+        "n": len(ds),
+        "empty": empty.tolist(),
+        "dups": len(pair_hash) - len(np.unique(pair_hash)),
+        "pct": (percentiles(src_len), percentiles(tgt_len)),
+        "ratio": int((longer > RATIO * shorter).sum()),
+        "src_len": src_len,
+        "tgt_len": tgt_len,
+        "src_hash": np.concatenate(src_hash),
+        "pair_hash": pair_hash,
+        "has_src": src_len > 0,  # empty lines are not counted as overlap
+        "both": both,
+    }
+
+
+def prepare(cfg: TrainConfig, log=print) -> None:
+    """What train.py does before it builds a model: read, tokenize (filling the caches), filter,
+    batch one epoch. Times each step and reports the peak memory."""
+    import resource
+
+    started = time.time()
+    train = load_text(cfg.train_data, cfg, cfg.train_split)
+    log(f"train: {len(train):,} pairs read in {time.time() - started:.1f} s")
+    t = time.time()
+    tok = load_tokenizer(cfg, None, train, log=log)
+    log(f"tokenizer ready in {time.time() - t:.1f} s")
+    corpus = tokenize(train, tok, cfg.max_seq_length, "train", log)
+    if cfg.valid_data:
+        valid = load_text(cfg.valid_data, cfg, cfg.valid_split)
+        tokenize(valid, tok, cfg.max_seq_length, "valid", log)
+    t = time.time()
+    lengths = corpus.lengths()
+    batches = token_batches(lengths, cfg.max_tokens, cfg.batch_size, cfg.seed, 0)
+    padded = sum(len(b) * int(lengths[b].max()) for b in batches)
+    log(
+        f"train: {len(corpus):,} pairs, {len(corpus.src) + len(corpus.tgt):,} tokens, "
+        f"{len(batches):,} batches in {time.time() - t:.1f} s "
+        f"({100 * (1 - lengths.sum() / padded):.1f}% padding on the longer side)"
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    log(f"done in {time.time() - started:.1f} s, peak memory (max RSS) {peak:.2f} GiB")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python data.py",
+        description="Inspect or prepare the data of a config.",
+        epilog="Any config key can be overridden: --train_data 'data/train.{lang}.gz'",
+    )
+    parser.add_argument(
+        "command",
+        choices=["audit", "prepare"],
+        help="audit: statistics per split; prepare: fill the caches",
+    )
+    parser.add_argument(
+        "--config", default="config.json", help="JSON config (default: config.json)"
+    )
+    parser.add_argument(
+        "--whitespace",
+        action="store_true",
+        help="audit: count whitespace-separated words, no tokenizer",
+    )
+    args, rest = parser.parse_known_args(argv)
+    cfg = load_config(args.config, parse_overrides(rest))
+    if args.command == "audit":
+        audit(cfg, args.whitespace)
+    else:
+        prepare(cfg)
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -211,29 +211,28 @@ class StopSignal:
 def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
     """Data, tokenizer, model config: everything a run needs besides the model itself."""
     out, log = Path(cfg.output_dir), accelerator.print
-    train_text = load_text(cfg.train_data, cfg, cfg.train_split)
-    with accelerator.main_process_first():  # the main process trains/saves a tokenizer first
+    # The main process reads the data, trains (or loads) the tokenizer and tokenizes first,
+    # filling datasets' cache; the other processes then find all of it there. Passing the
+    # training split itself (not an iterator) lets a trained tokenizer be cached by the data.
+    with accelerator.main_process_first():
+        train_text = load_text(cfg.train_data, cfg, cfg.train_split)
         tokenizer = load_tokenizer(
-            cfg,
-            out,
-            lambda: (b["src"] + b["tgt"] for b in train_text.iter(1000)),
-            reuse=resume or not accelerator.is_main_process,
+            cfg, out, train_text, reuse=resume or not accelerator.is_main_process, log=log
         )
+        train = tokenize(train_text, tokenizer, cfg.max_seq_length, "train", log)
+        valid = None
+        if cfg.valid_data:
+            valid_text = load_text(cfg.valid_data, cfg, cfg.valid_split)
+            valid = (tokenize(valid_text, tokenizer, cfg.max_seq_length, "valid", log), valid_text)
     ids = SpecialIds.of(tokenizer)
     run = {
         "cfg": cfg,
         "ids": ids,
         "tokenizer": tokenizer,
         "log": log,
-        "valid": None,
-        "train": tokenize(train_text, tokenizer, cfg.max_seq_length, "train", log),
+        "valid": valid,
+        "train": train,
     }
-    if cfg.valid_data:
-        valid_text = load_text(cfg.valid_data, cfg, cfg.valid_split)
-        run["valid"] = (
-            tokenize(valid_text, tokenizer, cfg.max_seq_length, "valid", log),
-            valid_text,
-        )
     run["model_cfg"] = model_config(cfg, tokenizer, ids)
     return run
 
@@ -337,6 +336,9 @@ def main(argv=None):
 def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> None:
     cfg, ids, stop = run["cfg"], run["ids"], StopSignal()
     done, started = False, time.time() - state.get("train_seconds", 0.0)
+    if cfg.max_steps and state["step"] >= cfg.max_steps:  # resumed a run that was complete
+        run["log"](f"already at max_steps ({cfg.max_steps}); nothing to do")
+        return
     for epoch in range(state["epoch"], cfg.epochs):
         batches = epoch_batches(run, accelerator, epoch)
         steps = len(batches) // cfg.grad_accum_steps

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # Before anything imports datasets/transformers (they read these at import): tests never touch
@@ -9,6 +10,10 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# data.py caches Arrow files, token ids and trained tokenizers in datasets' cache: keep tests
+# out of the user's ~/.cache/huggingface/datasets (subprocesses inherit this too).
+_DATASETS_CACHE = tempfile.TemporaryDirectory(prefix="hf-datasets-tests-")
+os.environ["HF_DATASETS_CACHE"] = _DATASETS_CACHE.name
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # also work under a bare `pytest`, not only `python -m pytest`

@@ -136,12 +136,6 @@ def test_saved_dataset_dict_selects_the_split(tmp_path, cfg):
     assert ds["src"] == EN[2:] and ds["tgt"] == DE[2:]
 
 
-@pytest.mark.xfail(
-    reason="BUG: data.py load_text indexes a DatasetDict with ds[split] unguarded, so a missing "
-    "split is a KeyError traceback instead of a UserError listing the splits",
-    strict=True,
-    raises=KeyError,
-)
 def test_saved_dataset_dict_missing_split_is_a_user_error(tmp_path, cfg):
     datasets.DatasetDict({"train": translations(EN, DE)}).save_to_disk(str(tmp_path / "ds"))
     with pytest.raises(UserError, match="test"):
@@ -324,11 +318,6 @@ def test_shard_single_process_keeps_everything():
     assert shard(list(range(5)), 0, 1) == list(range(5))
 
 
-@pytest.mark.xfail(
-    reason="BUG: data.py shard keeps all batches when there are fewer than `world`, so ranks get "
-    "unequal counts (1 vs 0) and the ranks' collectives in backward/FSDP forward hang",
-    strict=True,
-)
 def test_shard_fewer_batches_than_processes_keeps_counts_equal():
     counts = [len(shard([np.arange(3)], rank, 2)) for rank in range(2)]
     assert counts[0] == counts[1]

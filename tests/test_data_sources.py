@@ -1,0 +1,543 @@
+"""Every data source form, the errors users see for bad data, the on-disk caches, tokenize's
+chunked corpus building, and `python data.py audit`. All offline: Hub paths are exercised with a
+local dataset repository laid out like the Hub's wmt/wmt14 (README configs + parquet files)."""
+
+import csv
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+
+import data
+from config import TrainConfig, UserError
+from data import encode_sources, encode_targets, load_text, token_batches, tokenize
+
+ROOT = Path(__file__).resolve().parents[1]
+EN = ['a small dog runs, "fast"', "the red cat sleeps", "NA", "two birds sing loudly"]
+DE = ['ein kleiner Hund rennt, "schnell"', "die rote Katze schläft", "null", "zwei Vögel singen"]
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    """Each test gets its own datasets cache: nothing lands in ~/.cache, nothing is shared."""
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+@pytest.fixture
+def cfg() -> TrainConfig:
+    return TrainConfig(src_lang="en", tgt_lang="de", dataset_config="de-en")
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+    return path
+
+
+def lines(rows: list[str]) -> str:
+    return "".join(r + "\n" for r in rows)
+
+
+def assert_pairs(ds, en=EN, de=DE):
+    assert ds.column_names == ["src", "tgt"]
+    assert ds["src"] == en and ds["tgt"] == de
+
+
+def translation_dataset(en=EN, de=DE) -> datasets.Dataset:
+    features = datasets.Features({"translation": datasets.Translation(languages=["de", "en"])})
+    rows = [{"de": d, "en": e} for e, d in zip(en, de, strict=True)]
+    return datasets.Dataset.from_dict({"translation": rows}, features=features)
+
+
+# ---------------------------------------------------------------------------------------------
+# Each source format
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_aligned_text_files(tmp_path, cfg, suffix):
+    write(tmp_path / f"train.en{suffix}", lines(EN))
+    write(tmp_path / f"train.de{suffix}", lines(DE))
+    assert_pairs(load_text(str(tmp_path / f"train.{{lang}}{suffix}"), cfg, "train"))
+
+
+@pytest.mark.parametrize("name", ["train.jsonl", "train.json", "train.jsonl.gz"])
+def test_jsonl_translation_records(tmp_path, cfg, name):
+    records = [{"translation": {"en": e, "de": d}} for e, d in zip(EN, DE, strict=True)]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    assert_pairs(load_text(str(write(tmp_path / name, text + "\n")), cfg, "train"))
+
+
+def test_jsonl_language_keys(tmp_path, cfg):
+    text = "".join(
+        json.dumps({"id": i, "de": d, "en": e}) + "\n"
+        for i, (e, d) in enumerate(zip(EN, DE, strict=True))
+    )
+    assert_pairs(load_text(str(write(tmp_path / "t.jsonl", text)), cfg, "train"))
+
+
+@pytest.mark.parametrize("translation_column", [True, False])
+def test_parquet(tmp_path, cfg, translation_column):
+    if translation_column:
+        ds = translation_dataset()
+    else:
+        ds = datasets.Dataset.from_dict({"de": DE, "en": EN, "score": [1.0] * len(EN)})
+    ds.to_parquet(str(tmp_path / "t.parquet"))
+    assert_pairs(load_text(str(tmp_path / "t.parquet"), cfg, "train"))
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.tsv", "t.csv.gz"])
+def test_csv_and_tsv_keep_text_as_written(tmp_path, cfg, name):
+    # "NA" and "null" stay strings, quotes and commas survive, columns are found by name.
+    path = tmp_path / name
+    if ".tsv" in name:
+        pairs = enumerate(zip(EN, DE, strict=True))
+        rows = ["id\tde\ten"] + [f"{i}\t{d}\t{e}" for i, (e, d) in pairs]
+        write(path, lines(rows))
+    else:
+        with open(tmp_path / "plain.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["en", "de"])
+            w.writerows(zip(EN, DE, strict=True))
+        write(path, (tmp_path / "plain.csv").read_bytes())
+    assert_pairs(load_text(str(path), cfg, "train"))
+
+
+def test_saved_dataset_and_dataset_dict(tmp_path, cfg):
+    translation_dataset().save_to_disk(str(tmp_path / "one"))
+    assert_pairs(load_text(str(tmp_path / "one"), cfg, "train"))
+    splits = {"train": translation_dataset(EN[:2], DE[:2]), "test": translation_dataset()}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "dict"))
+    assert_pairs(load_text(str(tmp_path / "dict"), cfg, "test"))
+    with pytest.raises(UserError, match=r"no split 'validation' \(it has train, test\)"):
+        load_text(str(tmp_path / "dict"), cfg, "validation")
+
+
+@pytest.fixture
+def wmt14_repo(tmp_path) -> Path:
+    """A local stand-in for the Hub's wmt/wmt14: same README configs, file layout and schema."""
+    repo = tmp_path / "wmt14"
+    (repo / "de-en").mkdir(parents=True)
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: de-en\n  data_files:\n"
+        "  - split: train\n    path: de-en/train-*\n"
+        "  - split: validation\n    path: de-en/validation-*\n"
+        "  - split: test\n    path: de-en/test-*\n---\n# WMT14 stand-in\n"
+    )
+    for split, n in (("train", 4), ("validation", 2), ("test", 3)):
+        ds = translation_dataset(EN[:n], DE[:n])
+        ds.to_parquet(str(repo / "de-en" / f"{split}-00000-of-00001.parquet"))
+    return repo
+
+
+def test_dataset_repository_with_config_and_split_names(wmt14_repo, cfg):
+    train = load_text(str(wmt14_repo), cfg, "train")
+    assert_pairs(train)
+    # the same fingerprint every time, so its tokenization is cached across runs
+    assert load_text(str(wmt14_repo), cfg, "train")._fingerprint == train._fingerprint
+    assert_pairs(load_text(str(wmt14_repo), cfg, "validation"), EN[:2], DE[:2])
+    assert_pairs(load_text(str(wmt14_repo), cfg, "test"), EN[:3], DE[:3])
+
+
+def test_dataset_repository_wrong_config_or_split(wmt14_repo, cfg):
+    with pytest.raises(UserError, match=r"split 'valid'.*Unknown split.*\*_split"):
+        load_text(str(wmt14_repo), cfg, "valid")
+    bad = TrainConfig(src_lang="en", tgt_lang="de", dataset_config="fr-en")
+    with pytest.raises(UserError, match=r"config 'fr-en'.*not found.*dataset_config"):
+        load_text(str(wmt14_repo), bad, "train")
+
+
+def test_language_missing_from_the_dataset(tmp_path, cfg):
+    translation_dataset().save_to_disk(str(tmp_path / "ds"))
+    fr = TrainConfig(src_lang="en", tgt_lang="fr")
+    with pytest.raises(UserError, match=r"expected a 'translation' column with 'en' and 'fr'"):
+        load_text(str(tmp_path / "ds"), fr, "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub names, offline
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [("wmt14", "'wmt14' (= 'wmt/wmt14')"), ("someone/corpus", "'someone/corpus'")],
+)
+def test_hub_names_offline_give_one_clear_line(tmp_path, monkeypatch, cfg, name, shown):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        load_text(name, cfg, "train")
+    message = str(e.value)
+    assert message.startswith(f"cannot load dataset {shown} (de-en, train) from the Hugging Face")
+    assert "To work offline" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("spec", ["data/multi30k/train", "./train", "corpus.tsv", "x.en.gz"])
+def test_paths_are_never_sent_to_the_hub(tmp_path, monkeypatch, cfg, spec):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=f"^data (file|path) not found: {spec}$"):
+        load_text(spec, cfg, "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors in the data itself: one line naming the file (and the line)
+
+
+@pytest.mark.parametrize(("en", "de"), [(EN, DE[:3]), (EN[:3], DE), ([""], DE[:2])])
+def test_misaligned_files_name_both_files_and_counts(tmp_path, cfg, en, de):
+    write(tmp_path / "t.en", lines(en))
+    write(tmp_path / "t.de", lines(de))
+    with pytest.raises(UserError) as e:
+        load_text(str(tmp_path / "t.{lang}"), cfg, "train")
+    assert str(e.value) == (
+        f"misaligned files: {tmp_path / 't.en'} has {len(en)} lines, "
+        f"{tmp_path / 't.de'} has {len(de)}"
+    )
+
+
+def test_crlf_and_byte_order_mark_are_dropped(tmp_path, cfg):
+    write(tmp_path / "t.en", "\ufeff" + "".join(e + "\r\n" for e in EN))
+    write(tmp_path / "t.de", "".join(d + "\r\n" for d in DE))
+    assert_pairs(load_text(str(tmp_path / "t.{lang}"), cfg, "train"))
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_non_utf8_names_file_and_line(tmp_path, cfg, suffix):
+    write(tmp_path / f"t.en{suffix}", lines(EN[:2]).encode() + b"caf\xe9 au lait\n" + b"x\n")
+    write(tmp_path / f"t.de{suffix}", lines(DE))
+    with pytest.raises(UserError, match=r"t\.en(\.gz)?, line 3: not UTF-8 \(invalid .* byte 4 "):
+        load_text(str(tmp_path / f"t.{{lang}}{suffix}"), cfg, "train")
+
+
+@pytest.mark.parametrize("name", ["t.{lang}", "t.{lang}.gz", "t.jsonl", "t.csv"])
+def test_empty_file_is_a_clear_error(tmp_path, cfg, name):
+    for lang in ("en", "de"):
+        write(tmp_path / name.replace("{lang}", lang), b"")
+    with pytest.raises(UserError, match=r"t\.(en|jsonl|csv)(\.gz)?: empty file$"):
+        load_text(str(tmp_path / name), cfg, "train")
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("{not json", r"line 2: not JSON \(Expecting property name"),
+        ('{"translation": {"en": "x"}}', r"line 2: no 'de' text \(keys: en\)"),
+        ('{"translation": {"en": "x", "de": 5}}', r"line 2: no 'de' text"),
+        ('["en", "de"]', r"line 2: expected an object like"),
+    ],
+)
+def test_bad_jsonl_line_names_file_and_line(tmp_path, cfg, line, error):
+    good = json.dumps({"translation": {"en": "a", "de": "b"}})
+    path = write(tmp_path / "t.jsonl", f"{good}\n{line}\n{good}\n")
+    with pytest.raises(UserError, match=f"t.jsonl, {error}"):
+        load_text(str(path), cfg, "train")
+
+
+def test_bad_csv_names_file_and_line(tmp_path, cfg):
+    write(tmp_path / "a.csv", "english,german\nx,y\n")
+    with pytest.raises(UserError, match=r"a\.csv: expected a header line naming the columns 'en'"):
+        load_text(str(tmp_path / "a.csv"), cfg, "train")
+    write(tmp_path / "b.tsv", "en\tde\nx\ty\nx\ty\tz\n")
+    with pytest.raises(UserError, match=r"b\.tsv, line 3: 3 fields, the header has 2"):
+        load_text(str(tmp_path / "b.tsv"), cfg, "train")
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("train.xlsx", r"cannot tell the data format from the name \(expected a Hub"),
+        ("train.en", r"a plain-text file holds one language; .* e\.g\. .*/train\.\{lang\}$"),
+        ("train.de.gz", r"a plain-text file holds one language; .* e\.g\. .*/train\.\{lang\}\.gz$"),
+        ("train.txt", r"a plain-text file holds one language; .* e\.g\. data/train\.\{lang\}\.gz$"),
+    ],
+)
+def test_unknown_or_ambiguous_format(tmp_path, cfg, name, error):
+    path = write(tmp_path / name, "x\n")
+    with pytest.raises(UserError, match=f"{path.name}: {error}"):
+        load_text(str(path), cfg, "train")
+
+
+def test_lang_placeholder_on_a_two_language_format(tmp_path, cfg):
+    with pytest.raises(UserError, match=r"placeholder is for aligned plain-text files"):
+        load_text(str(tmp_path / "train.{lang}.jsonl"), cfg, "train")
+
+
+def test_directory_that_is_not_a_dataset(tmp_path, cfg):
+    write(tmp_path / "train.en.gz", "x\n")
+    with pytest.raises(UserError, match="not a dataset directory"):
+        load_text(str(tmp_path), cfg, "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# Caches: text read once, tokenized once
+
+
+def test_text_files_are_read_once_then_served_from_the_cache(tmp_path, cfg, monkeypatch):
+    write(tmp_path / "t.en", lines(EN))
+    write(tmp_path / "t.de", lines(DE))
+    first = load_text(str(tmp_path / "t.{lang}"), cfg, "train")
+    assert first.cache_files  # an on-disk Arrow dataset, so map() results are cached too
+
+    def no_reading(path):
+        raise AssertionError(f"read {path} again")
+
+    monkeypatch.setattr(data, "iter_lines", no_reading)
+    again = load_text(str(tmp_path / "t.{lang}"), cfg, "train")
+    assert_pairs(again)
+    assert again._fingerprint == first._fingerprint
+    monkeypatch.undo()
+    os.utime(tmp_path / "t.de", ns=(1, 1))  # the file changed: read it again
+    write(tmp_path / "t.de", lines([d.upper() for d in DE]))
+    assert load_text(str(tmp_path / "t.{lang}"), cfg, "train")["tgt"][1] == DE[1].upper()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = EN + DE + ["the dog and the cat", "der Hund und die Katze"] * 5
+    return data.train_tokenizer(iter(texts * 3), "bpe", 90)
+
+
+def test_tokenize_second_run_uses_the_cache(tmp_path, cfg, tokenizer, monkeypatch):
+    write(tmp_path / "t.en", lines(EN))
+    write(tmp_path / "t.de", lines(DE))
+    ds = load_text(str(tmp_path / "t.{lang}"), cfg, "train")
+    first_log, second_log = [], []
+    first = tokenize(ds, tokenizer, 64, "train", first_log.append)
+    assert len(first_log) == 1 and first_log[0].startswith("train: tokenized 4 pairs in")
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(data, "_encode_batch", no_tokenizing)
+    again = tokenize(
+        load_text(str(tmp_path / "t.{lang}"), cfg, "train"),
+        tokenizer,
+        64,
+        "train",
+        second_log.append,
+    )
+    assert second_log[0].startswith("train: token ids of 4 pairs loaded from the cache")
+    assert second_log[0].endswith("nothing tokenized")
+    for a, b in zip(
+        (first.src, first.src_off, first.tgt, first.tgt_off),
+        (again.src, again.src_off, again.tgt, again.tgt_off),
+        strict=True,
+    ):
+        assert np.array_equal(a, b)
+    # The same tokenizer loaded back from disk has the same fingerprint: still cached.
+    tokenizer.save_pretrained(tmp_path / "tok")
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert data.tokenizer_fingerprint(reloaded) == data.tokenizer_fingerprint(tokenizer)
+    tokenize(ds, reloaded, 64, "train", second_log.append)
+    assert "loaded from the cache" in second_log[-1]
+
+
+def test_trained_tokenizer_is_cached_by_the_data_and_loads_with_autotokenizer(
+    tmp_path, cfg, monkeypatch
+):
+    from transformers import AutoTokenizer
+
+    write(tmp_path / "t.en", lines(EN * 5))
+    write(tmp_path / "t.de", lines(DE * 5))
+    ds = load_text(str(tmp_path / "t.{lang}"), cfg, "train")
+    tok_cfg = TrainConfig(tokenizer={"train": "unigram", "vocab_size": 60})
+    first = data.load_tokenizer(tok_cfg, tmp_path / "run1", ds, log=lambda _: None)
+    saved = AutoTokenizer.from_pretrained(tmp_path / "run1" / "tokenizer")
+    assert encode_sources(saved, EN) == encode_sources(first, EN)
+    assert data.SpecialIds.of(saved) == data.SpecialIds.of(first)
+
+    def no_training(*args):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(data, "train_tokenizer", no_training)
+    messages = []
+    second = data.load_tokenizer(tok_cfg, tmp_path / "run2", ds, log=messages.append)
+    assert "trained earlier on the same data" in messages[0]
+    assert data.tokenizer_fingerprint(second) == data.tokenizer_fingerprint(first)
+    assert (tmp_path / "run2" / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_tokenize_with_worker_processes_matches_one_process(tmp_path, cfg, tokenizer):
+    write(tmp_path / "t.en", lines(EN * 3))
+    write(tmp_path / "t.de", lines(DE * 3))
+    ds = load_text(str(tmp_path / "t.{lang}"), cfg, "train")
+    one = tokenize(ds, tokenizer, 64, "a", lambda _: None, num_proc=1)
+    datasets.config.HF_DATASETS_CACHE = tmp_path / "other_cache"  # undone by the fixture
+    two = tokenize(
+        load_text(str(tmp_path / "t.{lang}"), cfg, "train"),
+        tokenizer,
+        64,
+        "b",
+        lambda _: None,
+        num_proc=2,
+    )
+    assert np.array_equal(one.src, two.src) and np.array_equal(one.tgt_off, two.tgt_off)
+
+
+def test_default_num_proc():
+    assert data.default_num_proc(29_000) == 1
+    assert 1 <= data.default_num_proc(4_500_000) <= 4
+
+
+def test_tokenize_builds_the_corpus_chunk_by_chunk(tokenizer):
+    # Several Arrow chunks, dropped pairs in the middle of a chunk and at chunk edges.
+    src = ["the dog", "", "a cat sleeps", " ".join(["dog"] * 30), "two birds", "the red cat"]
+    tgt = ["der Hund", "x", "", "ein Hund", " ".join(["Hund"] * 30), "die rote Katze"]
+    parts = [
+        datasets.Dataset.from_dict({"src": src[i : i + 2], "tgt": tgt[i : i + 2]})
+        for i in range(0, 6, 2)
+    ]
+    ds = datasets.concatenate_datasets(parts)
+    assert ds.with_format("arrow")[:].column("src").num_chunks == 3
+    messages = []
+    corpus = tokenize(ds, tokenizer, 20, "t", messages.append)
+    kept = [0, 5]
+    assert messages == ["t: dropped 2 empty pairs and 2 pairs longer than 20 tokens; 2 of 6 remain"]
+    assert corpus.src.dtype == np.int32 and corpus.src_off.dtype == np.int64
+    for i, j in enumerate(kept):
+        s, t = corpus.pair(i)
+        assert s.tolist() == encode_sources(tokenizer, [src[j]])[0]
+        assert t.tolist() == encode_targets(tokenizer, [tgt[j]])[0]
+
+
+def reference_batches(lengths, max_tokens, max_sentences, seed, epoch, shuffle=True):
+    """The foundation's pair-by-pair loop, kept here to check the bisecting version."""
+    rng = np.random.default_rng([seed, epoch])
+    tiebreak = rng.random(len(lengths)) if shuffle else np.arange(len(lengths))
+    order = np.lexsort((tiebreak, lengths))
+    cap = max_tokens or np.iinfo(np.int64).max
+    batches, start, sorted_len = [], 0, lengths[order]
+    while start < len(order):
+        end = start + 1
+        while (
+            end < len(order)
+            and end - start < max_sentences
+            and (end - start + 1) * sorted_len[end] <= cap
+        ):
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "max_sentences"), [(64, 8), (1000, 1000), (None, 7), (40, 1)]
+)
+def test_token_batches_match_the_pair_by_pair_reference(max_tokens, max_sentences):
+    lengths = np.random.default_rng(3).integers(1, 40, size=2000)
+    for shuffle in (True, False):
+        got = token_batches(lengths, max_tokens, max_sentences, 5, 2, shuffle)
+        want = reference_batches(lengths, max_tokens, max_sentences, 5, 2, shuffle)
+        assert [b.tolist() for b in got] == [b.tolist() for b in want]
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit
+
+
+def audit_table(out: str) -> dict[str, list[str]]:
+    """The audit's table: row label -> cells per split (columns 14 characters wide)."""
+    lines = out.splitlines()
+    h = next(i for i, line in enumerate(lines) if line.split() == ["train", "valid"])
+    width = lines[h].index("train") + len("train") - 14
+    return {
+        line[:width].strip(): [line[width:][i : i + 14].strip() for i in (0, 14)]
+        for line in lines[h + 1 :]
+    }
+
+
+def test_audit_counts(tmp_path, capsys):
+    train_en = ["a b c", "a b c", "", "one two three four five six seven", "x y", "p q r"]
+    train_de = ["A B C", "A B C", "leer", "eins", "X Y", "P Q R"]
+    write(tmp_path / "train.en", lines(train_en))
+    write(tmp_path / "train.de", lines(train_de))
+    write(tmp_path / "valid.en", lines(["x y", "", " a b c "]))
+    write(tmp_path / "valid.de", lines(["X Y", "neu", "anders"]))
+    cfg = TrainConfig(
+        train_data=str(tmp_path / "train.{lang}"),
+        valid_data=str(tmp_path / "valid.{lang}"),
+        max_seq_length=4,
+    )
+    data.audit(cfg, whitespace=True)
+    out = capsys.readouterr().out
+    assert out.startswith("lengths: whitespace-separated words\n")
+    assert f"train: {tmp_path / 'train.{lang}'}" in out
+    table = audit_table(out)
+    assert table["pairs"] == ["6", "3"]
+    assert table["empty lines en / de"] == ["1 / 0", "1 / 0"]
+    assert table["duplicate pairs"] == ["1", "0"]
+    assert table["en length p50/p90/p99/max"] == ["3/7/7/7", "3/3/3/3"]
+    assert table["length ratio > 3"] == ["1", "0"]  # seven words against one
+    assert table["longer than 4 words"] == ["1", "0"]
+    # "x y" and " a b c " (trimmed) occur in train; the empty line does not count
+    assert table["sources also in train"] == ["-", "2"]
+    assert table["pairs also in train"] == ["-", "1"]
+
+
+def test_audit_with_the_tokenizer_counts_tokens(tmp_path, capsys):
+    write(tmp_path / "t.en", lines(EN * 3))
+    write(tmp_path / "t.de", lines(DE * 3))
+    spec = str(tmp_path / "t.{lang}")
+    cfg = TrainConfig(
+        train_data=spec, valid_data=spec, tokenizer={"train": "bpe", "vocab_size": 80}
+    )
+    data.audit(cfg)
+    out = capsys.readouterr().out
+    assert "lengths: tokens including </s>, tokenizer bpe 80 trained on train" in out
+    table = audit_table(out)
+    tok = data.load_tokenizer(cfg, None, load_text(spec, cfg, "train"), log=lambda _: None)
+    longest = max(len(ids) for ids in encode_sources(tok, EN))
+    assert table["en length p50/p90/p99/max"][0].endswith(f"/{longest}")
+    assert table["duplicate pairs"] == ["8", "8"]
+    assert table["sources also in train"] == ["-", "12"]
+
+
+def test_audit_command_line_on_text_files(tmp_path):
+    write(tmp_path / "t.en", lines(EN))
+    write(tmp_path / "t.de", lines(DE))
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "hf"),
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    }
+    args = [
+        "audit",
+        "--config",
+        "configs/tiny.json",
+        "--train_data",
+        str(tmp_path / "t.{lang}"),
+        "--valid_data",
+        "null",
+        "--whitespace",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "data.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pairs" in proc.stdout and "duplicate pairs" in proc.stdout
+    bad = subprocess.run(
+        [sys.executable, "data.py", "audit", "--train_data", "nope.{lang}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: data file not found: nope.en"

@@ -1,0 +1,161 @@
+"""The Helsinki-NLP/opus-mt-* tokenizers (MarianTokenizer): two SentencePiece models, one for
+sources and one for targets, over one shared vocabulary. Targets must go through the target
+model (`text_target=`); encoding them with the source model is a silent, common mistake
+(transformers issues #6262, #10294, #18455).
+
+Offline stand-in, same files and class as the Hub's opus-mt-en-de: source.spm trained on English
+only, target.spm on German only, vocab.json over the pieces of both, tokenizer_config.json naming
+MarianTokenizer. A German sentence is then cut differently by the two models, so a target
+encoded with the wrong model shows up as different ids.
+"""
+
+import io
+import json
+import warnings
+
+import datasets
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+import data
+from config import TrainConfig
+from data import SpecialIds, encode_sources, encode_targets, load_text, tokenize
+
+EN = [
+    "the dog runs in the park",
+    "a cat sleeps on the sofa",
+    "two birds sing in the tree",
+    "the children play football",
+    "a man reads a book at home",
+    "the woman drinks coffee",
+]
+DE = [
+    "der Hund rennt im Park",
+    "eine Katze schläft auf dem Sofa",
+    "zwei Vögel singen im Baum",
+    "die Kinder spielen Fußball",
+    "ein Mann liest zu Hause ein Buch",
+    "die Frau trinkt Kaffee",
+]
+
+
+def train_spm(lines: list[str]) -> bytes:
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines * 20),
+        model_writer=model,
+        vocab_size=60,
+        model_type="unigram",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+@pytest.fixture(scope="module")
+def marian_dir(tmp_path_factory):
+    """A MarianTokenizer directory laid out like Helsinki-NLP/opus-mt-en-de."""
+    out = tmp_path_factory.mktemp("opus-mt-en-de")
+    models = {"source.spm": train_spm(EN), "target.spm": train_spm(DE)}
+    vocab = {"</s>": 0, "<unk>": 1}  # Marian's layout: eos 0, unk 1, ..., pad last
+    for name, model in models.items():
+        (out / name).write_bytes(model)
+        sp = spm.SentencePieceProcessor(model_proto=model)
+        for i in range(sp.get_piece_size()):
+            piece = sp.id_to_piece(i)
+            if not sp.is_control(i) and not sp.is_unknown(i):
+                vocab.setdefault(piece, len(vocab))
+    vocab["<pad>"] = len(vocab)
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    config = {
+        "source_lang": "en",
+        "target_lang": "de",
+        "tokenizer_class": "MarianTokenizer",
+        "model_max_length": 512,
+        "separate_vocabs": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+def load_marian(path):
+    with warnings.catch_warnings():  # MarianTokenizer recommends sacremoses; not needed here
+        warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
+        return data.load_pretrained_tokenizer(str(path))
+
+
+@pytest.fixture(scope="module")
+def marian(marian_dir):
+    return load_marian(marian_dir)
+
+
+def model_ids(marian_dir, model: str, text: str) -> list[int]:
+    """What a given SentencePiece model + the shared vocab give for text, </s> appended."""
+    vocab = json.loads((marian_dir / "vocab.json").read_text())
+    sp = spm.SentencePieceProcessor(model_file=str(marian_dir / model))
+    return [vocab.get(p, vocab["<unk>"]) for p in sp.encode(text, out_type=str)] + [vocab["</s>"]]
+
+
+def test_loads_as_marian_with_special_ids_from_the_tokenizer(marian, marian_dir):
+    from transformers import MarianTokenizer
+
+    assert isinstance(marian, MarianTokenizer)
+    vocab = json.loads((marian_dir / "vocab.json").read_text())
+    ids = SpecialIds.of(marian)
+    # No BOS in Marian: decoding starts from pad, as in MarianMTModel.
+    assert (ids.pad, ids.eos, ids.start) == (vocab["<pad>"], vocab["</s>"], vocab["<pad>"])
+    assert marian.bos_token_id is None and marian.unk_token_id == vocab["<unk>"]
+
+
+def test_the_two_models_cut_german_differently(marian_dir):
+    for de in DE:
+        assert model_ids(marian_dir, "source.spm", de) != model_ids(marian_dir, "target.spm", de)
+
+
+def test_targets_use_the_target_model_and_sources_the_source_model(marian, marian_dir):
+    assert encode_targets(marian, DE) == [model_ids(marian_dir, "target.spm", d) for d in DE]
+    assert encode_sources(marian, EN) == [model_ids(marian_dir, "source.spm", e) for e in EN]
+    # The mistake this guards against: German run through the source model.
+    assert encode_sources(marian, DE) != encode_targets(marian, DE)
+    # Encoding targets does not leave the tokenizer in target mode.
+    assert encode_sources(marian, DE[:1]) == [model_ids(marian_dir, "source.spm", DE[0])]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_tokenize_encodes_each_side_with_its_model(
+    tmp_path, monkeypatch, marian, marian_dir, num_proc
+):
+    # Through the on-disk, cached path train.py takes; with 2 worker processes the tokenizer is
+    # pickled into each, and must still use the target model for targets.
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    (tmp_path / "t.en").write_text("".join(e + "\n" for e in EN))
+    (tmp_path / "t.de").write_text("".join(d + "\n" for d in DE))
+    ds = load_text(str(tmp_path / "t.{lang}"), TrainConfig(), "train")
+    corpus = tokenize(ds, marian, 64, "train", lambda _: None, num_proc=num_proc)
+    assert len(corpus) == len(EN)
+    for i, (en, de) in enumerate(zip(EN, DE, strict=True)):
+        src, tgt = corpus.pair(i)
+        assert src.tolist() == model_ids(marian_dir, "source.spm", en)
+        assert tgt.tolist() == model_ids(marian_dir, "target.spm", de)
+        assert tgt.tolist() != model_ids(marian_dir, "source.spm", de)
+
+
+def test_fingerprint_is_stable_across_save_and_load(marian, marian_dir, tmp_path):
+    marian.save_pretrained(tmp_path / "copy")
+    copy = load_marian(tmp_path / "copy")
+    copy.decode([3, 4])  # using a tokenizer must not change its fingerprint
+    assert data.tokenizer_fingerprint(copy) == data.tokenizer_fingerprint(marian)
+    trained = data.train_tokenizer(iter(EN + DE), "bpe", 60)
+    assert data.tokenizer_fingerprint(trained) != data.tokenizer_fingerprint(marian)
+
+
+def test_collate_with_marian_ids(marian):
+    corpus = tokenize(
+        datasets.Dataset.from_dict({"src": EN, "tgt": DE}), marian, 64, "t", lambda _: None
+    )
+    ids = SpecialIds.of(marian)
+    batch = data.collate(corpus, np.arange(len(EN)), ids)
+    assert (batch["tgt_in"][:, 0] == ids.start).all()  # pad starts decoding, as in Marian
+    assert (batch["labels"] == ids.eos).sum() == len(EN)
