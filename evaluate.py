@@ -1,78 +1,233 @@
-"""Score translations with sacreBLEU (BLEU and chrF, with their signatures).
+"""Score translations with sacreBLEU: BLEU, chrF and TER with signatures, and paired bootstrap.
 
-    python evaluate.py --checkpoint runs/quickstart --source test.en --reference test.de
-    python evaluate.py --hypotheses hyps.de --reference test.de [--json report.json]
+    # translate a test set with a checkpoint, then score it
+    python evaluate.py --checkpoint runs/multi30k --source test.en.gz --reference test.de.gz
+    python evaluate.py --checkpoint runs/multi30k --beam 5          # the config's test_data
+    python evaluate.py --checkpoint runs/wmt14 --hub wmt/wmt14 --hub_config de-en --split test
+    # score existing output, and compare it with another system's
+    python evaluate.py --hypotheses hyp.de --reference test.de --compare other.de --json r.json
 
-With --checkpoint the source is translated first (greedy); plain text and .gz files are read.
+Test set: --source / --reference files (plain or .gz); or --test_data SPEC, any data source
+train.py reads (a Hub dataset, also spelled --hub NAME with --hub_config; "path.{lang}[.gz]";
+JSON Lines; a save_to_disk directory) with --split; by default the checkpoint config's
+test_data and test_split. Languages come from the checkpoint's config (else --src_lang en,
+--tgt_lang de).
+
+Scores: corpus BLEU (13a tokenization, exponential smoothing), chrF2 and TER on detokenized
+text, each with its sacreBLEU signature. All three are case-sensitive unless --lowercase (note:
+sacreBLEU's own command line scores TER case-insensitively by default; the signatures' `case:`
+field always says which).
+
+--compare OTHER: paired bootstrap resampling (Koehn, 2004; sacreBLEU's --paired-bs) with OTHER
+as the baseline: --bootstrap_samples resamples (default 1000), seed $SACREBLEU_SEED or 12345.
+For each metric it reports both systems' scores, the bootstrap mean and 95% confidence interval
+of this system, and the p-value of the difference (small p: unlikely to be chance).
+
+--json OUT writes every figure, the signatures, the decoding options and, with --checkpoint, the
+checkpoint's training and model configs.
 """
 
 import argparse
+import dataclasses
 import json
-import sys
+import os
 
 import sacrebleu
 
-from config import UserError, cli
-from data import _read_lines
+from config import TrainConfig, UserError, cli
+from data import load_text, read_lines
+from translate import add_decoding_args, decoding_options, translate_texts
+
+METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER"}  # our keys -> sacreBLEU's names
 
 
-def score(hypotheses: list[str], references: list[str], lowercase: bool = False) -> dict:
-    """Corpus BLEU and chrF on detokenized text, with sacreBLEU signatures."""
-    if len(hypotheses) != len(references):
-        raise UserError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    bleu = sacrebleu.BLEU(lowercase=lowercase)
-    chrf = sacrebleu.CHRF(lowercase=lowercase)
-    b = bleu.corpus_score(hypotheses, [references])
-    c = chrf.corpus_score(hypotheses, [references])
+def metrics(lowercase: bool = False) -> dict:
+    """Fresh sacreBLEU metric objects, keyed bleu / chrf / ter."""
     return {
-        "bleu": round(b.score, 2), "bleu_signature": str(bleu.get_signature()),
-        "bleu_detail": str(b), "chrf": round(c.score, 2), "chrf_signature": str(chrf.get_signature()),
-        "sentences": len(references),
+        "bleu": sacrebleu.BLEU(lowercase=lowercase),
+        "chrf": sacrebleu.CHRF(lowercase=lowercase),
+        "ter": sacrebleu.TER(case_sensitive=not lowercase),
     }
 
 
+def score(hypotheses: list[str], references: list[str], lowercase: bool = False) -> dict:
+    """Corpus BLEU, chrF and TER on detokenized text, each with its sacreBLEU signature."""
+    if len(hypotheses) != len(references):
+        raise UserError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    report = {"sentences": len(references), "lowercase": lowercase}
+    for key, metric in metrics(lowercase).items():
+        result = metric.corpus_score(hypotheses, [references])
+        report[key] = round(result.score, 2)
+        report[f"{key}_signature"] = str(metric.get_signature())
+        report[f"{key}_detail"] = str(result)
+        if key == "bleu":
+            report["bleu_precisions"] = [round(p, 2) for p in result.precisions]
+            report["bleu_bp"] = round(result.bp, 4)
+            report["bleu_ratio"] = round(result.ratio, 4)
+            report["hyp_len"], report["ref_len"] = result.sys_len, result.ref_len
+    return report
+
+
+def paired_bootstrap(
+    hypotheses: list[str],
+    baseline: list[str],
+    references: list[str],
+    lowercase: bool = False,
+    n_samples: int = 1000,
+) -> dict:
+    """sacreBLEU's paired bootstrap resampling of `hypotheses` against `baseline`, per metric."""
+    from sacrebleu.significance import PairedTest
+
+    if not len(hypotheses) == len(baseline) == len(references):
+        raise UserError(
+            f"--compare: {len(baseline)} baseline lines, {len(hypotheses)} hypotheses and "
+            f"{len(references)} references"
+        )
+    named = {METRIC_NAMES[k]: m for k, m in metrics(lowercase).items()}
+    test = PairedTest(
+        [("baseline", baseline), ("system", hypotheses)],
+        named,
+        references=[references],
+        test_type="bs",
+        n_samples=n_samples,
+    )
+    signatures, results = test()
+    out = {}
+    for key, name in METRIC_NAMES.items():
+        base, system = results[name]
+        out[key] = {
+            "system": round(system.score, 2),
+            "system_mean": round(float(system.mean), 2),
+            "system_ci95": round(float(system.ci), 2),
+            "baseline": round(base.score, 2),
+            "baseline_mean": round(float(base.mean), 2),
+            "baseline_ci95": round(float(base.ci), 2),
+            "delta": round(system.score - base.score, 2),
+            "p_value": round(float(system.p_value), 4),
+            "signature": str(signatures[name]),
+        }
+    return out
+
+
+def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list[str] | None]:
+    """(sources, references): from --source/--reference files, else from a test set."""
+    sources = read_lines(args.source) if args.source else None
+    references = read_lines(args.reference) if args.reference else None
+    if references is not None and (sources is not None or not args.checkpoint):
+        return sources, references
+    spec = args.test_data or (cfg.test_data if cfg else None)
+    if not spec:
+        what = "references" if references is None else "sources"
+        raise UserError(
+            f"no {what}: give --reference (and --source with --checkpoint), or --test_data / "
+            f"--hub, or a checkpoint whose config has test_data"
+        )
+    overrides = {
+        k: v
+        for k, v in {
+            "dataset_config": args.hub_config,
+            "src_lang": args.src_lang,
+            "tgt_lang": args.tgt_lang,
+        }.items()
+        if v is not None
+    }
+    test_cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
+    ds = load_text(spec, test_cfg, args.split or test_cfg.test_split)
+    return sources or list(ds["src"]), references or list(ds["tgt"])
+
+
+def print_report(report: dict) -> None:
+    print(report["bleu_detail"])
+    print(report["chrf_detail"])
+    print(report["ter_detail"])
+    print("signatures:")
+    for key, name in METRIC_NAMES.items():
+        print(f"  {name:5} {report[f'{key}_signature']}")
+    if "compare" in report:
+        c = report["compare"]
+        print(
+            f"paired bootstrap resampling ({report['compare_samples']} samples, "
+            f"seed {report['compare_seed']}): "
+            f"this system vs baseline {report['compare_with']}"
+        )
+        print("  metric  system (mean ± 95% CI)   baseline (mean ± 95% CI)   delta   p-value")
+        for key, name in METRIC_NAMES.items():
+            r = c[key]
+            print(
+                f"  {name:6} {r['system']:6.2f} ({r['system_mean']:6.2f} ± {r['system_ci95']:5.2f})"
+                f"   {r['baseline']:6.2f} ({r['baseline_mean']:6.2f} ± {r['baseline_ci95']:5.2f})"
+                f"   {r['delta']:+6.2f}   {r['p_value']:.4f}"
+            )
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference", required=True, help="reference translations (.gz ok)")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__[__doc__.index("Test set:") :],
+    )
     p.add_argument("--hypotheses", help="system output to score (.gz ok)")
-    p.add_argument("--checkpoint", help="translate --source with this checkpoint first")
-    p.add_argument("--source", help="source sentences, with --checkpoint")
+    p.add_argument("--checkpoint", help="translate the test set's sources with this checkpoint")
+    p.add_argument("--reference", help="reference translations (.gz ok)")
+    p.add_argument("--source", help="source sentences (.gz ok), with --checkpoint")
+    p.add_argument("--test_data", "--hub", help="test set, any data source form (see below)")
+    p.add_argument("--hub_config", help="dataset config of a Hub test set (e.g. de-en)")
+    p.add_argument("--split", help="split of the test set (default: the config's test_split)")
+    p.add_argument("--src_lang", help="source language of the test set (default: config's, en)")
+    p.add_argument("--tgt_lang", help="target language of the test set (default: config's, de)")
     p.add_argument("--output", help="also write the translations here")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU and chrF")
+    add_decoding_args(p)
+    p.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU, chrF, TER")
+    p.add_argument("--compare", metavar="OTHER", help="paired bootstrap against this output")
+    p.add_argument("--bootstrap_samples", type=int, default=1000, help="(default 1000)")
     p.add_argument("--json", help="write the report as JSON")
     args = p.parse_args(argv)
     if bool(args.hypotheses) == bool(args.checkpoint):
-        raise UserError("give either --hypotheses, or --checkpoint with --source")
-    references = _read_lines(args.reference)
+        raise UserError("give either --hypotheses, or --checkpoint (with --source or a test set)")
+    if args.source and not args.checkpoint:
+        raise UserError("--source needs --checkpoint")
     report = {}
+    cfg = model = None
     if args.checkpoint:
-        if not args.source:
-            raise UserError("--checkpoint needs --source")
         from checkpoint import load_model
-        from translate import translate_texts
 
-        model, tokenizer, ids, cfg = load_model(args.checkpoint)
-        hypotheses = translate_texts(model, tokenizer, ids, _read_lines(args.source),
-                                     args.batch_size, cfg.max_seq_length)
+        options = decoding_options(args)
+        model, tokenizer, ids, cfg = load_model(args.checkpoint, args.device)
+    sources, references = load_test_set(args, cfg)
+    if model is not None:
+        hypotheses = translate_texts(
+            model, tokenizer, ids, sources, args.batch_size, cfg.max_seq_length, **options
+        )
         report["checkpoint"] = str(args.checkpoint)
+        report["decoding"] = options
         report["config"] = cfg.to_dict()
+        report["model_config"] = model.cfg.to_dict()
         if args.output:
             with open(args.output, "w", encoding="utf-8") as f:
                 f.writelines(h + "\n" for h in hypotheses)
     else:
-        hypotheses = _read_lines(args.hypotheses)
+        hypotheses = read_lines(args.hypotheses)
     report = {**score(hypotheses, references, args.lowercase), **report}
-    print(report["bleu_detail"])
-    print(f"chrF2 = {report['chrf']:.2f}")
-    print(f"signatures: {report['bleu_signature']} | {report['chrf_signature']}")
+    if args.compare:
+        if args.bootstrap_samples < 1:
+            raise UserError("--bootstrap_samples must be >= 1")
+        report["compare_with"] = args.compare
+        report["compare_samples"] = args.bootstrap_samples
+        report["compare_seed"] = os.environ.get("SACREBLEU_SEED", "12345")
+        report["compare"] = paired_bootstrap(
+            hypotheses,
+            read_lines(args.compare),
+            references,
+            args.lowercase,
+            args.bootstrap_samples,
+        )
+    print_report(report)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, ensure_ascii=False)
             f.write("\n")
     return report
 
 
 if __name__ == "__main__":
     cli(main)
-    sys.exit(0)

@@ -1,45 +1,210 @@
-"""Translate text with a trained checkpoint: greedy decoding with the KV cache, batched.
+"""Translate text with a trained checkpoint: greedy or beam search with the KV cache, batched.
 
     python translate.py --checkpoint runs/quickstart < input.en > output.de
+    python translate.py --checkpoint runs/quickstart --beam 5 --input test.en --output test.de
+    python translate.py --checkpoint runs/quickstart --beam 5 --nbest 3 < input.en > nbest.tsv
 
-Exactly one output line per input line, in input order; empty input lines give empty output
-lines without running the model.
+Lines: exactly one output line per input line, in input order. An empty (or all-whitespace)
+input line gives an empty output line without running the model. A source longer than the
+checkpoint's max_seq_length tokens is truncated, with a warning on stderr naming its line.
+
+Streaming: input is read, translated and written in chunks of --chunk_size lines (each chunk is
+sorted by length into batches and put back in input order), and the output is flushed after each
+chunk, so a pipe over a large file holds one chunk in memory.
+
+Decoding (both encode once and feed one new token per step through the key/value cache):
+  greedy       the default (--beam 1): the most probable token at each step.
+  beam search  --beam K: K hypotheses per sentence, ranked by the GNMT length-normalised score
+               (Wu et al., 2016, §7)
+                   score(y) = log P(y | x) / lp(|y|),   lp(L) = ((5 + L) / 6) ** alpha
+               with alpha = --length_penalty (0 = raw log-probability, larger favours longer
+               output) and |y| counting the output tokens including </s>. A sentence stops once
+               it has K finished hypotheses and no live one can still beat the worst of them
+               (an exact bound, not fairseq's "stop at K finished").
+  length       at most a·|x| + b new tokens (--max_len_a, --max_len_b; |x| = source tokens
+               including </s>), per sentence, so the output of a sentence does not depend on the
+               batch it is in. A hypothesis that reaches the limit ends there without </s>.
+  never        padding and the decoder start token are never generated.
+
+n-best (--nbest N, with --beam K >= N): one line per input line holding up to N tab-separated
+(hypothesis, score) pairs, best first; scores are the ones beam search ranks by (above):
+
+    hyp_1 <TAB> score_1 <TAB> hyp_2 <TAB> score_2 ...
+
+Hypotheses never contain a tab (whitespace is normalised to single spaces); an empty input line
+gives an empty line (no pairs). To parse a line:
+
+    fields = line.rstrip("\\n").split("\\t")
+    pairs = list(zip(fields[0::2], map(float, fields[1::2])))
 """
 
 import argparse
+import contextlib
+import io
+import itertools
+import os
 import sys
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from config import UserError, cli
-from data import SpecialIds, encode_sources
-from model import Transformer
+from data import SpecialIds, encode_sources, iter_lines
+from model import Transformer, reorder_cache
+
+
+class Hypothesis(NamedTuple):
+    tokens: list[int]  # generated ids, </s> included when the hypothesis finished with it
+    score: float  # logprob / lp(len(tokens)): what beam search ranks by
+    logprob: float  # log P(tokens | source), summed over tokens
+
+
+def banned_ids(ids: SpecialIds) -> list[int]:
+    """Tokens decoding never emits: padding and the decoder start token (never </s>)."""
+    return sorted({ids.pad, ids.start} - {ids.eos})
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's lp(L) = ((5 + L) / 6) ** alpha (Wu et al., 2016, eq. 14)."""
+    return ((5 + length) / 6) ** alpha
+
+
+def max_new_tokens(src_len, model: Transformer, a: float = 1.5, b: int = 10):
+    """Output budget a·src_len + b, within the positional table. int or (B,) tensor in and out."""
+    if torch.is_tensor(src_len):
+        return (src_len.float() * a + b).long().clamp(1, model.cfg.max_len - 1)
+    return max(1, min(int(a * src_len + b), model.cfg.max_len - 1))
+
+
+def _limits(max_new, batch: int, device) -> torch.Tensor:
+    """max_new as an int or a (B,) tensor -> (B,) long tensor."""
+    if torch.is_tensor(max_new):
+        return max_new.to(device=device, dtype=torch.long)
+    return torch.full((batch,), int(max_new), dtype=torch.long, device=device)
 
 
 @torch.no_grad()
-def greedy(model: Transformer, src: torch.Tensor, ids: SpecialIds, max_new: int) -> torch.Tensor:
-    """src (B, S) -> generated ids (B, <= max_new), eos included, pad after it.
+def greedy(
+    model: Transformer, src: torch.Tensor, ids: SpecialIds, max_new, banned: list[int] = ()
+) -> torch.Tensor:
+    """src (B, S) -> generated ids (B, <= max(max_new)), eos included, pad after it.
 
+    `max_new`: an int, or a (B,) tensor of per-sentence limits. `banned` ids are never chosen.
     Encodes once; each step feeds only the newest token and reuses cached keys/values.
     """
     src_mask = model.src_mask(src)
     memory = model.encode(src, src_mask)
     cache = model.new_cache()
+    limits = _limits(max_new, src.size(0), src.device)
     out = src.new_full((src.size(0), 1), ids.start)
     done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
-    for _ in range(max_new):
+    for step in range(int(limits.max())):
         logits = model.decode(out[:, -1:], memory, src_mask, cache)[:, -1]  # (B, V)
+        if len(banned):
+            logits[:, list(banned)] = -torch.inf
         next_id = logits.argmax(-1).masked_fill(done, ids.pad)
         out = torch.cat([out, next_id[:, None]], dim=1)
-        done |= next_id == ids.eos
+        done |= (next_id == ids.eos) | (limits <= step + 1)
         if done.all():
             break
     return out[:, 1:]
 
 
-def max_new_tokens(src_len: int, model: Transformer, a: float = 1.5, b: int = 10) -> int:
-    """Output budget a·src_len + b, within the positional table."""
-    return max(1, min(int(a * src_len + b), model.cfg.max_len - 1))
+def _add_finished(hyps: list[Hypothesis], hyp: Hypothesis, keep: int) -> None:
+    """Insert into a best-first list of at most `keep` hypotheses."""
+    hyps.append(hyp)
+    hyps.sort(key=lambda h: -h.score)
+    del hyps[keep:]
+
+
+@torch.no_grad()
+def beam_search(
+    model: Transformer,
+    src: torch.Tensor,
+    ids: SpecialIds,
+    max_new,
+    beam: int = 5,
+    alpha: float = 0.6,
+    nbest: int = 1,
+    banned: list[int] = (),
+    early_stop: bool = True,
+) -> list[list[Hypothesis]]:
+    """src (B, S) -> for each sentence up to `nbest` hypotheses, best first (scores: see top).
+
+    The sentences' beams decode as one batch of N·K rows (N sentences still searching, K beams,
+    row i·K + j = beam j of sentence i); a sentence leaves the batch once its result is final.
+    `early_stop=False` runs every sentence to its length limit: slower, and the same result.
+    """
+    b, k, dev = src.size(0), beam, src.device
+    limits = _limits(max_new, b, dev)  # (B,)
+
+    def lp(length):  # int or tensor
+        return length_penalty(length, alpha)
+
+    src_mask = model.src_mask(src)
+    memory = model.encode(src, src_mask)
+    src_mask = src_mask.repeat_interleave(k, 0)  # (N·K, 1, 1, S)
+    memory = memory.repeat_interleave(k, 0)  # (N·K, S, D)
+    cache = model.new_cache()
+    active = torch.arange(b, device=dev)  # (N,) original index of each searching sentence
+    tokens = src.new_full((b * k, 1), ids.start)  # (N·K, 1 + t) start token + generated ids
+    scores = torch.zeros(b, k, device=dev)  # (N, K) log-prob of each live beam
+    scores[:, 1:] = -torch.inf  # the K beams start out identical: expand only the first
+    finished: list[list[Hypothesis]] = [[] for _ in range(b)]  # best first, at most K each
+    for step in range(int(limits.max())):
+        n, length = active.numel(), step + 1  # length: of the hypotheses made in this step
+        logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]  # (N·K, V)
+        logp = F.log_softmax(logits.float(), dim=-1)  # fp32 whatever the model runs in
+        if len(banned):
+            logp[:, list(banned)] = -torch.inf
+        vocab = logp.size(-1)
+        # Score every (beam, token) continuation; the best 2K hold at least K that go on.
+        cand = (scores.view(-1, 1) + logp).view(n, k * vocab)  # (N, K·V)
+        top, flat = cand.topk(2 * k, dim=1)  # (N, 2K), best first
+        parent = flat // vocab + torch.arange(n, device=dev)[:, None] * k  # (N, 2K) batch rows
+        token = flat % vocab  # (N, 2K)
+        # </s> ranked among the best K ends a hypothesis (below rank K it is no better than K
+        # live ones: the usual rule).
+        ends = (token == ids.eos) & (torch.arange(2 * k, device=dev) < k) & (top > -torch.inf)
+        for i, j in ends.nonzero().tolist():
+            logprob = top[i, j].item()
+            hyp = tokens[parent[i, j], 1:].tolist() + [ids.eos]
+            _add_finished(finished[active[i]], Hypothesis(hyp, logprob / lp(length), logprob), k)
+        # The best K that do not end become the live beams.
+        scores, keep = top.masked_fill(token == ids.eos, -torch.inf).topk(k, dim=1)  # (N, K)
+        parent, token = parent.gather(1, keep), token.gather(1, keep)  # (N, K)
+        at_limit = limits[active] <= length  # (N,) out of room: live beams end without </s>
+        for i, j in (at_limit[:, None] & (scores > -torch.inf)).nonzero().tolist():
+            logprob = scores[i, j].item()
+            hyp = tokens[parent[i, j], 1:].tolist() + [token[i, j].item()]
+            _add_finished(finished[active[i]], Hypothesis(hyp, logprob / lp(length), logprob), k)
+        # Done: K finished, and the best live beam cannot beat the worst of them at any length
+        # it may still reach (its log-prob only falls; lp is largest at one end of the range).
+        lp_max = torch.clamp(lp(limits[active].float()), min=lp(length + 1))  # (N,)
+        worst = torch.tensor(
+            [
+                finished[s][-1].score if len(finished[s]) == k else -torch.inf
+                for s in active.tolist()
+            ],
+            device=dev,
+        )  # (N,)
+        done = at_limit | (early_stop & (scores[:, 0] / lp_max <= worst))  # (N,)
+        # Keep the searching sentences; every beam row now follows its parent row.
+        still = (~done).nonzero().flatten()  # (N',)
+        if still.numel() == 0:
+            break
+        rows = parent[still].flatten()  # (N'·K,)
+        tokens = torch.cat([tokens[rows], token[still].reshape(-1, 1)], dim=1)  # (N'·K, 2 + t)
+        cache = reorder_cache(cache, rows)
+        if still.numel() < n:  # a sentence left: drop its rows on the encoder side too
+            memory, src_mask = memory[rows], src_mask[rows]
+        scores, active = scores[still], active[still]
+    return [f[:nbest] for f in finished]
+
+
+# ---------------------------------------------------------------------------------------------
+# Text in, text out
 
 
 def strip_special(seq: list[int], ids: SpecialIds) -> list[int]:
@@ -47,63 +212,240 @@ def strip_special(seq: list[int], ids: SpecialIds) -> list[int]:
     return seq[: seq.index(ids.eos)] if ids.eos in seq else seq
 
 
-def translate_texts(model: Transformer, tokenizer, ids: SpecialIds, lines: list[str],
-                    batch_size: int = 64, max_src_len: int | None = None) -> list[str]:
-    """Lines -> translations, same count and order. Batches are formed by source length."""
+def _encode(
+    tokenizer, ids: SpecialIds, lines: list[str], limit: int, numbers: list[int]
+) -> list[list[int]]:
+    """Tokenize; truncate sources over `limit` tokens (keeping a final </s>) with a warning."""
+    encoded = encode_sources(tokenizer, lines) if lines else []
+    for j, e in enumerate(encoded):
+        if len(e) > limit:
+            tail = [ids.eos] if e[-1] == ids.eos else []
+            encoded[j] = e[: limit - len(tail)] + tail
+            print(
+                f"warning: line {numbers[j]}: {len(e)} source tokens, truncated to {limit}",
+                file=sys.stderr,
+            )
+    return encoded
+
+
+def translate_nbest(
+    model: Transformer,
+    tokenizer,
+    ids: SpecialIds,
+    lines: list[str],
+    batch_size: int = 64,
+    max_src_len: int | None = None,
+    *,
+    beam: int = 1,
+    alpha: float = 0.6,
+    nbest: int = 1,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    line_numbers: list[int] | None = None,
+) -> list[list[tuple[str, float | None]]]:
+    """Lines -> for each line up to `nbest` (text, score) pairs, best first.
+
+    Greedy (beam 1) gives one pair with score None. Empty lines give no pairs and never reach
+    the model. Batches hold sentences of similar length; `line_numbers` (default 1, 2, ...) name
+    the lines in truncation warnings.
+    """
+    if nbest > max(beam, 1):
+        raise UserError(f"--nbest {nbest} needs --beam >= {nbest}")
     device = next(model.parameters()).device
-    out = [""] * len(lines)
+    lines = list(lines)  # a list, a datasets column, ...
+    out: list[list[tuple[str, float | None]]] = [[] for _ in lines]
     todo = [i for i, line in enumerate(lines) if line.strip()]
-    encoded = encode_sources(tokenizer, [lines[i] for i in todo]) if todo else []
     limit = max_src_len or model.cfg.max_len
-    truncated = [todo[j] + 1 for j, e in enumerate(encoded) if len(e) > limit]
-    if truncated:
-        print(f"warning: {len(truncated)} input line(s) longer than {limit} tokens were truncated "
-              f"(line {', '.join(map(str, truncated[:5]))}{', ...' if len(truncated) > 5 else ''})",
-              file=sys.stderr)
-        encoded = [e if len(e) <= limit else e[: limit - 1] + [ids.eos] for e in encoded]
+    numbers = line_numbers or range(1, len(lines) + 1)
+    encoded = _encode(tokenizer, ids, [lines[i] for i in todo], limit, [numbers[i] for i in todo])
     order = sorted(range(len(todo)), key=lambda j: len(encoded[j]))
+    banned = banned_ids(ids)
     was_training = model.training
     model.eval()
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        width = max(len(encoded[j]) for j in chunk)
-        src = torch.full((len(chunk), width), ids.pad, dtype=torch.long)
+        lengths = torch.tensor([len(encoded[j]) for j in chunk])
+        src = torch.full((len(chunk), int(lengths.max())), ids.pad, dtype=torch.long)
         for row, j in enumerate(chunk):
             src[row, : len(encoded[j])] = torch.tensor(encoded[j])
-        hyps = greedy(model, src.to(device), ids, max_new_tokens(width, model)).tolist()
-        texts = tokenizer.batch_decode([strip_special(h, ids) for h in hyps], skip_special_tokens=True)
-        for j, text in zip(chunk, texts):
-            out[todo[j]] = " ".join(text.split())  # one line: no stray newlines or tabs
+        src = src.to(device)
+        max_new = max_new_tokens(lengths.to(device), model, max_len_a, max_len_b)
+        if beam <= 1:
+            found = [[(h, None)] for h in greedy(model, src, ids, max_new, banned).tolist()]
+        else:
+            found = [
+                [(h.tokens, h.score) for h in f]
+                for f in beam_search(model, src, ids, max_new, beam, alpha, nbest, banned)
+            ]
+        flat = [(j, t, s) for j, pairs in zip(chunk, found, strict=True) for t, s in pairs]
+        texts = tokenizer.batch_decode(
+            [strip_special(t, ids) for _, t, _ in flat], skip_special_tokens=True
+        )
+        for (j, _, score), text in zip(flat, texts, strict=True):
+            out[todo[j]].append((" ".join(text.split()), score))  # no stray newlines or tabs
     model.train(was_training)
     return out
 
 
-def read_lines(path: str | None) -> list[str]:
-    from data import _read_lines
+def translate_texts(
+    model: Transformer,
+    tokenizer,
+    ids: SpecialIds,
+    lines: list[str],
+    batch_size: int = 64,
+    max_src_len: int | None = None,
+    **decoding,
+) -> list[str]:
+    """Lines -> translations, same count and order (the best hypothesis of each line).
 
+    `decoding`: the keyword options of `translate_nbest` (beam, alpha, max_len_a, ...).
+    """
+    found = translate_nbest(model, tokenizer, ids, lines, batch_size, max_src_len, **decoding)
+    return [pairs[0][0] if pairs else "" for pairs in found]
+
+
+def format_nbest(pairs: list[tuple[str, float | None]]) -> str:
+    """[(hyp, score), ...] -> hyp_1 TAB score_1 TAB hyp_2 TAB score_2 ... (see the top)."""
+    return "\t".join(f"{text}\t{score:.6f}" for text, score in pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def iter_input(path: str | None):
+    """(line number, text) for each line of a file (.gz ok) or of stdin ("-"), read lazily.
+
+    The same rules as data.iter_lines: UTF-8, only "\\n" ends a line, a leading BOM is dropped.
+    """
+    if path not in (None, "-"):
+        yield from iter_lines(path)
+        return
+    for n, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            line = raw.rstrip(b"\r\n").decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"stdin, line {n}: not UTF-8 ({e.reason})") from None
+        yield n, line.lstrip("\ufeff") if n == 1 else line
+
+
+def read_chunks(numbered_lines, size: int):
+    """(number, line) pairs -> (number of the chunk's first line, its lines), `size` at a time."""
+    it = iter(numbered_lines)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk[0][0], [line for _, line in chunk]
+
+
+def read_lines(path: str | None) -> list[str]:
+    """All lines of a file (.gz ok) or of stdin."""
+    return [line for _, line in iter_input(path)]
+
+
+@contextlib.contextmanager
+def open_output(path: str | None):
+    """A UTF-8 text stream with "\\n" line ends to a file, or to stdout (left open after)."""
     if path is None or path == "-":
-        return [line.rstrip("\r\n") for line in sys.stdin]
-    return _read_lines(path)
+        stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n")
+        try:
+            yield stream
+        finally:
+            stream.flush()
+            stream.detach()
+        return
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        yield f
+
+
+def add_decoding_args(p: argparse.ArgumentParser) -> None:
+    """Decoding options shared with evaluate.py."""
+    p.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default)")
+    p.add_argument(
+        "--length_penalty",
+        type=float,
+        default=0.6,
+        help="GNMT alpha for beam search: score = logprob / ((5+len)/6)**alpha; "
+        "0 = raw log-probability (default 0.6)",
+    )
+    p.add_argument(
+        "--max_len_a",
+        type=float,
+        default=1.5,
+        help="at most a*source_tokens + b new tokens per sentence (default 1.5)",
+    )
+    p.add_argument("--max_len_b", type=int, default=10, help="see --max_len_a (default 10)")
+    p.add_argument("--batch_size", type=int, default=64, help="sentences per batch (default 64)")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda if available, else cpu)",
+    )
+
+
+def decoding_options(args: argparse.Namespace) -> dict:
+    """Validated keyword arguments for translate_nbest / translate_texts."""
+    if args.beam < 1 or args.batch_size < 1:
+        raise UserError("--beam and --batch_size must be >= 1")
+    if args.max_len_a < 0 or args.max_len_b < 0:
+        raise UserError("--max_len_a and --max_len_b must be >= 0")
+    return {
+        "beam": args.beam,
+        "alpha": args.length_penalty,
+        "max_len_a": args.max_len_a,
+        "max_len_b": args.max_len_b,
+    }
 
 
 def main(argv=None):
     from checkpoint import load_model
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__[__doc__.index("Lines:") :],
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint dir or a run's output_dir")
     p.add_argument("--input", help="text file, one sentence per line (.gz ok); default stdin")
     p.add_argument("--output", help="default stdout")
-    p.add_argument("--batch_size", type=int, default=64)
+    add_decoding_args(p)
+    p.add_argument(
+        "--nbest",
+        type=int,
+        default=1,
+        help="write the N best hypotheses with scores, tab-separated (needs --beam >= N)",
+    )
+    p.add_argument(
+        "--chunk_size",
+        type=int,
+        default=2000,
+        help="lines read, translated and written at a time (default 2000)",
+    )
     args = p.parse_args(argv)
-    model, tokenizer, ids, cfg = load_model(args.checkpoint)
-    lines = read_lines(args.input)
-    hyps = translate_texts(model, tokenizer, ids, lines, args.batch_size, cfg.max_seq_length)
-    text = "".join(h + "\n" for h in hyps)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    options = decoding_options(args)
+    if args.nbest < 1 or args.nbest > args.beam:
+        raise UserError(f"--nbest must be between 1 and --beam ({args.beam})")
+    if args.chunk_size < 1:
+        raise UserError("--chunk_size must be >= 1")
+    if args.input not in (None, "-") and not os.path.exists(args.input):
+        raise UserError(f"input file not found: {args.input}")
+    model, tokenizer, ids, cfg = load_model(args.checkpoint, args.device)
+    with open_output(args.output) as out:
+        for first, lines in read_chunks(iter_input(args.input), args.chunk_size):
+            found = translate_nbest(
+                model,
+                tokenizer,
+                ids,
+                lines,
+                args.batch_size,
+                cfg.max_seq_length,
+                nbest=args.nbest,
+                line_numbers=range(first, first + len(lines)),
+                **options,
+            )
+            if args.nbest > 1:
+                out.writelines(format_nbest(pairs) + "\n" for pairs in found)
+            else:
+                out.writelines((pairs[0][0] if pairs else "") + "\n" for pairs in found)
+            out.flush()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,200 @@
+"""Export a checkpoint as a Hugging Face MarianMTModel directory, loadable with no code of ours.
+
+    python export.py --checkpoint runs/quickstart --out exported/quickstart
+
+    from transformers import AutoTokenizer, MarianMTModel
+    tokenizer = AutoTokenizer.from_pretrained("exported/quickstart")
+    model = MarianMTModel.from_pretrained("exported/quickstart")
+    out = model.generate(**tokenizer(["The dog sees the cat."], return_tensors="pt"))
+    print(tokenizer.batch_decode(out, skip_special_tokens=True))
+
+    # CTranslate2 (pip install ctranslate2) converts the directory as it is:
+    ct2-transformers-converter --model exported/quickstart --output_dir ct2/quickstart
+
+The directory holds config.json (a MarianConfig), generation_config.json, model.safetensors,
+the checkpoint's tokenizer files (a PreTrainedTokenizerFast or a Marian tokenizer, whichever
+it has) and training_config.json (our config, for the record). The export is checked before it
+is moved into place: the saved directory is loaded back and its logits must match ours within
+1e-4 (fp32) on a probe batch.
+
+Why Marian fits: it is the paper's post-LN encoder-decoder with scaled embeddings and static
+sinusoidal positions in the same sin-half/cos-half layout as model/embedding.py (ours is
+computed in fp32, Marian's in fp64: they differ by < 2e-5 up to position 256), nn.LayerNorm
+(eps 1e-5), biases on every projection, exact (erf) GELU ("gelu" = F.gelu), and an output
+projection tied to the target embedding. Fixed choices of the export:
+  - decoder_start_token_id = our SpecialIds.start; eos / pad from SpecialIds;
+  - final_logits_bias = 0 (we have no output bias);
+  - share_embeddings: true  -> share_encoder_decoder_embeddings (one `model.shared` table),
+                      false -> separate encoder / decoder tables (vocab_size = source vocabulary,
+                               decoder_vocab_size = target vocabulary), lm_head tied to the
+                               decoder's (tie_word_embeddings, as our out_proj);
+  - generation_config: greedy (num_beams 1), max_new_tokens = the positional table, padding and
+    the start token suppressed (as translate.py), no forced </s>.
+Weights map by name: src_embed/tgt_embed.tokens -> model.{shared,encoder,decoder}.embed_tokens
+and lm_head; {encoder,decoder}.layers.N.self_attn.{q,k,v,out}_proj, self_attn_layer_norm and
+final_layer_norm keep their names; ffn.fc1/fc2 -> fc1/fc2; cross_attn -> encoder_attn;
+cross_attn_layer_norm -> encoder_attn_layer_norm.
+Refused (one-line error, exit 2): pre_norm models (Marian is post-LN only). Training-only
+settings (dropout, attn_dropout) are copied as they are and do not affect inference.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from checkpoint import fresh_tmp, load_model, replace_dir, resolve
+from config import UserError, cli
+from data import SpecialIds
+from model import ModelConfig, Transformer
+from translate import banned_ids
+
+PARITY_ATOL = 1e-4  # max |logits ours - logits Marian| accepted, fp32
+
+
+def marian_config(cfg: ModelConfig, ids: SpecialIds):
+    """Our ModelConfig -> the MarianConfig of the same network; UserError if there is none."""
+    from transformers import MarianConfig
+
+    if cfg.pre_norm:
+        raise UserError("export: this model is pre-LN (pre_norm: true); Marian is post-LN only")
+    return MarianConfig(
+        vocab_size=cfg.src_vocab_size,
+        decoder_vocab_size=cfg.tgt_vocab_size,
+        max_position_embeddings=cfg.max_len,
+        d_model=cfg.d_model,
+        encoder_layers=cfg.n_layers,
+        decoder_layers=cfg.n_layers,
+        encoder_attention_heads=cfg.n_heads,
+        decoder_attention_heads=cfg.n_heads,
+        encoder_ffn_dim=cfg.d_ff,
+        decoder_ffn_dim=cfg.d_ff,
+        activation_function="gelu",  # exact erf GELU, as F.gelu in model/feedforward.py
+        dropout=cfg.dropout,
+        attention_dropout=cfg.attn_dropout,
+        activation_dropout=0.0,
+        scale_embedding=True,  # sqrt(d_model) * E[ids], paper §3.4
+        share_encoder_decoder_embeddings=cfg.share_embeddings,
+        tie_word_embeddings=True,  # lm_head = decoder embedding, as our out_proj
+        pad_token_id=ids.pad,
+        eos_token_id=ids.eos,
+        bos_token_id=ids.start if ids.start != ids.pad else None,
+        decoder_start_token_id=ids.start,
+        forced_eos_token_id=None,
+    )
+
+
+def generation_config(cfg: ModelConfig, ids: SpecialIds):
+    """Greedy, like translate.py's default, within the positional table."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        decoder_start_token_id=ids.start,
+        eos_token_id=ids.eos,
+        pad_token_id=ids.pad,
+        bos_token_id=ids.start if ids.start != ids.pad else None,
+        forced_eos_token_id=None,
+        max_new_tokens=cfg.max_len - 1,
+        num_beams=1,
+        do_sample=False,
+        suppress_tokens=banned_ids(ids),
+    )
+
+
+def marian_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """Our weights under Marian's names (tied tables repeated under every name they have)."""
+    cfg = model.cfg
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name.startswith(("src_embed.", "tgt_embed.", "out_proj.")):
+            continue  # the token tables, below
+        name = (
+            name.replace(".ffn.", ".")
+            .replace(".cross_attn_layer_norm.", ".encoder_attn_layer_norm.")
+            .replace(".cross_attn.", ".encoder_attn.")
+        )
+        out[f"model.{name}"] = tensor
+    src, tgt = model.src_embed.tokens.weight, model.tgt_embed.tokens.weight
+    if cfg.share_embeddings:
+        out["model.shared.weight"] = src
+    out["model.encoder.embed_tokens.weight"] = src
+    out["model.decoder.embed_tokens.weight"] = tgt
+    out["lm_head.weight"] = tgt  # our out_proj is always tied to the target embedding
+    return {k: v.detach().clone() for k, v in out.items()}
+
+
+def to_marian(model: Transformer, ids: SpecialIds):
+    """Our Transformer -> a MarianMTModel (eval mode, fp32) computing the same function."""
+    from transformers import MarianMTModel
+
+    hf = MarianMTModel(marian_config(model.cfg, ids))
+    weights = marian_state_dict(model)
+    missing, unexpected = hf.load_state_dict(weights, strict=False)
+    # Marian computes its positional tables itself; final_logits_bias stays zero.
+    missing = [k for k in missing if "embed_positions" not in k and k != "final_logits_bias"]
+    if missing or unexpected:
+        raise RuntimeError(f"export: unmapped weights: missing {missing}, unexpected {unexpected}")
+    hf.generation_config = generation_config(model.cfg, ids)
+    return hf.float().eval()
+
+
+@torch.no_grad()
+def max_logit_difference(model: Transformer, hf, ids: SpecialIds, seed: int = 0) -> float:
+    """Max |ours - Marian| over the logits of a padded probe batch (teacher forcing)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.cfg
+    special = {ids.pad, ids.eos, ids.start}
+    low = max(special) + 1 if max(special) + 1 < cfg.src_vocab_size - 1 else 0
+
+    def draw(vocab, shape):
+        x = torch.randint(low, vocab, shape, generator=g)
+        return x.masked_fill(torch.isin(x, torch.tensor(sorted(special))), low or 1)
+
+    s = min(12, cfg.max_len)
+    src = draw(cfg.src_vocab_size, (2, s))
+    src[:, -1] = ids.eos
+    src[1, s // 2 :] = ids.pad  # a padded row
+    tgt = torch.cat([torch.full((2, 1), ids.start), draw(cfg.tgt_vocab_size, (2, s - 1))], 1)
+    ours = model.eval()(src, tgt)
+    theirs = hf(input_ids=src, attention_mask=(src != ids.pad).long(), decoder_input_ids=tgt)
+    return (ours - theirs.logits).abs().max().item()
+
+
+def export(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the Marian directory for `checkpoint` at `out` (atomically); return its path."""
+    from transformers import MarianMTModel
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    src_dir = resolve(checkpoint)
+    model, tokenizer, ids, cfg = load_model(src_dir)
+    hf = to_marian(model, ids)
+    out = Path(out)
+    tmp = fresh_tmp(out)
+    hf.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "training_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    # Check what was written, not what is in memory: load it back as a user would.
+    diff = max_logit_difference(model, MarianMTModel.from_pretrained(tmp).eval(), ids)
+    if not diff <= PARITY_ATOL:
+        raise RuntimeError(f"export: Marian logits differ from ours by {diff:.2e} (> 1e-4)")
+    replace_dir(tmp, out)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__[__doc__.index("The directory") :],
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir or a run's output_dir")
+    p.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
+    args = p.parse_args(argv)
+    out = export(args.checkpoint, args.out)
+    print(f"wrote {out} (MarianMTModel; logits checked against the checkpoint)")
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,131 @@
+"""evaluate.py: sacreBLEU figures and signatures, paired bootstrap, test sets, the CLI."""
+
+import gzip
+import json
+import random
+
+import pytest
+from test_translate import make_checkpoint
+
+import evaluate
+from config import UserError
+
+WORDS = (
+    "der die das hund katze mann frau kind sieht liest isst ein eine buch apfel im garten".split()
+)
+
+
+def corpus(n: int = 120, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(n)]
+
+
+def corrupt(lines: list[str], seed: int = 1) -> list[str]:
+    """Drop a word from most sentences: a clearly worse system."""
+    rng = random.Random(seed)
+    out = []
+    for line in lines:
+        words = line.split()
+        if rng.random() < 0.7:
+            del words[rng.randrange(len(words))]
+        out.append(" ".join(words))
+    return out
+
+
+def write(path, lines: list[str]) -> str:
+    text = "".join(line + "\n" for line in lines)
+    if str(path).endswith(".gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_score_reports_bleu_chrf_ter_with_signatures():
+    refs = corpus(30)
+    r = evaluate.score(refs, refs)
+    assert (r["bleu"], r["chrf"], r["ter"], r["sentences"]) == (100.0, 100.0, 0.0, 30)
+    assert "tok:13a" in r["bleu_signature"] and "nc:6" in r["chrf_signature"]
+    assert "tok:tercom" in r["ter_signature"]
+    assert all("case:mixed" in r[f"{k}_signature"] for k in ("bleu", "chrf", "ter"))
+    upper = [s.upper() for s in refs]
+    assert evaluate.score(upper, refs)["bleu"] < 100
+    lower = evaluate.score(upper, refs, lowercase=True)
+    assert (lower["bleu"], lower["chrf"], lower["ter"]) == (100.0, 100.0, 0.0)
+    assert all("case:lc" in lower[f"{k}_signature"] for k in ("bleu", "chrf", "ter"))
+    with pytest.raises(UserError, match="2 hypotheses but 30 references"):
+        evaluate.score(refs[:2], refs)
+
+
+def test_paired_bootstrap_tells_a_better_system_from_a_worse_one():
+    refs = corpus()
+    worse = corrupt(refs)
+    c = evaluate.paired_bootstrap(refs, worse, refs, n_samples=200)
+    assert c["bleu"]["delta"] > 0 and c["chrf"]["delta"] > 0 and c["ter"]["delta"] < 0
+    assert all(c[k]["p_value"] < 0.05 for k in ("bleu", "chrf", "ter"))
+    assert "bs:200" in c["bleu"]["signature"] and "seed:" in c["bleu"]["signature"]
+    # two systems equally damaged in different places: no significant difference
+    same_quality = evaluate.paired_bootstrap(corrupt(refs, seed=2), worse, refs, n_samples=200)
+    assert same_quality["bleu"]["p_value"] > 0.05
+
+
+def test_cli_scores_gz_files_compares_and_writes_json(tmp_path, capsys):
+    refs = corpus()
+    ref = write(tmp_path / "ref.de.gz", refs)
+    hyp = write(tmp_path / "hyp.de", corrupt(refs, seed=2))
+    other = write(tmp_path / "other.de.gz", corrupt(corrupt(refs, seed=3), seed=4))
+    out = tmp_path / "report.json"
+    evaluate.main(["--hypotheses", hyp, "--reference", ref, "--compare", other,
+                   "--bootstrap_samples", "100", "--json", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    for text in ("BLEU = ", "chrF2 = ", "TER = ", "signatures:", "paired bootstrap", "p-value"):
+        assert text in printed
+    r = json.loads(out.read_text())
+    for key in ("bleu", "bleu_signature", "chrf", "chrf_signature", "ter", "ter_signature",
+                "sentences", "bleu_precisions", "hyp_len", "ref_len"):  # fmt: skip
+        assert key in r
+    assert r["compare"]["bleu"]["delta"] > 0 and 0 < r["compare"]["bleu"]["p_value"] <= 1
+    assert r["compare_with"] == other and r["compare_samples"] == 100
+
+
+def test_references_from_a_test_set_spec(tmp_path):
+    refs = corpus(20)
+    write(tmp_path / "test.en", [f"source {i}" for i in range(20)])
+    write(tmp_path / "test.de", refs)
+    hyp = write(tmp_path / "hyp.de", refs)
+    r = evaluate.main(["--hypotheses", hyp, "--test_data", f"{tmp_path}/test.{{lang}}"])
+    assert r["bleu"] == 100.0 and r["sentences"] == 20
+
+
+def test_checkpoint_translates_its_test_data_with_beam(tmp_path):
+    write(tmp_path / "test.en", ["the dog sees the cat", "", "a man reads a book"])
+    write(tmp_path / "test.de", ["der hund sieht die katze", "", "ein mann liest ein buch"])
+    ckpt = make_checkpoint(tmp_path / "ckpt", test_data=f"{tmp_path}/test.{{lang}}")
+    out, hyps = tmp_path / "r.json", tmp_path / "hyp.de"
+    evaluate.main(["--checkpoint", str(ckpt), "--beam", "2", "--length_penalty", "1.0",
+                   "--output", str(hyps), "--json", str(out)])  # fmt: skip
+    r = json.loads(out.read_text())
+    assert r["sentences"] == 3 and r["decoding"]["beam"] == 2 and r["decoding"]["alpha"] == 1.0
+    assert r["config"]["test_data"] == f"{tmp_path}/test.{{lang}}"
+    assert r["model_config"]["d_model"] == 16
+    assert hyps.read_text().split("\n")[1] == ""  # the empty source stays empty
+    # --source/--reference files win over the config's test set
+    src = write(tmp_path / "other.en", ["we eat an apple"])
+    ref = write(tmp_path / "other.de", ["wir essen einen apfel"])
+    r = evaluate.main(["--checkpoint", str(ckpt), "--source", src, "--reference", ref])
+    assert r["sentences"] == 1
+
+
+def test_usage_errors_are_one_line_user_errors(tmp_path):
+    ref = write(tmp_path / "ref.de", corpus(5))
+    with pytest.raises(UserError, match="either --hypotheses"):
+        evaluate.main(["--reference", ref])
+    with pytest.raises(UserError, match="no references"):
+        evaluate.main(["--hypotheses", ref])
+    with pytest.raises(UserError, match="--compare"):
+        evaluate.main(["--hypotheses", ref, "--reference", ref, "--compare",
+                       write(tmp_path / "short.de", corpus(3))])  # fmt: skip
+    with pytest.raises(UserError, match="Hub"):  # offline in tests: fails fast, says so
+        evaluate.main(["--hypotheses", ref, "--hub", "wmt/wmt14", "--hub_config", "de-en",
+                       "--split", "test"])  # fmt: skip

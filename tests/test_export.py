@@ -1,0 +1,158 @@
+"""export.py: our checkpoint as a transformers MarianMTModel directory, checked for parity."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_translate import TEXTS, make_checkpoint
+
+import export
+from checkpoint import load_model
+from config import UserError, cli
+from model.embedding import sinusoidal_table
+from translate import banned_ids, greedy, max_new_tokens, translate_texts
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoTokenizer, MarianMTModel  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """{share_embeddings: (checkpoint dir, exported dir)}."""
+    tmp = tmp_path_factory.mktemp("export")
+    dirs = {}
+    for shared in (True, False):
+        ckpt = make_checkpoint(tmp / f"ckpt-{shared}", share_embeddings=shared)
+        dirs[shared] = ckpt, export.export(ckpt, tmp / f"hf-{shared}")
+    return dirs
+
+
+@pytest.mark.parametrize("d_model", [16, 15])
+def test_positions_use_marians_sin_cos_halves(d_model):
+    from transformers.models.marian.modeling_marian import MarianSinusoidalPositionalEmbedding
+
+    theirs = MarianSinusoidalPositionalEmbedding(256, d_model).create_weight()
+    # same layout; ours is computed in fp32, Marian's in fp64
+    torch.testing.assert_close(sinusoidal_table(256, d_model), theirs, atol=2e-5, rtol=0)
+
+
+def test_marians_gelu_is_the_exact_erf_gelu_we_use():
+    from transformers.activations import ACT2FN
+
+    x = torch.linspace(-6, 6, 1001)
+    assert torch.equal(ACT2FN["gelu"](x), F.gelu(x))
+    assert not torch.equal(ACT2FN["gelu"](x), F.gelu(x, approximate="tanh"))
+
+
+def test_directory_holds_config_weights_and_tokenizer(exported):
+    ckpt, out = exported[True]
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
+    _, _, ids, _ = load_model(ckpt)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "marian" and config["architectures"] == ["MarianMTModel"]
+    assert (config["decoder_start_token_id"], config["eos_token_id"], config["pad_token_id"]) == (
+        ids.start, ids.eos, ids.pad,
+    )  # fmt: skip
+    assert config["scale_embedding"] and config["activation_function"] == "gelu"
+    assert config["share_encoder_decoder_embeddings"] and config["tie_word_embeddings"]
+    assert not (out.parent / (out.name + ".tmp")).exists()  # written atomically
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_exported_logits_match_ours(exported, shared):
+    ckpt, out = exported[shared]
+    model, tok, ids, _ = load_model(ckpt)
+    hf = MarianMTModel.from_pretrained(out).eval()
+    assert hf.config.share_encoder_decoder_embeddings == shared
+    assert torch.equal(hf.final_logits_bias, torch.zeros_like(hf.final_logits_bias))
+    batch = AutoTokenizer.from_pretrained(out)(TEXTS[:4], return_tensors="pt", padding=True)
+    src = batch["input_ids"]
+    tgt = torch.cat([torch.full((4, 1), ids.start), torch.randint(4, len(tok), (4, 20))], 1)
+    with torch.no_grad():
+        ours = model(src, tgt)
+        theirs = hf(**batch, decoder_input_ids=tgt).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_generate_greedy_equals_our_greedy(exported):
+    ckpt, out = exported[True]
+    model, _, ids, _ = load_model(ckpt)
+    tok = AutoTokenizer.from_pretrained(out)
+    hf = MarianMTModel.from_pretrained(out).eval()
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    generated = hf.generate(**batch, num_beams=1, do_sample=False, max_new_tokens=24)
+    ours = greedy(model, batch["input_ids"], ids, 24, banned_ids(ids))
+
+    def cut(row):  # up to eos, or all 24 tokens
+        row = row.tolist()
+        return row[: row.index(ids.eos) + 1] if ids.eos in row else row
+
+    assert generated[:, 0].eq(ids.start).all()  # decoder start token
+    pairs = [(cut(g[1:]), cut(o)) for g, o in zip(generated, ours, strict=True)]
+    assert all(g == o for g, o in pairs)
+    assert any(ids.eos in o for _, o in pairs)  # some sentences really ended
+
+
+def test_translates_a_sentence_with_transformers_alone(exported, tmp_path):
+    """A fresh interpreter that cannot import our code loads the directory and translates."""
+    ckpt, out = exported[True]
+    model, tok, ids, cfg = load_model(ckpt)
+    sentence = "the dog sees the cat"
+    ours = translate_texts(model, tok, ids, [sentence], 1, cfg.max_seq_length)[0]
+    n_new = max_new_tokens(len(tok(sentence)["input_ids"]), model)
+    script = f"""
+import importlib.util, json
+assert importlib.util.find_spec("checkpoint") is None  # none of our modules is importable
+from transformers import AutoTokenizer, MarianMTModel, pipelines
+if "translation" in pipelines.SUPPORTED_TASKS:  # transformers < 5
+    translator = pipelines.pipeline("translation", model={str(out)!r})
+    text = translator({sentence!r}, max_new_tokens={n_new})[0]["translation_text"]
+    via = "pipeline"
+else:  # transformers 5 removed the translation pipeline: what it did, by hand
+    tok = AutoTokenizer.from_pretrained({str(out)!r})
+    model = MarianMTModel.from_pretrained({str(out)!r})
+    ids = model.generate(**tok([{sentence!r}], return_tensors="pt"), max_new_tokens={n_new})
+    text = tok.batch_decode(ids, skip_special_tokens=True)[0]
+    via = "generate"
+print(json.dumps({{"via": via, "text": text}}))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert " ".join(result["text"].split()) == ours and ours
+
+
+def test_pre_norm_is_refused_with_one_line(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "ckpt", pre_norm=True)
+    with pytest.raises(UserError, match="pre-LN"):
+        export.export(ckpt, tmp_path / "hf")
+    with pytest.raises(SystemExit) as exit_info:
+        cli(lambda: export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "hf")]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: export:")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_ctranslate2_converts_the_directory(exported, tmp_path):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    ckpt, out = exported[True]
+    ctranslate2.converters.TransformersConverter(str(out)).convert(str(tmp_path / "ct2"))
+    model, tok, ids, _ = load_model(ckpt)
+    src = tok(TEXTS[:1])["input_ids"]
+    tokens = [tok.convert_ids_to_tokens(src[0])]
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"))
+    banned = [[t] for t in tok.convert_ids_to_tokens(banned_ids(ids))]
+    result = translator.translate_batch(
+        tokens, beam_size=1, max_decoding_length=24, suppress_sequences=banned
+    )
+    ours = greedy(model, torch.tensor(src), ids, 24, banned_ids(ids))[0].tolist()
+    ours = tok.convert_ids_to_tokens([t for t in ours if t not in (ids.eos, ids.pad)])
+    assert result[0].hypotheses[0] == ours

@@ -1,0 +1,351 @@
+"""translate.py: greedy and beam search (cache, batching, EOS, scores), text in/out, the CLI."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import translate
+from checkpoint import load_model, save_model_dir
+from config import TrainConfig, UserError
+from data import SpecialIds, train_tokenizer
+from model import ModelConfig, Transformer
+from translate import Hypothesis, beam_search, greedy, length_penalty, translate_nbest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAD, START = 0, 1  # tiny_cfg: pad 0; tokens drawn from 3 .. vocab - 1
+TEXTS = [
+    "the dog sees the cat", "a man reads a book", "we eat an apple",
+    "the children play in the garden", "der hund sieht die katze", "ein mann liest ein buch",
+    "wir essen einen apfel", "die kinder spielen im garten",
+]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: a tiny random model whose decoding has both finished and unfinished rows
+
+
+def random_src(lengths: list[int], vocab: int, eos: int) -> torch.Tensor:
+    """Right-padded (B, S) sources of the given lengths, each ending in eos."""
+    src = torch.full((len(lengths), max(lengths)), PAD)
+    for row, n in enumerate(lengths):
+        src[row, : n - 1] = torch.randint(3, vocab, (n - 1,))
+        src[row, n - 1] = eos
+    return src
+
+
+def tiny_setup(tiny_cfg: ModelConfig, lengths=(5, 3, 8, 4, 6, 2)):
+    """Model, padded sources and SpecialIds whose eos is a token the model often emits."""
+    model = Transformer(tiny_cfg).eval()
+    src = random_src(list(lengths), tiny_cfg.src_vocab_size, eos=2)
+    free = greedy(model, src, SpecialIds(pad=PAD, eos=-1, start=START), 12, [PAD, START])
+    # The commonest token of steps 2..6: some rows end early, others run to the limit.
+    eos = int(free[:, 2:6].flatten().mode().values)
+    return model, src, SpecialIds(pad=PAD, eos=eos, start=START)
+
+
+def lengths_of(src: torch.Tensor) -> torch.Tensor:
+    return (src != PAD).sum(1)
+
+
+class Uncached(nn.Module):
+    """The same model, but every decoding step re-runs the whole prefix (no key/value cache).
+
+    Its "cache" is only the prefix so far; reorder_cache reorders it like a real one.
+    """
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model, self.cfg = model, model.cfg
+
+    def src_mask(self, src):
+        return self.model.src_mask(src)
+
+    def encode(self, src, src_mask):
+        return self.model.encode(src, src_mask)
+
+    def new_cache(self):
+        return [{"prefix": {}}]
+
+    def decode(self, tgt, memory, src_mask, cache=None):
+        prefix = cache[0]["prefix"]
+        prefix["ids"] = tgt if "ids" not in prefix else torch.cat([prefix["ids"], tgt], 1)
+        return self.model.decode(prefix["ids"], memory, src_mask)[:, -tgt.size(1) :]
+
+
+def cut(row: list[int], eos: int) -> list[int]:
+    """A greedy output row up to and including its eos, or up to its padding (its limit)."""
+    return row[: row.index(eos) + 1] if eos in row else [t for t in row if t != PAD]
+
+
+@torch.no_grad()
+def teacher_forced_logprob(model, src_row: torch.Tensor, tokens: list[int], ids) -> float:
+    """log P(tokens | src) from one full forward pass, banned tokens masked as in decoding."""
+    src = src_row[src_row != PAD][None]
+    tgt_in = torch.tensor([[ids.start] + tokens[:-1]])
+    logp = F.log_softmax(model(src, tgt_in).float(), dim=-1)[0]  # (T, V)
+    return logp.gather(1, torch.tensor(tokens)[:, None]).sum().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# Search correctness
+
+
+def test_cached_and_uncached_decoding_give_identical_tokens(tiny_cfg):
+    model, src, ids = tiny_setup(tiny_cfg)
+    limits = lengths_of(src) + 4
+    banned = [PAD, START]
+    cached = greedy(model, src, ids, limits, banned)
+    assert cached.tolist() == greedy(Uncached(model), src, ids, limits, banned).tolist()
+    for alpha in (0.0, 1.0):
+        a = beam_search(model, src, ids, limits, 3, alpha, 3, banned)
+        b = beam_search(Uncached(model), src, ids, limits, 3, alpha, 3, banned)
+        assert [[h.tokens for h in f] for f in a] == [[h.tokens for h in f] for f in b]
+
+
+def test_batch_equals_one_sentence_at_a_time(tiny_cfg):
+    model, src, ids = tiny_setup(tiny_cfg)
+    limits = lengths_of(src) * 3 // 2 + 2  # per sentence: the batch must not change them
+    batch_greedy = greedy(model, src, ids, limits, [PAD])
+    batch_beam = beam_search(model, src, ids, limits, 4, 0.6, 2, [PAD])
+    for row in range(src.size(0)):
+        alone = src[row : row + 1, : int(lengths_of(src)[row])]
+        one = greedy(model, alone, ids, limits[row : row + 1], [PAD])[0].tolist()
+        assert cut(one, ids.eos) == cut(batch_greedy[row].tolist(), ids.eos)
+        found = beam_search(model, alone, ids, limits[row : row + 1], 4, 0.6, 2, [PAD])[0]
+        assert [h.tokens for h in found] == [h.tokens for h in batch_beam[row]]
+        for h, g in zip(found, batch_beam[row], strict=True):
+            assert h.score == pytest.approx(g.score, abs=1e-4)
+
+
+def test_beam_of_one_is_greedy(tiny_cfg):
+    model, src, ids = tiny_setup(tiny_cfg)
+    limits = lengths_of(src) + 5
+    expected = [cut(r, ids.eos) for r in greedy(model, src, ids, limits, [PAD]).tolist()]
+    found = beam_search(model, src, ids, limits, beam=1, alpha=0.0, banned=[PAD])
+    assert [f[0].tokens for f in found] == expected
+    assert any(ids.eos in r for r in expected) and any(ids.eos not in r for r in expected)
+
+
+def test_decoding_stops_at_eos_and_never_emits_padding(tiny_cfg):
+    model, src, ids = tiny_setup(tiny_cfg)
+    with torch.no_grad():  # make padding and the start token the most likely outputs
+        model.tgt_embed.tokens.weight[[PAD, START]] *= 50
+    banned = translate.banned_ids(ids)
+    assert banned == [PAD, START]
+    out = greedy(model, src, ids, 10, banned)
+    for row in out.tolist():
+        body = cut(row, ids.eos)
+        assert PAD not in body and START not in body
+        assert all(t == PAD for t in row[len(body) :])  # only padding after eos
+        assert ids.eos not in body[:-1]
+    for found in beam_search(model, src, ids, 10, 3, 0.6, 3, banned):
+        for h in found:
+            assert PAD not in h.tokens and START not in h.tokens
+            assert ids.eos not in h.tokens[:-1]  # eos, if any, ends the hypothesis
+    # decoding stops once every row has its eos
+    one = greedy(model, src[:1], ids, 10, banned)[0].tolist()
+    assert ids.eos not in one or one[-1] == ids.eos
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.5])
+def test_beam_returns_hypotheses_in_score_order_with_true_scores(tiny_cfg, alpha):
+    model, src, ids = tiny_setup(tiny_cfg)
+    limits = lengths_of(src) + 4
+    found = beam_search(model, src, ids, limits, beam=4, alpha=alpha, nbest=4, banned=[PAD])
+    n_eos = n_limit = 0
+    for row, hyps in enumerate(found):
+        assert 1 <= len(hyps) <= 4
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+        assert len({tuple(h.tokens) for h in hyps}) == len(hyps)  # no duplicates
+        for h in hyps:
+            logprob = teacher_forced_logprob(model, src[row], h.tokens, ids)
+            assert h.logprob == pytest.approx(logprob, abs=1e-4)
+            assert h.score == pytest.approx(
+                logprob / length_penalty(len(h.tokens), alpha), abs=1e-4
+            )
+            if h.tokens[-1] == ids.eos:
+                n_eos += 1
+            else:  # ran out of room: exactly at the sentence's limit
+                assert len(h.tokens) == int(limits[row])
+                n_limit += 1
+    assert n_eos and n_limit  # both endings were exercised
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, -0.5])
+def test_early_stopping_never_changes_the_result(tiny_cfg, alpha):
+    """The stopping rule is exact: running every sentence to its limit finds nothing better."""
+    model, src, ids = tiny_setup(tiny_cfg)
+    limits = lengths_of(src) + 6
+    early = beam_search(model, src, ids, limits, 3, alpha, 3, [PAD])
+    full = beam_search(model, src, ids, limits, 3, alpha, 3, [PAD], early_stop=False)
+    assert [[h.tokens for h in f] for f in early] == [[h.tokens for h in f] for f in full]
+
+
+def test_beam_search_finds_the_best_path_of_a_known_distribution():
+    """A model whose next-token distribution is a fixed table: greedy is fooled, beam is not."""
+
+    class Table(nn.Module):  # P(next | last token), independent of the source
+        def __init__(self, probs):
+            super().__init__()
+            self.logp, self.cfg = torch.tensor(probs).log(), ModelConfig(4, 4, 0, 4, 1, 4, 1)
+
+        def src_mask(self, src):
+            return (src != 0)[:, None, None, :]
+
+        def encode(self, src, src_mask):
+            return torch.zeros(src.size(0), src.size(1), 4)
+
+        def new_cache(self):
+            return []
+
+        def decode(self, tgt, memory, src_mask, cache=None):
+            return self.logp[tgt]  # (B, 1, V)
+
+    # ids: 0 pad, 1 start, 2 eos, 3 "a". From start: eos 0.4, a 0.6; after a: eos 0.5, a 0.5.
+    # Greedy: a, then a tie... -> "a eos" = 0.3; best is "eos" = 0.4.
+    probs = [[0.25] * 4, [1e-9, 1e-9, 0.4, 0.6], [0.25] * 4, [1e-9, 1e-9, 0.5, 0.5]]
+    model, ids = Table(probs), SpecialIds(pad=0, eos=2, start=1)
+    src = torch.tensor([[3, 2]])
+    assert greedy(model, src, ids, 5, [0, 1])[0].tolist()[:1] == [3]
+    best = beam_search(model, src, ids, 5, beam=2, alpha=0.0, nbest=2, banned=[0, 1])[0]
+    assert best[0].tokens == [2] and best[0].logprob == pytest.approx(torch.tensor(0.4).log())
+    assert best[1].tokens == [3, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Text in, text out
+
+
+def make_checkpoint(
+    path: Path, eos_scale: float = 3.0, test_data: str | None = None, **model_overrides
+) -> Path:
+    """A tiny random checkpoint with a real (trained) tokenizer, saved as train.py saves one.
+
+    eos_scale enlarges the eos embedding so that some sentences end before their limit;
+    model_overrides change the ModelConfig (e.g. pre_norm=True).
+    """
+    tok = train_tokenizer(TEXTS, "unigram", 60)
+    ids = SpecialIds.of(tok)
+    cfg = TrainConfig(
+        tokenizer={"train": "unigram", "vocab_size": 60}, max_seq_length=32, max_tokens=256,
+        model_dim=16, hidden_dims=32, num_heads=2, num_layers=2, dropout=0.0,
+        output_dir=str(path.parent), test_data=test_data,
+    )  # fmt: skip
+    model_cfg = ModelConfig(
+        src_vocab_size=len(tok), tgt_vocab_size=len(tok), pad_id=ids.pad, d_model=16,
+        n_heads=2, d_ff=32, n_layers=2, dropout=0.0, max_len=2 * 32 + 16,
+    )  # fmt: skip
+    model_cfg = dataclasses.replace(model_cfg, **model_overrides)
+    torch.manual_seed(0)
+    model = Transformer(model_cfg)
+    with torch.no_grad():
+        model.tgt_embed.tokens.weight[ids.eos] *= eos_scale
+    save_model_dir(path, model.state_dict(), cfg, model_cfg, ids, tok)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("translate") / "ckpt")
+
+
+LINES = ["the dog sees the cat", "", "a man reads a book", "   ", "we eat an apple",
+         "the children play in the garden", "der hund", "ein"]  # fmt: skip
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_texts_in_batches_equal_texts_one_at_a_time(ckpt, beam):
+    model, tok, ids, cfg = load_model(ckpt)
+    batched = translate_nbest(model, tok, ids, LINES, 4, cfg.max_seq_length, beam=beam, nbest=beam)
+    for line, pairs in zip(LINES, batched, strict=True):
+        alone = translate_nbest(
+            model, tok, ids, [line], 1, cfg.max_seq_length, beam=beam, nbest=beam
+        )
+        assert [t for t, _ in alone[0]] == [t for t, _ in pairs]
+    assert batched[1] == [] and batched[3] == []  # empty lines: no hypotheses
+    assert all(len(p) >= 1 for i, p in enumerate(batched) if LINES[i].strip())
+
+
+def test_empty_lines_never_reach_the_model(ckpt, monkeypatch):
+    model, tok, ids, cfg = load_model(ckpt)
+
+    def fail(*a, **k):
+        raise AssertionError("the model was run")
+
+    monkeypatch.setattr(translate, "greedy", fail)
+    assert translate.translate_texts(model, tok, ids, ["", "  ", "\t"], 8) == ["", "", ""]
+
+
+def test_translate_texts_keeps_train_py_signature(ckpt):
+    model, tok, ids, cfg = load_model(ckpt)
+    out = translate.translate_texts(model, tok, ids, LINES, 3, cfg.max_seq_length)  # positional
+    assert len(out) == len(LINES) and out[1] == "" and all("\n" not in o for o in out)
+    beam = translate.translate_texts(model, tok, ids, LINES, 3, cfg.max_seq_length, beam=2)
+    assert len(beam) == len(LINES)
+
+
+def test_long_input_is_truncated_with_a_warning_naming_the_line(ckpt, tmp_path, capsys):
+    src = tmp_path / "in.en"
+    src.write_text("a dog\n" + " ".join(["the children play"] * 20) + "\n\nthe cat\n")
+    out = tmp_path / "out.de"
+    translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--output", str(out),
+                    "--chunk_size", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "warning: line 2:" in err and "truncated to 32" in err
+    assert "line 1" not in err and "line 4" not in err
+    lines = out.read_text().split("\n")
+    assert len(lines) == 5 and lines[-1] == "" and lines[2] == ""
+
+
+def test_nbest_lines_are_parseable(ckpt, tmp_path):
+    src = tmp_path / "in.en"
+    src.write_text("\n".join(LINES) + "\n")
+    out = tmp_path / "nbest.tsv"
+    translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--output", str(out),
+                    "--beam", "3", "--nbest", "3", "--chunk_size", "3"])  # fmt: skip
+    got = out.read_text().split("\n")[:-1]
+    assert len(got) == len(LINES)
+    for line, text in zip(LINES, got, strict=True):
+        fields = text.split("\t")
+        pairs = list(zip(fields[0::2], map(float, fields[1::2]), strict=False))
+        if not line.strip():
+            assert text == "" and pairs == []
+            continue
+        assert 1 <= len(pairs) <= 3 and len(fields) == 2 * len(pairs)
+        assert [s for _, s in pairs] == sorted((s for _, s in pairs), reverse=True)
+    with pytest.raises(UserError, match="nbest"):
+        translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--nbest", "2"])
+
+
+def test_cli_streams_chunks_through_a_pipe(ckpt):
+    """The first chunk's translations come out before the input is closed."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "translate.py", "--checkpoint", str(ckpt), "--chunk_size", "2"],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        proc.stdin.write("the dog sees the cat\n\n")
+        proc.stdin.flush()
+        first = [proc.stdout.readline(), proc.stdout.readline()]  # blocks unless streamed
+        assert first[1] == "\n" and first[0].endswith("\n")
+        proc.stdin.write("a man reads a book\n")
+        proc.stdin.close()
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+        assert rest.count("\n") == 1
+    finally:
+        proc.kill()
+
+
+def test_hypothesis_is_a_named_tuple():
+    h = Hypothesis([3, 2], -0.5, -1.0)
+    assert h.tokens == [3, 2] and h.score == -0.5 and h.logprob == -1.0
