@@ -1,0 +1,118 @@
+"""Kill training with SIGKILL at N random moments, resume each time, compare with a clean run.
+
+    python scripts/stress_resume.py --kills 10
+
+Trains the tiny config (a small quick-start corpus, dropout on, a checkpoint every step so
+that many kills land inside a checkpoint write) once without interruption, then again while
+killing it N times and resuming after each kill. Prints each kill and whether the final
+weights are bitwise identical. Exit code 0 only if they are. Not part of the test suite (it
+takes a few minutes).
+"""
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import quickstart_data  # noqa: E402
+from data import train_tokenizer  # noqa: E402
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+def command(tmp: Path, out: Path, steps: int) -> list[str]:
+    return [
+        sys.executable, "train.py", "--config", "configs/tiny.json",
+        "--train_data", f"{tmp}/train.{{lang}}", "--valid_data", f"{tmp}/valid.{{lang}}",
+        "--tokenizer", str(tmp / "tok"), "--output_dir", str(out), "--max_tokens", "400",
+        "--epochs", "4", "--max_steps", str(steps), "--save_every", "1", "--dropout", "0.2",
+        "--log_with", "null", "--valid_bleu_samples", "4", "--log_every", "5",
+    ]  # fmt: skip
+
+
+def progress(out: Path, partial: bool = False) -> int:
+    """Newest checkpoint step in out/checkpoints (with partial: counting ones being written)."""
+    steps = [0]
+    for p in (out / "checkpoints").glob("step-*"):
+        number = p.name.split("-")[1].removesuffix(".tmp")
+        if number.isdigit() and (partial or not p.name.endswith(".tmp")):
+            steps.append(int(number))
+    return max(steps)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kills", type=int, default=10)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    rng = random.Random(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="stress_"))
+    quickstart_data.write_splits(tmp, seed=11, n_train=300, n_valid=8, n_test=4)
+    texts = [(tmp / f"train.{lang}").read_text().splitlines() for lang in ("en", "de")]
+    train_tokenizer([texts[0] + texts[1]], "unigram", 150).save_pretrained(tmp / "tok")
+
+    t0 = time.time()
+    subprocess.run(
+        command(tmp, tmp / "clean", args.steps), cwd=ROOT, env=ENV, check=True, capture_output=True
+    )
+    clean_seconds = time.time() - t0
+    print(f"uninterrupted run: {args.steps} steps in {clean_seconds:.1f} s")
+
+    out, kills, resume = tmp / "killed", 0, []
+    while True:
+        proc = subprocess.Popen(
+            command(tmp, out, args.steps) + resume,
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        resume = ["--resume"]
+        if kills < args.kills:
+            # kill a little after a random checkpoint (or its write) begins: often mid-write
+            done = progress(out)
+            target = rng.randint(done + 1, max(done + 1, args.steps - 1))
+            while progress(out, partial=True) < target and proc.poll() is None:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.3))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                writing = any(p.name.endswith(".tmp") for p in (out / "checkpoints").glob("*"))
+                print(
+                    f"kill {kills:2d}: aimed at step {target}, last complete checkpoint "
+                    f"step {progress(out)}{', killed during a checkpoint write' if writing else ''}"
+                )
+                continue
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"run failed after {kills} kills:\n{err[-2000:]}")
+        if kills >= args.kills:
+            break
+    a, b = (
+        load_file(tmp / "clean/last/model.safetensors"),
+        load_file(out / "last/model.safetensors"),
+    )
+    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    print(
+        f"{kills} kills, final weights {'bitwise identical' if same else 'DIFFERENT'} "
+        f"to the uninterrupted run ({len(a)} tensors)"
+    )
+    sys.exit(0 if same else 1)
+
+
+if __name__ == "__main__":
+    main()
