@@ -67,9 +67,12 @@ def main():
         command(tmp, tmp / "clean", args.steps), cwd=ROOT, env=ENV, check=True, capture_output=True
     )
     clean_seconds = time.time() - t0
-    print(f"uninterrupted run: {args.steps} steps in {clean_seconds:.1f} s")
+    print(f"uninterrupted run: {args.steps} steps in {clean_seconds:.1f} s", flush=True)
 
     out, kills, resume = tmp / "killed", 0, []
+    # N distinct moments spread over the run (steps 1 .. steps-1), one kill at each
+    targets = sorted(rng.sample(range(1, args.steps), min(args.kills, args.steps - 1)))
+    args.kills = len(targets)
     while True:
         proc = subprocess.Popen(
             command(tmp, out, args.steps) + resume,
@@ -81,9 +84,8 @@ def main():
         )
         resume = ["--resume"]
         if kills < args.kills:
-            # kill a little after a random checkpoint (or its write) begins: often mid-write
-            done = progress(out)
-            target = rng.randint(done + 1, max(done + 1, args.steps - 1))
+            # kill a little after checkpoint `target` begins to be written: often mid-write
+            target = targets[kills]
             while progress(out, partial=True) < target and proc.poll() is None:
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.3))
@@ -92,9 +94,11 @@ def main():
                 proc.wait()
                 kills += 1
                 writing = any(p.name.endswith(".tmp") for p in (out / "checkpoints").glob("*"))
+                during = ", killed during a checkpoint write" if writing else ""
                 print(
                     f"kill {kills:2d}: aimed at step {target}, last complete checkpoint "
-                    f"step {progress(out)}{', killed during a checkpoint write' if writing else ''}"
+                    f"step {progress(out)}{during}",
+                    flush=True,
                 )
                 continue
         _, err = proc.communicate()

@@ -1,0 +1,73 @@
+"""After `train.py --config configs/multi30k.json`: average, choose on val, score test once.
+
+    python scripts/multi30k_select.py [--run runs/multi30k]
+
+1. averages the newest 5 checkpoints into RUN/avg5 (paper §6.1);
+2. decodes val with `best` and `avg5`, greedy and beam 5 with length penalties 0.6/1.0/1.4,
+   and keeps the setting with the highest val BLEU (the test set is not looked at);
+3. translates test_2016_flickr once with that setting and reports sacreBLEU (cased and
+   lowercased BLEU, chrF) with signatures, into RUN/results.json.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from average import average  # noqa: E402
+from checkpoint import load_model, step_dirs  # noqa: E402
+from data import read_lines  # noqa: E402
+from evaluate import score  # noqa: E402
+from translate import translate_texts  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
+SETTINGS = [{"beam": 1}] + [{"beam": 5, "alpha": a} for a in (0.6, 1.0, 1.4)]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="runs/multi30k")
+    p.add_argument("--data", default=str(DATA))
+    args = p.parse_args()
+    run, data = Path(args.run), Path(args.data)
+    average(step_dirs(run / "checkpoints")[-5:], run / "avg5")
+    val_src, val_ref = read_lines(f"{data}/val.en.gz"), read_lines(f"{data}/val.de.gz")
+    results = []
+    for name in ("best", "avg5"):
+        model, tok, ids, cfg = load_model(run / name)
+        for setting in SETTINGS:
+            t0 = time.time()
+            hyps = translate_texts(model, tok, ids, val_src, 64, cfg.max_seq_length, **setting)
+            bleu = score(hyps, val_ref)["bleu"]
+            results.append({"checkpoint": name, **setting, "val_bleu": bleu})
+            print(
+                f"val  {name:5s} {setting}: BLEU {bleu:.2f} "
+                f"({len(val_src) / (time.time() - t0):.0f} sentences/s)",
+                flush=True,
+            )
+    chosen = max(results, key=lambda r: r["val_bleu"])
+    setting = {k: v for k, v in chosen.items() if k in ("beam", "alpha")}
+    model, tok, ids, cfg = load_model(run / chosen["checkpoint"])
+    test_src = read_lines(f"{data}/test_2016_flickr.en.gz")
+    test_ref = read_lines(f"{data}/test_2016_flickr.de.gz")
+    hyps = translate_texts(model, tok, ids, test_src, 64, cfg.max_seq_length, **setting)
+    (run / "test_2016_flickr.hyp.de").write_text("".join(h + "\n" for h in hyps))
+    cased, lower = score(hyps, test_ref), score(hyps, test_ref, lowercase=True)
+    report = {
+        "chosen_on_val": chosen,
+        "val": results,
+        "test_cased": cased,
+        "test_lowercased": lower,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (run / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"chosen on val: {chosen}")
+    print(f"test_2016_flickr BLEU lowercased {lower['bleu']:.2f} ({lower['bleu_signature']})")
+    print(f"test_2016_flickr BLEU cased      {cased['bleu']:.2f} ({cased['bleu_signature']})")
+    print(f"test_2016_flickr chrF cased      {cased['chrf']:.2f} ({cased['chrf_signature']})")
+
+
+if __name__ == "__main__":
+    main()
