@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from config import TrainConfig, UserError
-from data import SpecialIds, load_pretrained_tokenizer
+from data import SpecialIds, _first_line
 from model import ModelConfig, Transformer
 
 WEIGHTS = "model.safetensors"
@@ -129,9 +129,20 @@ def load_model(
         meta = json.loads((path / "model_config.json").read_text())
         ids = SpecialIds(**meta.pop("special_ids"))
         model_cfg = ModelConfig(**meta)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as e:
+        # ArithmeticError: n_heads 0 (d_model % n_heads); AttributeError: not a JSON object
+        raise UserError(f"{path / 'model_config.json'}: unreadable ({e})") from None
+    try:
         cfg = TrainConfig(**json.loads((path / "config.json").read_text()))
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise UserError(f"{path}: unreadable model_config.json/config.json ({e})") from None
+    except (OSError, ValueError, TypeError, UserError) as e:
+        raise UserError(f"{path / 'config.json'}: unreadable ({e})") from None
+    vocab = min(model_cfg.src_vocab_size, model_cfg.tgt_vocab_size)
+    bad = {k: v for k, v in vars(ids).items() if not (isinstance(v, int) and 0 <= v < vocab)}
+    if bad or model_cfg.pad_id != ids.pad:
+        raise UserError(
+            f"{path / 'model_config.json'}: special_ids {vars(ids)} and pad_id "
+            f"{model_cfg.pad_id} do not fit a vocabulary of {vocab}"
+        )
     try:
         weights = load_file(path / WEIGHTS)
     except (SafetensorError, OSError) as e:
@@ -148,5 +159,24 @@ def load_model(
             f"{path / WEIGHTS}: weights do not match model_config.json "
             f"({str(e).splitlines()[-1].strip()})"
         ) from None
-    tokenizer = load_pretrained_tokenizer(str(path))
+    tokenizer = _checkpoint_tokenizer(path)
+    if len(tokenizer) > vocab:  # its ids would index past the embedding table
+        raise UserError(
+            f"{path}: the tokenizer has {len(tokenizer)} tokens, the model's vocabulary "
+            f"{vocab}: they do not belong together"
+        )
     return model.to(device).eval(), tokenizer, ids, cfg
+
+
+def _checkpoint_tokenizer(path: Path):
+    """The tokenizer saved in a checkpoint directory; a clear error if it is missing."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:
+        raise UserError(
+            f"{path}: cannot load the tokenizer saved with the checkpoint ({_first_line(e)}); "
+            f"the directory needs the files tokenizer.save_pretrained wrote (tokenizer.json, "
+            f"tokenizer_config.json, ...)"
+        ) from None

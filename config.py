@@ -8,6 +8,7 @@ are collected and reported together on one line (UserError -> exit code 2).
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -28,6 +29,9 @@ def cli(main):
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`translate.py ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        sys.exit(141)  # 128 + SIGPIPE, what `cat` reports
 
 
 @dataclass(frozen=True)

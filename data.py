@@ -113,9 +113,13 @@ _read_lines = read_lines  # the name translate.py and evaluate.py import
 def _require_content(path: str) -> None:
     if not os.path.exists(path):
         raise UserError(f"data file not found: {path}")
-    with _open_bytes(path) as f:
-        if not f.read(1):
-            raise UserError(f"{path}: empty file")
+    try:
+        with _open_bytes(path) as f:
+            empty = not f.read(1)
+    except (OSError, EOFError) as e:  # "x.gz" that is not gzip
+        raise UserError(f"{path}: cannot read ({e})") from None
+    if empty:
+        raise UserError(f"{path}: empty file")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +228,10 @@ def _generate(reader, files: list[str], langs: list[str] = ()) -> datasets.Datas
         return datasets.Dataset.from_generator(
             reader, features=TEXT_FEATURES, fingerprint=key, gen_kwargs={"args": args}
         )
+    except ValueError as e:  # datasets refuses a split with no rows (a header, blank lines)
+        if "corresponds to no data" not in str(e):
+            raise
+        raise UserError(f"{files[0]}: no sentence pairs") from None
     except datasets.exceptions.DatasetGenerationError as e:
         cause = e
         while cause.__cause__ is not None or cause.__context__ is not None:

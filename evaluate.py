@@ -36,7 +36,7 @@ import sacrebleu
 
 from config import TrainConfig, UserError, cli
 from data import load_text, read_lines
-from translate import add_decoding_args, decoding_options, translate_texts
+from translate import add_decoding_args, decoding_options, open_output, translate_texts
 
 METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER"}  # our keys -> sacreBLEU's names
 
@@ -195,6 +195,8 @@ def main(argv=None):
         model, tokenizer, ids, cfg = load_model(args.checkpoint, args.device)
     sources, references = load_test_set(args, cfg)
     if model is not None:
+        if len(sources) != len(references):  # before hours of decoding, not after
+            raise UserError(f"{len(sources)} sources but {len(references)} references")
         hypotheses = translate_texts(
             model, tokenizer, ids, sources, args.batch_size, cfg.max_seq_length, **options
         )
@@ -203,7 +205,7 @@ def main(argv=None):
         report["config"] = cfg.to_dict()
         report["model_config"] = model.cfg.to_dict()
         if args.output:
-            with open(args.output, "w", encoding="utf-8") as f:
+            with open_output(args.output) as f:
                 f.writelines(h + "\n" for h in hypotheses)
     else:
         hypotheses = read_lines(args.hypotheses)
@@ -223,7 +225,7 @@ def main(argv=None):
         )
     print_report(report)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+        with open_output(args.json) as f:
             json.dump(report, f, indent=2, ensure_ascii=False)
             f.write("\n")
     return report

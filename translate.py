@@ -10,7 +10,8 @@ checkpoint's max_seq_length tokens is truncated, with a warning on stderr naming
 
 Streaming: input is read, translated and written in chunks of --chunk_size lines (each chunk is
 sorted by length into batches and put back in input order), and the output is flushed after each
-chunk, so a pipe over a large file holds one chunk in memory.
+chunk, so a pipe over a large file holds one chunk in memory. An --output file appears only
+once complete: a run that fails midway (e.g. a line that is not UTF-8) leaves none.
 
 Decoding (both encode once and feed one new token per step through the key/value cache):
   greedy       the default (--beam 1): the most probable token at each step.
@@ -255,7 +256,7 @@ def translate_nbest(
     lines = list(lines)  # a list, a datasets column, ...
     out: list[list[tuple[str, float | None]]] = [[] for _ in lines]
     todo = [i for i, line in enumerate(lines) if line.strip()]
-    limit = max_src_len or model.cfg.max_len
+    limit = min(max_src_len or model.cfg.max_len, model.cfg.max_len)  # the positional table
     numbers = line_numbers or range(1, len(lines) + 1)
     encoded = _encode(tokenizer, ids, [lines[i] for i in todo], limit, [numbers[i] for i in todo])
     order = sorted(range(len(todo)), key=lambda j: len(encoded[j]))
@@ -343,7 +344,12 @@ def read_lines(path: str | None) -> list[str]:
 
 @contextlib.contextmanager
 def open_output(path: str | None):
-    """A UTF-8 text stream with "\\n" line ends to a file, or to stdout (left open after)."""
+    """A UTF-8 text stream with "\\n" line ends to a file, or to stdout (left open after).
+
+    A file is written whole or not at all: into a temporary file beside it, renamed over `path`
+    only when the block ends without an error, so a failure midway (a bad input line, Ctrl-C)
+    leaves no partial output and an existing file as it was.
+    """
     if path is None or path == "-":
         stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n")
         try:
@@ -352,8 +358,30 @@ def open_output(path: str | None):
             stream.flush()
             stream.detach()
         return
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        yield f
+    if os.path.isdir(path):
+        raise UserError(f"cannot write {path}: it is a directory")
+    if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, /dev/stdout, a FIFO
+        with _open_text(path, path) as f:
+            yield f
+        return
+    final = os.path.realpath(path)  # through a symlink, not over it
+    tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{os.getpid()}.tmp")
+    f = _open_text(tmp, path)
+    try:
+        with f:
+            yield f
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _open_text(path: str, shown: str):
+    try:
+        return open(path, "w", encoding="utf-8", newline="\n")
+    except OSError as e:
+        raise UserError(f"cannot write {shown} ({e.strerror})") from None
 
 
 def add_decoding_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,373 @@
+"""Bad input ends in one line on stderr ("error: ...", exit code 2, no traceback) or in a
+counted, logged skip; never a traceback, never a silent drop.
+
+Only what no other test file covers is here. Covered elsewhere:
+  config: unknown key, wrong type, sizes <= 0, num_heads not dividing model_dim, dropout out
+    of range (tests/test_config.py); train.py exits 2 with one line (test_config.py,
+    test_end_to_end.py)
+  data: missing file (test_data.py), misaligned files, empty file, non-UTF-8 naming file and
+    line, CRLF and BOM, bad JSONL lines (test_data_sources.py), U+2028 & co. inside a line
+    (test_data.py), empty and overlong pairs dropped and counted (test_data.py, tokenize)
+  checkpoint: translate.py on a missing directory (test_end_to_end.py) and on truncated
+    weights (test_reliability.py); a pickle as weights (test_reliability.py)
+  translate input: empty lines keep their place (test_end_to_end.py, test_translate.py), a
+    source over max_seq_length is truncated with a warning naming the line (test_translate.py)
+"""
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import evaluate
+import quickstart_data
+import translate
+from checkpoint import load_model
+from config import TrainConfig, UserError, cli
+from data import load_text, train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
+MAINS = {"translate": translate.main, "evaluate": evaluate.main}
+# Every character str.splitlines() ends a line at, besides "\n".
+LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def run(*args, input=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        input=input,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def assert_one_line_error(code, stderr: str | bytes, *parts: str) -> str:
+    """Exit code 2, and stderr is exactly one line "error: ..." holding every part."""
+    stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
+    assert code == 2, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+def run_cli(main, argv: list, capsys) -> tuple[int, str]:
+    """What `python translate.py ARGV` does, in this process: (exit code, stderr).
+
+    Anything but a UserError escapes `cli` and fails the test, as a traceback would."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli(lambda: main([str(a) for a in argv]))
+    return e.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("bad_input")
+    quickstart_data.write_splits(tmp, seed=11, n_train=200, n_valid=8, n_test=4)
+    texts = [(tmp / f"train.{lang}").read_text().splitlines() for lang in ("en", "de")]
+    train_tokenizer([texts[0] + texts[1]], "unigram", 120).save_pretrained(tmp / "tok")
+    return tmp
+
+
+def train_argv(corpus: Path, out, *extra) -> list:
+    return [
+        "train.py", "--config", "configs/tiny.json", "--train_data", f"{corpus}/train.{{lang}}",
+        "--valid_data", f"{corpus}/valid.{{lang}}", "--tokenizer", corpus / "tok",
+        "--output_dir", out, "--log_with", "null", "--valid_bleu_samples", "2", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory) -> Path:
+    """A run's output_dir after two steps of train.py (best/, last -> checkpoints/step-2)."""
+    out = tmp_path_factory.mktemp("bad_input_run") / "run"
+    proc = run(*train_argv(corpus, out, "--max_steps", 2))
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# config: what only train.py itself can find out
+
+
+def test_train_py_missing_data_file(corpus, tmp_path):
+    argv = train_argv(corpus, tmp_path / "run", "--max_steps", 1)
+    argv[argv.index("--train_data") + 1] = f"{tmp_path}/nowhere/train.{{lang}}"
+    proc = run(*argv)
+    assert_one_line_error(
+        proc.returncode, proc.stderr, f"data file not found: {tmp_path}/nowhere/train.en"
+    )
+
+
+def test_train_py_output_dir_that_cannot_be_made(corpus, tmp_path, monkeypatch, capsys):
+    import train  # in this process: the check comes before accelerate is set up
+
+    monkeypatch.chdir(ROOT)
+    # Tests run as root, where chmod does not stop writes: put the directory under a file.
+    (tmp_path / "a_file").write_text("x")
+    argv = train_argv(corpus, tmp_path / "a_file" / "run", "--max_steps", 1)[1:]
+    code, err = run_cli(train.main, argv, capsys)
+    assert_one_line_error(code, err, f"output_dir {tmp_path}/a_file/run is not writable")
+
+
+# ---------------------------------------------------------------------------------------------
+# data: files that are not what their names say
+
+
+def data_cfg() -> TrainConfig:
+    return TrainConfig(src_lang="en", tgt_lang="de")
+
+
+@pytest.mark.parametrize("damage", ["not gzip", "truncated"])
+def test_broken_gz_file_is_named(tmp_path, damage):
+    whole = gzip.compress("".join(f"sentence {i}\n" for i in range(2000)).encode())
+    (tmp_path / "t.de.gz").write_bytes(whole)
+    en = b"plain text, no gzip\n" if damage == "not gzip" else whole[: len(whole) // 2]
+    (tmp_path / "t.en.gz").write_bytes(en)
+    with pytest.raises(UserError, match=rf"^{tmp_path}/t\.en\.gz: cannot read \("):
+        load_text(str(tmp_path / "t.{lang}.gz"), data_cfg(), "train")
+
+
+@pytest.mark.parametrize(("name", "text"), [("t.jsonl", "\n\n"), ("t.csv", "en,de\n")])
+def test_file_without_a_single_record(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UserError, match=rf"^{tmp_path}/{name}: no sentence pairs$"):
+        load_text(str(tmp_path / name), data_cfg(), "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint: every way a copied, edited or half-deleted checkpoint goes wrong
+
+
+def edit_json(path: Path, **changes):
+    meta = json.loads(path.read_text())
+    for key, value in changes.items():
+        target = meta
+        *parents, last = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[last] = value
+    path.write_text(json.dumps(meta))
+
+
+BROKEN = {  # name -> (how to break a copy of best/, what the error says)
+    "missing directory": (lambda d: shutil.rmtree(d), "checkpoint not found"),
+    "truncated weights": (
+        lambda d: (d / "model.safetensors").write_bytes(
+            (d / "model.safetensors").read_bytes()[:1000]
+        ),
+        "corrupt or truncated weights",
+    ),
+    "d_model edited": (
+        lambda d: edit_json(d / "model_config.json", d_model=48),
+        "weights do not match model_config.json",
+    ),
+    "n_heads 0": (
+        lambda d: edit_json(d / "model_config.json", n_heads=0),
+        "model_config.json: unreadable",
+    ),
+    "special id out of range": (
+        lambda d: edit_json(d / "model_config.json", **{"special_ids.eos": 5000}),
+        "do not fit a vocabulary of 120",
+    ),
+    "bad training config": (
+        lambda d: edit_json(d / "config.json", dropout=3),
+        "config.json: unreadable (config: dropout must be in [0, 1)",
+    ),
+    "tokenizer deleted": (
+        lambda d: [(d / f).unlink() for f in ("tokenizer.json", "tokenizer_config.json")],
+        "cannot load the tokenizer saved with the checkpoint",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("broken", "tool"),
+    [
+        (broken, tool)
+        for broken in BROKEN
+        for tool in ("translate", "evaluate")
+        # translate.py on these two: test_end_to_end.py, test_reliability.py
+        if tool == "evaluate" or broken not in ("missing directory", "truncated weights")
+    ],
+)
+def test_broken_checkpoint_is_one_line(trained, corpus, tmp_path, capsys, broken, tool):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained / "best", ckpt)
+    damage, message = BROKEN[broken]
+    damage(ckpt)
+    if tool == "translate":
+        argv = ["--checkpoint", ckpt, "--input", corpus / "test.en"]
+    else:
+        argv = ["--checkpoint", ckpt, "--source", corpus / "test.en"]
+        argv += ["--reference", corpus / "test.de"]
+    code, err = run_cli(MAINS[tool], argv, capsys)
+    assert_one_line_error(code, err, message)
+
+
+def test_evaluate_py_on_a_checkpoint_without_tokenizer(trained, corpus, tmp_path):
+    """The real command: nothing else (library warnings) reaches stderr."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained / "best", ckpt)
+    (ckpt / "tokenizer.json").unlink()
+    (ckpt / "tokenizer_config.json").unlink()
+    proc = run("evaluate.py", "--checkpoint", ckpt, "--source", corpus / "test.en",
+               "--reference", corpus / "test.de")  # fmt: skip
+    assert_one_line_error(proc.returncode, proc.stderr, str(ckpt), "tokenizer")
+
+
+def test_positional_table_smaller_than_max_seq_length_truncates(trained, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained / "best", ckpt)
+    edit_json(ckpt / "model_config.json", max_len=6)  # not a weight: loads fine
+    src = tmp_path / "in.en"
+    src.write_text("the dog sees the cat in the garden today\n")
+    translate.main(
+        ["--checkpoint", str(ckpt), "--input", str(src), "--output", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert "warning: line 1:" in err and "truncated to 6" in err
+    assert (tmp_path / "o").read_text().count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# translate input: one output line per input line, whatever the line holds
+
+
+ODD_LINES = [
+    "a\x00b",
+    "escape \x1b[31m red",
+    "vertical\x0btab",
+    "form\x0cfeed",
+    "line\u2028separator and paragraph\u2029separator",
+    "next\x85line and \x1c\x1d\x1e group separators",
+    "\x00",
+    "\x1c\x1d\x1e\x85\u2028",  # whitespace to str.strip(): an empty line
+    "",
+    "the dog sees the cat " * 5000,  # 100,000 characters
+    "x" * 100_000,  # 100,000 characters, one word
+    "ok",
+]
+
+
+@pytest.mark.parametrize("source", ["stdin", "file"])
+def test_odd_characters_keep_one_output_line_per_input_line(
+    trained, tmp_path, monkeypatch, capsys, source
+):
+    data = "".join(line + "\n" for line in ODD_LINES).encode()
+    out = tmp_path / "out.de"
+    argv = ["--checkpoint", str(trained), "--output", str(out), "--chunk_size", "5"]
+    if source == "stdin":
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    else:
+        (tmp_path / "in.en").write_bytes(data)
+        argv += ["--input", str(tmp_path / "in.en")]
+    translate.main(argv)
+    got = out.read_bytes().decode().split("\n")
+    assert len(got) == len(ODD_LINES) + 1 and got[-1] == ""
+    assert got[7] == got[8] == ""  # blank lines stay blank
+    assert all(len(line.splitlines()) <= 1 for line in got)  # nothing another reader splits
+    err = capsys.readouterr().err
+    assert "warning: line 10:" in err and "warning: line 11:" in err  # truncated, and said so
+
+
+def test_decoded_text_never_holds_a_line_break(trained, monkeypatch):
+    """A tokenizer may decode to control characters: output lines must stay whole lines."""
+    model, tok, ids, cfg = load_model(trained)
+    weird = "a" + "b".join(LINE_BREAKS) + "\tc\n d"
+    monkeypatch.setattr(tok, "batch_decode", lambda seqs, **kw: [weird] * len(seqs))
+    for beam, nbest in ((1, 1), (2, 2)):
+        found = translate.translate_nbest(
+            model, tok, ids, ["one", "", "two"], 4, beam=beam, nbest=nbest
+        )
+        for pairs in found:
+            for text, _ in pairs:
+                assert not any(c in text for c in LINE_BREAKS + "\n\t"), repr(text)
+        line = translate.format_nbest(found[0]) if nbest > 1 else found[0][0][0]
+        assert len(line.splitlines()) == 1
+
+
+def test_invalid_utf8_on_stdin_leaves_no_partial_output(trained, tmp_path):
+    out = tmp_path / "out.de"
+    data = b"the dog\na cat\ncaf\xe9\nthe end\n"
+    proc = run("translate.py", "--checkpoint", trained, "--output", out, "--chunk_size", "1",
+               input=data)  # fmt: skip
+    assert_one_line_error(proc.returncode, proc.stderr, "stdin, line 3: not UTF-8")
+    assert list(tmp_path.iterdir()) == []  # neither out.de nor its temporary file
+
+
+def test_failed_run_keeps_the_previous_output_file(trained, tmp_path, capsys):
+    src, out = tmp_path / "in.en", tmp_path / "out.de"
+    src.write_bytes(b"the dog\ncaf\xe9\n")
+    out.write_text("yesterday's translations\n")
+    code, err = run_cli(
+        translate.main,
+        ["--checkpoint", trained, "--input", src, "--output", out, "--chunk_size", 1],
+        capsys,
+    )
+    assert_one_line_error(code, err, f"{src}, line 2: not UTF-8")
+    assert out.read_text() == "yesterday's translations\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.en", "out.de"]
+
+
+@pytest.mark.parametrize("flag", ["translate --output", "evaluate --output", "evaluate --json"])
+def test_output_that_cannot_be_written_is_one_line(trained, corpus, tmp_path, capsys, flag):
+    tool, option = flag.split()
+    target = tmp_path / "no_such_dir" / "out"
+    argv = {
+        "translate --output": ["--checkpoint", trained, "--input", corpus / "test.en"],
+        "evaluate --output": ["--checkpoint", trained, "--source", corpus / "test.en",
+                              "--reference", corpus / "test.de"],
+        "evaluate --json": ["--hypotheses", corpus / "test.de", "--reference", corpus / "test.de"],
+    }[flag] + [option, target]  # fmt: skip
+    code, err = run_cli(MAINS[tool], argv, capsys)
+    assert_one_line_error(code, err, f"cannot write {target} (No such file or directory)")
+
+
+def test_evaluate_checks_sources_against_references_before_decoding(
+    trained, corpus, tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "short.de").write_text("nur eine Zeile\n")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("decoded before checking the line counts")
+
+    monkeypatch.setattr(evaluate, "translate_texts", fail)
+    argv = ["--checkpoint", trained, "--source", corpus / "test.en", "--reference",
+            tmp_path / "short.de"]  # fmt: skip
+    code, err = run_cli(evaluate.main, argv, capsys)
+    assert_one_line_error(code, err, "4 sources but 1 references")
+
+
+def test_reader_that_goes_away_ends_translate_quietly(trained, corpus):
+    """`translate.py ... | head -1`: no BrokenPipeError traceback, exit 141 like `cat`."""
+    proc = subprocess.Popen(
+        [sys.executable, "translate.py", "--checkpoint", str(trained), "--chunk_size", "1",
+         "--input", str(corpus / "train.en")],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().endswith(b"\n")
+        proc.stdout.close()
+        assert proc.wait(timeout=120) == 141
+        assert proc.stderr.read() == b""
+    finally:
+        proc.kill()
