@@ -276,6 +276,7 @@ def main(argv=None):
     args, cfg = config_from_argv(argv, "Train a Transformer for translation.")
     setup_cpu_launch()
     out = Path(cfg.output_dir)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / ".write_test").touch()
@@ -288,7 +289,12 @@ def main(argv=None):
     if not accelerator.is_local_main_process:
         datasets.disable_progress_bars()  # one set of bars, not one per process
     set_seed(cfg.seed)
-    run = setup(cfg, accelerator, args.resume)
+    try:
+        run = setup(cfg, accelerator, args.resume)
+    except UserError:
+        if created and accelerator.is_main_process and not any(out.iterdir()):
+            out.rmdir()  # bad data: leave no empty run directory behind
+        raise
     model = Transformer(run["model_cfg"])
     run["log"](
         f"{len(run['train'])} training pairs, vocabulary {run['model_cfg'].src_vocab_size}, "
