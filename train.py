@@ -355,7 +355,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             dynamic_ncols=True,
             disable=not accelerator.is_local_main_process,
         )
-        meter = Meter(accelerator)
+        meter = Meter(accelerator, state.pop("meter", None))
         model.train()
         for batch in batch_iter(
             run["train"], batches[state["batch_in_epoch"] :], ids, accelerator.device
@@ -395,13 +395,13 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                 accelerator, state["step"], cfg, started
             )
             if stop.agreed(accelerator, state["step"], cfg.log_every):
-                save(accelerator, model, run, state)
+                save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
                 run["log"](f"stopped by signal at step {state['step']}; continue with --resume")
                 return
             if done:
                 break
             if cfg.save_every and state["step"] % cfg.save_every == 0:
-                save(accelerator, model, run, state)
+                save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
         bar.close()
         if state["batch_in_epoch"] >= len(batches):
             state.update(epoch=epoch + 1, batch_in_epoch=0)
@@ -445,11 +445,18 @@ def out_of_time(accelerator, step: int, cfg: TrainConfig, started: float) -> boo
 
 
 class Meter:
-    """Loss and token counts since the last log line, kept on device (no sync per step)."""
+    """Loss and token counts since the last log line, kept on device (no sync per step).
+    A mid-epoch checkpoint stores the loss not yet logged, so that the first line after a
+    resume averages the same steps as an uninterrupted run would."""
 
-    def __init__(self, accelerator):
-        self.loss = torch.zeros((), device=accelerator.device)
-        self.n, self.tokens, self.t0 = 0, 0, time.time()
+    def __init__(self, accelerator, saved: dict | None = None):
+        saved = saved or {"loss": 0.0, "n": 0}
+        self.loss = torch.tensor(saved["loss"], device=accelerator.device)
+        self.n, self.tokens, self.t0 = saved["n"], 0, time.time()
+
+    def state(self, accelerator) -> dict:
+        """Collective (a checkpoint is): the loss sum averaged over processes, as logged."""
+        return {"loss": accelerator.reduce(self.loss.clone(), "mean").item(), "n": self.n}
 
     def add(self, loss, tokens: int):
         self.loss += loss.detach().float()
