@@ -245,6 +245,7 @@ def restore(accelerator, out: Path, resume: bool, log) -> dict:
         "best": None,
         "bad_evals": 0,
         "skipped_steps": 0,
+        "target_tokens": 0,  # non-padding, all processes (shards hold equal batch counts)
     }
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt:
@@ -379,6 +380,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                     optimizer.zero_grad()
             state["batch_in_epoch"] += 1
             meter.add(loss, batch["n_tokens"])
+            state["target_tokens"] += batch["n_tokens"] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             if not finite:
@@ -407,7 +409,12 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             state.update(epoch=epoch + 1, batch_in_epoch=0)
         if end_of_epoch(model, accelerator, run, state, epoch) or done:
             break
-    run["log"](f"done: step {state['step']}, checkpoints in {cfg.output_dir}")
+    seconds = time.time() - started
+    run["log"](
+        f"done: step {state['step']}, checkpoints in {cfg.output_dir}; "
+        f"{state['target_tokens'] / 1e6:.2f}M target tokens in {seconds / 60:.1f} min, "
+        f"{state['target_tokens'] / seconds:.0f} tokens/s end to end (with validation and saves)"
+    )
 
 
 def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
