@@ -3,9 +3,11 @@
 python plot.py runs/multi30k/metrics.jsonl runs/multi30k/curves.png
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
+
+from config import UserError, cli
 
 
 def plot_metrics(metrics: str | Path, png: str | Path) -> None:
@@ -14,7 +16,11 @@ def plot_metrics(metrics: str | Path, png: str | Path) -> None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
+    try:
+        lines = Path(metrics).read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{metrics}: cannot read the metrics ({e})") from None
     train = [r for r in records if "train_loss" in r]
     valid = [r for r in records if "valid_loss" in r]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -39,5 +45,13 @@ def plot_metrics(metrics: str | Path, png: str | Path) -> None:
     tmp.replace(png)
 
 
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("metrics", help="a run's metrics.jsonl")
+    p.add_argument("png", help="the picture to write")
+    args = p.parse_args(argv)
+    plot_metrics(args.metrics, args.png)
+
+
 if __name__ == "__main__":
-    plot_metrics(sys.argv[1], sys.argv[2])
+    cli(main)

@@ -17,7 +17,6 @@ Only what no other test file covers is here. Covered elsewhere:
 import gzip
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,20 +25,13 @@ from pathlib import Path
 import pytest
 
 import evaluate
-import quickstart_data
 import translate
 from checkpoint import load_model
 from config import TrainConfig, UserError, cli
-from data import load_text, train_tokenizer
+from data import load_text
+from helpers import ROOT, subprocess_env, write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-}
+ENV = subprocess_env()
 MAINS = {"translate": translate.main, "evaluate": evaluate.main}
 # Every character str.splitlines() ends a line at, besides "\n".
 LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
@@ -80,11 +72,7 @@ def run_cli(main, argv: list, capsys) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("bad_input")
-    quickstart_data.write_splits(tmp, seed=11, n_train=200, n_valid=8, n_test=4)
-    texts = [(tmp / f"train.{lang}").read_text().splitlines() for lang in ("en", "de")]
-    train_tokenizer([texts[0] + texts[1]], "unigram", 120).save_pretrained(tmp / "tok")
-    return tmp
+    return write_corpus(tmp_path_factory.mktemp("bad_input"), 11, 200, 8, 120)
 
 
 def train_argv(corpus: Path, out, *extra) -> list:
@@ -371,3 +359,10 @@ def test_reader_that_goes_away_ends_translate_quietly(trained, corpus):
         assert proc.stderr.read() == b""
     finally:
         proc.kill()
+
+
+def test_plot_of_missing_metrics_is_one_line(tmp_path):
+    cmd = [sys.executable, "plot.py", str(tmp_path / "none.jsonl"), str(tmp_path / "c.png")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "none.jsonl" in proc.stderr and not (tmp_path / "c.png").exists()

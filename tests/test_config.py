@@ -5,13 +5,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from config import TrainConfig, UserError, config_from_argv, load_config, parse_overrides
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def write_json(path, values: dict):

@@ -17,8 +17,8 @@ import pytest
 import data
 from config import TrainConfig, UserError
 from data import encode_sources, encode_targets, load_text, token_batches, tokenize
+from helpers import ROOT, subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
 EN = ['a small dog runs, "fast"', "the red cat sleeps", "NA", "two birds sing loudly"]
 DE = ['ein kleiner Hund rennt, "schnell"', "die rote Katze schläft", "null", "zwei Vögel singen"]
 
@@ -505,13 +505,7 @@ def test_audit_with_the_tokenizer_counts_tokens(tmp_path, capsys):
 def test_audit_command_line_on_text_files(tmp_path):
     write(tmp_path / "t.en", lines(EN))
     write(tmp_path / "t.de", lines(DE))
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_DATASETS_CACHE": str(tmp_path / "hf"),
-        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    }
+    env = subprocess_env(HF_DATASETS_CACHE=str(tmp_path / "hf"))
     args = [
         "audit",
         "--config",

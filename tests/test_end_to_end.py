@@ -1,23 +1,16 @@
 """End to end, as a user runs it: make data, train a tiny model, resume, translate, evaluate."""
 
+import gzip
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import quickstart_data
+from helpers import ROOT, subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-}
+ENV = subprocess_env()
 
 
 def run(*args, input=None, check=True):
@@ -126,3 +119,32 @@ def test_default_config_without_hub_says_how_to_run_offline():
 def test_bad_checkpoint_is_one_line_error(tmp_path):
     proc = run("translate.py", "--checkpoint", tmp_path / "nope", input="x\n", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: checkpoint not found")
+
+
+def test_multi30k_recipe_smoke(tmp_path):
+    """configs/multi30k.json at toy scale, as the README runs it: its settings train (its own
+    tokenizer, a checkpoint per epoch), then scripts/multi30k_select.py averages the last
+    checkpoints, chooses checkpoint and decoding on val only, and scores test once."""
+    plain, data, out = tmp_path / "plain", tmp_path / "multi30k", tmp_path / "run"
+    quickstart_data.write_splits(plain, seed=9, n_train=300, n_valid=12, n_test=10)
+    data.mkdir()
+    for split, name in (("train", "train"), ("valid", "val"), ("test", "test_2016_flickr")):
+        for lang in ("en", "de"):
+            text = (plain / f"{split}.{lang}").read_bytes()
+            (data / f"{name}.{lang}.gz").write_bytes(gzip.compress(text))
+    run(
+        "train.py", "--config", "configs/multi30k.json", "--output_dir", out,
+        "--train_data", f"{data}/train.{{lang}}.gz", "--valid_data", f"{data}/val.{{lang}}.gz",
+        "--test_data", f"{data}/test_2016_flickr.{{lang}}.gz",
+        "--tokenizer", '{"train": "unigram", "vocab_size": 200}',
+        "--max_tokens", 800, "--epochs", 3, "--log_with", "null",
+    )  # fmt: skip
+    assert len(list((out / "checkpoints").glob("step-*[0-9]"))) == 3  # one per epoch
+    run("scripts/multi30k_select.py", "--run", out, "--data", data)
+    report = json.loads((out / "results.json").read_text())
+    assert len(report["val"]) == 8  # {best, average} x {greedy, beam 5 x 3 length penalties}
+    assert report["chosen_on_val"] == max(report["val"], key=lambda r: r["val_bleu"])
+    assert (out / "avg" / "model.safetensors").exists()
+    assert len((out / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
+    assert "case:lc" in report["test_lowercased"]["bleu_signature"]
+    assert "case:mixed" in report["test_cased"]["bleu_signature"]

@@ -5,10 +5,10 @@ import json
 import random
 
 import pytest
-from test_translate import make_checkpoint
 
 import evaluate
 from config import UserError
+from test_translate import make_checkpoint
 
 WORDS = (
     "der die das hund katze mann frau kind sieht liest isst ein eine buch apfel im garten".split()

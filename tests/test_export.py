@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from test_translate import TEXTS, make_checkpoint
 
 import export
 from checkpoint import load_model
 from config import UserError, cli
 from model.embedding import sinusoidal_table
+from test_translate import TEXTS, make_checkpoint
 from translate import banned_ids, greedy, max_new_tokens, translate_texts
 
 transformers = pytest.importorskip("transformers")

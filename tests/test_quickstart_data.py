@@ -4,11 +4,11 @@ expectations, plus the split files (disjoint, aligned, deterministic)."""
 import importlib
 import random
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 if str(ROOT) not in sys.path:  # also work under a bare `pytest`, not only `python -m pytest`
     sys.path.insert(0, str(ROOT))
 qd = importlib.import_module("quickstart_data")

@@ -6,31 +6,21 @@ import os
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import quickstart_data
 import train
 from config import UserError
+from helpers import ROOT, subprocess_env, write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+ENV = subprocess_env()
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from data import train_tokenizer
-
-    tmp = tmp_path_factory.mktemp("rel")
-    quickstart_data.write_splits(tmp, seed=5, n_train=300, n_valid=8, n_test=4)
-    texts = (tmp / "train.en").read_text().splitlines() + (
-        tmp / "train.de"
-    ).read_text().splitlines()
-    train_tokenizer([texts], "unigram", 120).save_pretrained(tmp / "tok")
-    return tmp
+    return write_corpus(tmp_path_factory.mktemp("rel"), 5, 300, 8, 120)
 
 
 def argv(corpus, out, *extra):

@@ -6,19 +6,16 @@ under `accelerate launch`, each doing what train.py does (read, train or load th
 tokenize, batch, shard) and writing the pairs it would train on to a JSON file."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data import shard, token_batches
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, subprocess_env
 
 
 def check_epoch(shares: list[list[np.ndarray]], n_pairs: int) -> None:
@@ -106,18 +103,11 @@ def test_two_processes_under_accelerate_share_each_epoch(tmp_path):
 
     quickstart_data.write_splits(tmp_path / "data", seed=3, n_train=1001, n_valid=5, n_test=5)
     (tmp_path / "worker.py").write_text(WORKER)
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "MASTER_ADDR": "127.0.0.1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_DATASETS_CACHE": str(tmp_path / "hf_cache"),
-        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    }
+    env = subprocess_env(
+        ACCELERATE_USE_CPU="true",
+        PYTHONPATH=str(ROOT),
+        HF_DATASETS_CACHE=str(tmp_path / "hf_cache"),
+    )
     launch = [
         "timeout",
         "120",

@@ -5,7 +5,6 @@ Multi-process tests launch `accelerate launch` on loopback with a timeout, so a 
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -16,34 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import quickstart_data
+from helpers import ROOT, subprocess_env, write_corpus
 from train import inverse_sqrt
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    "MASTER_ADDR": "127.0.0.1",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "OMP_NUM_THREADS": "1",
-}
+ENV = subprocess_env()
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A small corpus and a tokenizer trained once, so every run below sees the same ids."""
-    from data import train_tokenizer
-
-    tmp = tmp_path_factory.mktemp("train")
-    quickstart_data.write_splits(tmp, seed=3, n_train=400, n_valid=16, n_test=4)
-    texts = (tmp / "train.en").read_text().splitlines() + (
-        tmp / "train.de"
-    ).read_text().splitlines()
-    train_tokenizer([texts], "unigram", 150).save_pretrained(tmp / "tok")
-    return tmp
+    return write_corpus(tmp_path_factory.mktemp("train"), 3, 400, 16, 150)
 
 
 def args_for(corpus, out, *extra):

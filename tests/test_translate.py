@@ -15,10 +15,10 @@ import translate
 from checkpoint import load_model, save_model_dir
 from config import TrainConfig, UserError
 from data import SpecialIds, train_tokenizer
+from helpers import ROOT
 from model import ModelConfig, Transformer
 from translate import Hypothesis, beam_search, greedy, length_penalty, translate_nbest
 
-ROOT = Path(__file__).resolve().parents[1]
 PAD, START = 0, 1  # tiny_cfg: pad 0; tokens drawn from 3 .. vocab - 1
 TEXTS = [
     "the dog sees the cat", "a man reads a book", "we eat an apple",

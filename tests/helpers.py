@@ -1,0 +1,39 @@
+"""What several test files share: the repo root, the environment of the programs they start,
+and a small corpus with its own tokenizer."""
+
+import os
+from pathlib import Path
+
+import quickstart_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The environment for `python train.py ...` and `accelerate launch` in tests: offline (set
+    by conftest before anything imported the HF libraries), no progress bars in captured output,
+    gloo on loopback, one thread per process (the test machine has two cores)."""
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+def write_corpus(tmp: Path, seed: int, n_train: int, n_valid: int, vocab_size: int) -> Path:
+    """Quick-start pairs in tmp/{train,valid,test}.{en,de} and a unigram tokenizer in tmp/tok,
+    trained once so every run of a test module sees the same ids."""
+    from data import train_tokenizer
+
+    quickstart_data.write_splits(tmp, seed=seed, n_train=n_train, n_valid=n_valid, n_test=4)
+    texts = [
+        line for lang in ("en", "de") for line in (tmp / f"train.{lang}").read_text().splitlines()
+    ]
+    train_tokenizer([texts], "unigram", vocab_size).save_pretrained(tmp / "tok")
+    return tmp
