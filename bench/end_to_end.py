@@ -75,9 +75,9 @@ def hf_worker(minutes: float, out: Path) -> None:
     )
 
     from config import load_config
-    from data import SpecialIds, load_text, load_tokenizer, read_lines
+    from data import SpecialIds, load_text, load_tokenizer
     from export import marian_config
-    from model import ModelConfig
+    from train import model_config
 
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
@@ -85,25 +85,12 @@ def hf_worker(minutes: float, out: Path) -> None:
     train = load_text(cfg.train_data, cfg, "train")
     tok = load_tokenizer(cfg, train_texts=train, log=lambda *a: None)
     ids = SpecialIds.of(tok)
-    src = read_lines(str(ROOT / cfg.train_data).format(lang=cfg.src_lang))
-    tgt = read_lines(str(ROOT / cfg.train_data).format(lang=cfg.tgt_lang))
-    ds = datasets.Dataset.from_dict({"src": src, "tgt": tgt}).map(
+    ds = train.map(
         lambda b: tok(b["src"], text_target=b["tgt"], truncation=True, max_length=128),
         batched=True,
-        remove_columns=["src", "tgt"],
+        remove_columns=train.column_names,
     )
-    model_cfg = ModelConfig(
-        src_vocab_size=len(tok),
-        tgt_vocab_size=len(tok),
-        pad_id=ids.pad,
-        d_model=SIZES["model_dim"],
-        n_heads=SIZES["num_heads"],
-        d_ff=SIZES["hidden_dims"],
-        n_layers=SIZES["num_layers"],
-        dropout=REGULARISATION["dropout"],
-        max_len=512,
-    )
-    model = MarianMTModel(marian_config(model_cfg, ids))
+    model = MarianMTModel(marian_config(model_config(cfg, tok, ids), ids))
     collate = DataCollatorForSeq2Seq(tok, model=model)
     counted = {"tokens": 0}
 

@@ -35,9 +35,8 @@ def main():
     run, data = Path(args.run), Path(args.data)
     average(step_dirs(run / "checkpoints")[-5:], run / "avg")
     val_src, val_ref = read_lines(f"{data}/val.en.gz"), read_lines(f"{data}/val.de.gz")
-    results = []
-    for name in ("best", "avg"):
-        model, tok, ids, cfg = load_model(run / name)
+    results, loaded = [], {name: load_model(run / name) for name in ("best", "avg")}
+    for name, (model, tok, ids, cfg) in loaded.items():
         for setting in SETTINGS:
             t0 = time.time()
             hyps = translate_texts(model, tok, ids, val_src, 64, cfg.max_seq_length, **setting)
@@ -50,7 +49,7 @@ def main():
             )
     chosen = max(results, key=lambda r: r["val_bleu"])
     setting = {k: v for k, v in chosen.items() if k in ("beam", "alpha")}
-    model, tok, ids, cfg = load_model(run / chosen["checkpoint"])
+    model, tok, ids, cfg = loaded[chosen["checkpoint"]]
     test_src = read_lines(f"{data}/test_2016_flickr.en.gz")
     test_ref = read_lines(f"{data}/test_2016_flickr.de.gz")
     hyps = translate_texts(model, tok, ids, test_src, 64, cfg.max_seq_length, **setting)

@@ -15,9 +15,6 @@ def subprocess_env(**extra: str) -> dict:
     gloo on loopback, one thread per process (the test machine has two cores)."""
     return {
         **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
         "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
         "MASTER_ADDR": "127.0.0.1",
         "GLOO_SOCKET_IFNAME": "lo",
