@@ -66,6 +66,9 @@ class TrainConfig:
     share_embeddings: bool = True  # source/target/output share one matrix (paper §3.4)
     # --- optimisation (paper §5.3, §5.4) ---
     warmup_steps: int = 4000
+    # "inverse_sqrt" (paper §5.3), or "linear" / "cosine": warmup, then decay to 0 at max_steps
+    # (not the paper's; better when the run has a fixed budget, as a timed recipe does).
+    lr_schedule: str = "inverse_sqrt"
     label_smoothing: float = 0.1
     weight_decay: float = 0.0
     clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping
@@ -135,6 +138,13 @@ class TrainConfig:
                 f"max_tokens ({self.max_tokens}) must be >= max_seq_length "
                 f"({self.max_seq_length}) so that every kept pair fits in a batch"
             )
+        if self.lr_schedule not in ("inverse_sqrt", "linear", "cosine"):
+            bad.append(
+                f'lr_schedule must be "inverse_sqrt", "linear" or "cosine" '
+                f"(got {self.lr_schedule!r})"
+            )
+        elif self.lr_schedule != "inverse_sqrt" and not self.max_steps:
+            bad.append(f'lr_schedule "{self.lr_schedule}" decays to 0 at max_steps: set max_steps')
         if self.best_metric not in ("bleu", "loss"):
             bad.append(f'best_metric must be "bleu" or "loss" (got {self.best_metric!r})')
         if self.src_lang == self.tgt_lang:

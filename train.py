@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from accelerate.utils.other import load as safe_load
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from checkpoint import (
     copy_model_dir,
@@ -309,9 +310,12 @@ def main(argv=None):
         weight_decay=cfg.weight_decay,
     )
     # Not passed to prepare(): accelerate would step it once per process per step.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: inverse_sqrt(s, cfg.warmup_steps)
-    )
+    if cfg.lr_schedule == "inverse_sqrt":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: inverse_sqrt(s, cfg.warmup_steps)
+        )
+    else:  # warmup, then linear or cosine decay to 0 at max_steps
+        scheduler = get_scheduler(cfg.lr_schedule, optimizer, cfg.warmup_steps, cfg.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # one call: FSDP needs both at once
     # The scheduler's state goes into trainer_state.json, not accelerate's pickle (which is
     # loaded with weights_only=False, i.e. could run code from a tampered checkpoint).

@@ -93,6 +93,14 @@ def test_learning_rate_must_be_positive():
         TrainConfig(learning_rate=0)
 
 
+def test_lr_schedule_is_checked():
+    with pytest.raises(UserError, match='lr_schedule must be "inverse_sqrt", "linear" or "cosine"'):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(UserError, match='lr_schedule "cosine" decays to 0 at max_steps: set'):
+        TrainConfig(lr_schedule="cosine")
+    assert TrainConfig(lr_schedule="linear", max_steps=10).max_steps == 10
+
+
 def test_all_problems_are_reported_together():
     with pytest.raises(UserError) as e:
         TrainConfig(epochs=0, dropout=1.0, model_dim=30, num_heads=4)

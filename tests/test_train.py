@@ -63,6 +63,19 @@ def test_inverse_sqrt_schedule():
     assert math.isclose(inverse_sqrt(100, 0), 0.1)
 
 
+def test_linear_schedule_warms_up_then_reaches_zero_at_max_steps(corpus, tmp_path):
+    out = tmp_path / "lin"
+    extra = ("--lr_schedule", "linear", "--max_steps", 6, "--warmup_steps", 2, "--log_every", 1)
+    run(args_for(corpus, out, "--learning_rate", 0.004, *extra))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, lines) if "lr" in r}
+    # the LR the next step will use: 2 warmup steps to the peak, then 4 steps down to 0
+    expected = {1: 0.002, 2: 0.004, 3: 0.003, 4: 0.002, 5: 0.001, 6: 0.0}
+    assert lrs.keys() == expected.keys()
+    for step, lr in expected.items():
+        assert math.isclose(lrs[step], lr, abs_tol=1e-12), (step, lrs)
+
+
 def wait_for_checkpoint(out, min_step, proc, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
