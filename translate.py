@@ -197,9 +197,13 @@ def beam_search(
             break
         rows = parent[still].flatten()  # (N'·K,)
         tokens = torch.cat([tokens[rows], token[still].reshape(-1, 1)], dim=1)  # (N'·K, 2 + t)
-        cache = reorder_cache(cache, rows)
-        if still.numel() < n:  # a sentence left: drop its rows on the encoder side too
-            memory, src_mask = memory[rows], src_mask[rows]
+        # A parent is a beam of the same sentence, so the encoder-side rows (memory, mask,
+        # cross-attention cache) stay put unless a sentence left: then its K rows go.
+        kept = None
+        if still.numel() < n:
+            kept = (still[:, None] * k + torch.arange(k, device=dev)).flatten()  # (N'·K,)
+            memory, src_mask = memory[kept], src_mask[kept]
+        cache = reorder_cache(cache, rows, kept)
         scores, active = scores[still], active[still]
     return [f[:nbest] for f in finished]
 

@@ -104,9 +104,18 @@ def cache_length(cache: DecoderCache | None) -> int:
     return cache[0]["self"]["k"].size(2)
 
 
-def reorder_cache(cache: DecoderCache, index: torch.Tensor) -> DecoderCache:
-    """Select (and repeat) batch rows of every cached tensor, e.g. for beam search."""
-    return [
-        {part: {k: t.index_select(0, index) for k, t in c.items()} for part, c in layer.items()}
-        for layer in cache
-    ]
+def reorder_cache(
+    cache: DecoderCache, index: torch.Tensor, cross_index: torch.Tensor | None = None
+) -> DecoderCache:
+    """Select (and repeat) batch rows of every cached tensor, e.g. for beam search.
+
+    Self-attention rows (and any other part) follow `index`; cross-attention rows follow
+    `cross_index`, and stay as they are when it is None: the beams of one sentence share its
+    encoder memory, so beam search moves them only when a sentence leaves the batch.
+    """
+
+    def select(part: str, c: Cache) -> Cache:
+        rows = cross_index if part == "cross" else index
+        return c if rows is None else {k: t.index_select(0, rows) for k, t in c.items()}
+
+    return [{part: select(part, c) for part, c in layer.items()} for layer in cache]

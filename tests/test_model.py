@@ -227,7 +227,7 @@ def test_reorder_cache_selects_rows(tiny_cfg):
 
     cache = model.new_cache()
     memory, src_mask = run(src, tgt, cache)
-    reordered = reorder_cache(cache, index)
+    reordered = reorder_cache(cache, index, index)
     got = model.decode(tgt[index, -1:], memory[index], src_mask[index], reordered)
 
     fresh = model.new_cache()
