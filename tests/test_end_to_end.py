@@ -142,7 +142,7 @@ def test_multi30k_recipe_smoke(tmp_path):
     assert len(list((out / "checkpoints").glob("step-*[0-9]"))) == 3  # one per epoch
     run("scripts/multi30k_select.py", "--run", out, "--data", data)
     report = json.loads((out / "results.json").read_text())
-    assert len(report["val"]) == 10  # {best, average} x {greedy, beam 5 x 4 length penalties}
+    assert len(report["val"]) == 12  # {best, average} x {greedy, beam 5 x 5 length penalties}
     assert report["chosen_on_val"] == max(report["val"], key=lambda r: r["val_bleu"])
     assert (out / "avg" / "model.safetensors").exists()
     assert len((out / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
