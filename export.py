@@ -8,8 +8,8 @@
     out = model.generate(**tokenizer(["The dog sees the cat."], return_tensors="pt"))
     print(tokenizer.batch_decode(out, skip_special_tokens=True))
 
-    # CTranslate2 (pip install ctranslate2) converts the directory as it is:
-    ct2-transformers-converter --model exported/quickstart --output_dir ct2/quickstart
+    # CTranslate2 (pip install ctranslate2), converted from the exported directory:
+    python export.py --checkpoint runs/quickstart --out exported/quickstart --ct2 ct2/quickstart
 
 The directory holds config.json (a MarianConfig), generation_config.json, model.safetensors,
 the checkpoint's tokenizer files (a PreTrainedTokenizerFast or a Marian tokenizer, whichever
@@ -34,6 +34,11 @@ Weights map by name: src_embed/tgt_embed.tokens -> model.{shared,encoder,decoder
 and lm_head; {encoder,decoder}.layers.N.self_attn.{q,k,v,out}_proj, self_attn_layer_norm and
 final_layer_norm keep their names; ffn.fc1/fc2 -> fc1/fc2; cross_attn -> encoder_attn;
 cross_attn_layer_norm -> encoder_attn_layer_norm.
+CTranslate2: its stock Marian converter (ct2-transformers-converter) assumes Marian's own
+vocabulary layout: it drops the last vocabulary row, taking it for the <pad> transformers
+appends, and starts decoding from a zero embedding instead of the start token's. Our
+tokenizers have no such row and decode from SpecialIds.start, so --ct2 converts with that
+loader minus those two Marian conventions: every row kept, decoding from our start token.
 Refused (one-line error, exit 2): pre_norm models (Marian is post-LN only). Training-only
 settings (dropout, attn_dropout) are copied as they are and do not affect inference.
 """
@@ -183,6 +188,41 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
+def to_ctranslate2(exported: str | Path, out: str | Path) -> Path:
+    """Convert an exported directory to a CTranslate2 model at `out` (see the module docstring)."""
+    try:
+        from ctranslate2.converters import TransformersConverter
+        from ctranslate2.converters import transformers as ct2
+    except ImportError:
+        raise UserError("--ct2 needs CTranslate2: pip install ctranslate2") from None
+
+    class Loader(ct2.MarianMTLoader):
+        def _remove_pad_weights(self, spec):  # there is no appended <pad> row to remove
+            pass
+
+        def get_vocabulary(self, model, tokenizer):
+            return ct2.BartLoader.get_vocabulary(self, model, tokenizer)
+
+        def set_decoder(self, spec, decoder):  # from the start token's embedding, not zeros
+            ct2.BartLoader.set_decoder(self, spec, decoder)
+
+        def set_config(self, config, model, tokenizer):
+            super().set_config(config, model, tokenizer)
+            start = model.config.decoder_start_token_id
+            config.decoder_start_token = tokenizer.convert_ids_to_tokens(start)
+
+    stock = ct2._MODEL_LOADERS["MarianConfig"]
+    ct2._MODEL_LOADERS["MarianConfig"] = Loader()
+    try:
+        out = Path(out)
+        tmp = fresh_tmp(out)
+        TransformersConverter(str(exported)).convert(str(tmp), force=True)
+        replace_dir(tmp, out)
+    finally:
+        ct2._MODEL_LOADERS["MarianConfig"] = stock
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -191,9 +231,12 @@ def main(argv=None):
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint dir or a run's output_dir")
     p.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
+    p.add_argument("--ct2", help="also convert the export to a CTranslate2 model here")
     args = p.parse_args(argv)
     out = export(args.checkpoint, args.out)
     print(f"wrote {out} (MarianMTModel; logits checked against the checkpoint)")
+    if args.ct2:
+        print(f"wrote {to_ctranslate2(out, args.ct2)} (CTranslate2)")
 
 
 if __name__ == "__main__":

@@ -141,18 +141,25 @@ def test_pre_norm_is_refused_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "hf").exists()
 
 
-def test_ctranslate2_converts_the_directory(exported, tmp_path):
+@pytest.mark.parametrize("shared", [True, False])
+def test_ctranslate2_conversion_decodes_our_greedy_tokens(exported, tmp_path, shared):
+    # Our tokenizers have no trailing <pad> row and decode from their start token: the stock
+    # Marian converter would drop a real row and start from zeros (it failed here).
     ctranslate2 = pytest.importorskip("ctranslate2")
-    ckpt, out = exported[True]
-    ctranslate2.converters.TransformersConverter(str(out)).convert(str(tmp_path / "ct2"))
+    ckpt, out = exported[shared]
+    export.to_ctranslate2(out, tmp_path / "ct2")
     model, tok, ids, _ = load_model(ckpt)
-    src = tok(TEXTS[:1])["input_ids"]
-    tokens = [tok.convert_ids_to_tokens(src[0])]
+    src = tok(TEXTS[:4])["input_ids"]
     translator = ctranslate2.Translator(str(tmp_path / "ct2"))
     banned = [[t] for t in tok.convert_ids_to_tokens(banned_ids(ids))]
     result = translator.translate_batch(
-        tokens, beam_size=1, max_decoding_length=24, suppress_sequences=banned
+        [tok.convert_ids_to_tokens(s) for s in src],
+        beam_size=1,
+        max_decoding_length=24,
+        min_decoding_length=0,  # CTranslate2's default 1 forbids </s> first; we do not
+        suppress_sequences=banned,
     )
-    ours = greedy(model, torch.tensor(src), ids, 24, banned_ids(ids))[0].tolist()
-    ours = tok.convert_ids_to_tokens([t for t in ours if t not in (ids.eos, ids.pad)])
-    assert result[0].hypotheses[0] == ours
+    for s, r in zip(src, result, strict=True):
+        ours = greedy(model, torch.tensor([s]), ids, 24, banned_ids(ids))[0].tolist()
+        ours = tok.convert_ids_to_tokens([t for t in ours if t not in (ids.eos, ids.pad)])
+        assert r.hypotheses[0] == ours
