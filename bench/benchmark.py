@@ -231,7 +231,7 @@ def bench_ctranslate2(b: Bench, hf, repeat: int) -> dict:
     script = Path(__file__).with_name("ct2_decode.py")
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(f"{tmp}/hf")
-        src = [[token(i, VOCAB) for i in s] for s in random_batch(b)["src"].tolist()]
+        src = [[token(i) for i in s] for s in random_batch(b)["src"].tolist()]
         Path(f"{tmp}/src.json").write_text(json.dumps(src))
         args = [b.threads, b.device.type, NEW_TOKENS, repeat]
         for cmd in (

@@ -4,36 +4,43 @@
     python bench/ct2_decode.py time CT2_DIR SOURCE_JSON THREADS DEVICE NEW_TOKENS REPEAT
 
 `convert` adds a word-level tokenizer to the saved MarianMTModel directory (the converter needs
-one) and converts it. `time` never imports torch: CTranslate2 and torch each ship an OpenMP
-runtime, and in one process CTranslate2 ran about 2x slower (../shared/notes/peers.md). It prints
-one JSON line: sentences/s of greedy and beam-4 decoding of the source batch, NEW_TOKENS tokens
-per sentence (min = max decoding length). SOURCE_JSON: a list of token lists (see `token`).
+one) and converts it with export.to_ctranslate2: the same weights, every vocabulary row. `time`
+never imports torch: CTranslate2 and torch each ship an OpenMP runtime, and in one process
+CTranslate2 ran about 2x slower (../shared/notes/peers.md). It prints one JSON line:
+sentences/s of greedy and beam-4 decoding of the source batch, NEW_TOKENS tokens per sentence
+(min = max decoding length). SOURCE_JSON: a list of token lists (see `token`).
 """
 
 import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 
-def token(i: int, vocab: int) -> str:
-    """The name of id i. CTranslate2's Marian loader drops the last vocabulary row, taking it for
-    the <pad> Marian appends, so that row is named <pad> (ours, id 0, is renamed)."""
-    special = {0: "<pad0>", 1: "<unk>", 2: "<s>", 3: "</s>"}  # data.train_tokenizer's layout
-    return "<pad>" if i == vocab - 1 else special.get(i, f"t{i}")
+def token(i: int) -> str:
+    """The name of id i: data.train_tokenizer's special tokens, then t4, t5, ..."""
+    return {0: "<pad>", 1: "<unk>", 2: "<s>", 3: "</s>"}.get(i, f"t{i}")
 
 
 def convert(marian_dir: str, out_dir: str) -> None:
-    from ctranslate2.converters import TransformersConverter  # imports torch: its own process
+    """Name the ids, then convert as `export.py --ct2` does (every row, our start token)."""
     from tokenizers import Tokenizer, models
     from transformers import AutoConfig, PreTrainedTokenizerFast
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from export import to_ctranslate2  # imports torch: this runs in its own process
+
     vocab = AutoConfig.from_pretrained(marian_dir).vocab_size
-    words = models.WordLevel({token(i, vocab): i for i in range(vocab)}, unk_token="<unk>")
+    words = models.WordLevel({token(i): i for i in range(vocab)}, unk_token="<unk>")
     PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(words), unk_token="<unk>", pad_token="<pad>", eos_token="</s>"
+        tokenizer_object=Tokenizer(words),
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
     ).save_pretrained(marian_dir)
-    TransformersConverter(marian_dir).convert(out_dir, force=True)
+    to_ctranslate2(marian_dir, out_dir)
 
 
 def time_decoding(model, source, threads, device, new_tokens, repeat) -> dict:
