@@ -67,7 +67,7 @@ class TrainConfig:
     # --- optimisation (paper §5.3, §5.4) ---
     warmup_steps: int = 4000
     # "inverse_sqrt" (paper §5.3), or "linear" / "cosine": warmup, then decay to 0 at max_steps
-    # (not the paper's; better when the run has a fixed budget, as a timed recipe does).
+    # (not the paper's; for a fixed step budget. On Multi30k it tied inverse sqrt within noise).
     lr_schedule: str = "inverse_sqrt"
     label_smoothing: float = 0.1
     weight_decay: float = 0.0

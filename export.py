@@ -44,6 +44,7 @@ settings (dropout, attn_dropout) are copied as they are and do not affect infere
 """
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
@@ -233,6 +234,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
     p.add_argument("--ct2", help="also convert the export to a CTranslate2 model here")
     args = p.parse_args(argv)
+    if args.ct2 and importlib.util.find_spec("ctranslate2") is None:  # before writing anything
+        raise UserError("--ct2 needs CTranslate2: pip install ctranslate2")
     out = export(args.checkpoint, args.out)
     print(f"wrote {out} (MarianMTModel; logits checked against the checkpoint)")
     if args.ct2:

@@ -22,7 +22,6 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from accelerate.utils.other import load as safe_load
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from checkpoint import (
     copy_model_dir,
@@ -315,6 +314,8 @@ def main(argv=None):
             optimizer, lambda s: inverse_sqrt(s, cfg.warmup_steps)
         )
     else:  # warmup, then linear or cosine decay to 0 at max_steps
+        from transformers import get_scheduler
+
         scheduler = get_scheduler(cfg.lr_schedule, optimizer, cfg.warmup_steps, cfg.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # one call: FSDP needs both at once
     # The scheduler's state goes into trainer_state.json, not accelerate's pickle (which is

@@ -203,7 +203,7 @@ def beam_search(
         if still.numel() < n:
             kept = (still[:, None] * k + torch.arange(k, device=dev)).flatten()  # (N'·K,)
             memory, src_mask = memory[kept], src_mask[kept]
-        cache = reorder_cache(cache, rows, kept)
+        cache = reorder_cache(cache, rows, cross_index=kept)
         scores, active = scores[still], active[still]
     return [f[:nbest] for f in finished]
 

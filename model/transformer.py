@@ -105,7 +105,7 @@ def cache_length(cache: DecoderCache | None) -> int:
 
 
 def reorder_cache(
-    cache: DecoderCache, index: torch.Tensor, cross_index: torch.Tensor | None = None
+    cache: DecoderCache, index: torch.Tensor, *, cross_index: torch.Tensor | None
 ) -> DecoderCache:
     """Select (and repeat) batch rows of every cached tensor, e.g. for beam search.
 

@@ -227,13 +227,19 @@ def test_reorder_cache_selects_rows(tiny_cfg):
 
     cache = model.new_cache()
     memory, src_mask = run(src, tgt, cache)
-    reordered = reorder_cache(cache, index, index)
+    reordered = reorder_cache(cache, index, cross_index=index)
     got = model.decode(tgt[index, -1:], memory[index], src_mask[index], reordered)
 
     fresh = model.new_cache()
     memory, src_mask = run(src[index], tgt[index], fresh)
     expected = model.decode(tgt[index, -1:], memory, src_mask, fresh)
     assert_close(got, expected, **TOL)
+
+    # cross_index=None (beam search while no sentence leaves): only self-attention rows move
+    kept = reorder_cache(cache, index, cross_index=None)
+    for old, new in zip(cache, kept, strict=True):
+        assert new["cross"] is old["cross"]
+        assert torch.equal(new["self"]["k"], old["self"]["k"][index])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,6 +76,30 @@ def test_linear_schedule_warms_up_then_reaches_zero_at_max_steps(corpus, tmp_pat
         assert math.isclose(lrs[step], lr, abs_tol=1e-12), (step, lrs)
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_decaying_schedule_resumes_from_its_json_state(name):
+    # trainer_state.json holds the scheduler's state_dict: a resumed scheduler must continue
+    # exactly where the first one was (same LR now and after further steps).
+    from transformers import get_scheduler
+
+    def make():
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        return opt, get_scheduler(name, opt, 2, 10)
+
+    opt, first = make()
+    for _ in range(4):
+        opt.step()
+        first.step()
+    opt2, resumed = make()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for _ in range(3):
+        assert resumed.get_last_lr() == first.get_last_lr()
+        for o, s in ((opt, first), (opt2, resumed)):
+            o.step()
+            s.step()
+    assert first.get_last_lr()[0] < 1e-3
+
+
 def wait_for_checkpoint(out, min_step, proc, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
