@@ -44,7 +44,6 @@ settings (dropout, attn_dropout) are copied as they are and do not affect infere
 """
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -189,13 +188,19 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
-def to_ctranslate2(exported: str | Path, out: str | Path) -> Path:
-    """Convert an exported directory to a CTranslate2 model at `out` (see the module docstring)."""
+def _ct2_converters():
+    """CTranslate2's converter and its transformers loaders; UserError if it is not installed."""
     try:
         from ctranslate2.converters import TransformersConverter
         from ctranslate2.converters import transformers as ct2
     except ImportError:
         raise UserError("--ct2 needs CTranslate2: pip install ctranslate2") from None
+    return TransformersConverter, ct2
+
+
+def to_ctranslate2(exported: str | Path, out: str | Path) -> Path:
+    """Convert an exported directory to a CTranslate2 model at `out` (see the module docstring)."""
+    TransformersConverter, ct2 = _ct2_converters()
 
     class Loader(ct2.MarianMTLoader):
         def _remove_pad_weights(self, spec):  # there is no appended <pad> row to remove
@@ -234,8 +239,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
     p.add_argument("--ct2", help="also convert the export to a CTranslate2 model here")
     args = p.parse_args(argv)
-    if args.ct2 and importlib.util.find_spec("ctranslate2") is None:  # before writing anything
-        raise UserError("--ct2 needs CTranslate2: pip install ctranslate2")
+    if args.ct2:
+        _ct2_converters()  # fail before writing anything
     out = export(args.checkpoint, args.out)
     print(f"wrote {out} (MarianMTModel; logits checked against the checkpoint)")
     if args.ct2:
