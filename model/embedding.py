@@ -5,6 +5,8 @@ import math
 import torch
 from torch import nn
 
+from .dropout import Dropout
+
 
 def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
     """(max_len, d_model) table of sin/cos at geometric wavelengths 2π … 10000·2π.
@@ -34,7 +36,7 @@ class Embedding(nn.Module):
         # persistent=False: derived from the config, so checkpoints need not carry it.
         self.register_buffer("pe", sinusoidal_table(max_len, d_model), persistent=False)
         self.scale = math.sqrt(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """(B, T) ids -> (B, T, D). `offset` is the position of ids[:, 0] (incremental decoding)."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from .attention import Cache, MultiHeadAttention
 from .config import ModelConfig
+from .dropout import Dropout
 from .feedforward import FeedForward
 
 
@@ -17,7 +18,7 @@ class _Layer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.pre_norm = cfg.pre_norm
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def residual(self, x: torch.Tensor, norm: nn.LayerNorm, f) -> torch.Tensor:
         """One sub-layer with its residual connection and LayerNorm."""

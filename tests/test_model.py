@@ -13,6 +13,7 @@ from torch.testing import assert_close
 from data import SpecialIds
 from model import ModelConfig, Transformer, causal_mask, padding_mask, reorder_cache, shift_right
 from model.attention import MultiHeadAttention
+from model.dropout import Dropout
 from model.embedding import Embedding, sinusoidal_table
 from model.layers import EncoderLayer
 from translate import greedy
@@ -337,6 +338,29 @@ def test_dropout_only_in_train_mode(tiny_cfg):
     model.eval()
     assert_close(model(src, tgt), model(src, tgt), atol=0, rtol=0)
 
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_cpu_dropout_keeps_one_minus_p_scaled_and_gradients_follow_the_mask(p):
+    x = torch.ones(200_000, requires_grad=True)
+    y = Dropout(p).train()(x)
+    kept = y != 0
+    # the kept fraction is binomial: std sqrt(p(1-p)/n) <= 0.0012, so 0.006 is 5 sigma
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.006
+    assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    y.sum().backward()
+    assert_close(x.grad, y.detach())  # d(x * mask)/dx = mask: zero where dropped
+
+
+def test_dropout_edge_cases_and_seeding():
+    x = torch.randn(4, 8)
+    assert Dropout(0.3).eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+    torch.manual_seed(3)
+    a = Dropout(0.5).train()(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, Dropout(0.5).train()(x))
 
 # ---------------------------------------------------------------------------------------------
 # The copy task (the Annotated Transformer's first sanity check)
