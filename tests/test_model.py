@@ -339,7 +339,6 @@ def test_dropout_only_in_train_mode(tiny_cfg):
     assert_close(model(src, tgt), model(src, tgt), atol=0, rtol=0)
 
 
-
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
 def test_cpu_dropout_keeps_one_minus_p_scaled_and_gradients_follow_the_mask(p):
     x = torch.ones(200_000, requires_grad=True)
@@ -361,6 +360,7 @@ def test_dropout_edge_cases_and_seeding():
     a = Dropout(0.5).train()(x)
     torch.manual_seed(3)
     assert torch.equal(a, Dropout(0.5).train()(x))
+
 
 # ---------------------------------------------------------------------------------------------
 # The copy task (the Annotated Transformer's first sanity check)
