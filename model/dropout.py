@@ -22,8 +22,10 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu" or self.p >= 1.0:
             return F.dropout(x, self.p, training=True)
-        # A float mask holding 0 or 1/(1-p): one multiply forward and one backward.
-        mask = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        # Uniforms in fp32 whatever x's dtype (a bf16 uniform would round p); the mask holds
+        # 0 or 1/(1-p) in x's dtype: one multiply forward and one backward.
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        mask = keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
         return x * mask
 
     def extra_repr(self) -> str:

@@ -339,10 +339,12 @@ def test_dropout_only_in_train_mode(tiny_cfg):
     assert_close(model(src, tgt), model(src, tgt), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
-def test_cpu_dropout_keeps_one_minus_p_scaled_and_gradients_follow_the_mask(p):
-    x = torch.ones(200_000, requires_grad=True)
+def test_cpu_dropout_keeps_one_minus_p_scaled_and_gradients_follow_the_mask(p, dtype):
+    x = torch.ones(200_000, dtype=dtype, requires_grad=True)
     y = Dropout(p).train()(x)
+    assert y.dtype == dtype
     kept = y != 0
     # the kept fraction is binomial: std sqrt(p(1-p)/n) <= 0.0012, so 0.006 is 5 sigma
     assert abs(kept.float().mean().item() - (1 - p)) < 0.006
