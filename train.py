@@ -307,6 +307,9 @@ def main(argv=None):
         betas=(0.9, 0.98),
         eps=1e-9,
         weight_decay=cfg.weight_decay,
+        # One kernel for all parameters instead of a loop of small ops per parameter: on CPU
+        # the step of 7.6M parameters measured 8 ms instead of 23 ms (1 thread).
+        fused=accelerator.device.type in ("cpu", "cuda") or None,
     )
     # Not passed to prepare(): accelerate would step it once per process per step.
     if cfg.lr_schedule == "inverse_sqrt":

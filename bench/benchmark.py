@@ -139,7 +139,8 @@ def random_batch(b: Bench, seed: int = 0) -> dict:
 
 def train_step(b: Bench, model, hf: bool = False):
     """A function running one training step on a batch dict, with its own AdamW."""
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9)
+    # fused: what train.py uses, and transformers' Trainer by default (adamw_torch_fused)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9, fused=True)
     model.train()
 
     def step(batch):
