@@ -73,6 +73,31 @@ def model_config(cfg: TrainConfig, tokenizer, ids: SpecialIds) -> ModelConfig:
     )
 
 
+def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with the paper's betas and epsilon (§5.3), fused where torch has the kernel: one
+    kernel for all parameters instead of a loop of small ops per parameter (on CPU, the step of
+    7.6M parameters measured 8 ms instead of 23 ms, 1 thread)."""
+    fused = device.type in ("cpu", "cuda") or None
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.learning_rate,
+        betas=(0.9, 0.98),
+        eps=1e-9,
+        weight_decay=cfg.weight_decay,
+        fused=fused,
+    )
+
+    def keep_fused(opt, state_dict: dict) -> dict:
+        # load_state_dict restores the saved param groups, `fused` included: a run saved by an
+        # older version (or on another device) would otherwise resume unfused.
+        for group in state_dict["param_groups"]:
+            group["fused"] = fused
+        return state_dict
+
+    optimizer.register_load_state_dict_pre_hook(keep_fused)
+    return optimizer
+
+
 def epoch_batches(run: dict, accelerator, epoch: int) -> list:
     """This process's batches for one epoch: same on every run with the same seed."""
     cfg = run["cfg"]
@@ -301,16 +326,7 @@ def main(argv=None):
         f"{len(run['train'])} training pairs, vocabulary {run['model_cfg'].src_vocab_size}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
     )
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.learning_rate,
-        betas=(0.9, 0.98),
-        eps=1e-9,
-        weight_decay=cfg.weight_decay,
-        # One kernel for all parameters instead of a loop of small ops per parameter: on CPU
-        # the step of 7.6M parameters measured 8 ms instead of 23 ms (1 thread).
-        fused=accelerator.device.type in ("cpu", "cuda") or None,
-    )
+    optimizer = make_optimizer(model, cfg, accelerator.device)
     # Not passed to prepare(): accelerate would step it once per process per step.
     if cfg.lr_schedule == "inverse_sqrt":
         scheduler = torch.optim.lr_scheduler.LambdaLR(

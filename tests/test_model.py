@@ -353,6 +353,18 @@ def test_cpu_dropout_keeps_one_minus_p_scaled_and_gradients_follow_the_mask(p, d
     assert_close(x.grad, y.detach())  # d(x * mask)/dx = mask: zero where dropped
 
 
+def test_cpu_dropout_mask_is_uniforms_at_least_p_drawn_in_fp32():
+    # the fast path itself: the same seed gives the mask U >= p with U ~ U[0, 1) in fp32
+    x = torch.randn(64, 32)
+    torch.manual_seed(0)
+    keep = torch.rand(x.shape) >= 0.3
+    torch.manual_seed(0)
+    y = Dropout(0.3).train()(x.bfloat16())
+    assert torch.equal(y != 0, keep & (x.bfloat16() != 0))
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        Dropout(-0.1)
+
+
 def test_dropout_edge_cases_and_seeding():
     x = torch.randn(4, 8)
     assert Dropout(0.3).eval()(x) is x

@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from config import TrainConfig
 from helpers import ROOT, subprocess_env, write_corpus
-from train import inverse_sqrt
+from train import inverse_sqrt, make_optimizer
 
 ENV = subprocess_env()
 
@@ -74,6 +75,36 @@ def test_linear_schedule_warms_up_then_reaches_zero_at_max_steps(corpus, tmp_pat
     assert lrs.keys() == expected.keys()
     for step, lr in expected.items():
         assert math.isclose(lrs[step], lr, abs_tol=1e-12), (step, lrs)
+
+
+def test_optimizer_state_saved_unfused_resumes_fused_and_identical():
+    # checkpoints written before AdamW was fused hold "fused": None in their param groups
+    def params():
+        torch.manual_seed(0)
+        return torch.nn.Linear(4, 3)
+
+    def steps(model, opt, n):
+        for i in range(n):
+            torch.manual_seed(i)
+            model(torch.randn(5, 4)).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+
+    cfg = TrainConfig(learning_rate=1e-2, weight_decay=0.01)
+    old, ref = params(), params()
+    old_opt = torch.optim.AdamW(old.parameters(), lr=1e-2, betas=(0.9, 0.98), eps=1e-9)
+    ref_opt = make_optimizer(ref, cfg, torch.device("cpu"))
+    steps(old, old_opt, 3)
+    steps(ref, ref_opt, 3)
+    resumed = params()
+    resumed.load_state_dict(old.state_dict())
+    opt = make_optimizer(resumed, cfg, torch.device("cpu"))
+    opt.load_state_dict(old_opt.state_dict())
+    assert opt.param_groups[0]["fused"] is True
+    steps(resumed, opt, 2)
+    steps(ref, ref_opt, 2)
+    for a, b in zip(resumed.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b)  # same math, fused or not (to rounding)
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
