@@ -85,6 +85,18 @@ def _limits(max_new, batch: int, device) -> torch.Tensor:
     return torch.full((batch,), int(max_new), dtype=torch.long, device=device)
 
 
+def decoding_mask(model: Transformer, src: torch.Tensor) -> torch.Tensor | None:
+    """src (B, S) -> its padding mask (B, 1, 1, S), or None when no sentence is padded.
+
+    Without a mask SDPA may pick its mask-free kernels (flash on GPUs; transformers drops an
+    all-ones mask the same way). On CPU it made no difference beyond noise (benchmark batch,
+    medians of 6: greedy 378 vs 383 ms, beam 4 1,205 vs 1,171 ms), with identical tokens.
+    Decoding syncs with the host every step anyway; training keeps the mask, free of syncs.
+    """
+    src_mask = model.src_mask(src)
+    return None if bool(src_mask.all()) else src_mask
+
+
 @torch.no_grad()
 def greedy(
     model: Transformer, src: torch.Tensor, ids: SpecialIds, max_new, banned: list[int] = ()
@@ -94,7 +106,7 @@ def greedy(
     `max_new`: an int, or a (B,) tensor of per-sentence limits. `banned` ids are never chosen.
     Encodes once; each step feeds only the newest token and reuses cached keys/values.
     """
-    src_mask = model.src_mask(src)
+    src_mask = decoding_mask(model, src)
     memory = model.encode(src, src_mask)
     cache = model.new_cache()
     limits = _limits(max_new, src.size(0), src.device)
@@ -143,9 +155,10 @@ def beam_search(
     def lp(length):  # int or tensor
         return length_penalty(length, alpha)
 
-    src_mask = model.src_mask(src)
+    src_mask = decoding_mask(model, src)
     memory = model.encode(src, src_mask)
-    src_mask = src_mask.repeat_interleave(k, 0)  # (N·K, 1, 1, S)
+    if src_mask is not None:
+        src_mask = src_mask.repeat_interleave(k, 0)  # (N·K, 1, 1, S)
     memory = memory.repeat_interleave(k, 0)  # (N·K, S, D)
     cache = model.new_cache()
     active = torch.arange(b, device=dev)  # (N,) original index of each searching sentence
@@ -202,7 +215,8 @@ def beam_search(
         kept = None
         if still.numel() < n:
             kept = (still[:, None] * k + torch.arange(k, device=dev)).flatten()  # (N'·K,)
-            memory, src_mask = memory[kept], src_mask[kept]
+            memory = memory[kept]
+            src_mask = None if src_mask is None else src_mask[kept]
         cache = reorder_cache(cache, rows, cross_index=kept)
         scores, active = scores[still], active[still]
     return [f[:nbest] for f in finished]

@@ -21,7 +21,7 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
         for layer in self.layers:
             x = layer(x, src_mask)
         return self.final_norm(x)
@@ -70,18 +70,18 @@ class Transformer(nn.Module):
         """(B, S) -> (B, 1, 1, S) bool, True = may attend."""
         return padding_mask(src, self.cfg.pad_id)
 
-    def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
-        """src (B, S), src_mask (B, 1, 1, S) -> memory (B, S, D)."""
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
+        """src (B, S), src_mask (B, 1, 1, S) or None (no padding) -> memory (B, S, D)."""
         return self.encoder(self.src_embed(src), src_mask)
 
     def decode(
         self,
         tgt: torch.Tensor,
         memory: torch.Tensor,
-        src_mask: torch.Tensor,
+        src_mask: torch.Tensor | None,
         cache: DecoderCache | None = None,
     ) -> torch.Tensor:
-        """tgt (B, T), memory (B, S, D), src_mask (B, 1, 1, S) -> logits (B, T, V).
+        """tgt (B, T), memory (B, S, D), src_mask (B, 1, 1, S) or None -> logits (B, T, V).
 
         With a `cache` (from `new_cache`), tgt holds only the positions not decoded yet.
         """

@@ -124,6 +124,19 @@ def test_batch_equals_one_sentence_at_a_time(tiny_cfg):
             assert h.score == pytest.approx(g.score, abs=1e-4)
 
 
+def test_padding_free_batch_drops_its_mask_and_decodes_the_same(tiny_cfg, monkeypatch):
+    model, src, ids = tiny_setup(tiny_cfg)
+    full = src[:, : int(lengths_of(src).min())]  # cut to the shortest: no padding left
+    assert translate.decoding_mask(model, full) is None
+    assert translate.decoding_mask(model, src) is not None  # tiny_setup's batch is padded
+    limits = torch.full((full.size(0),), 6)
+    without = greedy(model, full, ids, limits, [PAD]), beam_search(model, full, ids, limits, 3)
+    monkeypatch.setattr(translate, "decoding_mask", lambda m, s: m.src_mask(s))  # all-True mask
+    masked = greedy(model, full, ids, limits, [PAD]), beam_search(model, full, ids, limits, 3)
+    assert without[0].tolist() == masked[0].tolist()
+    assert [[h.tokens for h in f] for f in without[1]] == [[h.tokens for h in f] for f in masked[1]]
+
+
 def test_beam_of_one_is_greedy(tiny_cfg):
     model, src, ids = tiny_setup(tiny_cfg)
     limits = lengths_of(src) + 5
