@@ -44,11 +44,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the repository's modules, wherever this is run from
 
 from bench.ct2_decode import token  # noqa: E402
-from config import load_config  # noqa: E402
+from config import TrainConfig, load_config  # noqa: E402
 from data import SpecialIds, batch_iter, load_text, load_tokenizer, token_batches, tokenize  # noqa: E402
 from export import to_marian  # noqa: E402
 from model import ModelConfig, Transformer, shift_right  # noqa: E402
-from train import loss_fn  # noqa: E402
+from train import loss_fn, make_optimizer  # noqa: E402
 from translate import beam_search, greedy  # noqa: E402
 
 SIZES = {"d_model": 256, "n_heads": 4, "d_ff": 1024, "n_layers": 3, "dropout": 0.3}
@@ -139,8 +139,8 @@ def random_batch(b: Bench, seed: int = 0) -> dict:
 
 def train_step(b: Bench, model, hf: bool = False):
     """A function running one training step on a batch dict, with its own AdamW."""
-    # fused: what train.py uses, and transformers' Trainer by default (adamw_torch_fused)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9, fused=True)
+    # train.py's AdamW, fused as transformers' Trainer's is by default (adamw_torch_fused)
+    opt = make_optimizer(model, TrainConfig(learning_rate=5e-4), b.device)
     model.train()
 
     def step(batch):
