@@ -2,10 +2,12 @@
 
     python scripts/multi30k_select.py [--run runs/multi30k]
 
-1. averages the newest 5 checkpoints into RUN/avg (paper §6.1: the last 5, written at
-   10-minute intervals; the recipe writes one every 100 steps, about 1.5 minutes);
-2. decodes val with `best` and `avg`, greedy and beam 5 with length penalties 0.6/1.0/1.4/1.8/2.2,
-   and keeps the setting with the highest val BLEU (the test set is not looked at);
+1. averages the newest 5 checkpoints into RUN/avg5 and the newest 10 into RUN/avg10 (paper §6.1:
+   the last 5, written at 10-minute intervals; the recipe writes one every save_every steps,
+   and at each epoch's end, so 10 of them span the last ≈ 2 epochs);
+2. decodes val with `best` and each average, greedy and beam 5 with length penalties
+   0.6/1.0/1.4/1.8/2.2, and keeps the setting with the highest val BLEU (the test set is not
+   looked at);
 3. translates test_2016_flickr once with that setting and reports sacreBLEU (cased and
    lowercased BLEU, chrF) with signatures, into RUN/results.json.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from average import average  # noqa: E402
 from checkpoint import load_model, step_dirs  # noqa: E402
+from config import UserError, cli  # noqa: E402
 from data import read_lines  # noqa: E402
 from evaluate import score  # noqa: E402
 from translate import translate_texts  # noqa: E402
@@ -31,11 +34,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/multi30k")
     p.add_argument("--data", default=str(DATA))
+    p.add_argument("--average", type=int, nargs="+", default=[5, 10], metavar="N",
+                   help="average the newest N checkpoints, for each N (default: 5 10)")  # fmt: skip
     args = p.parse_args()
     run, data = Path(args.run), Path(args.data)
-    average(step_dirs(run / "checkpoints")[-5:], run / "avg")
+    names, saved = ["best"], step_dirs(run / "checkpoints")
+    if not saved or min(args.average) < 1:
+        raise UserError(f"nothing to average: {len(saved)} checkpoints in {run}/checkpoints")
+    for n in sorted({min(n, len(saved)) for n in args.average}):  # fewer saved: average them all
+        average(saved[-n:], run / f"avg{n}")
+        names.append(f"avg{n}")
     val_src, val_ref = read_lines(f"{data}/val.en.gz"), read_lines(f"{data}/val.de.gz")
-    results, loaded = [], {name: load_model(run / name) for name in ("best", "avg")}
+    results, loaded = [], {name: load_model(run / name) for name in names}
     for name, (model, tok, ids, cfg) in loaded.items():
         for setting in SETTINGS:
             t0 = time.time()
@@ -70,4 +80,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -142,9 +142,11 @@ def test_multi30k_recipe_smoke(tmp_path):
     assert len(list((out / "checkpoints").glob("step-*[0-9]"))) == 3  # one per epoch
     run("scripts/multi30k_select.py", "--run", out, "--data", data)
     report = json.loads((out / "results.json").read_text())
+    # 3 checkpoints: the last-5 and last-10 averages are the same one, averaged once
+    assert {r["checkpoint"] for r in report["val"]} == {"best", "avg3"}
     assert len(report["val"]) == 12  # {best, average} x {greedy, beam 5 x 5 length penalties}
     assert report["chosen_on_val"] == max(report["val"], key=lambda r: r["val_bleu"])
-    assert (out / "avg" / "model.safetensors").exists()
+    assert (out / "avg3" / "model.safetensors").exists()
     assert len((out / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
     assert "case:lc" in report["test_lowercased"]["bleu_signature"]
     assert "case:mixed" in report["test_cased"]["bleu_signature"]
