@@ -10,8 +10,8 @@ Trainer's does not validate). The network is the same: d_model 256, 3+3 layers, 
 d_ff 1024, GELU, shared embeddings, the joint 8k unigram vocabulary of configs/multi30k.json
 (trained once by data.py and cached), dropout 0.3, label smoothing 0.1.
 
-  ours  python train.py --config configs/multi30k.json with those sizes: token buckets of at
-        most 4,096 tokens, inverse-sqrt warmup 1,000, validation loss and BLEU each epoch.
+  ours  python train.py --config configs/multi30k.json with those sizes: token buckets of the
+        recipe's max_tokens, inverse-sqrt warmup 1,000, validation loss and BLEU each epoch.
   HF    MarianMTModel built from the same ModelConfig (export.marian_config) trained by
         Seq2SeqTrainer: 64 sentences per batch in random order, AdamW 5e-4 (0.9, 0.98),
         inverse-sqrt warmup 1,000, no evaluation; the setup of ../shared/notes/peers.md, which

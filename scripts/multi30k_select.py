@@ -1,10 +1,11 @@
 """After `train.py --config configs/multi30k.json`: average, choose on val, score test once.
 
-    python scripts/multi30k_select.py [--run runs/multi30k]
+    python scripts/multi30k_select.py [--run runs/multi30k] [--average N [N ...]]
 
-1. averages the newest 5 checkpoints into RUN/avg5 and the newest 10 into RUN/avg10 (paper §6.1:
-   the last 5, written at 10-minute intervals; the recipe writes one every save_every steps,
-   and at each epoch's end, so 10 of them span the last ≈ 2 epochs);
+1. averages the newest N checkpoints into RUN/avgN for each N (default 5 and 10; paper §6.1:
+   the last 5, written at 10-minute intervals). The recipe writes one every save_every steps
+   and at each epoch's end, so 10 of them span the last 2-3 epochs. N is capped at the number
+   of checkpoints saved, and the directory is named after the count averaged;
 2. decodes val with `best` and each average, greedy and beam 5 with length penalties
    0.6/1.0/1.4/1.8/2.2, and keeps the setting with the highest val BLEU (the test set is not
    looked at);
@@ -37,9 +38,11 @@ def main():
     p.add_argument("--average", type=int, nargs="+", default=[5, 10], metavar="N",
                    help="average the newest N checkpoints, for each N (default: 5 10)")  # fmt: skip
     args = p.parse_args()
+    if min(args.average) < 1:
+        p.error("--average: N must be at least 1")
     run, data = Path(args.run), Path(args.data)
     names, saved = ["best"], step_dirs(run / "checkpoints")
-    if not saved or min(args.average) < 1:
+    if not saved:
         raise UserError(f"nothing to average: {len(saved)} checkpoints in {run}/checkpoints")
     for n in sorted({min(n, len(saved)) for n in args.average}):  # fewer saved: average them all
         average(saved[-n:], run / f"avg{n}")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from safetensors import safe_open
 
 import quickstart_data
 from helpers import ROOT, subprocess_env
@@ -139,14 +140,25 @@ def test_multi30k_recipe_smoke(tmp_path):
         "--tokenizer", '{"train": "unigram", "vocab_size": 200}',
         "--max_tokens", 800, "--epochs", 3, "--log_with", "null",
     )  # fmt: skip
-    assert len(list((out / "checkpoints").glob("step-*[0-9]"))) == 3  # one per epoch
-    run("scripts/multi30k_select.py", "--run", out, "--data", data)
+    steps = sorted((out / "checkpoints").glob("step-*[0-9]"))
+    assert len(steps) == 3  # one per epoch
+    run("scripts/multi30k_select.py", "--run", out, "--data", data, "--average", 2, 10)
     report = json.loads((out / "results.json").read_text())
-    # 3 checkpoints: the last-5 and last-10 averages are the same one, averaged once
-    assert {r["checkpoint"] for r in report["val"]} == {"best", "avg3"}
-    assert len(report["val"]) == 12  # {best, average} x {greedy, beam 5 x 5 length penalties}
+    # 3 checkpoints: "last 10" averages all 3; "last 2" the two newest
+    assert {r["checkpoint"] for r in report["val"]} == {"best", "avg2", "avg3"}
+    assert len(report["val"]) == 18  # {best, avg2, avg3} x {greedy, beam 5 x 5 length penalties}
     assert report["chosen_on_val"] == max(report["val"], key=lambda r: r["val_bleu"])
-    assert (out / "avg3" / "model.safetensors").exists()
+    averaged = safe_open(out / "avg2" / "model.safetensors", "pt").metadata()["averaged"]
+    assert averaged.split() == [str(d) for d in steps[1:]]
     assert len((out / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
     assert "case:lc" in report["test_lowercased"]["bleu_signature"]
     assert "case:mixed" in report["test_cased"]["bleu_signature"]
+
+
+def test_multi30k_select_bad_input_is_exit_2(tmp_path):
+    proc = run("scripts/multi30k_select.py", "--run", tmp_path, check=False)
+    expected = f"error: nothing to average: 0 checkpoints in {tmp_path}/checkpoints"
+    assert proc.returncode == 2 and proc.stderr.strip() == expected
+    proc = run("scripts/multi30k_select.py", "--run", tmp_path, "--average", 0, check=False)
+    assert proc.returncode == 2 and "--average: N must be at least 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
