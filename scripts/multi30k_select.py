@@ -43,7 +43,7 @@ def main():
     run, data = Path(args.run), Path(args.data)
     names, saved = ["best"], step_dirs(run / "checkpoints")
     if not saved:
-        raise UserError(f"nothing to average: {len(saved)} checkpoints in {run}/checkpoints")
+        raise UserError(f"nothing to average: 0 checkpoints in {run}/checkpoints")
     for n in sorted({min(n, len(saved)) for n in args.average}):  # fewer saved: average them all
         average(saved[-n:], run / f"avg{n}")
         names.append(f"avg{n}")
