@@ -60,6 +60,11 @@ class TrainConfig:
     # to train one on the training split (saved with every checkpoint).
     tokenizer: str | dict = "Helsinki-NLP/opus-mt-en-de"
     max_tokens: int | None = 8192  # max padded tokens per batch, source or target side
+    # Subword regularisation (Kudo 2018, not in the paper): > 0 encodes every training pair with
+    # a segmentation sampled from the trained Unigram tokenizer, anew each epoch, with smoothing
+    # alpha (lower = more varied and longer; 1.0 = the model's own distribution). 0 = off.
+    # Validation, translation and evaluation always use the single best segmentation.
+    subword_alpha: float = 0.0
     # --- model (beyond the documented keys) ---
     attn_dropout: float = 0.0
     pre_norm: bool = False  # post-LN as in the paper; pre-LN if True
@@ -118,6 +123,15 @@ class TrainConfig:
         for key in ("dropout", "attn_dropout", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 bad.append(f"{key} must be in [0, 1) (got {getattr(self, key)})")
+        if not 0 <= self.subword_alpha <= 1:
+            bad.append(f"subword_alpha must be in [0, 1] (got {self.subword_alpha})")
+        elif self.subword_alpha and (
+            not isinstance(self.tokenizer, dict) or self.tokenizer.get("train") != "unigram"
+        ):
+            bad.append(
+                'subword_alpha needs a tokenizer trained here: {"train": "unigram", ...} '
+                f"(got {self.tokenizer!r})"
+            )
         for key in ("learning_rate",):
             if getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 (got {getattr(self, key)})")

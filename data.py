@@ -570,6 +570,18 @@ class Corpus:
             self.tgt[self.tgt_off[i] : self.tgt_off[i + 1]],
         )
 
+    def save(self, path: Path) -> None:
+        """Written aside and renamed: a reader never sees half a file."""
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, src=self.src, src_off=self.src_off, tgt=self.tgt, tgt_off=self.tgt_off)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Corpus":
+        with np.load(path) as z:
+            return cls(z["src"], z["src_off"], z["tgt"], z["tgt_off"])
+
 
 def default_num_proc(n_pairs: int) -> int:
     """Worker processes for tokenizing: starting them costs seconds, so only for big corpora."""
@@ -667,6 +679,46 @@ def tokenize(ds, tok, max_len: int, name: str, log=print, num_proc: int | None =
         *_flat(table.column("src_ids"), keep, src_len),
         *_flat(table.column("tgt_ids"), keep, tgt_len),
     )
+
+
+def sample_segmentations(
+    ds: datasets.Dataset, tok, alpha: float, max_len: int, name: str, log=print
+) -> Corpus:
+    """Subword regularisation (Kudo 2018): every pair of `ds` encoded with a segmentation sampled
+    from the Unigram model of `tok` (a tokenizer trained here: one model for both sides), with
+    smoothing `alpha`. Blank and overlong pairs are dropped as in `tokenize`, and counted."""
+    from tokenizers import Tokenizer
+
+    sampler = Tokenizer.from_str(tok.backend_tokenizer.to_str())  # a copy: `tok` stays Viterbi
+    if type(sampler.model).__name__ != "Unigram":
+        raise UserError(
+            f"subword_alpha needs a Unigram tokenizer, not {type(sampler.model).__name__}"
+        )
+    sampler.model.alpha = alpha
+    started, parts, n, n_blank = time.time(), [], 0, 0
+    for batch in ds.iter(10_000):
+        ids, lengths = {}, {}
+        for side in ("src", "tgt"):
+            texts = [t if t is not None and t.strip() else "" for t in batch[side]]
+            ids[side] = [e.ids if t else [] for e, t in zip(sampler.encode_batch(texts), texts)]
+            lengths[side] = np.fromiter(map(len, ids[side]), np.int64, len(texts))
+        blank = (lengths["src"] == 0) | (lengths["tgt"] == 0)
+        keep = ~blank & (lengths["src"] <= max_len) & (lengths["tgt"] <= max_len)
+        n, n_blank = n + len(keep), n_blank + int(blank.sum())
+        parts.append({side: [ids[side][i] for i in np.flatnonzero(keep)] for side in ids})
+    arrays = []
+    for side in ("src", "tgt"):
+        rows = [row for part in parts for row in part[side]]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, rows), np.int64, len(rows)), out=offsets[1:])
+        arrays += [np.fromiter((i for row in rows for i in row), np.int32, offsets[-1]), offsets]
+    corpus = Corpus(*arrays)
+    log(
+        f"{name}: segmentations sampled (subword_alpha {alpha}) in {time.time() - started:.1f} s, "
+        f"{len(corpus.tgt):,} target tokens; {n - n_blank - len(corpus)} pairs longer than "
+        f"{max_len} tokens dropped, {len(corpus)} of {n - n_blank} remain"
+    )
+    return corpus
 
 
 def _flat(column, keep: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

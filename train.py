@@ -32,7 +32,17 @@ from checkpoint import (
     write_model_dir,
 )
 from config import TrainConfig, UserError, cli, config_from_argv
-from data import SpecialIds, batch_iter, load_text, load_tokenizer, shard, token_batches, tokenize
+from data import (
+    Corpus,
+    SpecialIds,
+    batch_iter,
+    load_text,
+    load_tokenizer,
+    sample_segmentations,
+    shard,
+    token_batches,
+    tokenize,
+)
 from distributed import setup_cpu_launch
 from model import ModelConfig, Transformer
 from translate import translate_texts
@@ -101,10 +111,38 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
 def epoch_batches(run: dict, accelerator, epoch: int) -> list:
     """This process's batches for one epoch: same on every run with the same seed."""
     cfg = run["cfg"]
+    if cfg.subword_alpha:
+        run["train"] = sampled_train(run, accelerator, epoch)
     batches = token_batches(run["train"].lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, epoch)
     batches = shard(batches, accelerator.process_index, accelerator.num_processes)
     # whole optimizer steps only, so that every checkpoint falls on a step boundary
     return batches[: len(batches) - len(batches) % cfg.grad_accum_steps]
+
+
+def sampled_train(run: dict, accelerator, epoch: int) -> Corpus:
+    """The training pairs with segmentations sampled for this epoch (subword_alpha).
+    tokenizers' sampler cannot be seeded, so the main process samples them once and saves them
+    in output_dir/subword: every process trains on the same ones, and so does a run resumed in
+    the middle of this epoch."""
+    cfg = run["cfg"]
+    folder = Path(cfg.output_dir) / "subword"
+    path = folder / f"epoch-{epoch + 1:04d}.npz"
+    if accelerator.is_main_process and not path.exists():
+        folder.mkdir(exist_ok=True)
+        corpus = sample_segmentations(
+            run["train_text"],
+            run["tokenizer"],
+            cfg.subword_alpha,
+            cfg.max_seq_length,
+            f"train, epoch {epoch + 1}",
+            run["log"],
+        )
+        corpus.save(path)
+        for old in folder.glob("epoch-*.npz"):
+            if old != path:
+                old.unlink()
+    accelerator.wait_for_everyone()
+    return Corpus.load(path)
 
 
 @torch.no_grad()
@@ -257,6 +295,7 @@ def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
         "log": log,
         "valid": valid,
         "train": train,
+        "train_text": train_text,
     }
     run["model_cfg"] = model_config(cfg, tokenizer, ids)
     return run
