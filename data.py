@@ -713,6 +713,8 @@ def sample_segmentations(
         np.cumsum(np.fromiter(map(len, rows), np.int64, len(rows)), out=offsets[1:])
         arrays += [np.fromiter((i for row in rows for i in row), np.int32, offsets[-1]), offsets]
     corpus = Corpus(*arrays)
+    if not len(corpus):
+        raise UserError(f"{name}: no usable sentence pairs")
     log(
         f"{name}: segmentations sampled (subword_alpha {alpha}) in {time.time() - started:.1f} s, "
         f"{len(corpus.tgt):,} target tokens; {n - n_blank - len(corpus)} pairs longer than "

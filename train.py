@@ -328,6 +328,8 @@ def restore(accelerator, out: Path, resume: bool, log) -> dict:
         log(f"resumed from {ckpt}: epoch {state['epoch'] + 1}, step {state['step']}")
     elif resume:
         log(f"nothing to resume in {out}; starting fresh")
+    if accelerator.is_main_process and not ckpt:  # a fresh run samples its own segmentations
+        shutil.rmtree(out / "subword", ignore_errors=True)
     if accelerator.is_main_process:  # drop metrics logged after the checkpoint we resume from
         metrics = out / "metrics.jsonl"
         lines = metrics.read_text().splitlines() if ckpt and metrics.exists() else []

@@ -132,6 +132,21 @@ def test_tokenizer_vocab_size_must_be_positive(size):
         TrainConfig(tokenizer={"train": "bpe", "vocab_size": size})
 
 
+@pytest.mark.parametrize(
+    "tokenizer, alpha, problem",
+    [
+        ({"train": "unigram"}, -0.1, "subword_alpha must be in"),
+        ({"train": "unigram"}, 1.5, "subword_alpha must be in"),
+        ({"train": "bpe"}, 0.5, "subword_alpha needs a tokenizer trained here"),
+        ("Helsinki-NLP/opus-mt-en-de", 0.5, "subword_alpha needs a tokenizer trained here"),
+    ],
+)
+def test_subword_alpha_is_checked(tokenizer, alpha, problem):
+    with pytest.raises(UserError, match=problem):
+        TrainConfig(tokenizer=tokenizer, subword_alpha=alpha)
+    TrainConfig(tokenizer={"train": "unigram"}, subword_alpha=0.5)  # the one that is allowed
+
+
 # ---------------------------------------------------------------------------------------------
 # Files
 

@@ -18,6 +18,7 @@ from data import (
     encode_targets,
     load_text,
     load_tokenizer,
+    sample_segmentations,
     shard,
     token_batches,
     tokenize,
@@ -265,6 +266,49 @@ def test_corpus_pair_and_lengths():
     for i, (s, t) in enumerate(pairs):
         assert corpus.pair(i)[0].tolist() == s and corpus.pair(i)[1].tolist() == t
     assert corpus.lengths().tolist() == [3, 4, 5]  # the longer side of each pair
+
+
+def test_sampled_segmentations_vary_but_spell_the_same_text():
+    tok = train_tokenizer(iter(SENTENCES), "unigram", 120)
+    viterbi = encode_sources(tok, SENTENCES)
+    pairs = datasets.Dataset.from_dict({"src": SENTENCES, "tgt": SENTENCES[::-1]})
+    logged = []
+    corpus = sample_segmentations(pairs, tok, 0.1, 1000, "train", logged.append)
+    assert len(corpus) == len(SENTENCES) and "0 pairs longer than 1000" in logged[0]
+    src = [corpus.pair(i)[0].tolist() for i in range(len(corpus))]
+    tgt = [corpus.pair(i)[1].tolist() for i in range(len(corpus))]
+    assert src != viterbi  # sampled, not the single best segmentation...
+    assert sum(map(len, src)) > sum(map(len, viterbi))  # (alpha 0.1 splits words up)
+    for s, t, text in zip(src, tgt, SENTENCES, strict=True):
+        assert s[-1] == t[-1] == tok.eos_token_id
+        assert tok.decode(s, skip_special_tokens=True) == text  # ...of the same text
+    assert [tok.decode(t, skip_special_tokens=True) for t in tgt] == SENTENCES[::-1]
+    assert encode_sources(tok, SENTENCES) == viterbi  # the tokenizer itself is not changed
+    # a new sample each call; overlong pairs are dropped and counted
+    cap = int(np.median(corpus.lengths()))
+    again = sample_segmentations(pairs, tok, 0.1, cap, "train", logged.append)
+    assert 0 < len(again) < len(SENTENCES) and again.lengths().max() <= cap
+    assert f"{len(SENTENCES) - len(again)} pairs longer than {cap} tokens dropped" in logged[1]
+    with pytest.raises(UserError, match="train: no usable sentence pairs"):
+        sample_segmentations(pairs, tok, 0.1, 2, "train")
+    with pytest.raises(UserError, match="needs a Unigram tokenizer, not BPE"):
+        sample_segmentations(pairs, train_tokenizer(iter(SENTENCES), "bpe", 120), 0.1, 99, "t")
+
+
+def test_corpus_save_load_round_trip(tmp_path):
+    corpus = Corpus(
+        np.array([5, 6, 2, 7, 2], np.int32), np.array([0, 3, 5]),
+        np.array([8, 2, 9, 9, 2], np.int32), np.array([0, 2, 5]),
+    )  # fmt: skip
+    corpus.save(tmp_path / "c.npz")
+    back = Corpus.load(tmp_path / "c.npz")
+    assert [f.name for f in tmp_path.iterdir()] == ["c.npz"]  # no .tmp left behind
+    for a, b in zip(
+        (corpus.src, corpus.src_off, corpus.tgt, corpus.tgt_off),
+        (back.src, back.src_off, back.tgt, back.tgt_off),
+        strict=True,
+    ):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -259,3 +259,34 @@ def test_fsdp_resume_continues_exactly(corpus, tmp_path, fsdp_run):
 
     model, _, _, cfg = load_model(part / "last")
     assert cfg.max_steps == 6 and sum(p.numel() for p in model.parameters()) > 0
+
+
+SAMPLED = ("--tokenizer", '{"train": "unigram", "vocab_size": 150}', "--subword_alpha", 0.3)
+
+
+def test_subword_sampling_resume_trains_on_the_same_segmentations(corpus, tmp_path):
+    out, extra = tmp_path / "run", (*SAMPLED, "--epochs", 2, "--log_every", 1)
+    first = run(args_for(corpus, out, *extra, "--max_steps", 3))  # stops inside epoch 1
+    assert "train, epoch 1: segmentations sampled" in first.stdout + first.stderr
+    state = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert state["epoch"] == 0 and state["batch_in_epoch"] == 3
+    epoch1 = (out / "subword" / "epoch-0001.npz").read_bytes()
+
+    resumed = run([*args_for(corpus, out, *extra), "--resume"])
+    log = resumed.stdout + resumed.stderr
+    assert "resumed from" in log and "epoch 1: segmentations sampled" not in log  # reused
+    assert "train, epoch 2: segmentations sampled" in log
+    assert [f.name for f in (out / "subword").iterdir()] == ["epoch-0002.npz"]
+    assert (out / "subword" / "epoch-0002.npz").read_bytes() != epoch1  # a new sample
+
+    fresh = run(args_for(corpus, out, *extra, "--max_steps", 1))  # no --resume: samples anew
+    assert "train, epoch 1: segmentations sampled" in fresh.stdout + fresh.stderr
+
+
+def test_subword_sampling_two_processes_agree(corpus, tmp_path):
+    # Each process sampling for itself would give each its own batches (and a hang at the end
+    # of the epoch, when one runs out first); two epochs cross the boundary.
+    out = tmp_path / "run"
+    run(args_for(corpus, out, *SAMPLED, "--epochs", 2, "--log_every", 1), launch=DDP)
+    state = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert state["epoch"] == 2 and state["step"] == len(train_losses(out)) > 0
