@@ -25,6 +25,7 @@ import argparse
 import csv
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -695,23 +696,26 @@ def sample_segmentations(
             f"subword_alpha needs a Unigram tokenizer, not {type(sampler.model).__name__}"
         )
     sampler.model.alpha = alpha
-    started, parts, n, n_blank = time.time(), [], 0, 0
+    started, n, n_blank = time.time(), 0, 0
+    values, lengths = {"src": [], "tgt": []}, {"src": [], "tgt": []}  # int32 chunks, no lists
     for batch in ds.iter(10_000):
-        ids, lengths = {}, {}
+        ids, length = {}, {}
         for side in ("src", "tgt"):
             texts = [t if t is not None and t.strip() else "" for t in batch[side]]
             ids[side] = [e.ids if t else [] for e, t in zip(sampler.encode_batch(texts), texts)]
-            lengths[side] = np.fromiter(map(len, ids[side]), np.int64, len(texts))
-        blank = (lengths["src"] == 0) | (lengths["tgt"] == 0)
-        keep = ~blank & (lengths["src"] <= max_len) & (lengths["tgt"] <= max_len)
+            length[side] = np.fromiter(map(len, ids[side]), np.int64, len(texts))
+        blank = (length["src"] == 0) | (length["tgt"] == 0)
+        keep = ~blank & (length["src"] <= max_len) & (length["tgt"] <= max_len)
         n, n_blank = n + len(keep), n_blank + int(blank.sum())
-        parts.append({side: [ids[side][i] for i in np.flatnonzero(keep)] for side in ids})
+        for side, rows in ids.items():
+            kept = [rows[i] for i in np.flatnonzero(keep)]
+            values[side].append(np.fromiter(itertools.chain.from_iterable(kept), np.int32))
+            lengths[side].append(length[side][keep])
     arrays = []
     for side in ("src", "tgt"):
-        rows = [row for part in parts for row in part[side]]
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, rows), np.int64, len(rows)), out=offsets[1:])
-        arrays += [np.fromiter((i for row in rows for i in row), np.int32, offsets[-1]), offsets]
+        offsets = np.zeros(sum(map(len, lengths[side])) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(lengths[side]), out=offsets[1:])
+        arrays += [np.concatenate(values[side]), offsets]
     corpus = Corpus(*arrays)
     if not len(corpus):
         raise UserError(f"{name}: no usable sentence pairs")
