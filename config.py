@@ -62,7 +62,8 @@ class TrainConfig:
     max_tokens: int | None = 8192  # max padded tokens per batch, source or target side
     # Subword regularisation (Kudo 2018, not in the paper): > 0 encodes every training pair with
     # a segmentation sampled from the trained Unigram tokenizer, anew each epoch, with smoothing
-    # alpha (lower = more varied and longer; 1.0 = the model's own distribution). 0 = off.
+    # alpha (lower = more varied and longer; 1.0 = the model's own distribution). 0 = off (not
+    # the uniform limit).
     # Validation, translation and evaluation always use the single best segmentation.
     subword_alpha: float = 0.0
     # --- model (beyond the documented keys) ---

@@ -721,8 +721,9 @@ def sample_segmentations(
         raise UserError(f"{name}: no usable sentence pairs")
     log(
         f"{name}: segmentations sampled (subword_alpha {alpha}) in {time.time() - started:.1f} s, "
-        f"{len(corpus.tgt):,} target tokens; {n - n_blank - len(corpus)} pairs longer than "
-        f"{max_len} tokens dropped, {len(corpus)} of {n - n_blank} remain"
+        f"{len(corpus.tgt):,} target tokens; dropped {n_blank} empty pairs and "
+        f"{n - n_blank - len(corpus)} pairs longer than {max_len} tokens; "
+        f"{len(corpus)} of {n} remain"
     )
     return corpus
 

@@ -108,41 +108,61 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
     return optimizer
 
 
-def epoch_batches(run: dict, accelerator, epoch: int) -> list:
+def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool = False) -> list:
     """This process's batches for one epoch: same on every run with the same seed."""
     cfg = run["cfg"]
     if cfg.subword_alpha:
-        run["train"] = sampled_train(run, accelerator, epoch)
+        run["train"] = sampled_train(run, accelerator, epoch, resumed_inside)
     batches = token_batches(run["train"].lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, epoch)
     batches = shard(batches, accelerator.process_index, accelerator.num_processes)
     # whole optimizer steps only, so that every checkpoint falls on a step boundary
     return batches[: len(batches) - len(batches) % cfg.grad_accum_steps]
 
 
-def sampled_train(run: dict, accelerator, epoch: int) -> Corpus:
+def sampled_train(run: dict, accelerator, epoch: int, resumed_inside: bool) -> Corpus:
     """The training pairs with segmentations sampled for this epoch (subword_alpha).
+
     tokenizers' sampler cannot be seeded, so the main process samples them once and saves them
-    in output_dir/subword: every process trains on the same ones, and so does a run resumed in
-    the middle of this epoch."""
-    cfg = run["cfg"]
-    folder = Path(cfg.output_dir) / "subword"
-    path = folder / f"epoch-{epoch + 1:04d}.npz"
+    in output_dir/subword: every process trains on the same ones, and so does a run resumed
+    inside this epoch. Files are kept while a kept checkpoint lies in their epoch."""
+    cfg, out = run["cfg"], Path(run["cfg"].output_dir)
+    path = out / "subword" / f"epoch-{epoch + 1:04d}.npz"
+    problem = None
     if accelerator.is_main_process and not path.exists():
-        folder.mkdir(exist_ok=True)
-        corpus = sample_segmentations(
-            run["train_text"],
-            run["tokenizer"],
-            cfg.subword_alpha,
-            cfg.max_seq_length,
-            f"train, epoch {epoch + 1}",
-            run["log"],
-        )
-        corpus.save(path)
-        for old in folder.glob("epoch-*.npz"):
-            if old != path:
-                old.unlink()
-    accelerator.wait_for_everyone()
+        try:
+            if resumed_inside:
+                run["log"](
+                    f"warning: {path} is gone: epoch {epoch + 1} is sampled anew, so the rest "
+                    "of it is not the data the interrupted run would have seen"
+                )
+            corpus = sample_segmentations(
+                run["train_text"],
+                run["tokenizer"],
+                cfg.subword_alpha,
+                cfg.max_seq_length,
+                f"train, epoch {epoch + 1}",
+                run["log"],
+            )
+            path.parent.mkdir(exist_ok=True)
+            corpus.save(path)
+            needed = {f"epoch-{e + 1:04d}.npz" for e in epochs_resumable_inside(out) | {epoch}}
+            for old in path.parent.glob("epoch-*"):
+                if old.name not in needed:
+                    old.unlink()
+        except UserError as e:
+            problem = str(e)
+        except OSError as e:
+            problem = f"cannot write {path}: {e.strerror or e}"
+    # a collective in place of a barrier: the other processes stop too, instead of hanging
+    if not _all_ok(accelerator, problem is None):
+        raise UserError(problem or "sampling segmentations failed on the main process")
     return Corpus.load(path)
+
+
+def epochs_resumable_inside(out: Path) -> set[int]:
+    """Epochs (0-based) that a kept step checkpoint lies inside: a resume may go back to any."""
+    states = (out / "checkpoints").glob("step-*[0-9]/trainer_state.json")
+    return {s["epoch"] for s in map(json.loads, map(Path.read_text, states)) if s["batch_in_epoch"]}
 
 
 @torch.no_grad()
@@ -412,7 +432,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         run["log"](f"already at max_steps ({cfg.max_steps}); nothing to do")
         return
     for epoch in range(state["epoch"], cfg.epochs):
-        batches = epoch_batches(run, accelerator, epoch)
+        batches = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
         steps = len(batches) // cfg.grad_accum_steps
         bar = tqdm(
             total=steps,

@@ -274,7 +274,8 @@ def test_sampled_segmentations_vary_but_spell_the_same_text():
     pairs = datasets.Dataset.from_dict({"src": SENTENCES, "tgt": SENTENCES[::-1]})
     logged = []
     corpus = sample_segmentations(pairs, tok, 0.1, 1000, "train", logged.append)
-    assert len(corpus) == len(SENTENCES) and "0 pairs longer than 1000" in logged[0]
+    assert len(corpus) == len(SENTENCES)
+    assert "dropped 0 empty pairs and 0 pairs longer than 1000 tokens" in logged[0]
     src = [corpus.pair(i)[0].tolist() for i in range(len(corpus))]
     tgt = [corpus.pair(i)[1].tolist() for i in range(len(corpus))]
     assert src != viterbi  # sampled, not the single best segmentation...
@@ -284,11 +285,20 @@ def test_sampled_segmentations_vary_but_spell_the_same_text():
         assert tok.decode(s, skip_special_tokens=True) == text  # ...of the same text
     assert [tok.decode(t, skip_special_tokens=True) for t in tgt] == SENTENCES[::-1]
     assert encode_sources(tok, SENTENCES) == viterbi  # the tokenizer itself is not changed
-    # a new sample each call; overlong pairs are dropped and counted
-    cap = int(np.median(corpus.lengths()))
-    again = sample_segmentations(pairs, tok, 0.1, cap, "train", logged.append)
-    assert 0 < len(again) < len(SENTENCES) and again.lengths().max() <= cap
-    assert f"{len(SENTENCES) - len(again)} pairs longer than {cap} tokens dropped" in logged[1]
+    # Blank and overlong pairs are dropped and counted. No segmentation of a text is longer
+    # than one token per character and word boundary (+ </s>), none shorter than its words.
+    cap = max(len(t) + len(t.split()) + 1 for t in SENTENCES)
+    long = " ".join(SENTENCES[:12])
+    assert len(long.split()) > cap
+    odd = datasets.Dataset.from_dict(
+        {"src": [*SENTENCES, long, " ", "x"], "tgt": [*SENTENCES, "y", "z", None]}
+    )
+    again = sample_segmentations(odd, tok, 0.1, cap, "train", logged.append)
+    assert len(again) == len(SENTENCES) and again.lengths().max() <= cap
+    assert (
+        f"dropped 2 empty pairs and 1 pairs longer than {cap} tokens; "
+        f"{len(SENTENCES)} of {len(SENTENCES) + 3} remain"
+    ) in logged[1]
     with pytest.raises(UserError, match="train: no usable sentence pairs"):
         sample_segmentations(pairs, tok, 0.1, 2, "train")
     with pytest.raises(UserError, match="needs a Unigram tokenizer, not BPE"):

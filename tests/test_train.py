@@ -5,17 +5,21 @@ Multi-process tests launch `accelerate launch` on loopback with a timeout, so a 
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from config import TrainConfig
+import train
+from config import TrainConfig, UserError
+from data import Corpus
 from helpers import ROOT, subprocess_env, write_corpus
 from train import inverse_sqrt, make_optimizer
 
@@ -276,7 +280,10 @@ def test_subword_sampling_resume_trains_on_the_same_segmentations(corpus, tmp_pa
     log = resumed.stdout + resumed.stderr
     assert "resumed from" in log and "epoch 1: segmentations sampled" not in log  # reused
     assert "train, epoch 2: segmentations sampled" in log
-    assert [f.name for f in (out / "subword").iterdir()] == ["epoch-0002.npz"]
+    # epoch 1's file stays while the checkpoint inside epoch 1 is kept (a resume may go back)
+    files = sorted(f.name for f in (out / "subword").iterdir())
+    assert files == ["epoch-0001.npz", "epoch-0002.npz"]
+    assert (out / "subword" / "epoch-0001.npz").read_bytes() == epoch1
     assert (out / "subword" / "epoch-0002.npz").read_bytes() != epoch1  # a new sample
 
     fresh = run(args_for(corpus, out, *extra, "--max_steps", 1))  # no --resume: samples anew
@@ -290,3 +297,55 @@ def test_subword_sampling_two_processes_agree(corpus, tmp_path):
     run(args_for(corpus, out, *SAMPLED, "--epochs", 2, "--log_every", 1), launch=DDP)
     state = json.loads((out / "last" / "trainer_state.json").read_text())
     assert state["epoch"] == 2 and state["step"] == len(train_losses(out)) > 0
+
+
+class Process:
+    """What sampled_train needs of accelerate's Accelerator, as one of several processes."""
+
+    num_processes = 1  # makes _all_ok local; the two-process test covers the collective
+
+    def __init__(self, main: bool):
+        self.is_main_process = main
+
+
+def test_sampled_train_keeps_what_a_resume_needs(tmp_path, monkeypatch):
+    cfg = TrainConfig(tokenizer={"train": "unigram"}, subword_alpha=0.5, output_dir=str(tmp_path))
+    logged = []
+    run = {"cfg": cfg, "log": logged.append, "train_text": None, "tokenizer": None}
+    sample = Corpus(*(np.array(a, dtype) for a, dtype in (
+        ([5, 2, 6, 7, 2], np.int32), ([0, 2, 5], np.int64),
+        ([8, 2, 9, 2], np.int32), ([0, 2, 4], np.int64),
+    )))  # fmt: skip
+    calls = []
+    monkeypatch.setattr(train, "sample_segmentations", lambda *a: calls.append(a) or sample)
+    # Another process never samples: it reads the main process's file.
+    folder = tmp_path / "subword"
+    folder.mkdir()
+    sample.save(folder / "epoch-0003.npz")
+    assert np.array_equal(train.sampled_train(run, Process(False), 2, True).src, sample.src)
+    assert calls == [] and logged == []
+    # The main process samples a missing epoch and keeps the files of epochs that a kept
+    # checkpoint lies inside (epoch 2 here; a checkpoint at an epoch's start needs none).
+    for step, epoch, batch in ((10, 1, 4), (20, 2, 0)):
+        ckpt = tmp_path / "checkpoints" / f"step-{step:08d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer_state.json").write_text(
+            json.dumps({"epoch": epoch, "batch_in_epoch": batch})
+        )
+    for name in ("epoch-0001.npz", "epoch-0002.npz", "epoch-0004.npz.tmp"):
+        shutil.copy(folder / "epoch-0003.npz", folder / name)
+    got = train.sampled_train(run, Process(True), 4, False)
+    assert len(calls) == 1 and np.array_equal(got.tgt_off, sample.tgt_off)
+    assert sorted(f.name for f in folder.iterdir()) == ["epoch-0002.npz", "epoch-0005.npz"]
+    assert logged == []
+    # Resumed inside an epoch whose samples are gone: sampled anew, with a warning.
+    train.sampled_train(run, Process(True), 6, True)
+    assert len(calls) == 2 and "warning: " in logged[0] and "epoch 7 is sampled anew" in logged[0]
+
+    # A failure is one clear error (on every process: _all_ok is a collective).
+    def fail(*a):
+        raise UserError("train, epoch 9: no usable sentence pairs")
+
+    monkeypatch.setattr(train, "sample_segmentations", fail)
+    with pytest.raises(UserError, match="epoch 9: no usable sentence pairs"):
+        train.sampled_train(run, Process(True), 8, False)
