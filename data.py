@@ -22,6 +22,7 @@ save_to_disk directory datasets writes its cache files next to the data.
 """
 
 import argparse
+import copy
 import csv
 import gzip
 import hashlib
@@ -662,23 +663,27 @@ def tokenize(ds, tok, max_len: int, name: str, log=print, num_proc: int | None =
     cache into flat int32 arrays: memory is the kept token ids, not Python lists of the corpus.
     """
     table = encode(ds, tok, name, log, num_proc).with_format("arrow")[:]
-    n = table.num_rows
     src_len = pc.list_value_length(table.column("src_ids")).to_numpy()
     tgt_len = pc.list_value_length(table.column("tgt_ids")).to_numpy()
-    empty = (src_len == 0) | (tgt_len == 0)
-    keep = ~empty & (src_len <= max_len) & (tgt_len <= max_len)
-    n_empty, n_kept = int(empty.sum()), int(keep.sum())
-    n_long = n - n_empty - n_kept
-    if n_empty or n_long:
-        log(
-            f"{name}: dropped {n_empty} empty pairs and {n_long} pairs longer than {max_len} "
-            f"tokens; {n_kept} of {n} remain"
-        )
-    if n_kept == 0:
-        raise UserError(f"{name}: no usable sentence pairs")
+    keep, dropped = _usable(src_len, tgt_len, max_len, name)
+    if not keep.all():
+        log(f"{name}: {dropped}")
     return Corpus(
         *_flat(table.column("src_ids"), keep, src_len),
         *_flat(table.column("tgt_ids"), keep, tgt_len),
+    )
+
+
+def _usable(src_len, tgt_len, max_len: int, name: str) -> tuple[np.ndarray, str]:
+    """Pairs to keep (neither side empty nor longer than max_len), and what was dropped."""
+    empty = (src_len == 0) | (tgt_len == 0)
+    keep = ~empty & (src_len <= max_len) & (tgt_len <= max_len)
+    n, n_empty, n_kept = len(keep), int(empty.sum()), int(keep.sum())
+    if n_kept == 0:
+        raise UserError(f"{name}: no usable sentence pairs")
+    return keep, (
+        f"dropped {n_empty} empty pairs and {n - n_empty - n_kept} pairs longer than {max_len} "
+        f"tokens; {n_kept} of {n} remain"
     )
 
 
@@ -688,51 +693,41 @@ def sample_segmentations(
     """Subword regularisation (Kudo 2018): every pair of `ds` encoded with a segmentation sampled
     from the Unigram model of `tok` (a tokenizer trained here: one model for both sides), with
     smoothing `alpha`. Blank and overlong pairs are dropped as in `tokenize`, and counted."""
-    from tokenizers import Tokenizer
-
-    sampler = Tokenizer.from_str(tok.backend_tokenizer.to_str())  # a copy: `tok` stays Viterbi
-    if type(sampler.model).__name__ != "Unigram":
-        raise UserError(
-            f"subword_alpha needs a Unigram tokenizer, not {type(sampler.model).__name__}"
-        )
-    sampler.model.alpha = alpha
-    started, n, n_blank = time.time(), 0, 0
-    values, lengths = {"src": [], "tgt": []}, {"src": [], "tgt": []}  # int32 chunks, no lists
-    for batch in ds.iter(10_000):
-        ids, length = {}, {}
-        for side in ("src", "tgt"):
-            texts = [t if t is not None and t.strip() else "" for t in batch[side]]
-            ids[side] = [e.ids if t else [] for e, t in zip(sampler.encode_batch(texts), texts)]
-            length[side] = np.fromiter(map(len, ids[side]), np.int64, len(texts))
-        blank = (length["src"] == 0) | (length["tgt"] == 0)
-        keep = ~blank & (length["src"] <= max_len) & (length["tgt"] <= max_len)
-        n, n_blank = n + len(keep), n_blank + int(blank.sum())
-        for side, rows in ids.items():
-            kept = [rows[i] for i in np.flatnonzero(keep)]
-            values[side].append(np.fromiter(itertools.chain.from_iterable(kept), np.int32))
-            lengths[side].append(length[side][keep])
+    sampler = copy.deepcopy(tok)  # `tok` keeps the single best segmentation
+    model = sampler.backend_tokenizer.model
+    if type(model).__name__ != "Unigram":
+        raise UserError(f"subword_alpha needs a Unigram tokenizer, not {type(model).__name__}")
+    model.alpha = alpha
+    started, values, lengths = time.time(), {}, {}
+    for batch in ds.iter(10_000):  # int32 chunks: no Python lists of the whole corpus
+        for side, rows in _encode_batch(batch, sampler).items():
+            values.setdefault(side, []).append(
+                np.fromiter(itertools.chain.from_iterable(rows), np.int32)
+            )
+            lengths.setdefault(side, []).append(np.fromiter(map(len, rows), np.int64, len(rows)))
+    src_len, tgt_len = (np.concatenate(lengths[side]) for side in ("src_ids", "tgt_ids"))
+    keep, dropped = _usable(src_len, tgt_len, max_len, name)
     arrays = []
-    for side in ("src", "tgt"):
-        offsets = np.zeros(sum(map(len, lengths[side])) + 1, dtype=np.int64)
-        np.cumsum(np.concatenate(lengths[side]), out=offsets[1:])
-        arrays += [np.concatenate(values[side]), offsets]
+    for side, length in (("src_ids", src_len), ("tgt_ids", tgt_len)):
+        arrays += [np.concatenate(values[side])[np.repeat(keep, length)], _offsets(length[keep])]
     corpus = Corpus(*arrays)
-    if not len(corpus):
-        raise UserError(f"{name}: no usable sentence pairs")
     log(
         f"{name}: segmentations sampled (subword_alpha {alpha}) in {time.time() - started:.1f} s, "
-        f"{len(corpus.tgt):,} target tokens; dropped {n_blank} empty pairs and "
-        f"{n - n_blank - len(corpus)} pairs longer than {max_len} tokens; "
-        f"{len(corpus)} of {n} remain"
+        f"{len(corpus.tgt):,} target tokens; {dropped}"
     )
     return corpus
 
 
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """Row lengths -> int64 offsets: row i is values[offsets[i]:offsets[i+1]]."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
 def _flat(column, keep: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Kept rows of a chunked list<int32> column -> (values int32, offsets int64)."""
-    kept = lengths[keep].astype(np.int64)
-    offsets = np.zeros(len(kept) + 1, dtype=np.int64)
-    np.cumsum(kept, out=offsets[1:])
+    offsets = _offsets(lengths[keep].astype(np.int64))
     values = np.empty(offsets[-1], dtype=np.int32)
     row = pos = 0
     for chunk in column.chunks:

@@ -108,7 +108,7 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
     return optimizer
 
 
-def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool = False) -> list:
+def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> list:
     """This process's batches for one epoch: same on every run with the same seed."""
     cfg = run["cfg"]
     if cfg.subword_alpha:
@@ -348,9 +348,9 @@ def restore(accelerator, out: Path, resume: bool, log) -> dict:
         log(f"resumed from {ckpt}: epoch {state['epoch'] + 1}, step {state['step']}")
     elif resume:
         log(f"nothing to resume in {out}; starting fresh")
-    if accelerator.is_main_process and not ckpt:  # a fresh run samples its own segmentations
-        shutil.rmtree(out / "subword", ignore_errors=True)
     if accelerator.is_main_process:  # drop metrics logged after the checkpoint we resume from
+        if not ckpt:  # and a fresh run samples its own segmentations
+            shutil.rmtree(out / "subword", ignore_errors=True)
         metrics = out / "metrics.jsonl"
         lines = metrics.read_text().splitlines() if ckpt and metrics.exists() else []
         metrics.write_text(
