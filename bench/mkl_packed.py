@@ -1,11 +1,11 @@
-"""Does decoding gain from MKL-packed weights? (README, Speed: "also tried without a gain")
+"""Does decoding gain from MKL-packed weights? (README, Speed: "a small gain, not adopted yet")
 
     python bench/mkl_packed.py
 
 torch.ops.mkl._mkl_linear is what inductor's `freezing` runs fp32 linear layers on, on CPU.
 Prints GFLOP/s of F.linear and of the packed op at the decoding shapes, then greedy and beam-4
-times of the benchmark network (bench/benchmark.py's sizes) with the decoder's linear layers
-eager and packed, and whether both give the same tokens. Not used by the product.
+times of bench/benchmark.py's network and batch with the decoder's linear layers and the output
+projection eager and packed, and whether both give the same tokens. Not used by the product.
 """
 
 import copy
@@ -18,11 +18,19 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data import SpecialIds  # noqa: E402
-from model import ModelConfig, Transformer  # noqa: E402
+from bench.benchmark import (  # noqa: E402
+    BANNED,
+    BATCH,
+    IDS,
+    NEW_TOKENS,
+    SIZES,
+    VOCAB,
+    Bench,
+    our_model,
+    random_batch,
+)
+from model import Transformer  # noqa: E402
 from translate import beam_search, greedy  # noqa: E402
-
-IDS, BANNED = SpecialIds(pad=0, eos=3, start=2), [0, 2, 3]  # as bench/benchmark.py
 
 
 def medians_s(repeat: int, *calls) -> list[float]:
@@ -68,11 +76,12 @@ def packed(model: Transformer, rows: int) -> Transformer:
 def main():
     if not torch.backends.mkl.is_available():
         sys.exit("this torch build has no MKL: nothing to compare")
-    torch.set_num_threads(2)
+    b = Bench("cpu", threads=2)
     torch.manual_seed(0)
-    # (rows, in, out): greedy steps have 64 rows, beam-4 steps 256; d_model 256, d_ff 1024.
+    d, d_ff = SIZES["d_model"], SIZES["d_ff"]
+    # (rows, in, out): a greedy step has BATCH rows, a beam-4 step 4 x BATCH
     shapes = [
-        (m, k, n) for m in (64, 256) for k, n in ((256, 256), (256, 1024), (1024, 256), (256, 8000))
+        (m, k, n) for m in (BATCH, 4 * BATCH) for k, n in ((d, d), (d, d_ff), (d_ff, d), (d, VOCAB))
     ]
     for m, k, n in shapes:
         x, w, b = torch.randn(m, k), torch.randn(n, k) * 0.05, torch.zeros(n)
@@ -82,14 +91,14 @@ def main():
         )
         gf = 2 * m * k * n / 1e9
         print(f"{m}x{k}x{n}: F.linear {gf / eager:6.1f} GFLOP/s, packed {gf / mkl:6.1f}")
-    cfg = ModelConfig(  # bench/benchmark.py's network
-        src_vocab_size=8000, tgt_vocab_size=8000, pad_id=IDS.pad,
-        d_model=256, n_heads=4, d_ff=1024, n_layers=3, max_len=256,
-    )  # fmt: skip
-    model, src = Transformer(cfg).eval(), torch.randint(4, 8000, (64, 24))
+    model, src = our_model().eval(), random_batch(b)["src"]
     runs = {
-        "greedy": (lambda mod: greedy(mod, src, IDS, 30, BANNED), 64, 7),
-        "beam 4": (lambda mod: beam_search(mod, src, IDS, 30, 4, banned=BANNED), 256, 5),
+        "greedy": (lambda mod: greedy(mod, src, IDS, NEW_TOKENS, BANNED), BATCH, 7),
+        "beam 4": (
+            lambda mod: beam_search(mod, src, IDS, NEW_TOKENS, 4, banned=BANNED),
+            4 * BATCH,
+            5,
+        ),
     }
     for name, (decode, rows, repeat) in runs.items():
         fast = packed(model, rows)
