@@ -3,10 +3,12 @@
     python bench/compiled_decode.py                 # compiled with freezing
     python bench/compiled_decode.py --no-freezing   # compiled without it
 
-`freezing` turns the weights into constants of the compiled graph, so inductor can pack them
-for MKL (what bench/mkl_packed.py does by hand) and fold what depends only on them. Compiles
-`model.decode` with dynamic shapes (the self-attention cache grows by one position a step),
-then prints the compile time, whether greedy and beam-4 decoding of bench/benchmark.py's
+`freezing` turns the weights into constants of the compiled graph, so inductor can prepack them
+and fold what depends only on them. Compiles `model.decode` with dynamic shapes (the
+self-attention cache grows by one position a step); with a symbolic batch size inductor packs
+fp32 linear layers for oneDNN, not for MKL as bench/mkl_packed.py does by hand (MKL packing
+needs a static batch: torch/_inductor/fx_passes/mkldnn_fusion.py). Prints the time of the first
+call (compiling included), whether greedy and beam-4 decoding of bench/benchmark.py's
 network and batch give the same tokens as eager, and eager and compiled times, interleaved.
 One variant per process: a compiled graph must not be reused for another freezing setting.
 Not used by the product.
