@@ -4,14 +4,17 @@
     python bench/compiled_decode.py --no-freezing   # compiled without it
 
 `freezing` turns the weights into constants of the compiled graph, so inductor can prepack them
-and fold what depends only on them. Compiles `model.decode` with dynamic shapes (the
-self-attention cache grows by one position a step); with a symbolic batch size inductor packs
-fp32 linear layers for oneDNN, not for MKL as bench/mkl_packed.py does by hand (MKL packing
-needs a static batch: torch/_inductor/fx_passes/mkldnn_fusion.py). Prints the time of the first
-call (compiling included), whether greedy and beam-4 decoding of bench/benchmark.py's
-network and batch give the same tokens as eager, and eager and compiled times, interleaved.
-One variant per process: a compiled graph must not be reused for another freezing setting.
-Not used by the product.
+and fold what depends only on them. With a static batch size it packs fp32 linear layers for
+MKL (torch.ops.mkl._mkl_linear, what bench/mkl_packed.py does by hand); with a symbolic one, for
+oneDNN (torch/_inductor/fx_passes/mkldnn_fusion.py). So greedy and beam 4 each get their own
+compiled copy of `model.decode` with torch.compile's default (automatic) dynamic shapes: the
+batch (64 and 256 rows, constant since no sentence may end early) stays static, the growing
+self-attention cache becomes dynamic after one recompile.
+
+Prints the first call's time (compiling included), the graphs compiled and linear weights
+packed, whether eager and compiled decoding give the same tokens, then eager and compiled
+times, interleaved. One variant per process: the freezing setting is read when a graph
+compiles. Not used by the product.
 """
 
 import argparse
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch._inductor.config
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.benchmark import BANNED, BATCH, IDS, NEW_TOKENS, Bench, our_model, random_batch  # noqa: E402
@@ -34,17 +38,19 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--no-freezing", dest="freezing", action="store_false")
     freezing = p.parse_args().freezing
-    torch._inductor.config.freezing = freezing  # read when the graph compiles, at first call
+    torch._inductor.config.freezing = freezing
     b = Bench("cpu", threads=2)
     model, src = our_model().eval(), random_batch(b)["src"]
-    fast = copy.deepcopy(model)
-    fast.decode = torch.compile(fast.decode, dynamic=True)
     runs = {
         "greedy": (lambda m: greedy(m, src, IDS, NEW_TOKENS, BANNED), 7),
         "beam 4": (lambda m: beam_search(m, src, IDS, NEW_TOKENS, 4, banned=BANNED), 5),
     }
     print(f"{BATCH} sentences, {NEW_TOKENS} new tokens each; compiled with freezing={freezing}")
+    compiled = {}
     for name, (decode, _) in runs.items():
+        fast = compiled[name] = copy.deepcopy(model)
+        fast.decode = torch.compile(fast.decode)
+        graphs, packed = counters["stats"]["unique_graphs"], _packed()
         start = time.perf_counter()
         got = decode(fast)
         first = time.perf_counter() - start
@@ -53,12 +59,20 @@ def main():
             same = torch.equal(ref, got)
         else:
             same = [h[0].tokens for h in ref] == [h[0].tokens for h in got]
-        print(f"{name}: first compiled call {first:.1f} s (compiling); same tokens: {same}")
+        print(f"{name}: first call {first:.1f} s, compiling included "
+              f"({counters['stats']['unique_graphs'] - graphs} graphs, "
+              f"{_packed() - packed} linear weights packed); same tokens: {same}")  # fmt: skip
+        if not same:
+            sys.exit(f"{name}: compiled decoding gave other tokens than eager")
     for _ in range(2):
         for name, (decode, repeat) in runs.items():
-            eager, compiled = medians_s(repeat, (decode, model), (decode, fast))
-            print(f"{name}: eager {eager * 1e3:.0f} ms, compiled {compiled * 1e3:.0f} ms, "
-                  f"{eager / compiled:.2f}x (medians of {repeat} interleaved)")  # fmt: skip
+            eager, fast = medians_s(repeat, (decode, model), (decode, compiled[name]))
+            print(f"{name}: eager {eager * 1e3:.0f} ms, compiled {fast * 1e3:.0f} ms, "
+                  f"{eager / fast:.2f}x (medians of {repeat} interleaved)")  # fmt: skip
+
+
+def _packed() -> int:
+    return counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
 
 
 if __name__ == "__main__":
