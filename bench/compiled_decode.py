@@ -28,9 +28,8 @@ import torch._inductor.config
 from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.benchmark import BANNED, BATCH, IDS, NEW_TOKENS, Bench, our_model, random_batch  # noqa: E402
-from bench.mkl_packed import medians_s  # noqa: E402
-from translate import beam_search, greedy  # noqa: E402
+from bench.benchmark import BATCH, NEW_TOKENS, Bench, our_model, random_batch  # noqa: E402
+from bench.mkl_packed import decoders, medians_s  # noqa: E402
 
 
 @torch.no_grad()
@@ -41,31 +40,24 @@ def main():
     torch._inductor.config.freezing = freezing
     b = Bench("cpu", threads=2)
     model, src = our_model().eval(), random_batch(b)["src"]
-    runs = {
-        "greedy": (lambda m: greedy(m, src, IDS, NEW_TOKENS, BANNED), 7),
-        "beam 4": (lambda m: beam_search(m, src, IDS, NEW_TOKENS, 4, banned=BANNED), 5),
-    }
+    runs = decoders(src)
     print(f"{BATCH} sentences, {NEW_TOKENS} new tokens each; compiled with freezing={freezing}")
     compiled = {}
-    for name, (decode, _) in runs.items():
+    for name, (decode, _, _) in runs.items():
         fast = compiled[name] = copy.deepcopy(model)
         fast.decode = torch.compile(fast.decode)
         graphs, packed = counters["stats"]["unique_graphs"], _packed()
         start = time.perf_counter()
         got = decode(fast)
         first = time.perf_counter() - start
-        ref = decode(model)
-        if name == "greedy":
-            same = torch.equal(ref, got)
-        else:
-            same = [h[0].tokens for h in ref] == [h[0].tokens for h in got]
+        same = decode(model) == got
         print(f"{name}: first call {first:.1f} s, compiling included "
               f"({counters['stats']['unique_graphs'] - graphs} graphs, "
               f"{_packed() - packed} linear weights packed); same tokens: {same}")  # fmt: skip
         if not same:
             sys.exit(f"{name}: compiled decoding gave other tokens than eager")
     for _ in range(2):
-        for name, (decode, repeat) in runs.items():
+        for name, (decode, _, repeat) in runs.items():
             eager, fast = medians_s(repeat, (decode, model), (decode, compiled[name]))
             print(f"{name}: eager {eager * 1e3:.0f} ms, compiled {fast * 1e3:.0f} ms, "
                   f"{eager / fast:.2f}x (medians of {repeat} interleaved)")  # fmt: skip

@@ -45,6 +45,18 @@ def medians_s(repeat: int, *calls) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
+def decoders(src: torch.Tensor) -> dict:
+    """{name: (decode(model) -> top tokens per sentence, rows per step, timing repeats)}."""
+
+    def beam4(model):
+        return [h[0].tokens for h in beam_search(model, src, IDS, NEW_TOKENS, 4, banned=BANNED)]
+
+    return {
+        "greedy": (lambda model: greedy(model, src, IDS, NEW_TOKENS, BANNED).tolist(), BATCH, 7),
+        "beam 4": (beam4, 4 * BATCH, 5),
+    }
+
+
 class PackedLinear(torch.nn.Module):
     """nn.Linear on a weight packed once for `rows` input rows; other row counts run F.linear.
 
@@ -92,21 +104,9 @@ def main():
         gf = 2 * m * k * n / 1e9
         print(f"{m}x{k}x{n}: F.linear {gf / eager:6.1f} GFLOP/s, packed {gf / mkl:6.1f}")
     model, src = our_model().eval(), random_batch(b)["src"]
-    runs = {
-        "greedy": (lambda mod: greedy(mod, src, IDS, NEW_TOKENS, BANNED), BATCH, 7),
-        "beam 4": (
-            lambda mod: beam_search(mod, src, IDS, NEW_TOKENS, 4, banned=BANNED),
-            4 * BATCH,
-            5,
-        ),
-    }
-    for name, (decode, rows, repeat) in runs.items():
+    for name, (decode, rows, repeat) in decoders(src).items():
         fast = packed(model, rows)
-        ref, got = decode(model), decode(fast)
-        if name == "greedy":
-            same = torch.equal(ref, got)
-        else:
-            same = [h[0].tokens for h in ref] == [h[0].tokens for h in got]
+        same = decode(model) == decode(fast)
         for _ in range(2):
             t_eager, t_packed = medians_s(repeat, (decode, model), (decode, fast))
             print(f"{name}: eager {t_eager * 1e3:.0f} ms, packed {t_packed * 1e3:.0f} ms "
