@@ -76,6 +76,10 @@ class TrainConfig:
     # (not the paper's; for a fixed step budget. On Multi30k it tied inverse sqrt within noise).
     lr_schedule: str = "inverse_sqrt"
     label_smoothing: float = 0.1
+    # R-Drop (Liang et al. 2021, not in the paper): > 0 runs every batch twice, with independent
+    # dropout, and adds rdrop_alpha x the symmetric KL between the two predictions to the loss
+    # (fairseq's scaling). Twice the compute per step; train_loss then includes the KL term.
+    rdrop_alpha: float = 0.0
     weight_decay: float = 0.0
     clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping
     grad_accum_steps: int = 1
@@ -143,9 +147,12 @@ class TrainConfig:
             "valid_bleu_samples",
             "keep_last",
             "max_bad_steps",
+            "rdrop_alpha",
         ):
             if getattr(self, key) < 0:
                 bad.append(f"{key} must be >= 0 (got {getattr(self, key)})")
+        if self.rdrop_alpha > 0 and self.dropout == 0 and self.attn_dropout == 0:
+            bad.append("rdrop_alpha needs dropout or attn_dropout > 0 (two identical passes)")
         if self.num_heads > 0 and self.model_dim % self.num_heads:
             bad.append(f"num_heads ({self.num_heads}) must divide model_dim ({self.model_dim})")
         if self.max_tokens is not None and self.max_tokens < self.max_seq_length:

@@ -65,6 +65,28 @@ def loss_fn(logits, labels, pad_id: int, label_smoothing: float = 0.0, reduction
     )
 
 
+def rdrop_kl(logits, labels, pad_id: int):
+    """R-Drop's regulariser: logits (2B, T, V) are two passes over one batch (labels (B, T)).
+    Symmetric KL between them per non-padding token, summed over both directions and halved,
+    then averaged over the 2B rows' tokens, as fairseq's rdrop criterion scales it."""
+    p, q = logits.float().log_softmax(-1).chunk(2)  # (B, T, V) each
+    kl = F.kl_div(p, q, log_target=True, reduction="none") + F.kl_div(
+        q, p, log_target=True, reduction="none"
+    )
+    keep = labels != pad_id  # (B, T)
+    return kl.sum(-1)[keep].sum() / (2 * 2 * keep.sum())
+
+
+def train_loss(model, batch: dict, cfg: TrainConfig, pad_id: int):
+    """The training objective: label-smoothed CE, plus R-Drop's KL term when rdrop_alpha > 0."""
+    src, tgt_in, labels = batch["src"], batch["tgt_in"], batch["labels"]
+    if not cfg.rdrop_alpha:
+        return loss_fn(model(src, tgt_in), labels, pad_id, cfg.label_smoothing)
+    logits = model(src.repeat(2, 1), tgt_in.repeat(2, 1))  # one pass, two dropout draws
+    ce = loss_fn(logits, labels.repeat(2, 1), pad_id, cfg.label_smoothing)
+    return ce + cfg.rdrop_alpha * rdrop_kl(logits, labels, pad_id)
+
+
 def model_config(cfg: TrainConfig, tokenizer, ids: SpecialIds) -> ModelConfig:
     vocab = len(tokenizer)
     return ModelConfig(
@@ -447,12 +469,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             run["train"], batches[state["batch_in_epoch"] :], ids, accelerator.device
         ):
             with accelerator.accumulate(model):
-                loss = loss_fn(
-                    model(batch["src"], batch["tgt_in"]),
-                    batch["labels"],
-                    ids.pad,
-                    cfg.label_smoothing,
-                )
+                loss = train_loss(model, batch, cfg, ids.pad)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     # the only per-step host sync: a non-finite gradient norm skips the step

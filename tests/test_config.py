@@ -147,6 +147,14 @@ def test_subword_alpha_is_checked(tokenizer, alpha, problem):
     TrainConfig(tokenizer={"train": "unigram"}, subword_alpha=0.5)  # the one that is allowed
 
 
+def test_rdrop_alpha_is_checked():
+    with pytest.raises(UserError, match=r"rdrop_alpha must be >= 0 \(got -1.0\)"):
+        TrainConfig(rdrop_alpha=-1.0)
+    with pytest.raises(UserError, match="rdrop_alpha needs dropout or attn_dropout > 0"):
+        TrainConfig(rdrop_alpha=1.0, dropout=0.0)
+    assert TrainConfig(rdrop_alpha=1.0, dropout=0.0, attn_dropout=0.1).rdrop_alpha == 1.0
+
+
 # ---------------------------------------------------------------------------------------------
 # Files
 

@@ -68,6 +68,53 @@ def test_inverse_sqrt_schedule():
     assert math.isclose(inverse_sqrt(100, 0), 0.1)
 
 
+def test_rdrop_kl_is_the_symmetric_kl_over_real_tokens():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 7)  # two passes over a batch of 2 sentences, 5 positions
+    labels = torch.tensor([[3, 4, 5, 0, 0], [6, 2, 1, 4, 0]])  # pad 0: 7 real tokens
+    p, q = (torch.distributions.Categorical(logits=x) for x in logits.chunk(2))
+    kl = torch.distributions.kl_divergence(p, q) + torch.distributions.kl_divergence(q, p)
+    # fairseq's scale: halved sum of both directions, over the tokens of both passes (2 x 7)
+    expected = kl[labels != 0].sum() / 2 / 14
+    assert torch.allclose(train.rdrop_kl(logits, labels, 0), expected)
+    moved = logits.clone()
+    moved[0, 3:] += 5 * torch.randn(2, 7)  # only padding positions (sentence 1, first pass)
+    assert torch.allclose(train.rdrop_kl(moved, labels, 0), expected)
+    assert train.rdrop_kl(logits[:2].repeat(2, 1, 1), labels, 0) == 0  # identical passes
+
+
+def test_rdrop_loss_is_plain_cross_entropy_without_dropout_and_larger_with_it():
+    from model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(30, 30, pad_id=0, d_model=16, n_heads=2, d_ff=32, n_layers=2, dropout=0.3)
+    )
+    batch = {
+        "src": torch.randint(1, 30, (3, 6)),
+        "tgt_in": torch.randint(1, 30, (3, 5)),
+        "labels": torch.randint(1, 30, (3, 5)),
+    }
+    cfg = TrainConfig(rdrop_alpha=5.0, label_smoothing=0.1)
+    model.eval()  # no dropout: the two passes agree, so only the cross-entropy is left
+    plain = train.loss_fn(model(batch["src"], batch["tgt_in"]), batch["labels"], 0, 0.1)
+    assert torch.allclose(train.train_loss(model, batch, cfg, 0), plain, atol=1e-6)
+    model.train()  # the two copies of each sentence get different dropout masks
+    logits = model(batch["src"].repeat(2, 1), batch["tgt_in"].repeat(2, 1))
+    assert train.rdrop_kl(logits, batch["labels"], 0) > 1e-3
+
+
+def test_rdrop_trains_and_logs_the_combined_loss(corpus, tmp_path):
+    out = tmp_path / "rdrop"
+    run(args_for(corpus, out, "--max_steps", 4, "--log_every", 2, "--rdrop_alpha", 5))
+    plain = tmp_path / "plain"
+    run(args_for(corpus, plain, "--max_steps", 4, "--log_every", 2))
+    losses, reference = train_losses(out), train_losses(plain)
+    assert losses.keys() == reference.keys() == {2, 4}
+    assert all(math.isfinite(v) for v in losses.values())
+    assert losses != reference  # the KL term and the second dropout draw change the loss
+
+
 def test_linear_schedule_warms_up_then_reaches_zero_at_max_steps(corpus, tmp_path):
     out = tmp_path / "lin"
     extra = ("--lr_schedule", "linear", "--max_steps", 6, "--warmup_steps", 2, "--log_every", 1)
