@@ -77,8 +77,9 @@ class TrainConfig:
     lr_schedule: str = "inverse_sqrt"
     label_smoothing: float = 0.1
     # R-Drop (Liang et al. 2021, not in the paper): > 0 runs every batch twice, with independent
-    # dropout, and adds rdrop_alpha x the symmetric KL between the two predictions to the loss
-    # (fairseq's scaling). Twice the compute per step; train_loss then includes the KL term.
+    # dropout, and adds rdrop_alpha x half the symmetric KL between the two predictions, against
+    # the cross-entropy of both passes (the paper's and fairseq's weighting). Twice the compute
+    # and activation memory per step; train_loss then includes the KL term.
     rdrop_alpha: float = 0.0
     weight_decay: float = 0.0
     clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping

@@ -67,14 +67,12 @@ def loss_fn(logits, labels, pad_id: int, label_smoothing: float = 0.0, reduction
 
 def rdrop_kl(logits, labels, pad_id: int):
     """R-Drop's regulariser: logits (2B, T, V) are two passes over one batch (labels (B, T)).
-    Symmetric KL between them per non-padding token, summed over both directions and halved,
-    then averaged over the 2B rows' tokens, as fairseq's rdrop criterion scales it."""
-    p, q = logits.float().log_softmax(-1).chunk(2)  # (B, T, V) each
-    kl = F.kl_div(p, q, log_target=True, reduction="none") + F.kl_div(
-        q, p, log_target=True, reduction="none"
-    )
+    The symmetric KL between the passes, halved (the paper's L_KL), summed over non-padding
+    tokens and divided by the 2B rows' token count, as the cross-entropy of both passes is."""
     keep = labels != pad_id  # (B, T)
-    return kl.sum(-1)[keep].sum() / (2 * 2 * keep.sum())
+    p, q = (x[keep] for x in logits.float().log_softmax(-1).chunk(2))  # (N, V) each
+    kl = ((p.exp() - q.exp()) * (p - q)).sum()  # KL(p||q) + KL(q||p), summed over tokens
+    return kl / 2 / (2 * keep.sum())
 
 
 def train_loss(model, batch: dict, cfg: TrainConfig, pad_id: int):

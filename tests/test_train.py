@@ -78,12 +78,12 @@ def test_rdrop_kl_is_the_symmetric_kl_over_real_tokens():
     expected = kl[labels != 0].sum() / 2 / 14
     assert torch.allclose(train.rdrop_kl(logits, labels, 0), expected)
     moved = logits.clone()
-    moved[0, 3:] += 5 * torch.randn(2, 7)  # only padding positions (sentence 1, first pass)
+    moved[0, 3:] += 5 * torch.randn(2, 7)  # only padding positions (first sentence, first pass)
     assert torch.allclose(train.rdrop_kl(moved, labels, 0), expected)
     assert train.rdrop_kl(logits[:2].repeat(2, 1, 1), labels, 0) == 0  # identical passes
 
 
-def test_rdrop_loss_is_plain_cross_entropy_without_dropout_and_larger_with_it():
+def test_rdrop_loss_is_cross_entropy_plus_alpha_kl_over_two_dropout_draws():
     from model import ModelConfig, Transformer
 
     torch.manual_seed(0)
@@ -100,11 +100,16 @@ def test_rdrop_loss_is_plain_cross_entropy_without_dropout_and_larger_with_it():
     plain = train.loss_fn(model(batch["src"], batch["tgt_in"]), batch["labels"], 0, 0.1)
     assert torch.allclose(train.train_loss(model, batch, cfg, 0), plain, atol=1e-6)
     model.train()  # the two copies of each sentence get different dropout masks
+    torch.manual_seed(1)
+    got = train.train_loss(model, batch, cfg, 0)
+    torch.manual_seed(1)
     logits = model(batch["src"].repeat(2, 1), batch["tgt_in"].repeat(2, 1))
-    assert train.rdrop_kl(logits, batch["labels"], 0) > 1e-3
+    kl = train.rdrop_kl(logits, batch["labels"], 0)
+    ce = train.loss_fn(logits, batch["labels"].repeat(2, 1), 0, 0.1)
+    assert kl > 1e-3 and torch.allclose(got, ce + 5.0 * kl)
 
 
-def test_rdrop_trains_and_logs_the_combined_loss(corpus, tmp_path):
+def test_rdrop_is_used_by_the_training_loop(corpus, tmp_path):
     out = tmp_path / "rdrop"
     run(args_for(corpus, out, "--max_steps", 4, "--log_every", 2, "--rdrop_alpha", 5))
     plain = tmp_path / "plain"
