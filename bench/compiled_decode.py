@@ -2,6 +2,7 @@
 
     python bench/compiled_decode.py                 # compiled with freezing
     python bench/compiled_decode.py --no-freezing   # compiled without it
+    python bench/compiled_decode.py --cpp-wrapper   # with freezing, the graph called from C++
 
 `freezing` turns the weights into constants of the compiled graph, so inductor can prepack them
 and fold what depends only on them. With a static batch size it packs fp32 linear layers for
@@ -14,7 +15,9 @@ self-attention cache becomes dynamic after one recompile.
 Prints the first call's time (compiling included), the graphs compiled and linear weights
 packed, whether eager and compiled decoding give the same tokens, then eager and compiled
 times, interleaved. One variant per process: the freezing setting is read when a graph
-compiles. Not used by the product.
+compiles. `--cpp-wrapper` sets inductor's cpp_wrapper: the compiled graph's kernels are
+called from generated C++ instead of Python, to take the Python out from between kernels. Not
+used by the product.
 """
 
 import argparse
@@ -36,12 +39,15 @@ from bench.mkl_packed import decoders, medians_s  # noqa: E402
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--no-freezing", dest="freezing", action="store_false")
-    freezing = p.parse_args().freezing
-    torch._inductor.config.freezing = freezing
+    p.add_argument("--cpp-wrapper", action="store_true")
+    args = p.parse_args()
+    freezing = torch._inductor.config.freezing = args.freezing
+    torch._inductor.config.cpp_wrapper = args.cpp_wrapper
     b = Bench("cpu", threads=2)
     model, src = our_model().eval(), random_batch(b)["src"]
     runs = decoders(src)
-    print(f"{BATCH} sentences, {NEW_TOKENS} new tokens each; compiled with freezing={freezing}")
+    print(f"{BATCH} sentences, {NEW_TOKENS} new tokens each; compiled with freezing={freezing}, "
+          f"cpp_wrapper={args.cpp_wrapper}")  # fmt: skip
     compiled = {}
     for name, (decode, _, _) in runs.items():
         fast = compiled[name] = copy.deepcopy(model)
