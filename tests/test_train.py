@@ -21,6 +21,7 @@ import train
 from config import TrainConfig, UserError
 from data import Corpus
 from helpers import ROOT, subprocess_env, write_corpus
+from model import ModelConfig, Transformer
 from train import inverse_sqrt, make_optimizer
 
 ENV = subprocess_env()
@@ -84,8 +85,6 @@ def test_rdrop_kl_is_the_symmetric_kl_over_real_tokens():
 
 
 def test_rdrop_loss_is_cross_entropy_plus_alpha_kl_over_two_dropout_draws():
-    from model import ModelConfig, Transformer
-
     torch.manual_seed(0)
     model = Transformer(
         ModelConfig(30, 30, pad_id=0, d_model=16, n_heads=2, d_ff=32, n_layers=2, dropout=0.3)
