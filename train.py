@@ -70,7 +70,7 @@ def rdrop_kl(logits, labels, pad_id: int):
     The symmetric KL between the passes, halved (the paper's L_KL), summed over non-padding
     tokens and divided by the 2B rows' token count, as the cross-entropy of both passes is."""
     keep = labels != pad_id  # (B, T)
-    p, q = (x[keep] for x in logits.float().log_softmax(-1).chunk(2))  # (N, V) each
+    p, q = (x[keep].float().log_softmax(-1) for x in logits.chunk(2))  # (N, V): no padding rows
     kl = ((p.exp() - q.exp()) * (p - q)).sum()  # KL(p||q) + KL(q||p), summed over tokens
     return kl / 2 / (2 * keep.sum())
 
