@@ -6,9 +6,9 @@
    the last 5, written at 10-minute intervals). The recipe writes one every save_every steps
    and at each epoch's end, so 10 of them span the last 2-3 epochs. N is capped at the number
    of checkpoints saved, and the directory is named after the count averaged;
-2. decodes val with `best` and each average, greedy and beam 5 with length penalties
-   0.6/1.0/1.4/1.8/2.2, and keeps the setting with the highest val BLEU (the test set is not
-   looked at);
+2. decodes val with `best` and each average, greedy and beams 5 and 10 (`--beams`) with
+   length penalties 0.6/1.0/1.4/1.8/2.2, and keeps the setting with the highest val BLEU (the
+   test set is not looked at);
 3. translates test_2016_flickr once with that setting and reports sacreBLEU (cased and
    lowercased BLEU, chrF) with signatures, into RUN/results.json.
 """
@@ -28,7 +28,7 @@ from evaluate import score  # noqa: E402
 from translate import translate_texts  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
-SETTINGS = [{"beam": 1}] + [{"beam": 5, "alpha": a} for a in (0.6, 1.0, 1.4, 1.8, 2.2)]
+PENALTIES = (0.6, 1.0, 1.4, 1.8, 2.2)
 
 
 def main():
@@ -37,9 +37,15 @@ def main():
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--average", type=int, nargs="+", default=[5, 10], metavar="N",
                    help="average the newest N checkpoints, for each N (default: 5 10)")  # fmt: skip
+    p.add_argument("--beams", type=int, nargs="+", default=[5, 10], metavar="K",
+                   help="beam sizes tried next to greedy, each with every length penalty "
+                        "(default: 5 10)")  # fmt: skip
     args = p.parse_args()
     if min(args.average) < 1:
         p.error("--average: N must be at least 1")
+    if min(args.beams) < 2:
+        p.error("--beams: K must be at least 2 (greedy is always tried)")
+    settings = [{"beam": 1}] + [{"beam": k, "alpha": a} for k in args.beams for a in PENALTIES]
     run, data = Path(args.run), Path(args.data)
     names, saved = ["best"], step_dirs(run / "checkpoints")
     if not saved:
@@ -50,7 +56,7 @@ def main():
     val_src, val_ref = read_lines(f"{data}/val.en.gz"), read_lines(f"{data}/val.de.gz")
     results, loaded = [], {name: load_model(run / name) for name in names}
     for name, (model, tok, ids, cfg) in loaded.items():
-        for setting in SETTINGS:
+        for setting in settings:
             t0 = time.time()
             hyps = translate_texts(model, tok, ids, val_src, 64, cfg.max_seq_length, **setting)
             bleu = score(hyps, val_ref)["bleu"]

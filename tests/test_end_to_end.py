@@ -146,7 +146,11 @@ def test_multi30k_recipe_smoke(tmp_path):
     report = json.loads((out / "results.json").read_text())
     # 3 checkpoints: "last 10" averages all 3; "last 2" the two newest
     assert {r["checkpoint"] for r in report["val"]} == {"best", "avg2", "avg3"}
-    assert len(report["val"]) == 18  # {best, avg2, avg3} x {greedy, beam 5 x 5 length penalties}
+    # {best, avg2, avg3} x {greedy, beams 5 and 10 x 5 length penalties}
+    assert len(report["val"]) == 33
+    assert {(r["beam"], r.get("alpha")) for r in report["val"]} == {(1, None)} | {
+        (k, a) for k in (5, 10) for a in (0.6, 1.0, 1.4, 1.8, 2.2)
+    }
     assert report["chosen_on_val"] == max(report["val"], key=lambda r: r["val_bleu"])
     averaged = safe_open(out / "avg2" / "model.safetensors", "pt").metadata()["averaged"]
     assert averaged.split() == [str(d) for d in steps[1:]]
@@ -161,4 +165,6 @@ def test_multi30k_select_bad_input_is_exit_2(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == expected
     proc = run("scripts/multi30k_select.py", "--run", tmp_path, "--average", 0, check=False)
     assert proc.returncode == 2 and "--average: N must be at least 1" in proc.stderr
+    proc = run("scripts/multi30k_select.py", "--run", tmp_path, "--beams", 1, check=False)
+    assert proc.returncode == 2 and "--beams: K must be at least 2" in proc.stderr
     assert "Traceback" not in proc.stderr
