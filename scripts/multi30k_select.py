@@ -1,6 +1,6 @@
 """After `train.py --config configs/multi30k.json`: average, choose on val, score test once.
 
-    python scripts/multi30k_select.py [--run runs/multi30k] [--average N [N ...]]
+    python scripts/multi30k_select.py [--run runs/multi30k] [--average N ...] [--beams K ...]
 
 1. averages the newest N checkpoints into RUN/avgN for each N (default 5 and 10; paper §6.1:
    the last 5, written at 10-minute intervals). The recipe writes one every save_every steps
@@ -45,7 +45,9 @@ def main():
         p.error("--average: N must be at least 1")
     if min(args.beams) < 2:
         p.error("--beams: K must be at least 2 (greedy is always tried)")
-    settings = [{"beam": 1}] + [{"beam": k, "alpha": a} for k in args.beams for a in PENALTIES]
+    settings = [{"beam": 1}] + [
+        {"beam": k, "alpha": a} for k in sorted(set(args.beams)) for a in PENALTIES
+    ]
     run, data = Path(args.run), Path(args.data)
     names, saved = ["best"], step_dirs(run / "checkpoints")
     if not saved:
