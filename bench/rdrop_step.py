@@ -9,14 +9,13 @@ train.py's objective for rdrop_alpha 0, for rdrop_alpha 0 on the batch doubled (
 without the KL), and for rdrop_alpha 5. The last two differ by the KL term alone.
 """
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.mkl_packed import medians_s  # noqa: E402
 from config import TrainConfig  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
 from train import make_optimizer, train_loss  # noqa: E402
@@ -24,12 +23,10 @@ from train import make_optimizer, train_loss  # noqa: E402
 VOCAB, PAD, B, T, REPEAT = 8000, 0, 64, 16, 20
 
 
-def step_s(model, optimizer, batch, cfg) -> float:
-    start = time.perf_counter()
+def step(model, optimizer, batch, cfg):
     train_loss(model, batch, cfg, PAD).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
 
 
 def main():
@@ -53,17 +50,10 @@ def main():
         ("plain, 128 sentences (two passes, no KL)", batch(2 * B), plain),
         ("R-Drop alpha 5, 64 sentences", batch(B), rdrop),
     ]
-    times = {name: [] for name, _, _ in cases}
-    for i in range(REPEAT + 2):  # the first two rounds warm up; rounds interleave the cases
-        for name, b, cfg in cases:
-            t = step_s(model, optimizer, b, cfg)
-            if i >= 2:
-                times[name].append(t)
-    base = statistics.median(times[cases[0][0]])
+    medians = medians_s(REPEAT, *[(step, model, optimizer, b, cfg) for _, b, cfg in cases])
     print(f"{torch.__version__}, {torch.get_num_threads()} threads, median of {REPEAT} steps")
-    for name, _, _ in cases:
-        s = statistics.median(times[name])
-        print(f"{name:42s} {s * 1e3:7.1f} ms  {s / base:4.2f}x")
+    for (name, _, _), s in zip(cases, medians):
+        print(f"{name:42s} {s * 1e3:7.1f} ms  {s / medians[0]:4.2f}x")
 
 
 if __name__ == "__main__":
