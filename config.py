@@ -75,6 +75,9 @@ class TrainConfig:
     # "inverse_sqrt" (paper §5.3), or "linear" / "cosine": warmup, then decay to 0 at max_steps
     # (not the paper's; for a fixed step budget. On Multi30k it tied inverse sqrt within noise).
     lr_schedule: str = "inverse_sqrt"
+    # inverse_sqrt only (not the paper's): fall linearly to 0 over the last cooldown_steps of
+    # max_steps, as warmup-stable-decay schedules end. 0 = no cooldown.
+    cooldown_steps: int = 0
     label_smoothing: float = 0.1
     # R-Drop (Liang et al. 2021, not in the paper): > 0 runs every batch twice, with independent
     # dropout, and adds rdrop_alpha x half the symmetric KL between the two predictions, against
@@ -168,6 +171,15 @@ class TrainConfig:
             )
         elif self.lr_schedule != "inverse_sqrt" and not self.max_steps:
             bad.append(f'lr_schedule "{self.lr_schedule}" decays to 0 at max_steps: set max_steps')
+        if self.cooldown_steps < 0:
+            bad.append(f"cooldown_steps must be >= 0 (got {self.cooldown_steps})")
+        elif self.cooldown_steps and self.lr_schedule != "inverse_sqrt":
+            bad.append(f'cooldown_steps is for "inverse_sqrt"; "{self.lr_schedule}" decays already')
+        elif self.cooldown_steps and not (self.max_steps and self.cooldown_steps < self.max_steps):
+            bad.append(
+                f"cooldown_steps ({self.cooldown_steps}) ends the run at max_steps: "
+                f"set max_steps above it (got {self.max_steps})"
+            )
         if self.best_metric not in ("bleu", "loss"):
             bad.append(f'best_metric must be "bleu" or "loss" (got {self.best_metric!r})')
         if self.src_lang == self.tgt_lang:

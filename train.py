@@ -9,6 +9,7 @@ One process or many, the same loop runs; accelerate handles devices, precision, 
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import time
@@ -48,8 +49,14 @@ from model import ModelConfig, Transformer
 from translate import translate_texts
 
 
-def inverse_sqrt(step: int, warmup: int) -> float:
-    """LR multiplier (paper §5.3): linear warmup to 1, then decay as 1/sqrt(step)."""
+def inverse_sqrt(step: int, warmup: int, cooldown: int = 0, total: int | None = None) -> float:
+    """LR multiplier (paper §5.3): linear warmup to 1, then decay as 1/sqrt(step).
+
+    With `cooldown` > 0 (not in the paper; the cooldown of warmup-stable-decay schedules, Hägele
+    et al. 2024), the last `cooldown` of `total` steps fall linearly from there to 0.
+    """
+    if cooldown and step > (start := total - cooldown):
+        return inverse_sqrt(start, warmup) * max(total - step, 0) / cooldown
     step = max(step, 1)
     return min(step / warmup, math.sqrt(warmup / step)) if warmup else 1 / math.sqrt(step)
 
@@ -386,8 +393,9 @@ def main(argv=None):
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / ".write_test").touch()
-        (out / ".write_test").unlink()
+        probe = out / f".write_test.{os.getpid()}"  # one per process: ranks run this at once
+        probe.touch()
+        probe.unlink()
     except OSError as e:
         raise UserError(f"output_dir {out} is not writable ({e.strerror})") from None
     accelerator = Accelerator(
@@ -411,7 +419,8 @@ def main(argv=None):
     # Not passed to prepare(): accelerate would step it once per process per step.
     if cfg.lr_schedule == "inverse_sqrt":
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: inverse_sqrt(s, cfg.warmup_steps)
+            optimizer,
+            lambda s: inverse_sqrt(s, cfg.warmup_steps, cfg.cooldown_steps, cfg.max_steps),
         )
     else:  # warmup, then linear or cosine decay to 0 at max_steps
         from transformers import get_scheduler

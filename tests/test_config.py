@@ -101,6 +101,18 @@ def test_lr_schedule_is_checked():
     assert TrainConfig(lr_schedule="linear", max_steps=10).max_steps == 10
 
 
+def test_cooldown_needs_inverse_sqrt_and_a_longer_max_steps():
+    with pytest.raises(UserError, match='cooldown_steps is for "inverse_sqrt"; "linear"'):
+        TrainConfig(lr_schedule="linear", max_steps=10, cooldown_steps=5)
+    with pytest.raises(UserError, match=r"cooldown_steps \(5\) ends the run at max_steps"):
+        TrainConfig(cooldown_steps=5)
+    with pytest.raises(UserError, match=r"set max_steps above it \(got 5\)"):
+        TrainConfig(cooldown_steps=5, max_steps=5)
+    with pytest.raises(UserError, match="cooldown_steps must be >= 0"):
+        TrainConfig(cooldown_steps=-1)
+    assert TrainConfig(cooldown_steps=5, max_steps=20).cooldown_steps == 5
+
+
 def test_all_problems_are_reported_together():
     with pytest.raises(UserError) as e:
         TrainConfig(epochs=0, dropout=1.0, model_dim=30, num_heads=4)

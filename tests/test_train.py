@@ -69,6 +69,13 @@ def test_inverse_sqrt_schedule():
     assert math.isclose(inverse_sqrt(100, 0), 0.1)
 
 
+def test_inverse_sqrt_cooldown_falls_linearly_to_zero_at_the_end():
+    # warmup 4, cooldown over the last 8 of 24 steps: unchanged up to step 16 (0.5)
+    assert [inverse_sqrt(s, 4, 8, 24) for s in (4, 16)] == [1.0, 0.5]
+    assert inverse_sqrt(20, 4, 8, 24) == 0.25 and inverse_sqrt(24, 4, 8, 24) == 0.0
+    assert inverse_sqrt(30, 4, 8, 24) == 0.0  # past max_steps it stays at 0
+
+
 def test_rdrop_kl_is_the_symmetric_kl_over_real_tokens():
     torch.manual_seed(0)
     logits = torch.randn(4, 5, 7)  # two passes over a batch of 2 sentences, 5 positions
