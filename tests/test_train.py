@@ -139,6 +139,20 @@ def test_linear_schedule_warms_up_then_reaches_zero_at_max_steps(corpus, tmp_pat
         assert math.isclose(lrs[step], lr, abs_tol=1e-12), (step, lrs)
 
 
+def test_cooldown_keeps_inverse_sqrt_then_falls_to_zero_at_max_steps(corpus, tmp_path):
+    out = tmp_path / "cool"
+    extra = ("--cooldown_steps", 2, "--max_steps", 6, "--warmup_steps", 2, "--log_every", 1)
+    run(args_for(corpus, out, "--learning_rate", 0.004, *extra))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, lines) if "lr" in r}
+    # warmup to 0.004 at step 2, 0.004 * sqrt(2 / step) up to step 4, then halves to 0 at 6
+    at4 = 0.004 * math.sqrt(2 / 4)
+    expected = {1: 0.002, 2: 0.004, 3: 0.004 * math.sqrt(2 / 3), 4: at4, 5: at4 / 2, 6: 0.0}
+    assert lrs.keys() == expected.keys()
+    for step, lr in expected.items():
+        assert math.isclose(lrs[step], lr, abs_tol=1e-12), (step, lrs)
+
+
 def test_optimizer_state_saved_unfused_resumes_fused_and_identical():
     # checkpoints written before AdamW was fused hold "fused": None in their param groups
     def params():
