@@ -177,7 +177,7 @@ class TrainConfig:
             bad.append(f'cooldown_steps is for "inverse_sqrt"; "{self.lr_schedule}" decays already')
         elif self.cooldown_steps and not (self.max_steps and self.cooldown_steps < self.max_steps):
             bad.append(
-                f"cooldown_steps ({self.cooldown_steps}) ends the run at max_steps: "
+                f"cooldown_steps ({self.cooldown_steps}) falls to 0 at max_steps: "
                 f"set max_steps above it (got {self.max_steps})"
             )
         if self.best_metric not in ("bleu", "loss"):

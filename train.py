@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -393,7 +394,8 @@ def main(argv=None):
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test.{os.getpid()}"  # one per process: ranks run this at once
+        # one file per process: ranks probe at once, on one host or sharing a folder across hosts
+        probe = out / f".write_test.{socket.gethostname()}.{os.getpid()}"
         probe.touch()
         probe.unlink()
     except OSError as e:
