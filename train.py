@@ -9,10 +9,9 @@ One process or many, the same loop runs; accelerate handles devices, precision, 
 import json
 import logging
 import math
-import os
 import shutil
 import signal
-import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -394,10 +393,9 @@ def main(argv=None):
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        # one file per process: ranks probe at once, on one host or sharing a folder across hosts
-        probe = out / f".write_test.{socket.gethostname()}.{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        # a uniquely named file (deleted on close): ranks probe at once, maybe from several hosts
+        with tempfile.TemporaryFile(dir=out):
+            pass
     except OSError as e:
         raise UserError(f"output_dir {out} is not writable ({e.strerror})") from None
     accelerator = Accelerator(

@@ -62,6 +62,12 @@ def train_losses(out):
     return {r["step"]: r["train_loss"] for r in map(json.loads, lines) if "train_loss" in r}
 
 
+def logged_lrs(out):
+    """{step: the LR the next step will use}, as train.py logged it."""
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["lr"] for r in map(json.loads, lines) if "lr" in r}
+
+
 def test_inverse_sqrt_schedule():
     assert inverse_sqrt(1, 4) == 0.25 and inverse_sqrt(4, 4) == 1.0  # linear warmup to the peak
     assert inverse_sqrt(16, 4) == 0.5  # then sqrt(warmup / step)
@@ -130,8 +136,7 @@ def test_linear_schedule_warms_up_then_reaches_zero_at_max_steps(corpus, tmp_pat
     out = tmp_path / "lin"
     extra = ("--lr_schedule", "linear", "--max_steps", 6, "--warmup_steps", 2, "--log_every", 1)
     run(args_for(corpus, out, "--learning_rate", 0.004, *extra))
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    lrs = {r["step"]: r["lr"] for r in map(json.loads, lines) if "lr" in r}
+    lrs = logged_lrs(out)
     # the LR the next step will use: 2 warmup steps to the peak, then 4 steps down to 0
     expected = {1: 0.002, 2: 0.004, 3: 0.003, 4: 0.002, 5: 0.001, 6: 0.0}
     assert lrs.keys() == expected.keys()
@@ -143,8 +148,7 @@ def test_cooldown_keeps_inverse_sqrt_then_falls_to_zero_at_max_steps(corpus, tmp
     out = tmp_path / "cool"
     extra = ("--cooldown_steps", 2, "--max_steps", 6, "--warmup_steps", 2, "--log_every", 1)
     run(args_for(corpus, out, "--learning_rate", 0.004, *extra))
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    lrs = {r["step"]: r["lr"] for r in map(json.loads, lines) if "lr" in r}
+    lrs = logged_lrs(out)
     # warmup to 0.004 at step 2, 0.004 * sqrt(2 / step) up to step 4, then halves to 0 at 6
     at4 = 0.004 * math.sqrt(2 / 4)
     expected = {1: 0.002, 2: 0.004, 3: 0.004 * math.sqrt(2 / 3), 4: at4, 5: at4 / 2, 6: 0.0}
