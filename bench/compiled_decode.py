@@ -1,4 +1,4 @@
-"""Does decoding gain from torch.compile with inductor's `freezing`? (README, Speed)
+"""Does decoding gain from torch.compile with inductor's `freezing`? (docs/speed.md)
 
     python bench/compiled_decode.py                 # compiled with freezing
     python bench/compiled_decode.py --no-freezing   # compiled without it

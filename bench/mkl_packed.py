@@ -1,4 +1,4 @@
-"""Does decoding gain from MKL-packed weights? (README, Speed: "a small gain, not adopted yet")
+"""Does decoding gain from MKL-packed weights? (docs/speed.md: "a small gain, not adopted yet")
 
     python bench/mkl_packed.py
 
