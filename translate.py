@@ -104,24 +104,37 @@ def greedy(
     """src (B, S) -> generated ids (B, <= max(max_new)), eos included, pad after it.
 
     `max_new`: an int, or a (B,) tensor of per-sentence limits. `banned` ids are never chosen.
-    Encodes once; each step feeds only the newest token and reuses cached keys/values.
+    Encodes once; each step feeds only the newest token and reuses cached keys/values. A
+    sentence leaves the batch when it ends (its memory, mask and cache rows are dropped, as in
+    beam search), so the rest decode on fewer rows: on Multi30k val 1.27-1.45x faster than
+    carrying finished rows to the end, with identical output (bench/finished_rows.py).
     """
     src_mask = decoding_mask(model, src)
     memory = model.encode(src, src_mask)
     cache = model.new_cache()
     limits = _limits(max_new, src.size(0), src.device)
-    out = src.new_full((src.size(0), 1), ids.start)
-    done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
-    for step in range(int(limits.max())):
-        logits = model.decode(out[:, -1:], memory, src_mask, cache)[:, -1]  # (B, V)
+    out = src.new_full((src.size(0), int(limits.max())), ids.pad)
+    alive = torch.arange(src.size(0), device=src.device)  # the out row of each batch row
+    last = src.new_full((src.size(0), 1), ids.start)
+    steps = 0
+    while steps < out.size(1):
+        logits = model.decode(last, memory, src_mask, cache)[:, -1]  # (B_alive, V)
         if len(banned):
             logits[:, list(banned)] = -torch.inf
-        next_id = logits.argmax(-1).masked_fill(done, ids.pad)
-        out = torch.cat([out, next_id[:, None]], dim=1)
-        done |= (next_id == ids.eos) | (limits <= step + 1)
-        if done.all():
+        next_id = logits.argmax(-1)
+        out[alive, steps] = next_id
+        steps += 1
+        done = (next_id == ids.eos) | (limits[alive] <= steps)
+        finished = int(done.sum())  # the step's one host sync
+        if finished == done.numel():
             break
-    return out[:, 1:]
+        if finished:  # drop the finished rows
+            keep = (~done).nonzero().squeeze(1)
+            alive, next_id, memory = alive[keep], next_id[keep], memory.index_select(0, keep)
+            src_mask = None if src_mask is None else src_mask.index_select(0, keep)
+            cache = reorder_cache(cache, keep, cross_index=keep)
+        last = next_id[:, None]
+    return out[:, :steps]
 
 
 def _add_finished(hyps: list[Hypothesis], hyp: Hypothesis, keep: int) -> None:

@@ -124,6 +124,24 @@ def test_batch_equals_one_sentence_at_a_time(tiny_cfg):
             assert h.score == pytest.approx(g.score, abs=1e-4)
 
 
+def test_greedy_drops_finished_sentences_from_the_batch(tiny_cfg, monkeypatch):
+    model, src, ids = tiny_setup(tiny_cfg)
+    limits = lengths_of(src) + 4
+    out = greedy(model, src, ids, limits, [PAD])
+    # steps each row is decoded: up to its eos, or its limit
+    expected = [len(cut(row, ids.eos)) for row in out.tolist()]
+    assert len(set(expected)) > 1  # rows finish at different steps, or this proves nothing
+    rows_per_step = []
+    decode = model.decode
+    monkeypatch.setattr(
+        model,
+        "decode",
+        lambda tgt, *a, **k: rows_per_step.append(tgt.size(0)) or decode(tgt, *a, **k),
+    )
+    assert greedy(model, src, ids, limits, [PAD]).tolist() == out.tolist()
+    assert rows_per_step == [sum(n > step for n in expected) for step in range(max(expected))]
+
+
 def test_padding_free_batch_drops_its_mask_and_decodes_the_same(tiny_cfg, monkeypatch):
     model, src, ids = tiny_setup(tiny_cfg)
     full = src[:, : int(lengths_of(src).min())]  # cut to the shortest: no padding left
