@@ -125,7 +125,7 @@ def greedy(
         out[alive, steps] = next_id
         steps += 1
         done = (next_id == ids.eos) | (limits[alive] <= steps)
-        finished = int(done.sum())  # the step's one host sync
+        finished = int(done.sum())  # a host sync (and nonzero below another, when rows end)
         if finished == done.numel():
             break
         if finished:  # drop the finished rows

@@ -127,10 +127,13 @@ def test_batch_equals_one_sentence_at_a_time(tiny_cfg):
 def test_greedy_drops_finished_sentences_from_the_batch(tiny_cfg, monkeypatch):
     model, src, ids = tiny_setup(tiny_cfg)
     limits = lengths_of(src) + 4
-    out = greedy(model, src, ids, limits, [PAD])
-    # steps each row is decoded: up to its eos, or its limit
-    expected = [len(cut(row, ids.eos)) for row in out.tolist()]
-    assert len(set(expected)) > 1  # rows finish at different steps, or this proves nothing
+    # each sentence decoded alone: a batch of one never drops a row before it ends
+    alone = [
+        cut(greedy(model, src[r : r + 1], ids, limits[r : r + 1], [PAD])[0].tolist(), ids.eos)
+        for r in range(src.size(0))
+    ]
+    decoded = [len(a) for a in alone]  # steps each sentence needs: up to its eos, or its limit
+    assert len(set(decoded)) > 1  # sentences end at different steps, or this proves nothing
     rows_per_step = []
     decode = model.decode
     monkeypatch.setattr(
@@ -138,8 +141,10 @@ def test_greedy_drops_finished_sentences_from_the_batch(tiny_cfg, monkeypatch):
         "decode",
         lambda tgt, *a, **k: rows_per_step.append(tgt.size(0)) or decode(tgt, *a, **k),
     )
-    assert greedy(model, src, ids, limits, [PAD]).tolist() == out.tolist()
-    assert rows_per_step == [sum(n > step for n in expected) for step in range(max(expected))]
+    out = greedy(model, src, ids, limits, [PAD])
+    assert [cut(row, ids.eos) for row in out.tolist()] == alone
+    assert out.size(1) == max(decoded)
+    assert rows_per_step == [sum(n > step for n in decoded) for step in range(max(decoded))]
 
 
 def test_padding_free_batch_drops_its_mask_and_decodes_the_same(tiny_cfg, monkeypatch):
