@@ -1,15 +1,16 @@
 """Does MBR reranking of the beam's n-best beat its top hypothesis? A check on Multi30k val.
 
-    python scripts/mbr_check.py --checkpoint runs/multi30k/avg10 [--beam 10] [--alpha 1.0]
+    python scripts/mbr_check.py --checkpoint runs/multi30k/avg10 [--beam 10] [--length_penalty 1.0]
 
-Decodes val once with beam search, keeping all `--beam` hypotheses, then picks for each
-sentence the hypothesis with the highest expected utility against the others (minimum Bayes
-risk, Kumar & Byrne 2004): argmax_i sum_j w_j U(h_i, h_j), with U sentence BLEU or chrF
-(sacreBLEU) and w a softmax of the beam scores at temperature T (None: uniform), over the
-first K hypotheses. Prints the corpus BLEU of the top hypothesis and of each MBR setting on val
-and on four halves of it (even / odd lines, first / second half), then, since the best of 16
-settings on one set flatters itself, each half's best setting scored on the other half against
-the top hypothesis. Val only: never reads test.
+Decodes val once with beam search, keeping all `--beam` hypotheses, then picks for each sentence
+the hypothesis with the highest expected utility against all of the first K, itself included
+(minimum Bayes risk, Kumar & Byrne 2004): argmax_i sum_j w_j U(h_i, h_j), with U sentence BLEU
+or chrF (sacreBLEU) and w a softmax at temperature T (None: uniform) of the beam's
+length-normalised scores (log P / lp, see translate.py), not of log P itself. Prints the corpus
+BLEU of the top hypothesis and of each MBR setting on val and on four halves of it (even / odd
+lines, first / second half), then, since the best of many settings on one set flatters itself,
+each half's best setting scored on the other half against the top hypothesis. Val only: never
+reads test.
 """
 
 import argparse
@@ -36,7 +37,7 @@ def sentence_utility(metric):
 
 
 def mbr_pick(nbest: list[tuple[str, float]], utility, k: int, temperature: float | None) -> str:
-    """The hypothesis of the first k with the highest expected utility against them."""
+    """The hypothesis of the first k with the highest expected utility against all k."""
     texts, scores = [t for t, _ in nbest[:k]], [s for _, s in nbest[:k]]
     if temperature is None:
         w = [1.0] * len(scores)
@@ -47,23 +48,26 @@ def mbr_pick(nbest: list[tuple[str, float]], utility, k: int, temperature: float
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, e.g. runs/multi30k/avg10")
     p.add_argument("--data", default=str(DATA))
-    p.add_argument("--beam", type=int, default=10)
-    p.add_argument("--alpha", type=float, default=1.0, help="length penalty of the beam")
+    p.add_argument("--beam", type=int, default=10, help="beam size = n-best size (default 10)")
+    p.add_argument("--length_penalty", type=float, default=1.0,
+                   help="GNMT alpha of the beam, as translate.py's (default 1.0)")  # fmt: skip
     args = p.parse_args()
+    if args.beam < 2:
+        p.error("--beam: at least 2 hypotheses are needed to rerank")
     model, tok, ids, cfg = load_model(args.checkpoint)
     src, ref = read_lines(f"{args.data}/val.en.gz"), read_lines(f"{args.data}/val.de.gz")
     found = translate_nbest(
-        model, tok, ids, src, 64, cfg.max_seq_length, beam=args.beam, alpha=args.alpha,
-        nbest=args.beam,
+        model, tok, ids, src, 64, cfg.max_seq_length,
+        beam=args.beam, alpha=args.length_penalty, nbest=args.beam,
     )  # fmt: skip
     settings = {"top hypothesis": [f[0][0] for f in found]}
     metrics = {"bleu": BLEU(effective_order=True), "chrf": CHRF()}
     for name, metric in metrics.items():
         utility = sentence_utility(metric)
         for temperature in (None, 0.5, 1.0, 2.0):
-            for k in sorted({5, args.beam}):
+            for k in sorted({min(5, args.beam), args.beam}):
                 hyps = [mbr_pick(f, utility, k, temperature) for f in found]
                 settings[f"MBR {name} T {temperature} first {k}"] = hyps
     # Choosing the best of many settings on val flatters it: choose on one half, score the other.
@@ -76,7 +80,7 @@ def main():
         return score([hyps[i] for i in idx], [ref[i] for i in idx])["bleu"]
 
     table = {s: {h: bleu(hyps, idx) for h, idx in halves.items()} for s, hyps in settings.items()}
-    print(f"beam {args.beam}, lp {args.alpha}; val BLEU, whole and by halves:")
+    print(f"beam {args.beam}, lp {args.length_penalty}; val BLEU, whole and by halves:")
     for s, hyps in settings.items():
         cells = " ".join(f"{h} {b:.2f}" for h, b in table[s].items())
         print(f"  {s:26s} {bleu(hyps, range(n)):.2f}   {cells}")
