@@ -12,6 +12,7 @@ import logging
 import math
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -388,14 +389,17 @@ def restore(accelerator, out: Path, resume: bool, log) -> dict:
 
 
 def keep_freed_memory() -> bool:
-    """Let glibc keep freed memory for the next step instead of returning it to the OS.
+    """Let glibc keep freed memory for the next step instead of giving it back to the OS.
 
-    By default glibc maps each large buffer (above 128 KB-32 MB) from the OS and unmaps it when
-    freed, so every CPU training step page-faults its (tokens, vocabulary) logits, their
-    gradients and the activations in again. Kept, the Multi30k recipe trained 1.01-1.16x faster
-    in three 450-step A/Bs (docs/speed.md); the process keeps its peak heap instead.
-    Returns False where the C library has no mallopt (macOS, Windows, musl's stub).
+    By default glibc maps large buffers from the OS (above a threshold that adapts between 128 KB
+    and 32 MB) and unmaps them when freed, and trims the top of its heap once twice that is free,
+    so CPU training steps fault pages of their logits, gradients and activations in again. Kept,
+    the Multi30k recipe trained 1.01-1.16x faster in two 450-step A/Bs (docs/speed.md). The cost:
+    the process's memory stays at its high-water mark, and large buffers can fragment the heap.
+    Returns False off Linux and where the C library's mallopt does nothing (musl's stub).
     """
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
@@ -428,8 +432,8 @@ def main(argv=None):
         if created and accelerator.is_main_process and not any(out.iterdir()):
             out.rmdir()  # bad data: leave no empty run directory behind
         raise
-    if accelerator.device.type == "cpu":
-        keep_freed_memory()  # after the data is prepared: only the training steps need it
+    if accelerator.device.type == "cpu" and keep_freed_memory():  # after the data is prepared
+        run["log"]("CPU: freed memory is kept for reuse (glibc mallopt), not given back")
     model = Transformer(run["model_cfg"])
     run["log"](
         f"{len(run['train'])} training pairs, vocabulary {run['model_cfg'].src_vocab_size}, "

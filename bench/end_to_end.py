@@ -64,6 +64,9 @@ def run_hf(minutes: float, out: Path) -> dict:
 
 def hf_worker(minutes: float, out: Path) -> None:
     """Seq2SeqTrainer on MarianMTModel; prints one JSON line: steps, tokens, train_s."""
+    from train import keep_freed_memory
+
+    keep_freed_memory()  # as train.py does on CPU, so both sides run on the same allocator settings
     import datasets
     import transformers
     from transformers import (
