@@ -396,7 +396,8 @@ def keep_freed_memory() -> bool:
     so CPU training steps fault pages of their logits, gradients and activations in again. Kept,
     the Multi30k recipe trained 1.01-1.16x faster in two 450-step A/Bs (docs/speed.md). The cost:
     the process's memory stays at its high-water mark, and large buffers can fragment the heap.
-    Returns False off Linux and where the C library's mallopt does nothing (musl's stub).
+    Returns False off Linux and where the C library's mallopt does nothing (musl's stub); under
+    an LD_PRELOADed allocator (jemalloc, tcmalloc) it may report True and change nothing.
     """
     if not sys.platform.startswith("linux"):
         return False

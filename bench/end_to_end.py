@@ -17,7 +17,8 @@ d_ff 1024, GELU, shared embeddings, the joint 8k unigram vocabulary of configs/m
         inverse-sqrt warmup 1,000, no evaluation; the setup of ../shared/notes/peers.md, which
         measured about 790 tokens/s for it over an hour on this machine kind.
 
-Both run with torch's default threads (all cores). About 2 x --minutes + 1 minute.
+Both run with torch's default threads (all cores) and keep freed memory (train.keep_freed_memory,
+glibc's mallopt; peers.md's 790 was measured without it). About 2 x --minutes + 1 minute.
 """
 
 import argparse

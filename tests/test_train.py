@@ -440,7 +440,9 @@ def test_keep_freed_memory_keeps_a_freed_buffer_resident():
         "x = torch.ones(16 * 2**20)\n"  # 64 MB, every page touched
         "before = rss(); del x; print(before - rss())\n"
     )
-    freed, env = {}, {k: v for k, v in ENV.items() if k != "LD_PRELOAD"}  # glibc's own malloc
+    mine = ("LD_PRELOAD", "GLIBC_TUNABLES")  # glibc's own malloc, with its defaults
+    env = {k: v for k, v in ENV.items() if k not in mine and not k.startswith("MALLOC_")}
+    freed = {}
     for mode in ("default", "keep"):
         proc = subprocess.run(
             [sys.executable, "-c", code, mode], cwd=ROOT, env=env,
