@@ -1,11 +1,14 @@
 """Speed of our Transformer next to transformers' MarianMTModel (and CTranslate2), same weights.
 
     python bench/benchmark.py [--json bench/results.json] [--pairs 4000] [--device cpu]
+                              [--default_malloc]
 
 Both models are one random network: ours is built, then exported with export.py's weight
 mapping (`to_marian`), so Marian runs the very same weights. Sizes: d_model 256, 3+3 layers,
 4 heads, d_ff 1024, vocabulary 8,000, shared embeddings, GELU, dropout 0.3 in training.
-On CPU: fp32, --threads threads (default 2). On CUDA: bf16 autocast, the same code path.
+On CPU: fp32, --threads threads (default 2), and freed memory kept in the process as train.py
+keeps it (train.keep_freed_memory; both models share the process, so both get it;
+--default_malloc: glibc's defaults). On CUDA: bf16 autocast, the same code path.
 
 Measured, in one process (CTranslate2 in a subprocess that never imports torch: two OpenMP
 runtimes in one process halve its speed, see ../shared/notes/peers.md):
@@ -48,7 +51,7 @@ from config import TrainConfig, load_config  # noqa: E402
 from data import SpecialIds, batch_iter, load_text, load_tokenizer, token_batches, tokenize  # noqa: E402
 from export import to_marian  # noqa: E402
 from model import ModelConfig, Transformer, shift_right  # noqa: E402
-from train import loss_fn, make_optimizer  # noqa: E402
+from train import keep_freed_memory, loss_fn, make_optimizer  # noqa: E402
 from translate import beam_search, greedy  # noqa: E402
 
 SIZES = {"d_model": 256, "n_heads": 4, "d_ff": 1024, "n_layers": 3, "dropout": 0.3}
@@ -319,6 +322,8 @@ def report(r: dict) -> None:
     fmt = lambda x, spec=",.0f": "-" if x is None else format(x, spec)
     row = lambda *cells: print(f"{cells[0]:28}" + "".join(f"{c:>12}" for c in cells[1:]))
     print(f"\ndevice: {r['device']}; torch {r['torch']}, transformers {r['transformers']}")
+    if "kept_freed_memory" in r:  # absent from results written before it was recorded
+        print(f"freed memory kept in the process: {'yes' if r['kept_freed_memory'] else 'no'}")
     print(f"matmul rate: {r['matmul_flop_s'] / 1e9:,.0f} GFLOP/s\n")
     row("", "ours", "HF Marian", "CTranslate2", "ours/HF", "ours/CT2")
     ours, hf = tr["ours"], tr["hf"]
@@ -363,12 +368,15 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed training steps (default 10)")
     p.add_argument("--repeat", type=int, default=3, help="timed decoding runs (default 3)")
     p.add_argument("--pairs", type=int, default=4000, help="Multi30k pairs; 0 = skip the epoch")
+    p.add_argument("--default_malloc", action="store_true", help="do not keep freed memory (CPU)")
     args = p.parse_args(argv)
     import transformers
 
     b = Bench(args.device, args.threads)
-    print(f"measuring on {b.name()}", flush=True)
+    kept = not (b.cuda or args.default_malloc) and keep_freed_memory()  # as train.py on CPU
+    print(f"measuring on {b.name()}, freed memory {'kept' if kept else 'not kept'}", flush=True)
     r = {"device": b.name(), "torch": torch.__version__, "transformers": transformers.__version__}
+    r["kept_freed_memory"] = kept
     r.update(sizes=SIZES, vocab=VOCAB, args=vars(args))
     with b.section("models and matmul rate"):
         r["matmul_flop_s"] = matmul_rate(b)
