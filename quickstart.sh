@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Offline quick start: make a corpus, train, translate the test split, score it with sacreBLEU.
-# About 3 minutes on 2 CPU cores. Extra arguments go to train.py (e.g. --epochs 1).
+# About 2 minutes on 2 CPU cores. Extra arguments go to train.py (e.g. --epochs 1).
 set -euo pipefail
 cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
