@@ -35,6 +35,7 @@ import os
 import sacrebleu
 
 from config import TrainConfig, UserError, cli
+from cpu_memory import keep_freed_memory
 from data import load_text, read_lines
 from translate import add_decoding_args, decoding_options, open_output, translate_texts
 
@@ -193,6 +194,8 @@ def main(argv=None):
 
         options = decoding_options(args)
         model, tokenizer, ids, cfg = load_model(args.checkpoint, args.device)
+        if next(model.parameters()).device.type == "cpu":
+            keep_freed_memory()  # as translate.py
     sources, references = load_test_set(args, cfg)
     if model is not None:
         if len(sources) != len(references):  # before hours of decoding, not after

@@ -6,13 +6,11 @@
 One process or many, the same loop runs; accelerate handles devices, precision, DDP and FSDP.
 """
 
-import ctypes
 import json
 import logging
 import math
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ from checkpoint import (
     write_model_dir,
 )
 from config import TrainConfig, UserError, cli, config_from_argv
+from cpu_memory import keep_freed_memory
 from data import (
     Corpus,
     SpecialIds,
@@ -386,27 +385,6 @@ def restore(accelerator, out: Path, resume: bool, log) -> dict:
             "".join(line + "\n" for line in lines if json.loads(line)["step"] <= state["step"])
         )
     return state
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed memory for the next step instead of giving it back to the OS.
-
-    By default glibc maps large buffers from the OS (above a threshold that adapts between 128 KB
-    and 32 MB) and unmaps them when freed, and trims the top of its heap once twice that is free,
-    so CPU training steps fault pages of their logits, gradients and activations in again. Kept,
-    the Multi30k recipe trained 1.01-1.16x faster in two 450-step A/Bs (docs/speed.md). The cost:
-    the process's memory stays at its high-water mark, and large buffers can fragment the heap.
-    Returns False off Linux and where the C library's mallopt does nothing (musl's stub); under
-    an LD_PRELOADed allocator (jemalloc, tcmalloc) it may report True and change nothing.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def main(argv=None):

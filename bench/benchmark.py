@@ -7,7 +7,7 @@ Both models are one random network: ours is built, then exported with export.py'
 mapping (`to_marian`), so Marian runs the very same weights. Sizes: d_model 256, 3+3 layers,
 4 heads, d_ff 1024, vocabulary 8,000, shared embeddings, GELU, dropout 0.3 in training.
 On CPU: fp32, --threads threads (default 2), and freed memory kept in the process as train.py
-keeps it (train.keep_freed_memory; both models share the process, so both get it;
+keeps it (cpu_memory.keep_freed_memory; both models share the process, so both get it;
 --default_malloc: glibc's defaults). On CUDA: bf16 autocast, the same code path.
 
 Measured, in one process (CTranslate2 in a subprocess that never imports torch: two OpenMP
@@ -48,10 +48,11 @@ sys.path.insert(0, str(ROOT))  # the repository's modules, wherever this is run 
 
 from bench.ct2_decode import token  # noqa: E402
 from config import TrainConfig, load_config  # noqa: E402
+from cpu_memory import keep_freed_memory  # noqa: E402
 from data import SpecialIds, batch_iter, load_text, load_tokenizer, token_batches, tokenize  # noqa: E402
 from export import to_marian  # noqa: E402
 from model import ModelConfig, Transformer, shift_right  # noqa: E402
-from train import keep_freed_memory, loss_fn, make_optimizer  # noqa: E402
+from train import loss_fn, make_optimizer  # noqa: E402
 from translate import beam_search, greedy  # noqa: E402
 
 SIZES = {"d_model": 256, "n_heads": 4, "d_ff": 1024, "n_layers": 3, "dropout": 0.3}

@@ -17,8 +17,9 @@ d_ff 1024, GELU, shared embeddings, the joint 8k unigram vocabulary of configs/m
         inverse-sqrt warmup 1,000, no evaluation; the setup of ../shared/notes/peers.md, which
         measured about 790 tokens/s for it over an hour on this machine kind.
 
-Both run with torch's default threads (all cores) and keep freed memory (train.keep_freed_memory,
-glibc's mallopt; peers.md's 790 was measured without it). About 2 x --minutes + 1 minute.
+Both run with torch's default threads (all cores) and keep freed memory
+(cpu_memory.keep_freed_memory, glibc's mallopt; peers.md's 790 was measured without it). About
+2 x --minutes + 1 minute.
 """
 
 import argparse
@@ -65,7 +66,7 @@ def run_hf(minutes: float, out: Path) -> dict:
 
 def hf_worker(minutes: float, out: Path) -> None:
     """Seq2SeqTrainer on MarianMTModel; prints one JSON line: steps, tokens, train_s."""
-    from train import keep_freed_memory
+    from cpu_memory import keep_freed_memory
 
     keep_freed_memory()  # as train.py does on CPU, so both sides run on the same allocator settings
     import datasets

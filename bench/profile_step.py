@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from bench.mkl_packed import medians_s  # noqa: E402
 from config import TrainConfig  # noqa: E402
+from cpu_memory import keep_freed_memory  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
-from train import keep_freed_memory, loss_fn, make_optimizer, train_loss  # noqa: E402
+from train import loss_fn, make_optimizer, train_loss  # noqa: E402
 
 VOCAB, PAD, B, T = 8000, 0, 64, 16
 SIZES = {

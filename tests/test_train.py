@@ -433,8 +433,8 @@ def test_keep_freed_memory_keeps_a_freed_buffer_resident():
     """Freeing a 64 MB tensor gives its pages back to the OS by default, not after
     keep_freed_memory(): the next step reuses them without page faults."""
     code = (
-        "import os, sys, torch, train\n"
-        "if sys.argv[1] == 'keep': assert train.keep_freed_memory()\n"
+        "import os, sys, torch, cpu_memory\n"
+        "if sys.argv[1] == 'keep': assert cpu_memory.keep_freed_memory()\n"
         "page = os.sysconf('SC_PAGE_SIZE')\n"
         "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * page\n"
         "x = torch.ones(16 * 2**20)\n"  # 64 MB, every page touched

@@ -385,3 +385,14 @@ def test_cli_streams_chunks_through_a_pipe(ckpt):
 def test_hypothesis_is_a_named_tuple():
     h = Hypothesis([3, 2], -0.5, -1.0)
     assert h.tokens == [3, 2] and h.score == -0.5 and h.logprob == -1.0
+
+
+def test_cli_keeps_freed_memory_on_cpu(ckpt, tmp_path, monkeypatch):
+    """translate.py decodes with glibc keeping freed memory, as train.py trains (docs/speed.md)."""
+    calls = []
+    monkeypatch.setattr(translate, "keep_freed_memory", lambda: calls.append(1) or True)
+    src = tmp_path / "in.en"
+    src.write_text("a dog\n")
+    translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--output",
+                    str(tmp_path / "out.de"), "--device", "cpu"])  # fmt: skip
+    assert calls == [1]
