@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from average import average  # noqa: E402
 from checkpoint import load_model, step_dirs  # noqa: E402
 from config import UserError, cli  # noqa: E402
+from cpu_memory import keep_freed_memory  # noqa: E402
 from data import read_lines  # noqa: E402
 from evaluate import score  # noqa: E402
 from translate import translate_texts  # noqa: E402
@@ -48,6 +49,7 @@ def main():
     settings = [{"beam": 1}] + [
         {"beam": k, "alpha": a} for k in sorted(set(args.beams)) for a in PENALTIES
     ]
+    keep_freed_memory()  # the models decode on CPU, as translate.py does (docs/speed.md)
     run, data = Path(args.run), Path(args.data)
     names, saved = ["best"], step_dirs(run / "checkpoints")
     if not saved:

@@ -129,3 +129,17 @@ def test_usage_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="Hub"):  # offline in tests: fails fast, says so
         evaluate.main(["--hypotheses", ref, "--hub", "wmt/wmt14", "--hub_config", "de-en",
                        "--split", "test"])  # fmt: skip
+
+
+def test_checkpoint_decoding_keeps_freed_memory_on_cpu(tmp_path, monkeypatch):
+    """evaluate.py --checkpoint decodes as translate.py does: glibc keeps freed memory."""
+    calls = []
+    monkeypatch.setattr(evaluate, "keep_freed_memory", lambda: calls.append(1) or True)
+    src = write(tmp_path / "s.en", ["the dog sees the cat"])
+    ref = write(tmp_path / "r.de", ["der hund sieht die katze"])
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    evaluate.main(["--checkpoint", str(ckpt), "--source", src, "--reference", ref,
+                   "--device", "cpu"])  # fmt: skip
+    assert calls == [1]
+    evaluate.main(["--hypotheses", ref, "--reference", ref])  # scoring alone decodes nothing
+    assert calls == [1]
