@@ -8,9 +8,14 @@ figures are in docs/speed.md.
 import ctypes
 import sys
 
+import torch
 
-def keep_freed_memory() -> bool:
+
+def keep_freed_memory(device: torch.device | str = "cpu") -> bool:
     """Let glibc keep freed memory for the next step instead of giving it back to the OS.
+
+    Only for a CPU `device` (elsewhere it returns False): on GPUs torch's caching allocator
+    already keeps tensors' memory.
 
     By default glibc maps large buffers from the OS (above a threshold that adapts between 128 KB
     and 32 MB) and unmaps them when freed, and trims the top of its heap once twice that is free,
@@ -21,7 +26,7 @@ def keep_freed_memory() -> bool:
     library's mallopt does nothing (musl's stub); under an LD_PRELOADed allocator (jemalloc,
     tcmalloc) it may report True and change nothing.
     """
-    if not sys.platform.startswith("linux"):
+    if torch.device(device).type != "cpu" or not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -194,8 +194,7 @@ def main(argv=None):
 
         options = decoding_options(args)
         model, tokenizer, ids, cfg = load_model(args.checkpoint, args.device)
-        if next(model.parameters()).device.type == "cpu":
-            keep_freed_memory()  # as translate.py
+        keep_freed_memory(args.device)  # as translate.py
     sources, references = load_test_set(args, cfg)
     if model is not None:
         if len(sources) != len(references):  # before hours of decoding, not after

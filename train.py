@@ -411,7 +411,7 @@ def main(argv=None):
         if created and accelerator.is_main_process and not any(out.iterdir()):
             out.rmdir()  # bad data: leave no empty run directory behind
         raise
-    if accelerator.device.type == "cpu" and keep_freed_memory():  # after the data is prepared
+    if keep_freed_memory(accelerator.device):  # after the data is prepared
         run["log"]("CPU: freed memory is kept for reuse (glibc mallopt), not given back")
     model = Transformer(run["model_cfg"])
     run["log"](

@@ -488,8 +488,7 @@ def main(argv=None):
     if args.input not in (None, "-") and not os.path.exists(args.input):
         raise UserError(f"input file not found: {args.input}")
     model, tokenizer, ids, cfg = load_model(args.checkpoint, args.device)
-    if next(model.parameters()).device.type == "cpu":
-        keep_freed_memory()  # each decoding step's logits reuse the last step's memory
+    keep_freed_memory(args.device)  # each decoding step's logits reuse the last step's memory
     with open_output(args.output) as out:
         for first, lines in read_chunks(iter_input(args.input), args.chunk_size):
             found = translate_nbest(

@@ -374,7 +374,7 @@ def main(argv=None):
     import transformers
 
     b = Bench(args.device, args.threads)
-    kept = not (b.cuda or args.default_malloc) and keep_freed_memory()  # as train.py on CPU
+    kept = not args.default_malloc and keep_freed_memory(b.device)  # as train.py does
     print(f"measuring on {b.name()}, freed memory {'kept' if kept else 'not kept'}", flush=True)
     r = {"device": b.name(), "torch": torch.__version__, "transformers": transformers.__version__}
     r["kept_freed_memory"] = kept

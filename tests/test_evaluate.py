@@ -134,7 +134,7 @@ def test_usage_errors_are_one_line_user_errors(tmp_path):
 def test_checkpoint_decoding_keeps_freed_memory_on_cpu(tmp_path, monkeypatch):
     """evaluate.py --checkpoint decodes as translate.py does: glibc keeps freed memory."""
     calls = []
-    monkeypatch.setattr(evaluate, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(evaluate, "keep_freed_memory", lambda device: calls.append(1) or True)
     src = write(tmp_path / "s.en", ["the dog sees the cat"])
     ref = write(tmp_path / "r.de", ["der hund sieht die katze"])
     ckpt = make_checkpoint(tmp_path / "ckpt")

@@ -428,6 +428,13 @@ def test_sampled_train_keeps_what_a_resume_needs(tmp_path, monkeypatch):
         train.sampled_train(run, Process(True), 8, False)
 
 
+def test_keep_freed_memory_leaves_other_devices_alone():
+    """Only CPU memory is glibc's; on GPUs torch's caching allocator keeps it already."""
+    import cpu_memory
+
+    assert cpu_memory.keep_freed_memory("meta") is False
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_keep_freed_memory_keeps_a_freed_buffer_resident():
     """Freeing a 64 MB tensor gives its pages back to the OS by default, not after

@@ -390,7 +390,7 @@ def test_hypothesis_is_a_named_tuple():
 def test_cli_keeps_freed_memory_on_cpu(ckpt, tmp_path, monkeypatch):
     """translate.py decodes with glibc keeping freed memory, as train.py trains (docs/speed.md)."""
     calls = []
-    monkeypatch.setattr(translate, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(translate, "keep_freed_memory", lambda device: calls.append(1) or True)
     src = tmp_path / "in.en"
     src.write_text("a dog\n")
     translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--output",
