@@ -413,7 +413,8 @@ def load_tokenizer(
     kind, vocab_size = cfg.tokenizer["train"], cfg.tokenizer.get("vocab_size", 8000)
     cached = None
     if isinstance(train_texts, datasets.Dataset) and train_texts.cache_files:
-        key = Hasher.hash([CACHE_VERSION, train_texts._fingerprint, kind, vocab_size])
+        # "ids-2": tokenizers cached before canonical_unigram ordered their ids by chance
+        key = Hasher.hash([CACHE_VERSION, "ids-2", train_texts._fingerprint, kind, vocab_size])
         cached = Path(datasets.config.HF_DATASETS_CACHE) / "trained_tokenizers" / key
     if cached and (cached / "tokenizer.json").exists():
         tok = AutoTokenizer.from_pretrained(cached)
@@ -484,6 +485,8 @@ def train_tokenizer(texts, kind: str, vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     tok.train_from_iterator(texts, trainer=trainer)
+    if kind == "unigram":
+        tok.model = canonical_unigram(tok, specials)
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", special_tokens=[("</s>", eos)]
@@ -495,6 +498,40 @@ def train_tokenizer(texts, kind: str, vocab_size: int):
         bos_token="<s>",
         eos_token="</s>",
     )
+
+
+def canonical_unigram(tok, specials: list[str]):
+    """A trained Unigram model with its scores rounded and its pieces in a fixed order.
+
+    HF tokenizers' Unigram training is not deterministic, even on one thread: on the same text
+    its runs here gave the same pieces, but scores that differ in their last bits (pieces whose
+    scores nearly tie then swap ids), and the rare characters at the end in another order
+    (README: Caches). Runs of one config got different ids, so their checkpoints could not
+    decode as an ensemble. With the scores rounded to 8 decimals (far below what segmentation
+    notices), the pieces ordered by score, then piece, and those last characters in character
+    order, the same pieces get the same ids (unless noise crosses a rounding boundary: rare, and
+    ensemble.py refuses vocabularies that differ). The special tokens stay first.
+    """
+    from tokenizers import models
+
+    state = json.loads(tok.to_str())["model"]
+    head = [(p, s) for p, s in state["vocab"] if p in specials]
+    rest = sorted(
+        ((p, round(s, 8)) for p, s in state["vocab"] if p not in specials),
+        key=lambda ps: (-ps[1], ps[0]),
+    )
+    # The rare single characters at the end (scores 1e-4 apart, as the trainer appends the ones
+    # it must keep) come in another order each run: the same scores, in character order.
+    n = len(rest)
+    while n and len(rest[n - 1][0]) == 1:
+        n -= 1
+    tail = rest[n:]
+    rest[n:] = zip(sorted(p for p, _ in tail), (s for _, s in tail), strict=True)
+    vocab = head + rest
+    unk_id = state["unk_id"]
+    if unk_id is not None:
+        unk_id = [p for p, _ in vocab].index(state["vocab"][unk_id][0])
+    return models.Unigram(vocab, unk_id=unk_id, byte_fallback=state.get("byte_fallback", False))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from config import TrainConfig, UserError
 from data import (
     Corpus,
     SpecialIds,
+    canonical_unigram,
     collate,
     encode_sources,
     encode_targets,
@@ -199,6 +200,57 @@ def test_trained_tokenizer(tmp_path, kind):
     assert SpecialIds.of(loaded) == ids
     assert encode_sources(loaded, SENTENCES) == sources
     assert encode_targets(loaded, SENTENCES) == targets
+
+
+def test_unigram_ids_do_not_depend_on_the_trainers_float_noise():
+    """Scores a few ulps apart, near-ties and the last characters in another order (as two
+    training runs give) make the same tokenizer once canonical_unigram has put them in order."""
+    from tokenizers import Tokenizer
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    tok = train_tokenizer(iter(SENTENCES), "unigram", 120)
+    state = json.loads(tok.backend_tokenizer.to_str())
+    vocab = state["model"]["vocab"]
+    noisy = [[p, s * (1 + 1e-15 * (i % 3 - 1))] for i, (p, s) in enumerate(vocab)]
+    noisy[10], noisy[11] = noisy[11], noisy[10]  # two pieces swap ids
+    tail = next(i for i in range(len(vocab), 0, -1) if len(vocab[i - 1][0]) > 1)
+    assert len(vocab) - tail >= 2  # the single characters the trainer appends last
+    chars = [p for p, _ in noisy[tail:]]
+    for entry, char in zip(noisy[tail:], chars[1:] + chars[:1]):  # in another order
+        entry[0] = char
+    state["model"]["vocab"] = noisy
+    other = Tokenizer.from_str(json.dumps(state))
+    assert other.get_vocab() != tok.get_vocab()
+    other.model = canonical_unigram(other, specials)
+    assert other.get_vocab() == tok.get_vocab()
+    assert other.to_str() == tok.backend_tokenizer.to_str()
+    assert [other.token_to_id(t) for t in specials] == [0, 1, 2, 3]  # the specials stay first
+    # Two pieces whose scores tie exactly get the same ids whatever order they come in.
+    tied = [[p, vocab[10][1] if i in (10, 11) else s] for i, (p, s) in enumerate(vocab)]
+    orders = []
+    for pieces in (tied, tied[:10] + [tied[11], tied[10]] + tied[12:]):
+        state["model"]["vocab"] = pieces
+        t = Tokenizer.from_str(json.dumps(state))
+        t.model = canonical_unigram(t, specials)
+        orders.append(t.get_vocab())
+    assert orders[0] == orders[1]
+
+
+def test_canonical_unigram_segments_as_the_trainer_did(monkeypatch):
+    """Rounding the scores and reordering the pieces changes no segmentation."""
+    from tokenizers import Tokenizer
+
+    import data
+
+    monkeypatch.setattr(data, "canonical_unigram", lambda tok, specials: tok.model)
+    raw = train_tokenizer(iter(SENTENCES), "unigram", 120).backend_tokenizer  # as trained
+    monkeypatch.undo()
+    canonical = Tokenizer.from_str(raw.to_str())
+    canonical.model = canonical_unigram(canonical, ["<pad>", "<unk>", "<s>", "</s>"])
+    assert canonical.to_str() != raw.to_str()  # rounded (and perhaps reordered)
+    texts = SENTENCES + [s.upper() for s in SENTENCES] + ["a dogcat runs quickly"]
+    segment = lambda tok: [e.tokens for e in tok.encode_batch(texts)]  # noqa: E731
+    assert segment(canonical) == segment(raw)
 
 
 def test_load_tokenizer_trains_and_reuses_on_request(tmp_path):
