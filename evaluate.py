@@ -24,7 +24,8 @@ For each metric it reports both systems' scores, the bootstrap mean and 95% conf
 of this system, and the p-value of the difference (small p: unlikely to be chance).
 
 --json OUT writes every figure, the signatures, the decoding options and, with --checkpoint, the
-checkpoint's training and model configs.
+checkpoint's training and model configs (with several, the first's, and under "ensemble" each
+checkpoint with its model config).
 """
 
 import argparse
@@ -168,7 +169,11 @@ def main(argv=None):
         epilog=__doc__[__doc__.index("Test set:") :],
     )
     p.add_argument("--hypotheses", help="system output to score (.gz ok)")
-    p.add_argument("--checkpoint", help="translate the test set's sources with this checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        help="translate the test set's sources with this checkpoint (several: their ensemble)",
+    )
     p.add_argument("--reference", help="reference translations (.gz ok)")
     p.add_argument("--source", help="source sentences (.gz ok), with --checkpoint")
     p.add_argument("--test_data", "--hub", help="test set, any data source form (see below)")
@@ -190,10 +195,10 @@ def main(argv=None):
     report = {}
     cfg = model = None
     if args.checkpoint:
-        from checkpoint import load_model
+        from ensemble import load_models
 
         options = decoding_options(args)
-        model, tokenizer, ids, cfg = load_model(args.checkpoint, args.device)
+        model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
         keep_freed_memory(args.device)  # as translate.py
     sources, references = load_test_set(args, cfg)
     if model is not None:
@@ -202,10 +207,16 @@ def main(argv=None):
         hypotheses = translate_texts(
             model, tokenizer, ids, sources, args.batch_size, cfg.max_seq_length, **options
         )
-        report["checkpoint"] = str(args.checkpoint)
+        report["checkpoint"] = args.checkpoint[0]
         report["decoding"] = options
         report["config"] = cfg.to_dict()
-        report["model_config"] = model.cfg.to_dict()
+        members = model.models if len(args.checkpoint) > 1 else [model]
+        report["model_config"] = members[0].cfg.to_dict()
+        if len(members) > 1:  # an ensemble: the first model above, each of them here
+            report["ensemble"] = [
+                {"checkpoint": path, "model_config": m.cfg.to_dict()}
+                for path, m in zip(args.checkpoint, members, strict=True)
+            ]
         if args.output:
             with open_output(args.output) as f:
                 f.writelines(h + "\n" for h in hypotheses)

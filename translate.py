@@ -3,6 +3,7 @@
     python translate.py --checkpoint runs/quickstart < input.en > output.de
     python translate.py --checkpoint runs/quickstart --beam 5 --input test.en --output test.de
     python translate.py --checkpoint runs/quickstart --beam 5 --nbest 3 < input.en > nbest.tsv
+    python translate.py --checkpoint runs/a runs/b --beam 5 < input.en     # an ensemble
 
 Lines: exactly one output line per input line, in input order. An empty (or all-whitespace)
 input line gives an empty output line without running the model. A source longer than the
@@ -26,6 +27,8 @@ Decoding (both encode once and feed one new token per step through the key/value
                including </s>), per sentence, so the output of a sentence does not depend on the
                batch it is in. A hypothesis that reaches the limit ends there without </s>.
   never        padding and the decoder start token are never generated.
+  ensemble     several --checkpoint dirs (sharing one vocabulary) decode as one model whose
+               next-token distribution is the mean of theirs (ensemble.py).
 
 n-best (--nbest N, with --beam K >= N): one line per input line holding up to N tab-separated
 (hypothesis, score) pairs, best first; scores are the ones beam search ranks by (above):
@@ -456,14 +459,20 @@ def decoding_options(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None):
-    from checkpoint import load_model
+    from ensemble import load_models
 
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__[__doc__.index("Lines:") :],
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir or a run's output_dir")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        help="checkpoint dir or a run's output_dir; several: decode with their ensemble (the "
+        "mean of their next-token probabilities; they must share one vocabulary)",
+    )
     p.add_argument("--input", help="text file, one sentence per line (.gz ok); default stdin")
     p.add_argument("--output", help="default stdout")
     add_decoding_args(p)
@@ -487,7 +496,7 @@ def main(argv=None):
         raise UserError("--chunk_size must be >= 1")
     if args.input not in (None, "-") and not os.path.exists(args.input):
         raise UserError(f"input file not found: {args.input}")
-    model, tokenizer, ids, cfg = load_model(args.checkpoint, args.device)
+    model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
     keep_freed_memory(args.device)  # each decoding step's logits reuse the last step's memory
     with open_output(args.output) as out:
         for first, lines in read_chunks(iter_input(args.input), args.chunk_size):

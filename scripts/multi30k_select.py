@@ -1,6 +1,7 @@
 """After `train.py --config configs/multi30k.json`: average, choose on val, score test once.
 
     python scripts/multi30k_select.py [--run runs/multi30k] [--average N ...] [--beams K ...]
+    python scripts/multi30k_select.py --run runs/ens --ensemble runs/a/avg10 runs/b/avg5
 
 1. averages the newest N checkpoints into RUN/avgN for each N (default 5 and 10; paper §6.1:
    the last 5, written at 10-minute intervals). The recipe writes one every save_every steps
@@ -11,6 +12,8 @@
    test set is not looked at);
 3. translates test_2016_flickr once with that setting and reports sacreBLEU (cased and
    lowercased BLEU, chrF) with signatures, into RUN/results.json.
+With --ensemble, steps 2 and 3 run for the ensemble of the checkpoints given (ensemble.py)
+instead, and RUN is only where the results go.
 """
 
 import argparse
@@ -25,6 +28,7 @@ from checkpoint import load_model, step_dirs  # noqa: E402
 from config import UserError, cli  # noqa: E402
 from cpu_memory import keep_freed_memory  # noqa: E402
 from data import read_lines  # noqa: E402
+from ensemble import load_models  # noqa: E402
 from evaluate import score  # noqa: E402
 from translate import translate_texts  # noqa: E402
 
@@ -41,6 +45,9 @@ def main():
     p.add_argument("--beams", type=int, nargs="+", default=[5, 10], metavar="K",
                    help="beam sizes tried next to greedy, each with every length penalty "
                         "(default: 5 10)")  # fmt: skip
+    p.add_argument("--ensemble", nargs="+", metavar="CKPT",
+                   help="choose for the ensemble of these checkpoints instead "
+                        "(no averaging)")  # fmt: skip
     args = p.parse_args()
     if min(args.average) < 1:
         p.error("--average: N must be at least 1")
@@ -51,14 +58,19 @@ def main():
     ]
     keep_freed_memory()  # the models decode on CPU, as translate.py does (docs/speed.md)
     run, data = Path(args.run), Path(args.data)
-    names, saved = ["best"], step_dirs(run / "checkpoints")
-    if not saved:
-        raise UserError(f"nothing to average: 0 checkpoints in {run}/checkpoints")
-    for n in sorted({min(n, len(saved)) for n in args.average}):  # fewer saved: average them all
-        average(saved[-n:], run / f"avg{n}")
-        names.append(f"avg{n}")
+    if args.ensemble:
+        run.mkdir(parents=True, exist_ok=True)
+        loaded = {"ensemble": load_models(args.ensemble)}
+    else:
+        names, saved = ["best"], step_dirs(run / "checkpoints")
+        if not saved:
+            raise UserError(f"nothing to average: 0 checkpoints in {run}/checkpoints")
+        for n in sorted({min(n, len(saved)) for n in args.average}):  # fewer saved: all of them
+            average(saved[-n:], run / f"avg{n}")
+            names.append(f"avg{n}")
+        loaded = {name: load_model(run / name) for name in names}
     val_src, val_ref = read_lines(f"{data}/val.en.gz"), read_lines(f"{data}/val.de.gz")
-    results, loaded = [], {name: load_model(run / name) for name in names}
+    results = []
     for name, (model, tok, ids, cfg) in loaded.items():
         for setting in settings:
             t0 = time.time()
@@ -79,6 +91,7 @@ def main():
     (run / "test_2016_flickr.hyp.de").write_text("".join(h + "\n" for h in hyps))
     cased, lower = score(hyps, test_ref), score(hyps, test_ref, lowercase=True)
     report = {
+        **({"ensemble": args.ensemble} if args.ensemble else {}),
         "chosen_on_val": chosen,
         "val": results,
         "test_cased": cased,

@@ -157,6 +157,15 @@ def test_multi30k_recipe_smoke(tmp_path):
     assert len((out / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
     assert "case:lc" in report["test_lowercased"]["bleu_signature"]
     assert "case:mixed" in report["test_cased"]["bleu_signature"]
+    # --ensemble: the same grid and test, for checkpoints decoding as one
+    ens = tmp_path / "ens"
+    run("scripts/multi30k_select.py", "--run", ens, "--data", data, "--beams", 4,
+        "--ensemble", out / "best", out / "avg2")  # fmt: skip
+    report = json.loads((ens / "results.json").read_text())
+    assert report["ensemble"] == [str(out / "best"), str(out / "avg2")]
+    assert {r["checkpoint"] for r in report["val"]} == {"ensemble"} and len(report["val"]) == 6
+    assert len((ens / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
+    assert not (ens / "avg2").exists()  # nothing averaged
 
 
 def test_multi30k_select_bad_input_is_exit_2(tmp_path):
