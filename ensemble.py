@@ -15,6 +15,7 @@ of one Unigram config gave before data.canonical_unigram) is re-indexed to the f
 """
 
 import dataclasses
+import itertools
 import math
 import sys
 
@@ -43,6 +44,9 @@ class Ensemble(nn.Module):
         # the shortest positional table bounds every model's output length
         self.cfg = dataclasses.replace(first, max_len=min(m.cfg.max_len for m in models))
         self.train(models[0].training)  # a new Module is in train mode: follow the models
+        self.widths = [m.cfg.d_model for m in models]  # each model's part of the memory
+        ends = list(itertools.accumulate(len(m.decoder.layers) for m in models))
+        self.layers = [slice(end - len(m.decoder.layers), end) for m, end in zip(models, ends)]
 
     def src_mask(self, src: torch.Tensor) -> torch.Tensor:
         return self.models[0].src_mask(src)
@@ -55,12 +59,9 @@ class Ensemble(nn.Module):
 
     def decode(self, tgt, memory, src_mask, cache=None) -> torch.Tensor:
         """Like Transformer.decode, but log-probabilities (B, T, V) of the models' mean."""
-        memories = memory.split([m.cfg.d_model for m in self.models], dim=-1)
-        logps, first = [], 0
-        for m, mem in zip(self.models, memories, strict=True):
-            n = len(m.decoder.layers)
-            part = None if cache is None else cache[first : first + n]
-            first += n
+        logps = []
+        for m, mem, layers in zip(self.models, memory.split(self.widths, -1), self.layers):
+            part = None if cache is None else cache[layers]  # this model's layers' caches
             logps.append(F.log_softmax(m.decode(tgt, mem, src_mask, part).float(), dim=-1))
         return torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(self.models))
 
@@ -73,16 +74,15 @@ def load_models(paths: list[str], device="cpu"):
     loaded = [load_model(p, device) for p in paths]
     if len(loaded) == 1:
         return loaded[0]
-    first, tokenizer, ids, cfg = loaded[0]
+    _, tokenizer, ids, cfg = loaded[0]
     vocab = tokenizer.get_vocab()
     for path, (model, tok, other_ids, _) in zip(paths[1:], loaded[1:], strict=True):
-        same = all(getattr(model.cfg, k) == getattr(first.cfg, k) for k in SHARED)
-        other = tok.get_vocab()
-        if same and other_ids == ids and other != vocab and set(other) == set(vocab):
+        other = tok.get_vocab()  # (the model configs are Ensemble's to check)
+        if other_ids == ids and other != vocab and set(other) == set(vocab):
             # the same pieces under other ids (tokenizers trained before canonical_unigram)
             moved = align_vocabulary(model, other, vocab)
             print(f"note: {path}: {moved} pieces re-indexed to {paths[0]}'s ids", file=sys.stderr)
-        elif not same or other != vocab or other_ids != ids:
+        elif other != vocab or other_ids != ids:
             raise UserError(
                 f"ensemble: {path} has another vocabulary than {paths[0]}; the models of an "
                 "ensemble must share one (train them on the same data with the same tokenizer "
