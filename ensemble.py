@@ -5,7 +5,7 @@
 `Ensemble` quacks like a `Transformer` for `translate.greedy` and `translate.beam_search`, so
 the searches need no ensemble code of their own:
   encode       each model's memory, concatenated on the feature axis: (B, S, D_1 + D_2 + ...)
-               (the searches select and repeat its rows like one model's memory);
+               (the searches select its rows like one model's memory);
   new_cache    the models' per-layer caches, one flat list (reorder_cache moves every layer);
   decode       log of the mean probability, log((1/M) Σ_m P_m(y | x, y_<t)), as fairseq's
                EnsembleModel does; a log-softmax of it changes nothing.

@@ -173,10 +173,8 @@ def beam_search(
         return length_penalty(length, alpha)
 
     src_mask = decoding_mask(model, src)
-    memory = model.encode(src, src_mask)
-    if src_mask is not None:
-        src_mask = src_mask.repeat_interleave(k, 0)  # (N·K, 1, 1, S)
-    memory = memory.repeat_interleave(k, 0)  # (N·K, S, D)
+    # One row per sentence: cross-attention takes a sentence's K beam rows as K queries.
+    memory = model.encode(src, src_mask)  # (N, S, D)
     cache = model.new_cache()
     active = torch.arange(b, device=dev)  # (N,) original index of each searching sentence
     tokens = src.new_full((b * k, 1), ids.start)  # (N·K, 1 + t) start token + generated ids
@@ -189,12 +187,14 @@ def beam_search(
         logp = F.log_softmax(logits.float(), dim=-1)  # fp32 whatever the model runs in
         if len(banned):
             logp[:, list(banned)] = -torch.inf
-        vocab = logp.size(-1)
-        # Score every (beam, token) continuation; the best 2K hold at least K that go on.
-        cand = (scores.view(-1, 1) + logp).view(n, k * vocab)  # (N, K·V)
+        # The best 2K (beam, token) continuations hold at least K that go on. Each beam's best
+        # 2K tokens hold all of them: pick those first, then among the sentence's K·2K.
+        w = min(2 * k, logp.size(-1))
+        beam_top, beam_token = logp.topk(w, dim=1)  # (N·K, W)
+        cand = (scores.view(-1, 1) + beam_top).view(n, k * w)  # (N, K·W)
         top, flat = cand.topk(2 * k, dim=1)  # (N, 2K), best first
-        parent = flat // vocab + torch.arange(n, device=dev)[:, None] * k  # (N, 2K) batch rows
-        token = flat % vocab  # (N, 2K)
+        parent = flat // w + torch.arange(n, device=dev)[:, None] * k  # (N, 2K) batch rows
+        token = beam_token.view(n, k * w).gather(1, flat)  # (N, 2K)
         # </s> ranked among the best K ends a hypothesis (below rank K it is no better than K
         # live ones: the usual rule).
         ends = (token == ids.eos) & (torch.arange(2 * k, device=dev) < k) & (top > -torch.inf)
@@ -227,11 +227,11 @@ def beam_search(
             break
         rows = parent[still].flatten()  # (N'·K,)
         tokens = torch.cat([tokens[rows], token[still].reshape(-1, 1)], dim=1)  # (N'·K, 2 + t)
-        # A parent is a beam of the same sentence, so the encoder-side rows (memory, mask,
-        # cross-attention cache) stay put unless a sentence left: then its K rows go.
+        # A parent is a beam of the same sentence, so the sentence rows (memory, mask,
+        # cross-attention cache) stay put unless a sentence left.
         kept = None
         if still.numel() < n:
-            kept = (still[:, None] * k + torch.arange(k, device=dev)).flatten()  # (N'·K,)
+            kept = still
             memory = memory[kept]
             src_mask = None if src_mask is None else src_mask[kept]
         cache = reorder_cache(cache, rows, cross_index=kept)

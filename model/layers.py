@@ -62,7 +62,8 @@ class DecoderLayer(_Layer):
         src_mask: torch.Tensor | None,
         cache: dict[str, Cache] | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D), memory (B, S, D), src_mask (B, 1, 1, S) -> (B, T, D).
+        """x (B, T, D), memory (B, S, D), src_mask (B, 1, 1, S) -> (B, T, D); memory and
+        src_mask may have B / G rows, each serving G rows of x (see MultiHeadAttention).
 
         Without a cache, position t attends to positions <= t (SDPA's causal mask; padding at
         the end of a target is always in the future of real tokens, so no padding mask is

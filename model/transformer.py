@@ -83,7 +83,8 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """tgt (B, T), memory (B, S, D), src_mask (B, 1, 1, S) or None -> logits (B, T, V).
 
-        With a `cache` (from `new_cache`), tgt holds only the positions not decoded yet.
+        With a `cache` (from `new_cache`), tgt holds only the positions not decoded yet. Memory
+        and src_mask may hold one row per G rows of tgt (beam search: one per sentence, K beams).
         """
         offset = cache_length(cache)
         return self.out_proj(self.decoder(self.tgt_embed(tgt, offset), memory, src_mask, cache))
@@ -110,8 +111,8 @@ def reorder_cache(
     """Select (and repeat) batch rows of every cached tensor, e.g. for beam search.
 
     Self-attention rows (and any other part) follow `index`; cross-attention rows follow
-    `cross_index`, and stay as they are when it is None: the beams of one sentence share its
-    encoder memory, so beam search moves them only when a sentence leaves the batch.
+    `cross_index`, and stay as they are when it is None: beam search keeps one cross-attention
+    row per sentence, shared by its beams, and moves them only when a sentence leaves.
     """
 
     def select(part: str, c: Cache) -> Cache:

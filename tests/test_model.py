@@ -89,6 +89,24 @@ def test_cross_attention_matches_torch():
     assert_close(attn(x, context=memory, mask=mask), expected, **TOL)
 
 
+def test_beams_sharing_a_memory_row_equal_a_repeated_memory():
+    """x with G rows per memory row (beam search) attends as if the memory were repeated G
+    times, cached or not, with padding masked: the rows are grouped in order (row i·G + j)."""
+    d, h, g = 16, 4, 3
+    attn = MultiHeadAttention(d, h).eval()
+    x, memory = torch.randn(2 * g, 1, d), torch.randn(2, 7, d)
+    mask = padding_mask(pad_batch([[5] * 7, [5] * 2]), PAD)  # (2, 1, 1, 7)
+    expected = attn(x, context=memory.repeat_interleave(g, 0), mask=mask.repeat_interleave(g, 0))
+    cache = {}
+    assert_close(attn(x, context=memory, mask=mask, cache=cache), expected, **TOL)
+    assert cache["k"].size(0) == 2  # one cached row per sentence, not per beam
+    assert_close(attn(x, context=memory, mask=mask, cache=cache), expected, **TOL)
+    assert_close(attn(x.view(2, g, d), context=memory, mask=mask).view(2 * g, 1, d), expected)
+    # a padded key changes nothing it may not see
+    memory[1, 2:] = torch.randn(5, d)
+    assert_close(attn(x, context=memory, mask=mask)[g:], expected[g:], **TOL)
+
+
 # ---------------------------------------------------------------------------------------------
 # Norm placement (layers.py): post-LN x = LN(x + f(x)); pre-LN x = x + f(LN(x))
 

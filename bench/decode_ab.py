@@ -1,0 +1,104 @@
+"""Decoding speed of this checkout against another one, interleaved in one process.
+
+    git worktree add /tmp/base HEAD~1        # the code to compare with
+    python bench/decode_ab.py --base /tmp/base [--checkpoint runs/multi30k/avg5]
+
+Both checkouts' `model` and `translate` are imported side by side (each with its own module
+objects), and every task runs once per round in each, alternating which goes first, so that the
+machine's drift falls on both alike. Tasks: bench/benchmark.py's random network and batch (64
+sentences, exactly 30 new tokens; greedy and beam 4), and with `--checkpoint` the first
+`--lines` of Multi30k val translated by translate_texts (greedy and beam 5 in batches of 64,
+beam 10 in batches of 200, length penalty 1.0). Prints the median seconds of each side, the
+ratio, and whether the outputs are identical. fp32, 2 threads, freed memory kept (as
+translate.py keeps it on CPU).
+"""
+
+import argparse
+import gzip
+import importlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parents[1]
+OURS = ("model", "translate", "config", "data", "checkpoint", "cpu_memory", "ensemble", "bench")
+
+
+def load(repo: Path) -> dict:
+    """Import a checkout's modules under their usual names, then forget those names so the
+    next checkout imports its own."""
+    for name in [n for n in sys.modules if n.split(".")[0] in OURS]:
+        del sys.modules[name]
+    sys.path.insert(0, str(repo))
+    try:
+        names = ("translate", "checkpoint", "cpu_memory", "bench.benchmark")
+        return {n.split(".")[-1]: importlib.import_module(n) for n in names}
+    finally:
+        sys.path.remove(str(repo))
+
+
+def tasks(side: dict, checkpoint: str | None, lines: list[str]) -> dict:
+    bench, tr = side["benchmark"], side["translate"]
+    ids, banned, new = bench.IDS, bench.BANNED, bench.NEW_TOKENS
+    src = bench.random_batch(bench.Bench("cpu", torch.get_num_threads()))["src"]
+    net = bench.our_model().eval()
+    out = {
+        "random net, greedy": lambda: tr.greedy(net, src, ids, new, banned),
+        "random net, beam 4": lambda: [
+            [h.tokens for h in f] for f in tr.beam_search(net, src, ids, new, 4, banned=banned)
+        ],
+    }
+    if checkpoint:
+        model, tok, ids, _ = side["checkpoint"].load_model(checkpoint)
+
+        def run(batch, beam):
+            return tr.translate_texts(model, tok, ids, lines, batch, beam=beam, alpha=1.0)
+
+        for name, batch, beam in (("greedy", 64, 1), ("beam 5", 64, 5), ("beam 10", 200, 10)):
+            out[f"val, {name}, batches of {batch}"] = lambda b=batch, k=beam: run(b, k)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", required=True, help="the other checkout (a directory)")
+    p.add_argument("--checkpoint", help="a Multi30k checkpoint directory (optional)")
+    p.add_argument("--valid", default="../shared/data/multi30k/val.en.gz")
+    p.add_argument("--lines", type=int, default=400)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    lines = []
+    if args.checkpoint:
+        with gzip.open(args.valid, "rt", encoding="utf-8") as f:
+            lines = f.read().splitlines()[: args.lines]
+    work = {}  # each side's tasks are built before the next side's modules are imported
+    for who, repo in (("base", Path(args.base).resolve()), ("this", HERE)):
+        side = load(repo)
+        side["cpu_memory"].keep_freed_memory()
+        work[who] = tasks(side, args.checkpoint, lines)
+    times = {task: {"base": [], "this": []} for task in work["this"]}
+    outputs = {}
+    with torch.no_grad():
+        for r in range(args.rounds + 1):  # round 0 warms up and keeps the outputs
+            for task in times:
+                for who in ("base", "this") if r % 2 else ("this", "base"):
+                    start = time.perf_counter()
+                    out = work[who][task]()
+                    if r:
+                        times[task][who].append(time.perf_counter() - start)
+                    else:
+                        outputs[task, who] = out.tolist() if torch.is_tensor(out) else out
+    print(f"medians of {args.rounds} interleaved rounds; base: {args.base}")
+    for task, t in times.items():
+        base, this = statistics.median(t["base"]), statistics.median(t["this"])
+        same = outputs[task, "base"] == outputs[task, "this"]
+        print(f"  {task:32s} base {base:6.3f} s  this {this:6.3f} s  "
+              f"{base / this:.2f}x  identical output: {same}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
