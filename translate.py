@@ -148,6 +148,24 @@ def _add_finished(hyps: list[Hypothesis], hyp: Hypothesis, keep: int) -> None:
     del hyps[keep:]
 
 
+def best_continuations(
+    scores: torch.Tensor, logp: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scores (N, K) of the live beams, logp (N·K, V) of their next tokens -> the best 2K of
+    each sentence's K·V continuations, best first: score, beam (0..K-1) and token, each (N, 2K).
+
+    The top 2K of all K·V, found in two smaller passes: no beam can place more than 2K among
+    them, so each beam's own best 2K tokens hold them all (K + 1 would do for beam search's
+    use: a beam has at most one </s>).
+    """
+    n, k = scores.shape
+    w = min(2 * k, logp.size(-1))
+    beam_top, beam_token = logp.topk(w, dim=1)  # (N·K, W)
+    cand = (scores.view(-1, 1) + beam_top).view(n, k * w)  # (N, K·W)
+    top, flat = cand.topk(2 * k, dim=1)  # (N, 2K)
+    return top, flat // w, beam_token.view(n, k * w).gather(1, flat)
+
+
 @torch.no_grad()
 def beam_search(
     model: Transformer,
@@ -187,14 +205,9 @@ def beam_search(
         logp = F.log_softmax(logits.float(), dim=-1)  # fp32 whatever the model runs in
         if len(banned):
             logp[:, list(banned)] = -torch.inf
-        # The best 2K (beam, token) continuations hold at least K that go on. Each beam's best
-        # 2K tokens hold all of them: pick those first, then among the sentence's K·2K.
-        w = min(2 * k, logp.size(-1))
-        beam_top, beam_token = logp.topk(w, dim=1)  # (N·K, W)
-        cand = (scores.view(-1, 1) + beam_top).view(n, k * w)  # (N, K·W)
-        top, flat = cand.topk(2 * k, dim=1)  # (N, 2K), best first
-        parent = flat // w + torch.arange(n, device=dev)[:, None] * k  # (N, 2K) batch rows
-        token = beam_token.view(n, k * w).gather(1, flat)  # (N, 2K)
+        # The best 2K (beam, token) continuations hold at least K that go on.
+        top, beam_of, token = best_continuations(scores, logp)  # (N, 2K) each, best first
+        parent = beam_of + torch.arange(n, device=dev)[:, None] * k  # (N, 2K) batch rows
         # </s> ranked among the best K ends a hypothesis (below rank K it is no better than K
         # live ones: the usual rule).
         ends = (token == ids.eos) & (torch.arange(2 * k, device=dev) < k) & (top > -torch.inf)

@@ -3,14 +3,14 @@
     git worktree add /tmp/base HEAD~1        # the code to compare with
     python bench/decode_ab.py --base /tmp/base [--checkpoint runs/multi30k/avg5]
 
-Both checkouts' `model` and `translate` are imported side by side (each with its own module
-objects), and every task runs once per round in each, alternating which goes first, so that the
-machine's drift falls on both alike. Tasks: bench/benchmark.py's random network and batch (64
-sentences, exactly 30 new tokens; greedy and beam 4), and with `--checkpoint` the first
-`--lines` of Multi30k val translated by translate_texts (greedy and beam 5 in batches of 64,
-beam 10 in batches of 200, length penalty 1.0). Prints the median seconds of each side, the
-ratio, and whether the outputs are identical. fp32, 2 threads, freed memory kept (as
-translate.py keeps it on CPU).
+Both checkouts' modules are imported side by side (each with its own module objects; each side's
+tasks are built before the next side is imported), and every task runs once per round in each,
+alternating which goes first, so that the machine's drift falls on both alike. Tasks:
+bench/benchmark.py's random network and batch (64 sentences, exactly 30 new tokens; greedy and
+beam 4), and with `--checkpoint` the first `--lines` of Multi30k val translated by
+translate_texts (greedy and beam 5 in batches of 64, beam 10 in batches of 200, length penalty
+1.0). Prints the median seconds of each side, the ratio, and whether the outputs are identical.
+fp32, 2 threads, freed memory kept (as translate.py keeps it on CPU).
 """
 
 import argparse
@@ -24,20 +24,21 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parents[1]
-OURS = ("model", "translate", "config", "data", "checkpoint", "cpu_memory", "ensemble", "bench")
 
 
 def load(repo: Path) -> dict:
-    """Import a checkout's modules under their usual names, then forget those names so the
-    next checkout imports its own."""
-    for name in [n for n in sys.modules if n.split(".")[0] in OURS]:
+    """Import a checkout's modules under their usual names, then forget those names (and
+    sys.path as it was) so the next checkout imports its own."""
+    ours = {p.stem for p in repo.glob("*.py")} | {"model", "bench"}
+    for name in [n for n in sys.modules if n.split(".")[0] in ours]:
         del sys.modules[name]
+    path = list(sys.path)
     sys.path.insert(0, str(repo))
     try:
         names = ("translate", "checkpoint", "cpu_memory", "bench.benchmark")
         return {n.split(".")[-1]: importlib.import_module(n) for n in names}
     finally:
-        sys.path.remove(str(repo))
+        sys.path[:] = path
 
 
 def tasks(side: dict, checkpoint: str | None, lines: list[str]) -> dict:
@@ -52,10 +53,10 @@ def tasks(side: dict, checkpoint: str | None, lines: list[str]) -> dict:
         ],
     }
     if checkpoint:
-        model, tok, ids, _ = side["checkpoint"].load_model(checkpoint)
+        model, tok, model_ids, _ = side["checkpoint"].load_model(checkpoint)
 
         def run(batch, beam):
-            return tr.translate_texts(model, tok, ids, lines, batch, beam=beam, alpha=1.0)
+            return tr.translate_texts(model, tok, model_ids, lines, batch, beam=beam, alpha=1.0)
 
         for name, batch, beam in (("greedy", 64, 1), ("beam 5", 64, 5), ("beam 10", 200, 10)):
             out[f"val, {name}, batches of {batch}"] = lambda b=batch, k=beam: run(b, k)

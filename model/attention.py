@@ -49,6 +49,8 @@ class MultiHeadAttention(nn.Module):
         b, tq, d = x.shape
         grouped = context is not None and context.size(0) != b
         if grouped:
+            if b % context.size(0):
+                raise ValueError(f"{b} query rows cannot share {context.size(0)} memory rows")
             # Beam search: the G = B / B_mem consecutive rows of one sentence share its memory,
             # so they attend to it as G·Tq queries of one row, and neither the memory nor its
             # cache is repeated G times.
@@ -69,7 +71,7 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:  # contiguous, so that every step's matmuls need no copy
                 k, v = k.contiguous(), v.contiguous()
                 cache["k"], cache["v"] = k, v
-        if grouped and q.device.type == "cpu":
+        if grouped and not self.training and q.device.type == "cpu":
             out = grouped_attention(q, k, v, mask)  # (B, H, Tq, Dh)
         else:
             out = F.scaled_dot_product_attention(
@@ -88,9 +90,10 @@ def grouped_attention(
 ) -> torch.Tensor:
     """softmax(QKᵀ/√Dh)V written out, for the beams of a sentence attending to its memory.
 
-    q (B, H, Tq, Dh), k and v (B, H, Tk, Dh) -> (B, H, Tq, Dh), as SDPA without dropout. On CPU,
-    SDPA's flash kernel is slow for a handful of queries per row: with Tq = K beams this is
-    2.8-4.7x faster (with one query per row, SDPA is as fast or faster; docs/speed.md).
+    q (B, H, Tq, Dh), k and v (B, H, Tk, Dh) -> (B, H, Tq, Dh), as SDPA without dropout, except
+    that a row with no key to attend to gives NaN (SDPA: zeros); decoding has none, since every
+    source holds at least its </s>. On CPU, SDPA's flash kernel is slow for a handful of queries
+    per row: with Tq = K beams this measured 2.5-3.5x faster (docs/speed.md).
     """
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.size(-1) ** -0.5  # (B, H, Tq, Tk)
     if mask is not None:

@@ -11,7 +11,15 @@ from torch import nn
 from torch.testing import assert_close
 
 from data import SpecialIds
-from model import ModelConfig, Transformer, causal_mask, padding_mask, reorder_cache, shift_right
+from model import (
+    ModelConfig,
+    Transformer,
+    attention,
+    causal_mask,
+    padding_mask,
+    reorder_cache,
+    shift_right,
+)
 from model.attention import MultiHeadAttention
 from model.dropout import Dropout
 from model.embedding import Embedding, sinusoidal_table
@@ -89,7 +97,7 @@ def test_cross_attention_matches_torch():
     assert_close(attn(x, context=memory, mask=mask), expected, **TOL)
 
 
-def test_beams_sharing_a_memory_row_equal_a_repeated_memory():
+def test_beams_sharing_a_memory_row_equal_a_repeated_memory(monkeypatch):
     """x with G rows per memory row (beam search) attends as if the memory were repeated G
     times, cached or not, with padding masked: the rows are grouped in order (row i·G + j)."""
     d, h, g = 16, 4, 3
@@ -102,9 +110,16 @@ def test_beams_sharing_a_memory_row_equal_a_repeated_memory():
     assert cache["k"].size(0) == 2  # one cached row per sentence, not per beam
     assert_close(attn(x, context=memory, mask=mask, cache=cache), expected, **TOL)
     assert_close(attn(x.view(2, g, d), context=memory, mask=mask).view(2 * g, 1, d), expected)
+    # the path GPUs take: SDPA on the grouped shapes (on CPU a written-out softmax(QKᵀ)V)
+    sdpa = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)  # noqa: E731
+    monkeypatch.setattr(attention, "grouped_attention", sdpa)
+    assert_close(attn(x, context=memory, mask=mask), expected, **TOL)
+    monkeypatch.undo()
     # a padded key changes nothing it may not see
     memory[1, 2:] = torch.randn(5, d)
     assert_close(attn(x, context=memory, mask=mask)[g:], expected[g:], **TOL)
+    with pytest.raises(ValueError, match="cannot share"):
+        attn(x[:5], context=memory, mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------

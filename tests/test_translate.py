@@ -214,6 +214,28 @@ def test_beam_returns_hypotheses_in_score_order_with_true_scores(tiny_cfg, alpha
     assert n_eos and n_limit  # both endings were exercised
 
 
+@pytest.mark.parametrize("k, vocab", [(1, 9), (3, 50), (4, 7), (5, 6)])
+def test_best_continuations_are_the_top_2k_of_all_k_times_v(k, vocab):
+    """The two-pass selection returns what one top-k over each sentence's K·V continuations
+    returns: the same scores, beams and tokens, best first, with banned (-inf) tokens and a
+    vocabulary smaller than 2K."""
+    torch.manual_seed(k)
+    n = 6
+    scores = torch.randn(n, k).sort(dim=1, descending=True).values
+    scores[0, 1:] = -torch.inf  # a first step: one live beam
+    logp = F.log_softmax(torch.randn(n * k, vocab) * 3, dim=-1)
+    logp[:, [0, 2]] = -torch.inf  # banned ids
+    logp[1::4] += 5  # some beams hold most of the best continuations
+    top, beam_of, token = translate.best_continuations(scores, logp)
+    flat = (scores.view(-1, 1) + logp).view(n, k * vocab)  # every continuation
+    ref_top, ref_index = flat.topk(2 * k, dim=1)
+    assert torch.equal(top, ref_top)
+    finite = ref_top > -torch.inf  # below that, which -inf comes first is arbitrary
+    assert torch.equal(beam_of[finite], (ref_index // vocab)[finite])
+    assert torch.equal(token[finite], (ref_index % vocab)[finite])
+    assert finite[:, : min(2 * k, vocab - 2)].all()  # the test does compare real candidates
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.6, -0.5])
 def test_early_stopping_never_changes_the_result(tiny_cfg, alpha):
     """The stopping rule is exact: running every sentence to its limit finds nothing better."""
