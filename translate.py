@@ -242,9 +242,8 @@ def beam_search(
         tokens = torch.cat([tokens[rows], token[still].reshape(-1, 1)], dim=1)  # (N'·K, 2 + t)
         # A parent is a beam of the same sentence, so the sentence rows (memory, mask,
         # cross-attention cache) stay put unless a sentence left.
-        kept = None
-        if still.numel() < n:
-            kept = still
+        kept = still if still.numel() < n else None  # (N',) sentence rows, if one left
+        if kept is not None:
             memory = memory[kept]
             src_mask = None if src_mask is None else src_mask[kept]
         cache = reorder_cache(cache, rows, cross_index=kept)
