@@ -4,26 +4,27 @@
     python bench/decode_ab.py --base /tmp/base [--checkpoint runs/multi30k/avg5]
 
 Both checkouts' modules are imported side by side (each with its own module objects; each side's
-tasks are built before the next side is imported), and every task runs once per round in each,
-alternating which goes first, so that the machine's drift falls on both alike. Tasks:
+tasks are built before the next side is imported), and every task runs once per round in each
+(bench/mkl_packed.py's medians_s), so that the machine's drift falls on both alike. Tasks:
 bench/benchmark.py's random network and batch (64 sentences, exactly 30 new tokens; greedy and
-beam 4), and with `--checkpoint` the first `--lines` of Multi30k val translated by
-translate_texts (greedy and beam 5 in batches of 64, beam 10 in batches of 200, length penalty
-1.0). Prints the median seconds of each side, the ratio, and whether the outputs are identical.
-fp32, 2 threads, freed memory kept (as translate.py keeps it on CPU).
+beam 4, as bench/mkl_packed.py decodes them), and with `--checkpoint` the first `--lines` of
+Multi30k val translated by translate_texts (greedy and beam 5 in batches of 64, beam 10 in
+batches of 200, length penalty 1.0). Prints the median seconds of each side, the ratio, and
+whether the outputs are identical. fp32, 2 threads, freed memory kept (as translate.py keeps it
+on CPU).
 """
 
 import argparse
 import gzip
 import importlib
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE))
+from bench.mkl_packed import medians_s  # noqa: E402
 
 
 def load(repo: Path) -> dict:
@@ -35,7 +36,7 @@ def load(repo: Path) -> dict:
     path = list(sys.path)
     sys.path.insert(0, str(repo))
     try:
-        names = ("translate", "checkpoint", "cpu_memory", "bench.benchmark")
+        names = ("translate", "checkpoint", "cpu_memory", "bench.benchmark", "bench.mkl_packed")
         return {n.split(".")[-1]: importlib.import_module(n) for n in names}
     finally:
         sys.path[:] = path
@@ -43,20 +44,17 @@ def load(repo: Path) -> dict:
 
 def tasks(side: dict, checkpoint: str | None, lines: list[str]) -> dict:
     bench, tr = side["benchmark"], side["translate"]
-    ids, banned, new = bench.IDS, bench.BANNED, bench.NEW_TOKENS
     src = bench.random_batch(bench.Bench("cpu", torch.get_num_threads()))["src"]
     net = bench.our_model().eval()
-    out = {
-        "random net, greedy": lambda: tr.greedy(net, src, ids, new, banned),
-        "random net, beam 4": lambda: [
-            [h.tokens for h in f] for f in tr.beam_search(net, src, ids, new, 4, banned=banned)
-        ],
+    out = {  # bench/mkl_packed.py's greedy and beam 4 (top tokens per sentence)
+        f"random net, {name}": lambda f=decode: f(net)
+        for name, (decode, *_) in side["mkl_packed"].decoders(src).items()
     }
     if checkpoint:
-        model, tok, model_ids, _ = side["checkpoint"].load_model(checkpoint)
+        model, tok, ids, _ = side["checkpoint"].load_model(checkpoint)
 
         def run(batch, beam):
-            return tr.translate_texts(model, tok, model_ids, lines, batch, beam=beam, alpha=1.0)
+            return tr.translate_texts(model, tok, ids, lines, batch, beam=beam, alpha=1.0)
 
         for name, batch, beam in (("greedy", 64, 1), ("beam 5", 64, 5), ("beam 10", 200, 10)):
             out[f"val, {name}, batches of {batch}"] = lambda b=batch, k=beam: run(b, k)
@@ -81,24 +79,14 @@ def main(argv=None):
         side = load(repo)
         side["cpu_memory"].keep_freed_memory()
         work[who] = tasks(side, args.checkpoint, lines)
-    times = {task: {"base": [], "this": []} for task in work["this"]}
-    outputs = {}
-    with torch.no_grad():
-        for r in range(args.rounds + 1):  # round 0 warms up and keeps the outputs
-            for task in times:
-                for who in ("base", "this") if r % 2 else ("this", "base"):
-                    start = time.perf_counter()
-                    out = work[who][task]()
-                    if r:
-                        times[task][who].append(time.perf_counter() - start)
-                    else:
-                        outputs[task, who] = out.tolist() if torch.is_tensor(out) else out
     print(f"medians of {args.rounds} interleaved rounds; base: {args.base}")
-    for task, t in times.items():
-        base, this = statistics.median(t["base"]), statistics.median(t["this"])
-        same = outputs[task, "base"] == outputs[task, "this"]
-        print(f"  {task:32s} base {base:6.3f} s  this {this:6.3f} s  "
-              f"{base / this:.2f}x  identical output: {same}")  # fmt: skip
+    with torch.no_grad():
+        for task, this in work["this"].items():
+            base = work["base"][task]
+            same = base() == this()
+            t_base, t_this = medians_s(args.rounds, (base,), (this,))
+            print(f"  {task:32s} base {t_base:6.3f} s  this {t_this:6.3f} s  "
+                  f"{t_base / t_this:.2f}x  identical output: {same}")  # fmt: skip
 
 
 if __name__ == "__main__":
