@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from checkpoint import WEIGHTS, fresh_tmp, replace_dir, step_dirs
+from checkpoint import WEIGHTS, check_replaceable, staged_dir, step_dirs
 from config import UserError, cli
 
 
@@ -30,25 +30,31 @@ def average(dirs: list[Path], out: Path) -> None:
             raise UserError(f"{d}: its weights do not match {dirs[0]}")
         else:
             for k, v in weights.items():
+                if v.shape != total[k].shape:  # e.g. another vocabulary size
+                    raise UserError(
+                        f"{d}: {k} has shape {tuple(v.shape)}, {tuple(total[k].shape)} in {dirs[0]}"
+                    )
                 total[k] += v.double()
-    tmp = fresh_tmp(out)
-    for f in dirs[-1].iterdir():  # config, model_config, tokenizer from the newest one
-        if f.is_file() and f.name not in (WEIGHTS, "trainer_state.json"):
-            shutil.copy2(f, tmp / f.name)
-    avg = {k: (v / len(dirs)).to(torch.float32).contiguous() for k, v in total.items()}
-    save_file(avg, tmp / WEIGHTS, metadata={"format": "pt", "averaged": " ".join(map(str, dirs))})
-    replace_dir(tmp, out)
+    with staged_dir(out) as tmp:
+        for f in dirs[-1].iterdir():  # config, model_config, tokenizer from the newest one
+            if f.is_file() and f.name not in (WEIGHTS, "trainer_state.json"):
+                shutil.copy2(f, tmp / f.name)
+        avg = {k: (v / len(dirs)).to(torch.float32).contiguous() for k, v in total.items()}
+        meta = {"format": "pt", "averaged": " ".join(map(str, dirs))}
+        save_file(avg, tmp / WEIGHTS, metadata=meta)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="a run's output_dir: average its newest --last checkpoints")
-    p.add_argument("--last", type=int, default=5)
+    p.add_argument("--last", type=int, default=5, help="(default 5)")
     p.add_argument("--checkpoints", nargs="+", help="checkpoint directories to average")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the new checkpoint (replaced if it exists)")
     args = p.parse_args(argv)
     if bool(args.run) == bool(args.checkpoints):
         raise UserError("give either --run (with --last) or --checkpoints")
+    if args.last < 1:
+        raise UserError(f"--last must be >= 1 (got {args.last})")
     dirs = [Path(d) for d in args.checkpoints] if args.checkpoints else None
     if args.run:
         dirs = step_dirs(Path(args.run) / "checkpoints")[-args.last :]
@@ -59,6 +65,7 @@ def main(argv=None):
     for d in dirs:
         if not (d / WEIGHTS).exists():
             raise UserError(f"{d}: no {WEIGHTS}")
+    check_replaceable(args.out, dirs)
     average(dirs, Path(args.out))
     print(f"averaged {len(dirs)} checkpoints ({dirs[0].name} ... {dirs[-1].name}) into {args.out}")
 

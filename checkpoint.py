@@ -11,6 +11,7 @@ leaves a half-written checkpoint under the real name.
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -46,6 +47,31 @@ def fresh_tmp(final: str | Path) -> Path:
     return tmp
 
 
+@contextmanager
+def staged_dir(final: str | Path):
+    """Yield an empty sibling directory to write into; on success it replaces `final`, on any
+    failure it is removed, and `final` stays as it was."""
+    tmp = fresh_tmp(final)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, Path(final))
+
+
+def check_replaceable(out: str | Path, inputs: list[Path]) -> None:
+    """UserError unless `out` can be replaced whole: not an input nor a folder holding one, and
+    not a training run's output_dir or its checkpoints/ (replacing it would delete them)."""
+    out = Path(out).resolve()
+    for d in inputs:
+        d = Path(d).resolve()
+        if out == d or out in d.parents:
+            raise UserError(f"--out {out} would replace {d}, which it is made from")
+    if (out / "checkpoints").is_dir() or step_dirs(out):
+        raise UserError(f"--out {out} holds a training run's checkpoints; name a new one")
+
+
 def save_model_dir(
     path: str | Path,
     state_dict: dict,
@@ -56,9 +82,8 @@ def save_model_dir(
     extra_files: dict | None = None,
 ) -> None:
     """Write a self-contained model directory atomically (see module docstring)."""
-    tmp = fresh_tmp(path)
-    write_model_dir(tmp, state_dict, cfg, model_cfg, ids, tokenizer, extra_files)
-    replace_dir(tmp, Path(path))
+    with staged_dir(path) as tmp:
+        write_model_dir(tmp, state_dict, cfg, model_cfg, ids, tokenizer, extra_files)
 
 
 def write_model_dir(
@@ -83,11 +108,10 @@ def write_model_dir(
 
 def copy_model_dir(src: Path, final: Path) -> None:
     """Copy a checkpoint's model files (not its optimizer state) to `final`, atomically."""
-    tmp = fresh_tmp(final)
-    for f in src.iterdir():
-        if f.is_file() and f.name != "trainer_state.json":
-            shutil.copy2(f, tmp / f.name)
-    replace_dir(tmp, final)
+    with staged_dir(final) as tmp:
+        for f in src.iterdir():
+            if f.is_file() and f.name != "trainer_state.json":
+                shutil.copy2(f, tmp / f.name)
 
 
 def step_dirs(checkpoints: Path) -> list[Path]:

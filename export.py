@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import fresh_tmp, load_model, replace_dir, resolve
+from checkpoint import check_replaceable, load_model, resolve, staged_dir
 from config import UserError, cli
 from data import SpecialIds
 from model import ModelConfig, Transformer
@@ -176,15 +176,14 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     model, tokenizer, ids, cfg = load_model(src_dir)
     hf = to_marian(model, ids)
     out = Path(out)
-    tmp = fresh_tmp(out)
-    hf.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "training_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    # Check what was written, not what is in memory: load it back as a user would.
-    diff = max_logit_difference(model, MarianMTModel.from_pretrained(tmp).eval(), ids)
-    if not diff <= PARITY_ATOL:
-        raise RuntimeError(f"export: Marian logits differ from ours by {diff:.2e} (> 1e-4)")
-    replace_dir(tmp, out)
+    with staged_dir(out) as tmp:  # removed, and `out` left as it was, if anything fails
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        # Check what was written, not what is in memory: load it back as a user would.
+        diff = max_logit_difference(model, MarianMTModel.from_pretrained(tmp).eval(), ids)
+        if not diff <= PARITY_ATOL:
+            raise RuntimeError(f"export: Marian logits differ from ours by {diff:.2e} (> 1e-4)")
     return out
 
 
@@ -221,9 +220,8 @@ def to_ctranslate2(exported: str | Path, out: str | Path) -> Path:
     ct2._MODEL_LOADERS["MarianConfig"] = Loader()
     try:
         out = Path(out)
-        tmp = fresh_tmp(out)
-        TransformersConverter(str(exported)).convert(str(tmp), force=True)
-        replace_dir(tmp, out)
+        with staged_dir(out) as tmp:
+            TransformersConverter(str(exported)).convert(str(tmp), force=True)
     finally:
         ct2._MODEL_LOADERS["MarianConfig"] = stock
     return out
@@ -241,6 +239,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.ct2:
         _ct2_converters()  # fail before writing anything
+    source = resolve(args.checkpoint)
+    check_replaceable(args.out, [source])
+    if args.ct2:
+        check_replaceable(args.ct2, [source, Path(args.out)])
     out = export(args.checkpoint, args.out)
     print(f"wrote {out} (MarianMTModel; logits checked against the checkpoint)")
     if args.ct2:

@@ -141,6 +141,25 @@ def test_pre_norm_is_refused_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "hf").exists()
 
 
+def test_failed_parity_check_leaves_the_old_export_and_no_temporary(tmp_path, monkeypatch):
+    ckpt, out = make_checkpoint(tmp_path / "ckpt"), tmp_path / "hf"
+    out.mkdir()
+    (out / "old.txt").write_text("the previous export\n")
+    monkeypatch.setattr(export, "max_logit_difference", lambda *args: 1.0)
+    with pytest.raises(RuntimeError, match="differ"):
+        export.export(ckpt, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf"]
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+
+
+def test_out_that_would_replace_the_checkpoint_is_refused(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    for out in (ckpt, tmp_path):  # the checkpoint itself, or a folder holding it
+        with pytest.raises(UserError, match="which it is made from"):
+            export.main(["--checkpoint", str(ckpt), "--out", str(out)])
+    assert (ckpt / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_ctranslate2_conversion_decodes_our_greedy_tokens(exported, tmp_path, shared):
     # Our tokenizers have no trailing <pad> row and decode from their start token: the stock
