@@ -192,6 +192,10 @@ def main(argv=None):
         raise UserError("give either --hypotheses, or --checkpoint (with --source or a test set)")
     if args.source and not args.checkpoint:
         raise UserError("--source needs --checkpoint")
+    if args.compare and args.bootstrap_samples < 1:
+        raise UserError("--bootstrap_samples must be >= 1")
+    # read before any decoding, so that a missing file stops us now, not hours later
+    baseline = read_lines(args.compare) if args.compare else None
     report = {}
     cfg = model = None
     if args.checkpoint:
@@ -201,6 +205,8 @@ def main(argv=None):
         model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
         keep_freed_memory(args.device)  # as translate.py
     sources, references = load_test_set(args, cfg)
+    if baseline is not None and len(baseline) != len(references):
+        raise UserError(f"--compare: {len(baseline)} lines but {len(references)} references")
     if model is not None:
         if len(sources) != len(references):  # before hours of decoding, not after
             raise UserError(f"{len(sources)} sources but {len(references)} references")
@@ -224,14 +230,12 @@ def main(argv=None):
         hypotheses = read_lines(args.hypotheses)
     report = {**score(hypotheses, references, args.lowercase), **report}
     if args.compare:
-        if args.bootstrap_samples < 1:
-            raise UserError("--bootstrap_samples must be >= 1")
         report["compare_with"] = args.compare
         report["compare_samples"] = args.bootstrap_samples
         report["compare_seed"] = os.environ.get("SACREBLEU_SEED", "12345")
         report["compare"] = paired_bootstrap(
             hypotheses,
-            read_lines(args.compare),
+            baseline,
             references,
             args.lowercase,
             args.bootstrap_samples,

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from config import UserError, cli
 from cpu_memory import keep_freed_memory
-from data import SpecialIds, encode_sources, iter_lines
+from data import SpecialIds, _first_line, encode_sources, iter_lines
 from model import Transformer, reorder_cache
 
 
@@ -462,6 +462,10 @@ def decoding_options(args: argparse.Namespace) -> dict:
         raise UserError("--beam and --batch_size must be >= 1")
     if args.max_len_a < 0 or args.max_len_b < 0:
         raise UserError("--max_len_a and --max_len_b must be >= 0")
+    try:  # before loading anything: a misspelled device or no CUDA is one line, not a traceback
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as e:  # AssertionError: torch built without CUDA
+        raise UserError(f"--device {args.device}: not usable here ({_first_line(e)})") from None
     return {
         "beam": args.beam,
         "alpha": args.length_penalty,

@@ -345,6 +345,36 @@ def test_evaluate_checks_sources_against_references_before_decoding(
     assert_one_line_error(code, err, "4 sources but 1 references")
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--compare", "missing.de"], "data file not found: "),
+        (["--compare", "short.de"], "--compare: 1 lines but 4 references"),
+        (["--compare", "test.de", "--bootstrap_samples", 0], "--bootstrap_samples must be >= 1"),
+        (["--device", "nonsense"], "--device nonsense: not usable here"),
+        (["--device", "cuda:99"], "--device cuda:99: not usable here"),
+    ],
+)
+def test_evaluate_checks_its_options_before_decoding(
+    trained, corpus, tmp_path, monkeypatch, capsys, flags, expected
+):
+    """Not after the whole test set is decoded."""
+    (tmp_path / "short.de").write_text("nur eine Zeile\n")
+    shutil.copy(corpus / "test.de", tmp_path / "test.de")
+    monkeypatch.setattr(evaluate, "translate_texts", lambda *a, **k: pytest.fail("decoded"))
+    flags = [tmp_path / f if str(f).endswith(".de") else f for f in flags]
+    argv = ["--checkpoint", trained, "--source", corpus / "test.en", "--reference",
+            corpus / "test.de", *flags]  # fmt: skip
+    code, err = run_cli(evaluate.main, argv, capsys)
+    assert_one_line_error(code, err, expected)
+
+
+@pytest.mark.parametrize("device", ["nonsense", "cuda:99"])
+def test_translate_on_a_device_that_is_not_here_is_one_line(trained, device, capsys):
+    code, err = run_cli(translate.main, ["--checkpoint", trained, "--device", device], capsys)
+    assert_one_line_error(code, err, f"--device {device}: not usable here")
+
+
 def test_reader_that_goes_away_ends_translate_quietly(trained, corpus):
     """`translate.py ... | head -1`: no BrokenPipeError traceback, exit 141 like `cat`."""
     proc = subprocess.Popen(
