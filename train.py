@@ -143,8 +143,19 @@ def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> l
         run["train"] = sampled_train(run, accelerator, epoch, resumed_inside)
     batches = token_batches(run["train"].lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, epoch)
     batches = shard(batches, accelerator.process_index, accelerator.num_processes)
-    # whole optimizer steps only, so that every checkpoint falls on a step boundary
-    return batches[: len(batches) - len(batches) % cfg.grad_accum_steps]
+    # whole optimizer steps only, so that every checkpoint falls on a step boundary; the batches
+    # are shuffled, so a different few are left out each epoch
+    left_out = len(batches) % cfg.grad_accum_steps
+    if left_out:
+        pairs = sum(len(b) for b in batches[-left_out:])
+        n = accelerator.num_processes  # every process has as many batches (shard), pairs vary
+        each = f" on each of {n} processes ({pairs} pairs on this one)" if n > 1 else ""
+        run["log"](
+            f"epoch {epoch + 1}: the last {left_out} of {len(batches)} batches"
+            f"{each or f' ({pairs} pairs)'} left out, to end on a whole step of "
+            f"grad_accum_steps {cfg.grad_accum_steps}"
+        )
+    return batches[: len(batches) - left_out]
 
 
 def sampled_train(run: dict, accelerator, epoch: int, resumed_inside: bool) -> Corpus:

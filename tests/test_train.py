@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -81,6 +82,25 @@ def test_inverse_sqrt_cooldown_falls_linearly_to_zero_at_the_end():
     assert [inverse_sqrt(s, 4, 8, 24) for s in (4, 16)] == [1.0, 0.5]
     assert inverse_sqrt(20, 4, 8, 24) == 0.25 and inverse_sqrt(24, 4, 8, 24) == 0.0
     assert inverse_sqrt(30, 4, 8, 24) == 0.0  # past max_steps it stays at 0
+
+
+def test_an_epoch_short_of_a_whole_step_counts_the_batches_it_leaves_out():
+    lengths = np.full(50, 5)  # 4 pairs per 20-token batch: 12 batches of 4 and one of 2
+    logged = []
+    run = {"train": SimpleNamespace(lengths=lambda: lengths), "log": logged.append}
+    one_process = SimpleNamespace(process_index=0, num_processes=1)
+    run["cfg"] = TrainConfig(max_tokens=20, max_seq_length=5, batch_size=4, grad_accum_steps=3)
+    batches = train.epoch_batches(run, one_process, 0, False)
+    kept = sum(len(b) for b in batches)
+    assert len(batches) == 12 and kept in (46, 48)
+    assert logged == [
+        f"epoch 1: the last 1 of 13 batches ({50 - kept} pairs) left out, to end on a whole "
+        "step of grad_accum_steps 3"
+    ]
+    logged.clear()
+    run["cfg"] = TrainConfig(max_tokens=20, max_seq_length=5, batch_size=4, grad_accum_steps=1)
+    assert sum(len(b) for b in train.epoch_batches(run, one_process, 0, False)) == 50
+    assert logged == []
 
 
 def test_rdrop_kl_is_the_symmetric_kl_over_real_tokens():
