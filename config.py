@@ -69,6 +69,8 @@ class TrainConfig:
     # --- model (beyond the documented keys) ---
     attn_dropout: float = 0.0
     pre_norm: bool = False  # post-LN as in the paper; pre-LN if True
+    # decoder layers when not num_layers (not the paper's): e.g. a deep encoder, shallow decoder
+    decoder_layers: int | None = None
     share_embeddings: bool = True  # source/target/output share one matrix (paper §3.4)
     # --- optimisation (paper §5.3, §5.4) ---
     warmup_steps: int = 4000
@@ -126,7 +128,14 @@ class TrainConfig:
         ):
             if getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 (got {getattr(self, key)})")
-        for key in ("max_tokens", "max_steps", "save_every", "patience", "max_minutes"):
+        for key in (
+            "max_tokens",
+            "max_steps",
+            "save_every",
+            "patience",
+            "max_minutes",
+            "decoder_layers",
+        ):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 or null (got {getattr(self, key)})")
         for key in ("dropout", "attn_dropout", "label_smoothing"):

@@ -70,7 +70,7 @@ def marian_config(cfg: ModelConfig, ids: SpecialIds):
         max_position_embeddings=cfg.max_len,
         d_model=cfg.d_model,
         encoder_layers=cfg.n_layers,
-        decoder_layers=cfg.n_layers,
+        decoder_layers=cfg.decoder_layers,
         encoder_attention_heads=cfg.n_heads,
         decoder_attention_heads=cfg.n_heads,
         encoder_ffn_dim=cfg.d_ff,

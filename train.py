@@ -103,6 +103,7 @@ def model_config(cfg: TrainConfig, tokenizer, ids: SpecialIds) -> ModelConfig:
         n_heads=cfg.num_heads,
         d_ff=cfg.hidden_dims,
         n_layers=cfg.num_layers,
+        n_dec_layers=cfg.decoder_layers,
         dropout=cfg.dropout,
         attn_dropout=cfg.attn_dropout,
         max_len=2 * cfg.max_seq_length + 16,  # room for decoding 1.5·src_len + 10 tokens

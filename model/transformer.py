@@ -28,11 +28,11 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """N decoder layers (+ a final LayerNorm when pre-LN)."""
+    """N decoder layers, or n_dec_layers (+ a final LayerNorm when pre-LN)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
 
     def forward(self, x, memory, src_mask, cache: DecoderCache | None = None) -> torch.Tensor:

@@ -81,7 +81,7 @@ def test_probabilities_must_be_in_unit_interval(key, value):
 @pytest.mark.parametrize(
     "key",
     ["epochs", "batch_size", "model_dim", "hidden_dims", "num_heads", "num_layers",
-     "max_seq_length", "grad_accum_steps", "max_tokens", "max_steps"],
+     "max_seq_length", "grad_accum_steps", "max_tokens", "max_steps", "decoder_layers"],
 )  # fmt: skip
 def test_sizes_must_be_positive(key, value):
     with pytest.raises(UserError, match=rf"{key} must be > 0"):

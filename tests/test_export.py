@@ -22,12 +22,17 @@ from transformers import AutoTokenizer, MarianMTModel  # noqa: E402
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """{share_embeddings: (checkpoint dir, exported dir)}."""
+    """{share_embeddings: (checkpoint dir, exported dir)}, and "3+1": 3 encoder layers, 1
+    decoder layer."""
     tmp = tmp_path_factory.mktemp("export")
     dirs = {}
-    for shared in (True, False):
-        ckpt = make_checkpoint(tmp / f"ckpt-{shared}", share_embeddings=shared)
-        dirs[shared] = ckpt, export.export(ckpt, tmp / f"hf-{shared}")
+    for key, overrides in [
+        (True, {}),
+        (False, {"share_embeddings": False}),
+        ("3+1", {"n_layers": 3, "n_dec_layers": 1}),
+    ]:
+        ckpt = make_checkpoint(tmp / f"ckpt-{key}", **overrides)
+        dirs[key] = ckpt, export.export(ckpt, tmp / f"hf-{key}")
     return dirs
 
 
@@ -77,6 +82,14 @@ def test_exported_logits_match_ours(exported, shared):
         ours = model(src, tgt)
         theirs = hf(**batch, decoder_input_ids=tgt).logits
     assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_a_shallower_decoder_exports_with_its_own_depth(exported):
+    ckpt, out = exported["3+1"]
+    model, _, ids, _ = load_model(ckpt)
+    hf = MarianMTModel.from_pretrained(out).eval()
+    assert (hf.config.encoder_layers, hf.config.decoder_layers) == (3, 1)
+    assert export.max_logit_difference(model, hf, ids) <= 1e-4
 
 
 def test_generate_greedy_equals_our_greedy(exported):
@@ -160,12 +173,12 @@ def test_out_that_would_replace_the_checkpoint_is_refused(tmp_path):
     assert (ckpt / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_ctranslate2_conversion_decodes_our_greedy_tokens(exported, tmp_path, shared):
+@pytest.mark.parametrize("which", [True, False, "3+1"])
+def test_ctranslate2_conversion_decodes_our_greedy_tokens(exported, tmp_path, which):
     # Our tokenizers have no trailing <pad> row and decode from their start token: the stock
     # Marian converter would drop a real row and start from zeros (it failed here).
     ctranslate2 = pytest.importorskip("ctranslate2")
-    ckpt, out = exported[shared]
+    ckpt, out = exported[which]
     export.to_ctranslate2(out, tmp_path / "ct2")
     model, tok, ids, _ = load_model(ckpt)
     src = tok(TEXTS[:4])["input_ids"]

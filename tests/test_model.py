@@ -194,8 +194,12 @@ def test_padded_batch_equals_per_sentence_runs(tiny_cfg, pre_norm):
 # Incremental decoding
 
 
-def test_cached_decoding_equals_teacher_forcing(tiny_cfg):
+@pytest.mark.parametrize(("n_layers", "n_dec_layers"), [(2, None), (3, 1)])
+def test_cached_decoding_equals_teacher_forcing(tiny_cfg, n_layers, n_dec_layers):
+    tiny_cfg = dataclasses.replace(tiny_cfg, n_layers=n_layers, n_dec_layers=n_dec_layers)
     model = model_for(tiny_cfg)
+    assert len(model.encoder.layers) == n_layers
+    assert len(model.decoder.layers) == len(model.new_cache()) == (n_dec_layers or n_layers)
     src = pad_batch(random_seqs([5, 2, 7], tiny_cfg.src_vocab_size))
     tgt = torch.randint(3, tiny_cfg.tgt_vocab_size, (3, 6))
     src_mask = model.src_mask(src)

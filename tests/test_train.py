@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 import train
 from config import TrainConfig, UserError
-from data import Corpus
+from data import Corpus, SpecialIds
 from helpers import ROOT, subprocess_env, write_corpus
 from model import ModelConfig, Transformer
 from train import inverse_sqrt, make_optimizer
@@ -101,6 +101,14 @@ def test_an_epoch_short_of_a_whole_step_counts_the_batches_it_leaves_out():
     run["cfg"] = TrainConfig(max_tokens=20, max_seq_length=5, batch_size=4, grad_accum_steps=1)
     assert sum(len(b) for b in train.epoch_batches(run, one_process, 0, False)) == 50
     assert logged == []
+
+
+def test_decoder_layers_sets_the_decoder_depth_alone():
+    ids = SpecialIds(pad=0, eos=1, start=0)
+    for decoder_layers, expected in [(None, 3), (1, 1)]:
+        cfg = TrainConfig(num_layers=3, decoder_layers=decoder_layers)
+        model = Transformer(train.model_config(cfg, range(40), ids))
+        assert (len(model.encoder.layers), len(model.decoder.layers)) == (3, expected)
 
 
 def test_rdrop_kl_is_the_symmetric_kl_over_real_tokens():
