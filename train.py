@@ -150,11 +150,13 @@ def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> l
     if left_out:
         pairs = sum(len(b) for b in batches[-left_out:])
         n = accelerator.num_processes  # every process has as many batches (shard), pairs vary
-        each = f" on each of {n} processes ({pairs} pairs on this one)" if n > 1 else ""
+        if n > 1:
+            where = f" on each of {n} processes ({pairs} pairs on this one)"
+        else:
+            where = f" ({pairs} pairs)"
         run["log"](
-            f"epoch {epoch + 1}: the last {left_out} of {len(batches)} batches"
-            f"{each or f' ({pairs} pairs)'} left out, to end on a whole step of "
-            f"grad_accum_steps {cfg.grad_accum_steps}"
+            f"epoch {epoch + 1}: the last {left_out} of {len(batches)} batches{where} left out, "
+            f"to end on a whole step of grad_accum_steps {cfg.grad_accum_steps}"
         )
     return batches[: len(batches) - left_out]
 
