@@ -89,6 +89,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping
     grad_accum_steps: int = 1
+    # "no", "bf16" or "fp16" autocast (accelerate's mixed_precision; weights and AdamW stay fp32);
+    # null = the launcher's (accelerate launch --mixed_precision, ACCELERATE_MIXED_PRECISION).
+    # On CPU bf16 pays only where matmuls have bf16 hardware (AMX); see docs/speed.md.
+    mixed_precision: str | None = None
     max_steps: int | None = None  # stop after this many optimizer steps (None = run all epochs)
     max_minutes: float | None = None  # stop (validate, save) once training has run this long
     max_bad_steps: int = 10  # stop after this many consecutive non-finite losses (steps skipped)
@@ -188,6 +192,11 @@ class TrainConfig:
             bad.append(
                 f"cooldown_steps ({self.cooldown_steps}) falls to 0 at max_steps: "
                 f"set max_steps above it (got {self.max_steps})"
+            )
+        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
+            bad.append(
+                'mixed_precision must be "no", "bf16", "fp16" or null '
+                f"(got {self.mixed_precision!r})"
             )
         if self.best_metric not in ("bleu", "loss"):
             bad.append(f'best_metric must be "bleu" or "loss" (got {self.best_metric!r})')

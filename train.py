@@ -414,7 +414,10 @@ def main(argv=None):
     except OSError as e:
         raise UserError(f"output_dir {out} is not writable ({e.strerror})") from None
     accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.grad_accum_steps, log_with=cfg.log_with, project_dir=out
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+        log_with=cfg.log_with,
+        project_dir=out,
     )
     if not accelerator.is_local_main_process:
         datasets.disable_progress_bars()  # one set of bars, not one per process
@@ -430,7 +433,9 @@ def main(argv=None):
     model = Transformer(run["model_cfg"])
     run["log"](
         f"{len(run['train'])} training pairs, vocabulary {run['model_cfg'].src_vocab_size}, "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"{accelerator.mixed_precision if accelerator.mixed_precision != 'no' else 'fp32'} "
+        f"on {accelerator.device.type}"
     )
     optimizer = make_optimizer(model, cfg, accelerator.device)
     # Not passed to prepare(): accelerate would step it once per process per step.

@@ -73,16 +73,24 @@ class MultiHeadAttention(nn.Module):
                 cache["k"], cache["v"] = k, v
         if grouped and not self.training and q.device.type == "cpu":
             out = grouped_attention(q, k, v, mask)  # (B, H, Tq, Dh)
+        elif q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            # CPU autocast: the CPU flash kernel is slow in bf16, its backward ~6x its fp32 time
+            # (docs/speed.md), so attention alone runs in fp32 there; the projections stay bf16.
+            with torch.autocast("cpu", enabled=False):
+                out = self._sdpa(q.float(), k.float(), v.float(), mask, is_causal).to(q.dtype)
         else:
-            out = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                dropout_p=self.dropout if self.training else 0.0,
-                is_causal=is_causal,
-            )  # (B, H, Tq, Dh)
+            out = self._sdpa(q, k, v, mask, is_causal)  # (B, H, Tq, Dh)
         return self.out_proj(out.transpose(1, 2).reshape(b, tq, d))  # (B, Tq, D)
+
+    def _sdpa(self, q, k, v, mask, is_causal):
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )  # (B, H, Tq, Dh)
 
 
 def grouped_attention(

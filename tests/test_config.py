@@ -113,6 +113,13 @@ def test_cooldown_needs_inverse_sqrt_and_a_longer_max_steps():
     assert TrainConfig(cooldown_steps=5, max_steps=20).cooldown_steps == 5
 
 
+def test_mixed_precision_is_checked():
+    with pytest.raises(UserError, match=r'mixed_precision must be "no", "bf16", "fp16" or null'):
+        TrainConfig(mixed_precision="fp8")
+    assert TrainConfig(mixed_precision="bf16").mixed_precision == "bf16"
+    assert from_cli("--mixed_precision", "null").mixed_precision is None
+
+
 def test_all_problems_are_reported_together():
     with pytest.raises(UserError) as e:
         TrainConfig(epochs=0, dropout=1.0, model_dim=30, num_heads=4)

@@ -161,6 +161,21 @@ def test_rdrop_is_used_by_the_training_loop(corpus, tmp_path):
     assert losses != reference  # the KL term and the second dropout draw change the loss
 
 
+def test_bf16_autocast_trains_with_fp32_weights(corpus, tmp_path):
+    out, plain = tmp_path / "bf16", tmp_path / "fp32"
+    proc = run(
+        args_for(corpus, out, "--max_steps", 4, "--log_every", 2, "--mixed_precision", "bf16")
+    )
+    run(args_for(corpus, plain, "--max_steps", 4, "--log_every", 2, "--mixed_precision", "no"))
+    assert "bf16 on cpu" in proc.stdout + proc.stderr
+    losses, reference = train_losses(out), train_losses(plain)
+    assert losses.keys() == reference.keys() == {2, 4}
+    assert losses != reference  # autocast really ran: bf16 rounding moves the loss ...
+    for step, loss in losses.items():  # ... but only by bf16's precision
+        assert math.isclose(loss, reference[step], rel_tol=0.02), (losses, reference)
+    assert {t.dtype for t in weights(out).values()} == {torch.float32}
+
+
 def test_linear_schedule_warms_up_then_reaches_zero_at_max_steps(corpus, tmp_path):
     out = tmp_path / "lin"
     extra = ("--lr_schedule", "linear", "--max_steps", 6, "--warmup_steps", 2, "--log_every", 1)
