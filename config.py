@@ -91,7 +91,8 @@ class TrainConfig:
     grad_accum_steps: int = 1
     # "no", "bf16" or "fp16" autocast (accelerate's mixed_precision; weights and AdamW stay fp32);
     # null = the launcher's (accelerate launch --mixed_precision, ACCELERATE_MIXED_PRECISION).
-    # On CPU bf16 pays only where matmuls have bf16 hardware (AMX); see docs/speed.md.
+    # On CPU bf16 pays only with bf16 instructions (AVX512-BF16 or AMX; docs/speed.md), and
+    # fp16 is refused there (accelerate would silently run fp32).
     mixed_precision: str | None = None
     max_steps: int | None = None  # stop after this many optimizer steps (None = run all epochs)
     max_minutes: float | None = None  # stop (validate, save) once training has run this long

@@ -423,6 +423,12 @@ def main(argv=None):
         datasets.disable_progress_bars()  # one set of bars, not one per process
     set_seed(cfg.seed)
     try:
+        if accelerator.mixed_precision == "fp16" and not accelerator.native_amp:
+            # accelerate turns fp16 on CPU into no autocast at all: the run would be fp32 unawares
+            raise UserError(
+                f"mixed_precision fp16 is not supported on {accelerator.device.type} "
+                "by accelerate (it would train in fp32): use bf16 or no"
+            )
         run = setup(cfg, accelerator, args.resume)
     except UserError:
         if created and accelerator.is_main_process and not any(out.iterdir()):

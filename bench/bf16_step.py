@@ -8,7 +8,7 @@ on CPU, model/attention.py) and in bf16 autocast with attention in bf16 too, int
 A call is four steps on batches of about 1,000 target tokens of four shapes, as token buckets
 give (64 × 16, 40 × 26, 28 × 36, 96 × 10 source and target tokens, every third sentence ending
 in 4 pads). Vocabulary 8,000, 2 threads, freed memory kept as train.py keeps it. bf16 pays only
-where the CPU multiplies bf16 in hardware (AMX); the script prints what torch sees.
+where the CPU has bf16 instructions (AVX512-BF16 or AMX); the script prints what torch sees.
 """
 
 import argparse

@@ -74,9 +74,10 @@ class MultiHeadAttention(nn.Module):
         if grouped and not self.training and q.device.type == "cpu":
             out = grouped_attention(q, k, v, mask)  # (B, H, Tq, Dh)
         elif q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-            # CPU autocast: the CPU flash kernel is slow in bf16 (a bf16 training step measured
-            # 0.6-0.9x fp32 with it, 1.1-1.5x without; docs/speed.md), so attention alone runs
-            # in fp32 there, as do softmax and layer norm under autocast; projections stay bf16.
+            # Half precision on CPU (autocast, or a model cast to bf16): the CPU flash kernel's
+            # bf16 backward is slow (on an AMX Xeon a bf16 training step measured 0.6-0.9x fp32
+            # with it, 1.1-1.5x without; docs/speed.md), so attention runs in fp32 there while
+            # the projections stay bf16. Not the paper's: a CPU speed measure.
             with torch.autocast("cpu", enabled=False):
                 out = self._sdpa(q.float(), k.float(), v.float(), mask, is_causal).to(q.dtype)
         else:

@@ -116,6 +116,14 @@ def test_train_py_output_dir_that_cannot_be_made(corpus, tmp_path, monkeypatch, 
     assert_one_line_error(code, err, f"output_dir {tmp_path}/a_file/run is not writable")
 
 
+def test_train_py_fp16_on_cpu_is_refused(corpus, tmp_path):
+    """accelerate runs no autocast for fp16 on CPU: the run would be fp32 while saying fp16."""
+    out = tmp_path / "run"
+    proc = run(*train_argv(corpus, out, "--max_steps", 1, "--mixed_precision", "fp16"))
+    assert_one_line_error(proc.returncode, proc.stderr, "mixed_precision fp16", "use bf16 or no")
+    assert not out.exists()  # nothing half-written
+
+
 # ---------------------------------------------------------------------------------------------
 # data: files that are not what their names say
 

@@ -117,7 +117,12 @@ def test_mixed_precision_is_checked():
     with pytest.raises(UserError, match=r'mixed_precision must be "no", "bf16", "fp16" or null'):
         TrainConfig(mixed_precision="fp8")
     assert TrainConfig(mixed_precision="bf16").mixed_precision == "bf16"
-    assert from_cli("--mixed_precision", "null").mixed_precision is None
+    assert from_cli("--mixed_precision", "bf16").mixed_precision == "bf16"
+    assert (
+        from_cli("--mixed_precision", "bf16", "--mixed_precision", "null").mixed_precision is None
+    )
+    with pytest.raises(UserError, match="mixed_precision"):
+        from_cli("--mixed_precision", "fp8")
 
 
 def test_all_problems_are_reported_together():

@@ -122,27 +122,36 @@ def test_beams_sharing_a_memory_row_equal_a_repeated_memory(monkeypatch):
         attn(x[:5], context=memory, mask=mask)
 
 
-def test_cpu_autocast_runs_attention_in_fp32(monkeypatch):
-    """Under CPU bf16 autocast, SDPA gets fp32 q, k, v (its bf16 CPU kernels are slow) and the
-    layer still returns what its bf16 projections give, close to the fp32 layer."""
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_autocast_runs_attention_in_fp32(monkeypatch, causal):
+    """Under CPU bf16 autocast, SDPA gets fp32 q, k, v (its bf16 CPU kernels are slow), with the
+    padding mask or is_causal as given, and the layer still returns what its bf16 projections
+    give, close to the fp32 layer, forward and backward."""
     seen, sdpa = [], F.scaled_dot_product_attention
 
     def spy(q, k, v, **kw):
-        seen.append(q.dtype)
+        seen.append((q.dtype, k.dtype, v.dtype, kw["attn_mask"] is None, kw["is_causal"]))
         return sdpa(q, k, v, **kw)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     attn = MultiHeadAttention(16, 4).train()
     x = torch.randn(2, 5, 16)
-    mask = padding_mask(pad_batch([[5] * 5, [5] * 3]), PAD)
-    expected = attn(x, mask=mask)
+    kw = (
+        {"is_causal": True}
+        if causal
+        else {"mask": padding_mask(pad_batch([[5] * 5, [5] * 3]), PAD)}
+    )
+    expected = attn(x, **kw)
+    expected.sum().backward()
+    reference = attn.q_proj.weight.grad.clone()
+    attn.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = attn(x, mask=mask)
-    assert seen == [torch.float32, torch.float32] and got.dtype == torch.bfloat16
+        got = attn(x, **kw)
+    f32 = torch.float32
+    assert seen == [(f32, f32, f32, causal, causal)] * 2 and got.dtype == torch.bfloat16
     assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)
     got.float().sum().backward()
-    assert attn.q_proj.weight.grad.dtype == torch.float32
-    assert torch.isfinite(attn.q_proj.weight.grad).all()
+    assert_close(attn.q_proj.weight.grad, reference, atol=3e-2, rtol=3e-2)
 
 
 # ---------------------------------------------------------------------------------------------
