@@ -507,7 +507,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                 loss = train_loss(model, batch, cfg, ids.pad)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    # the only per-step host sync: a non-finite gradient norm skips the step
+                    # the one per-step host sync (R-Drop adds one): a non-finite norm skips it
                     norm = accelerator.clip_grad_norm_(
                         model.parameters(), cfg.clip_norm or math.inf
                     )
