@@ -874,14 +874,13 @@ def batch_iter(corpus: Corpus, batches: list, ids: SpecialIds, device):
     # To a GPU from pinned memory without blocking: a copy from pageable memory waits for the
     # GPU to finish (a host sync per step), and this one overlaps with the step before it.
     cuda = torch.device(device).type == "cuda"
+
+    def move(v: torch.Tensor) -> torch.Tensor:
+        return v.pin_memory().to(device, non_blocking=True) if cuda else v.to(device)
+
     for index in batches:
         batch = collate(corpus, index, ids)
-        yield {
-            k: (v.pin_memory().to(device, non_blocking=True) if cuda else v.to(device))
-            if torch.is_tensor(v)
-            else v
-            for k, v in batch.items()
-        }
+        yield {k: move(v) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------------------------
