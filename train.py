@@ -210,7 +210,7 @@ def epochs_resumable_inside(out: Path) -> set[int]:
 @torch.no_grad()
 def evaluate(model, accelerator, run: dict) -> dict:
     """Validation loss per target token (no smoothing) and sacreBLEU on a capped sample."""
-    cfg, ids, (corpus, texts) = run["cfg"], run["ids"], run["valid"]
+    cfg, ids, (corpus, _) = run["cfg"], run["ids"], run["valid"]
     model.eval()
     total = torch.zeros(2, device=accelerator.device)  # summed loss, tokens
     batches = token_batches(corpus.lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, 0, False)
@@ -229,18 +229,26 @@ def evaluate(model, accelerator, run: dict) -> dict:
     total = accelerator.reduce(total, "sum")
     metrics = {"valid_loss": (total[0] / total[1]).item()}
     if cfg.valid_bleu_samples:
-        sample = texts[: cfg.valid_bleu_samples]
+        metrics["valid_bleu"] = valid_bleu(model, accelerator, run)
+    model.train()
+    return metrics
+
+
+def valid_bleu(model, accelerator, run: dict) -> float:
+    """Greedy sacreBLEU on the first valid_bleu_samples pairs, decoded in the run's precision:
+    encode/decode bypass the forward that accelerate wraps in autocast, so wrap them here."""
+    cfg = run["cfg"]
+    sample = run["valid"][1][: cfg.valid_bleu_samples]  # run["valid"]: (token corpus, texts)
+    with accelerator.autocast():
         hyps = translate_texts(
             accelerator.unwrap_model(model),
             run["tokenizer"],
-            ids,
+            run["ids"],
             sample["src"],
             cfg.decode_batch_size,
             cfg.max_seq_length,
         )
-        metrics["valid_bleu"] = sacrebleu.corpus_bleu(hyps, [sample["tgt"]]).score
-    model.train()
-    return metrics
+    return sacrebleu.corpus_bleu(hyps, [sample["tgt"]]).score
 
 
 def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None:
@@ -441,7 +449,7 @@ def main(argv=None):
         f"{len(run['train'])} training pairs, vocabulary {run['model_cfg'].src_vocab_size}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"{accelerator.mixed_precision if accelerator.mixed_precision != 'no' else 'fp32'} "
-        f"on {accelerator.device.type}"
+        f"on {accelerator.device.type}, {distribution(accelerator)}"
     )
     optimizer = make_optimizer(model, cfg, accelerator.device)
     # Not passed to prepare(): accelerate would step it once per process per step.
@@ -480,6 +488,15 @@ def main(argv=None):
         )
     fit(model, optimizer, scheduler, accelerator, run, state)
     accelerator.end_training()
+
+
+def distribution(accelerator) -> str:
+    """How the run is really distributed, e.g. "FSDP over 2 processes": accelerate can fall back
+    to something else without an error (distributed.py), so the log says it."""
+    if accelerator.distributed_type == DistributedType.NO:
+        return "1 process"
+    n = accelerator.num_processes
+    return f"{accelerator.distributed_type.value} over {n} process{'es' if n > 1 else ''}"
 
 
 def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> None:

@@ -29,6 +29,8 @@ Decoding (both encode once and feed one new token per step through the key/value
   never        padding and the decoder start token are never generated.
   ensemble     several --checkpoint dirs (sharing one vocabulary) decode as one model whose
                next-token distribution is the mean of theirs (ensemble.py).
+  precision    fp32, or bf16 autocast with --mixed_precision bf16 (for GPUs, where SDPA's flash
+               kernel needs half precision); log-probabilities and scores stay fp32.
 
 n-best (--nbest N, with --beam K >= N): one line per input line holding up to N tab-separated
 (hypothesis, score) pairs, best first; scores are the ones beam search ranks by (above):
@@ -276,6 +278,23 @@ def _encode(
     return encoded
 
 
+def _decode(model, src, ids, max_new, beam, alpha, nbest, banned) -> list[list[tuple]]:
+    """One batch -> for each sentence its (tokens, score) pairs, best first."""
+    if beam <= 1:
+        return [[(h, None)] for h in greedy(model, src, ids, max_new, banned).tolist()]
+    found = beam_search(model, src, ids, max_new, beam, alpha, nbest, banned)
+    return [[(h.tokens, h.score) for h in f] for f in found]
+
+
+def decoding_autocast(device: torch.device, mixed_precision: str):
+    """bf16: autocast; "no": nothing, so a caller's autocast holds (train.py's validation)."""
+    if mixed_precision not in ("no", "bf16"):
+        raise UserError(f"mixed_precision {mixed_precision!r}: decoding takes 'no' or 'bf16'")
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, torch.bfloat16)
+
+
 def translate_nbest(
     model: Transformer,
     tokenizer,
@@ -290,12 +309,14 @@ def translate_nbest(
     max_len_a: float = 1.5,
     max_len_b: int = 10,
     line_numbers: list[int] | None = None,
+    mixed_precision: str = "no",
 ) -> list[list[tuple[str, float | None]]]:
     """Lines -> for each line up to `nbest` (text, score) pairs, best first.
 
     Greedy (beam 1) gives one pair with score None. Empty lines give no pairs and never reach
     the model. Batches hold sentences of similar length; `line_numbers` (default 1, 2, ...) name
-    the lines in truncation warnings.
+    the lines in truncation warnings. mixed_precision "bf16" decodes in bf16 autocast (on GPUs
+    SDPA's flash kernel needs half precision); log-probabilities and scores stay fp32.
     """
     if nbest > max(beam, 1):
         raise UserError(f"--nbest {nbest} needs --beam >= {nbest}")
@@ -308,6 +329,7 @@ def translate_nbest(
     encoded = _encode(tokenizer, ids, [lines[i] for i in todo], limit, [numbers[i] for i in todo])
     order = sorted(range(len(todo)), key=lambda j: len(encoded[j]))
     banned = banned_ids(ids)
+    precision = decoding_autocast(device, mixed_precision)
     was_training = model.training
     model.eval()
     for start in range(0, len(order), batch_size):
@@ -318,13 +340,8 @@ def translate_nbest(
             src[row, : len(encoded[j])] = torch.tensor(encoded[j])
         src = src.to(device)
         max_new = max_new_tokens(lengths.to(device), model, max_len_a, max_len_b)
-        if beam <= 1:
-            found = [[(h, None)] for h in greedy(model, src, ids, max_new, banned).tolist()]
-        else:
-            found = [
-                [(h.tokens, h.score) for h in f]
-                for f in beam_search(model, src, ids, max_new, beam, alpha, nbest, banned)
-            ]
+        with precision:
+            found = _decode(model, src, ids, max_new, beam, alpha, nbest, banned)
         flat = [(j, t, s) for j, pairs in zip(chunk, found, strict=True) for t, s in pairs]
         texts = tokenizer.batch_decode(
             [strip_special(t, ids) for _, t, _ in flat], skip_special_tokens=True
@@ -450,6 +467,13 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_len_b", type=int, default=10, help="see --max_len_a (default 10)")
     p.add_argument("--batch_size", type=int, default=64, help="sentences per batch (default 64)")
     p.add_argument(
+        "--mixed_precision",
+        choices=["no", "bf16"],
+        default="no",
+        help="bf16: decode in bf16 autocast, for GPUs (SDPA's flash kernel needs it); "
+        "scores stay fp32 (default no: fp32)",
+    )
+    p.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device (default: cuda if available, else cpu)",
@@ -471,6 +495,7 @@ def decoding_options(args: argparse.Namespace) -> dict:
         "alpha": args.length_penalty,
         "max_len_a": args.max_len_a,
         "max_len_b": args.max_len_b,
+        "mixed_precision": args.mixed_precision,
     }
 
 

@@ -6,8 +6,9 @@
 #      padding decodes on flash alone, a training step makes no host sync;
 #   2. bench/benchmark.py on the GPU (bf16 autocast; no Multi30k epoch, as ../shared may be absent);
 #   3. the quick start's training in bf16, plain (one process) and through accelerate's FSDP launch
-#      (accelerate_config.yaml), each checked to have logged "bf16 on cuda", then translate.py and
-#      evaluate.py on the plain run (fp32 decoding on the GPU).
+#      (accelerate_config.yaml), checked to have logged "bf16 on cuda, 1 process" and "bf16 on
+#      cuda, FSDP over ...", then translate.py (bf16 decoding), evaluate.py on its output, and
+#      evaluate.py decoding the plain run itself (fp32, the default).
 # Needs requirements.txt's packages. Wheels in .whl/ are installed first (to /tmp/site), for a
 # machine without `datasets`; fetch them where pip works, e.g.
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
@@ -52,13 +53,15 @@ echo "== 3. quick start training in bf16: one process, then FSDP through acceler
 "$PY" -m accelerate.commands.launch --config_file accelerate_config.yaml train.py \
     --config configs/quickstart.json --output_dir runs/gpu_check_fsdp 2>&1 \
     | tee "$out/train_fsdp.log" || failed+=(train_fsdp)
-for run in plain fsdp; do
-    grep -q "bf16 on cuda" "$out/train_$run.log" || failed+=("bf16_on_cuda_$run")
-done
+# the log line names precision, device and what really ran (accelerate can fall back silently)
+grep -q "bf16 on cuda, 1 process" "$out/train_plain.log" || failed+=(bf16_on_cuda_plain)
+grep -q "bf16 on cuda, FSDP over" "$out/train_fsdp.log" || failed+=(bf16_fsdp_on_cuda)
 "$PY" translate.py --checkpoint runs/gpu_check_plain --input data/quickstart/test.en \
-    --output "$out/test.hyp.de" 2>&1 | tail -n 3 || failed+=(translate)
+    --output "$out/test.hyp.de" --mixed_precision bf16 2>&1 | tail -n 3 || failed+=(translate)
 "$PY" evaluate.py --hypotheses "$out/test.hyp.de" --reference data/quickstart/test.de 2>&1 \
     | tee "$out/evaluate.log" || failed+=(evaluate)
+"$PY" evaluate.py --checkpoint runs/gpu_check_plain --source data/quickstart/test.en \
+    --reference data/quickstart/test.de 2>&1 | tee "$out/evaluate_fp32.log" || failed+=(evaluate_fp32)
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "gpu_check: FAILED: ${failed[*]}; logs in $out"

@@ -5,8 +5,8 @@
   kernels allowed (a call none of them can serve raises "No available kernel"); with and without
   attention dropout, as the kernels' constraints on dropout differ.
 - Under bf16 autocast (as bench/benchmark.py decodes) a batch without padding decodes on the
-  flash kernel alone: no mask is built for it. (translate.py decodes in fp32, where no flash
-  kernel exists.)
+  flash kernel alone: no mask is built for it. (translate.py decodes in fp32 by default, where
+  no flash kernel exists; `--mixed_precision bf16` decodes so.)
 - A training step from data.batch_iter's copy to the device through the fused AdamW step makes
   no host sync that torch.cuda.set_sync_debug_mode("error") detects (train.py adds one on
   purpose, the check that the gradient norm is finite, and R-Drop another).

@@ -167,7 +167,7 @@ def test_bf16_autocast_trains_with_fp32_weights(corpus, tmp_path):
         args_for(corpus, out, "--max_steps", 4, "--log_every", 2, "--mixed_precision", "bf16")
     )
     run(args_for(corpus, plain, "--max_steps", 4, "--log_every", 2, "--mixed_precision", "no"))
-    assert "bf16 on cpu" in proc.stdout + proc.stderr
+    assert "bf16 on cpu, 1 process" in proc.stdout + proc.stderr
     losses, reference = train_losses(out), train_losses(plain)
     assert losses.keys() == reference.keys() == {2, 4}
     assert losses != reference  # autocast really ran: bf16 rounding moves the loss ...
@@ -299,6 +299,33 @@ def test_sigkill_then_resume_is_bitwise_identical(corpus, tmp_path):
     assert train_losses(tmp_path / "a") == train_losses(b)
 
 
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_validation_decodes_in_the_runs_precision(monkeypatch, precision):
+    """encode/decode are not the forward accelerate wraps in autocast: valid_bleu wraps them."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from datasets import Dataset
+
+    seen = []
+
+    def fake_translate(model, tokenizer, ids, src, *args):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return list(src)  # copy the source: BLEU 100 against itself
+
+    monkeypatch.setattr(train, "translate_texts", fake_translate)
+    texts = Dataset.from_dict({"src": ["a b c d", "e f g h"], "tgt": ["a b c d", "e f g h"]})
+    run = {"cfg": TrainConfig(valid_bleu_samples=2), "valid": (None, texts), "tokenizer": None,
+           "ids": None}  # fmt: skip
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton
+    try:
+        accelerator = Accelerator(cpu=True, mixed_precision=precision)
+        assert train.valid_bleu(torch.nn.Linear(1, 1), accelerator, run) == pytest.approx(100)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    assert seen == [torch.bfloat16 if precision == "bf16" else False]
+
+
 def test_sigterm_saves_and_exits_zero(corpus, tmp_path):
     out = tmp_path / "t"
     proc = subprocess.Popen(
@@ -364,7 +391,8 @@ def test_fsdp_matches_one_process(single_process_run, fsdp_run):
 
 
 def test_ddp_matches_one_process(corpus, tmp_path, single_process_run):
-    run(args_for(corpus, tmp_path / "run", *SIX_STEPS), launch=DDP)
+    proc = run(args_for(corpus, tmp_path / "run", *SIX_STEPS), launch=DDP)
+    assert "fp32 on cpu, MULTI_CPU over 2 processes" in proc.stdout  # the log says what ran
     assert_same_losses(tmp_path / "run", single_process_run)
 
 
@@ -374,6 +402,7 @@ def test_fsdp_resume_continues_exactly(corpus, tmp_path, fsdp_run):
     run(args_for(corpus, part, *three), launch=FSDP)
     proc = run([*args_for(corpus, part, *SIX_STEPS), "--resume"], launch=FSDP)
     assert "resumed from" in proc.stdout + proc.stderr
+    assert "FSDP over 2 processes" in proc.stdout  # the log says FSDP, not a silent fallback
     assert_same_losses(part, fsdp_run)
     wf, wp = weights(fsdp_run), weights(part)
     for k in wf:

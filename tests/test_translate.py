@@ -418,3 +418,47 @@ def test_cli_keeps_freed_memory_on_cpu(ckpt, tmp_path, monkeypatch):
     translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--output",
                     str(tmp_path / "out.de"), "--device", "cpu"])  # fmt: skip
     assert calls == [1]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_mixed_precision_bf16_decodes_in_bf16_autocast(ckpt, beam):
+    """bf16 really decodes under autocast (the logits come out in bf16); the default is fp32."""
+    model, tok, ids, cfg = load_model(ckpt)
+    seen = {"no": set(), "bf16": set()}
+    texts = {}
+    for precision in seen:
+        hook = model.out_proj.register_forward_hook(
+            lambda m, i, out, p=precision: seen[p].add(out.dtype)
+        )
+        texts[precision] = translate.translate_texts(
+            model, tok, ids, LINES, 4, cfg.max_seq_length, beam=beam, mixed_precision=precision
+        )
+        hook.remove()
+    assert seen == {"no": {torch.float32}, "bf16": {torch.bfloat16}}
+    outer = []  # the default leaves a caller's autocast alone (train.py's validation relies on it)
+    hook = model.out_proj.register_forward_hook(lambda m, i, out: outer.append(out.dtype))
+    with torch.autocast("cpu", torch.bfloat16):
+        translate.translate_texts(model, tok, ids, LINES[:1], 4, cfg.max_seq_length, beam=beam)
+    hook.remove()
+    assert set(outer) == {torch.bfloat16}
+    with pytest.raises(UserError, match="mixed_precision 'fp16'"):  # no silent fp32 instead
+        translate.translate_texts(model, tok, ids, LINES, 4, mixed_precision="fp16")
+    assert texts["bf16"][1] == texts["bf16"][3] == ""
+    same = sum(a == b for a, b in zip(texts["no"], texts["bf16"], strict=True))
+    assert same >= len(LINES) // 2  # bf16 rounding may flip a close call, not most sentences
+
+
+def test_cli_passes_mixed_precision_to_decoding(ckpt, tmp_path, monkeypatch):
+    got = []
+    real = translate.translate_nbest
+    monkeypatch.setattr(
+        translate,
+        "translate_nbest",
+        lambda *a, **k: got.append(k["mixed_precision"]) or real(*a, **k),
+    )
+    src = tmp_path / "in.en"
+    src.write_text("a dog\n")
+    for flag in ([], ["--mixed_precision", "bf16"]):
+        translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--output",
+                        str(tmp_path / "out.de"), "--device", "cpu", *flag])  # fmt: skip
+    assert got == ["no", "bf16"]
