@@ -286,9 +286,12 @@ def _decode(model, src, ids, max_new, beam, alpha, nbest, banned) -> list[list[t
     return [[(h.tokens, h.score) for h in f] for f in found]
 
 
+PRECISIONS = ("no", "bf16")  # decoding's mixed_precision values (--mixed_precision)
+
+
 def decoding_autocast(device: torch.device, mixed_precision: str):
     """bf16: autocast; "no": nothing, so a caller's autocast holds (train.py's validation)."""
-    if mixed_precision not in ("no", "bf16"):
+    if mixed_precision not in PRECISIONS:
         raise UserError(f"mixed_precision {mixed_precision!r}: decoding takes 'no' or 'bf16'")
     if mixed_precision == "no":
         return contextlib.nullcontext()
@@ -468,7 +471,7 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", type=int, default=64, help="sentences per batch (default 64)")
     p.add_argument(
         "--mixed_precision",
-        choices=["no", "bf16"],
+        choices=PRECISIONS,
         default="no",
         help="bf16: decode in bf16 autocast, for GPUs (SDPA's flash kernel needs it); "
         "scores stay fp32 (default no: fp32)",
