@@ -86,6 +86,7 @@ class TrainConfig:
     # the cross-entropy of both passes (the paper's and fairseq's weighting). Twice the compute
     # and activation memory per step; train_loss then includes the KL term.
     rdrop_alpha: float = 0.0
+    # AdamW's decoupled decay, on weight matrices and embeddings only (not LayerNorm, biases).
     weight_decay: float = 0.0
     clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping
     grad_accum_steps: int = 1

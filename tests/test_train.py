@@ -214,9 +214,11 @@ def test_optimizer_state_saved_unfused_resumes_fused_and_identical():
             opt.step()
             opt.zero_grad()
 
-    cfg = TrainConfig(learning_rate=1e-2, weight_decay=0.01)
+    cfg = TrainConfig(learning_rate=1e-2)
     old, ref = params(), params()
-    old_opt = torch.optim.AdamW(old.parameters(), lr=1e-2, betas=(0.9, 0.98), eps=1e-9)
+    old_opt = torch.optim.AdamW(
+        old.parameters(), lr=1e-2, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0
+    )
     ref_opt = make_optimizer(ref, cfg, torch.device("cpu"))
     steps(old, old_opt, 3)
     steps(ref, ref_opt, 3)
@@ -229,6 +231,25 @@ def test_optimizer_state_saved_unfused_resumes_fused_and_identical():
     steps(ref, ref_opt, 2)
     for a, b in zip(resumed.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b)  # same math, fused or not (to rounding)
+
+
+def test_weight_decay_shrinks_matrices_but_not_layernorm_or_biases():
+    # With zero gradients Adam's update is 0, so one step shows the decay alone: each weight
+    # matrix and embedding times (1 - lr * wd), LayerNorm gains and all biases untouched.
+    model = Transformer(ModelConfig(11, 11, pad_id=0, d_model=8, n_heads=2, d_ff=16, n_layers=1))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = make_optimizer(
+        model, TrainConfig(learning_rate=0.1, weight_decay=0.5), torch.device("cpu")
+    )
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    kinds = set()
+    for n, p in model.named_parameters():
+        matrix = p.dim() >= 2
+        kinds.add((matrix, "norm" in n))
+        torch.testing.assert_close(p.detach(), before[n] * (0.95 if matrix else 1.0), msg=n)
+    assert kinds == {(True, False), (False, True), (False, False)}  # all three kinds checked
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
