@@ -135,14 +135,23 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
         fused=fused,
     )
 
-    def keep_fused(opt, state_dict: dict) -> dict:
-        # load_state_dict restores the saved param groups, `fused` included: a run saved by an
-        # older version (or on another device) would otherwise resume unfused.
-        for group in state_dict["param_groups"]:
-            group["fused"] = fused
+    def keep_settings(opt, state_dict: dict) -> dict:
+        # load_state_dict restores the saved param groups' settings: a run saved by an older
+        # version (or on another device) would resume unfused, and a changed weight_decay would
+        # be ignored. This run's settings win; the groups themselves must match.
+        saved = state_dict["param_groups"]
+        if len(saved) != len(opt.param_groups):
+            n = len(saved)
+            raise UserError(
+                f"its optimizer has {n} parameter group{'s' * (n > 1)} (saved with weight_decay "
+                f"{saved[0]['weight_decay']:g}), this run {len(opt.param_groups)} (weight_decay "
+                f"{cfg.weight_decay:g}): resume with weight decay off (0) or on, as it was saved"
+            )
+        for group, ours in zip(saved, opt.param_groups):
+            group["fused"], group["weight_decay"] = fused, ours["weight_decay"]
         return state_dict
 
-    optimizer.register_load_state_dict_pre_hook(keep_fused)
+    optimizer.register_load_state_dict_pre_hook(keep_settings)
     return optimizer
 
 
@@ -397,6 +406,8 @@ def restore(accelerator, out: Path, resume: bool, log) -> dict:
             # read it first, with weights_only=True like everything accelerate loads for us
             safe_load(ckpt / "state" / f"random_states_{accelerator.process_index}.pkl")
             accelerator.load_state(ckpt / "state")
+        except UserError as e:
+            raise UserError(f"{ckpt}: {e}") from None
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise UserError(

@@ -233,6 +233,29 @@ def test_optimizer_state_saved_unfused_resumes_fused_and_identical():
         torch.testing.assert_close(a, b)  # same math, fused or not (to rounding)
 
 
+def test_resume_takes_this_runs_weight_decay_and_refuses_other_groups():
+    model = Transformer(ModelConfig(11, 11, pad_id=0, d_model=8, n_heads=2, d_ff=16, n_layers=1))
+
+    def saved(weight_decay):
+        opt = make_optimizer(model, TrainConfig(weight_decay=weight_decay), torch.device("cpu"))
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        return opt.state_dict()
+
+    opt = make_optimizer(model, TrainConfig(weight_decay=0.2), torch.device("cpu"))
+    opt.load_state_dict(saved(0.1))  # a changed value takes effect, as a changed dropout would
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0]
+    # switched on or off: the groups differ, so the saved state cannot map onto this run's
+    with pytest.raises(
+        UserError, match=r"1 parameter group \(saved with weight_decay 0\), this run 2"
+    ):
+        opt.load_state_dict(saved(0.0))
+    off = make_optimizer(model, TrainConfig(weight_decay=0.0), torch.device("cpu"))
+    with pytest.raises(UserError, match=r"2 parameter groups \(saved with weight_decay 0.1\)"):
+        off.load_state_dict(saved(0.1))
+
+
 def test_weight_decay_shrinks_matrices_but_not_layernorm_or_biases():
     # With zero gradients Adam's update is 0, so one step shows the decay alone: each weight
     # matrix and embedding times (1 - lr * wd), LayerNorm gains and all biases untouched.
