@@ -121,7 +121,7 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
     if cfg.weight_decay > 0:
         # Decay the matrices only (linear and embedding weights): decaying LayerNorm gains and
         # biases pulls them towards 0, not a prior anyone wants (nanoGPT, HF Trainer). With no
-        # weight decay one group, as before, so older checkpoints still resume.
+        # weight decay one group, as before, so older checkpoints saved without it still resume.
         groups = [
             {"params": [p for p in groups if p.dim() >= 2]},
             {"params": [p for p in groups if p.dim() < 2], "weight_decay": 0.0},
