@@ -415,6 +415,8 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         except UserError as e:
             raise UserError(f"{ckpt}: {e}") from None
         except (Exception, CheckpointException) as e:
+            if isinstance(e, CheckpointException) and e.failures:  # its str() is tracebacks
+                e = next(iter(e.failures.values()))[0]  # the first failing rank's own error
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise UserError(
                 f"{ckpt}: cannot load the training state ({type(e).__name__}: "

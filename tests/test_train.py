@@ -455,6 +455,30 @@ def test_resume_refuses_weight_decay_switched_off(corpus, tmp_path, single_proce
     assert "saved with weight_decay 20, this run has 0" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_a_failed_distributed_load_names_the_ranks_error(tmp_path, monkeypatch):
+    # torch.distributed.checkpoint raises a CheckpointException (a BaseException) whose str() is
+    # every rank's traceback: the one-line error must carry the first rank's own message
+    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+
+    ckpt = tmp_path / "checkpoints" / "step-00000003"
+    ckpt.mkdir(parents=True)
+    TrainConfig().save(ckpt / "config.json")
+    cause = _wrap_exception(RuntimeError("Missing key in checkpoint state_dict: x.\nmore"))
+
+    def load_state(path):
+        raise CheckpointException("load failed", {0: cause, 1: cause})
+
+    accelerator = SimpleNamespace(process_index=0, load_state=load_state)
+    monkeypatch.setattr(train, "latest_checkpoint", lambda out: ckpt)
+    monkeypatch.setattr(train, "safe_load", lambda path: None)
+    with pytest.raises(UserError) as e:
+        train.restore(accelerator, tmp_path, TrainConfig(), True, print)
+    assert str(e.value) == (
+        f"{ckpt}: cannot load the training state (RuntimeError: Missing key in checkpoint "
+        "state_dict: x.); remove this checkpoint to resume from an older one"
+    )
+
+
 def test_ddp_matches_one_process(corpus, tmp_path, single_process_run):
     proc = run(args_for(corpus, tmp_path / "run", *SIX_STEPS), launch=DDP)
     assert "fp32 on cpu, MULTI_CPU over 2 processes" in proc.stdout  # the log says what ran
