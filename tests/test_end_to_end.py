@@ -122,24 +122,33 @@ def test_bad_checkpoint_is_one_line_error(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: checkpoint not found")
 
 
-def test_multi30k_recipe_smoke(tmp_path):
-    """configs/multi30k.json at toy scale, as the README runs it: its settings train (its own
-    tokenizer, a checkpoint per epoch), then scripts/multi30k_select.py averages the last
-    checkpoints, chooses checkpoint and decoding on val only, and scores test once."""
-    plain, data, out = tmp_path / "plain", tmp_path / "multi30k", tmp_path / "run"
+def toy_multi30k(tmp_path):
+    """A toy corpus laid out as ../shared/data/multi30k is (gzipped train/val/test_2016_flickr)."""
+    plain, data = tmp_path / "plain", tmp_path / "multi30k"
     quickstart_data.write_splits(plain, seed=9, n_train=300, n_valid=12, n_test=10)
     data.mkdir()
     for split, name in (("train", "train"), ("valid", "val"), ("test", "test_2016_flickr")):
         for lang in ("en", "de"):
             text = (plain / f"{split}.{lang}").read_bytes()
             (data / f"{name}.{lang}.gz").write_bytes(gzip.compress(text))
-    run(
-        "train.py", "--config", "configs/multi30k.json", "--output_dir", out,
-        "--train_data", f"{data}/train.{{lang}}.gz", "--valid_data", f"{data}/val.{{lang}}.gz",
-        "--test_data", f"{data}/test_2016_flickr.{{lang}}.gz",
-        "--tokenizer", '{"train": "unigram", "vocab_size": 200}',
-        "--max_tokens", 800, "--epochs", 3, "--log_with", "null",
-    )  # fmt: skip
+    return data
+
+
+def toy_args(data):
+    """configs/multi30k.json's overrides for the toy corpus."""
+    return ["--train_data", f"{data}/train.{{lang}}.gz", "--valid_data", f"{data}/val.{{lang}}.gz",
+            "--test_data", f"{data}/test_2016_flickr.{{lang}}.gz",
+            "--tokenizer", '{"train": "unigram", "vocab_size": 200}',
+            "--max_tokens", "800", "--log_with", "null"]  # fmt: skip
+
+
+def test_multi30k_recipe_smoke(tmp_path):
+    """configs/multi30k.json at toy scale, as the README runs it: its settings train (its own
+    tokenizer, a checkpoint per epoch), then scripts/multi30k_select.py averages the last
+    checkpoints, chooses checkpoint and decoding on val only, and scores test once."""
+    data, out = toy_multi30k(tmp_path), tmp_path / "run"
+    run("train.py", "--config", "configs/multi30k.json", "--output_dir", out, *toy_args(data),
+        "--epochs", 3)  # fmt: skip
     steps = sorted((out / "checkpoints").glob("step-*[0-9]"))
     assert len(steps) == 3  # one per epoch
     run("scripts/multi30k_select.py", "--run", out, "--data", data, "--average", 2, 10)
@@ -166,6 +175,33 @@ def test_multi30k_recipe_smoke(tmp_path):
     assert {r["checkpoint"] for r in report["val"]} == {"ensemble"} and len(report["val"]) == 6
     assert len((ens / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
     assert not (ens / "avg2").exists()  # nothing averaged
+
+
+def test_multi30k_pair_smoke(tmp_path):
+    """scripts/multi30k_pair.sh at toy scale: two members differing only in their seed train at
+    once, each chooses its checkpoint on val, and their ensemble chooses its decoding on val."""
+    data, out = toy_multi30k(tmp_path), tmp_path / "pair"
+    env = {**ENV, "PYTHON": sys.executable, "OUT": str(out), "DATA": str(data)}
+    proc = subprocess.run(
+        ["bash", "scripts/multi30k_pair.sh", *toy_args(data), "--epochs", "2",
+         "--mixed_precision", "no"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    members = [tmp_path / "pair_a", tmp_path / "pair_b"]
+    seeds = [json.loads((m / "config.json").read_text())["seed"] for m in members]
+    assert seeds == [1234, 2]
+    weights = [safe_open(m / "best" / "model.safetensors", "pt") for m in members]
+    assert weights[0].keys() == weights[1].keys()
+    assert any(
+        not weights[0].get_tensor(k).equal(weights[1].get_tensor(k)) for k in weights[0].keys()
+    )
+    chosen = [json.loads((m / "results.json").read_text())["chosen_on_val"] for m in members]
+    report = json.loads((out / "results.json").read_text())
+    assert report["ensemble"] == [str(m / c["checkpoint"]) for m, c in zip(members, chosen)]
+    assert len(report["val"]) == 11  # greedy, beams 5 and 10 x 5 length penalties
+    assert len((out / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
 
 
 def test_multi30k_select_bad_input_is_exit_2(tmp_path):
