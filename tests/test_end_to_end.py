@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -177,31 +179,60 @@ def test_multi30k_recipe_smoke(tmp_path):
     assert not (ens / "avg2").exists()  # nothing averaged
 
 
+def run_pair(tmp_path, *args):
+    """scripts/multi30k_pair.sh on the toy corpus in tmp_path/multi30k, into tmp_path/pair*."""
+    env = {**ENV, "PYTHON": sys.executable, "OUT": str(tmp_path / "pair")}
+    env["DATA"] = str(tmp_path / "multi30k")
+    cmd = ["bash", "scripts/multi30k_pair.sh", *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the members too, not only bash
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def test_multi30k_pair_smoke(tmp_path):
     """scripts/multi30k_pair.sh at toy scale: two members differing only in their seed train at
     once, each chooses its checkpoint on val, and their ensemble chooses its decoding on val."""
-    data, out = toy_multi30k(tmp_path), tmp_path / "pair"
-    env = {**ENV, "PYTHON": sys.executable, "OUT": str(out), "DATA": str(data)}
-    proc = subprocess.run(
-        ["bash", "scripts/multi30k_pair.sh", *toy_args(data), "--epochs", "2",
-         "--mixed_precision", "no"],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
+    data = toy_multi30k(tmp_path)
+    toy = ["--tokenizer", '{"train": "unigram", "vocab_size": 200}', "--max_tokens", 800,
+           "--log_with", "null", "--epochs", 2, "--mixed_precision", "no"]  # fmt: skip
+    proc = run_pair(tmp_path, *toy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     members = [tmp_path / "pair_a", tmp_path / "pair_b"]
-    seeds = [json.loads((m / "config.json").read_text())["seed"] for m in members]
-    assert seeds == [1234, 2]
-    weights = [safe_open(m / "best" / "model.safetensors", "pt") for m in members]
-    assert weights[0].keys() == weights[1].keys()
-    assert any(
-        not weights[0].get_tensor(k).equal(weights[1].get_tensor(k)) for k in weights[0].keys()
+    configs = [json.loads((m / "config.json").read_text()) for m in members]
+    assert [c.pop("seed") for c in configs] == [1234, 2]
+    assert [c.pop("output_dir") for c in configs] == [str(m) for m in members]
+    assert configs[0] == configs[1]  # nothing else differs
+    assert configs[0]["train_data"] == f"{data}/train.{{lang}}.gz"  # DATA
+    assert (configs[0]["max_steps"], configs[0]["keep_last"], configs[0]["epochs"]) == (
+        31000,
+        20,
+        2,
     )
     chosen = [json.loads((m / "results.json").read_text())["chosen_on_val"] for m in members]
-    report = json.loads((out / "results.json").read_text())
+    report = json.loads((tmp_path / "pair" / "results.json").read_text())
     assert report["ensemble"] == [str(m / c["checkpoint"]) for m, c in zip(members, chosen)]
     assert len(report["val"]) == 11  # greedy, beams 5 and 10 x 5 length penalties
-    assert len((out / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
+    assert len((tmp_path / "pair" / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
+    # run again without --resume: refused, nothing overwritten
+    proc = run_pair(tmp_path, *toy)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: {tmp_path}/pair_a exists: pass --resume to continue it, or OUT=DIR for a new pair"
+    )
+
+
+def test_multi30k_pair_bad_input_is_exit_2(tmp_path):
+    proc = run_pair(tmp_path, "--no_such_key", 1)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown config key: no_such_key (from --no_such_key)"
+    proc = run_pair(tmp_path, "--seed", 7)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --seed: this script sets")
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
 
 
 def test_multi30k_select_bad_input_is_exit_2(tmp_path):
