@@ -36,7 +36,7 @@ prepare=()
 for arg in "$@"; do
     case $arg in
         --resume) resume=true; continue ;;
-        -h | --help) sed -n '2,16s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
         --seed* | --output_dir* | --output-dir*)
             fail "$arg: this script sets each member's seed (1234, 2) and output_dir (OUT=DIR)" ;;
     esac
