@@ -136,12 +136,15 @@ def toy_multi30k(tmp_path):
     return data
 
 
-def toy_args(data):
-    """configs/multi30k.json's overrides for the toy corpus."""
+# configs/multi30k.json's overrides at toy scale
+TOY = ["--tokenizer", '{"train": "unigram", "vocab_size": 200}', "--max_tokens", "800",
+       "--log_with", "null"]  # fmt: skip
+
+
+def data_args(data):
+    """The toy corpus's paths as train.py overrides."""
     return ["--train_data", f"{data}/train.{{lang}}.gz", "--valid_data", f"{data}/val.{{lang}}.gz",
-            "--test_data", f"{data}/test_2016_flickr.{{lang}}.gz",
-            "--tokenizer", '{"train": "unigram", "vocab_size": 200}',
-            "--max_tokens", "800", "--log_with", "null"]  # fmt: skip
+            "--test_data", f"{data}/test_2016_flickr.{{lang}}.gz"]  # fmt: skip
 
 
 def test_multi30k_recipe_smoke(tmp_path):
@@ -149,8 +152,8 @@ def test_multi30k_recipe_smoke(tmp_path):
     tokenizer, a checkpoint per epoch), then scripts/multi30k_select.py averages the last
     checkpoints, chooses checkpoint and decoding on val only, and scores test once."""
     data, out = toy_multi30k(tmp_path), tmp_path / "run"
-    run("train.py", "--config", "configs/multi30k.json", "--output_dir", out, *toy_args(data),
-        "--epochs", 3)  # fmt: skip
+    run("train.py", "--config", "configs/multi30k.json", "--output_dir", out, *data_args(data),
+        *TOY, "--epochs", 3)  # fmt: skip
     steps = sorted((out / "checkpoints").glob("step-*[0-9]"))
     assert len(steps) == 3  # one per epoch
     run("scripts/multi30k_select.py", "--run", out, "--data", data, "--average", 2, 10)
@@ -198,8 +201,7 @@ def test_multi30k_pair_smoke(tmp_path):
     """scripts/multi30k_pair.sh at toy scale: two members differing only in their seed train at
     once, each chooses its checkpoint on val, and their ensemble chooses its decoding on val."""
     data = toy_multi30k(tmp_path)
-    toy = ["--tokenizer", '{"train": "unigram", "vocab_size": 200}', "--max_tokens", 800,
-           "--log_with", "null", "--epochs", 2, "--mixed_precision", "no"]  # fmt: skip
+    toy = [*TOY, "--epochs", 2, "--mixed_precision", "no"]  # the paths come from DATA
     proc = run_pair(tmp_path, *toy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     members = [tmp_path / "pair_a", tmp_path / "pair_b"]
