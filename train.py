@@ -575,6 +575,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
                 log_train(accelerator, bar, meter, scheduler, state, epoch, run)
+                warn_if_short_of_time(run, state)
             done = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time(
                 accelerator, state["step"], cfg, started
             )
@@ -621,6 +622,30 @@ def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
         run["log"](f"early stopping: no improvement in {cfg.patience} validations")
         return True
     return False
+
+
+def warn_if_short_of_time(run: dict, state: dict) -> None:
+    """Once per process, a twentieth into max_minutes: will max_minutes stop training before the
+    learning rate reaches 0 at max_steps? A schedule set in steps cannot see the machine's pace,
+    which here moved by a third from one day to the next; stopped early, it skips its decay."""
+    cfg, seconds = run["cfg"], state["train_seconds"]
+    decays = cfg.lr_schedule != "inverse_sqrt" or cfg.cooldown_steps
+    wanted = cfg.max_minutes and cfg.max_steps and decays
+    if run.get("pace_checked") or not wanted or seconds < 3 * cfg.max_minutes:
+        return
+    run["pace_checked"] = True
+    per_minute = state["step"] / seconds * 60
+    reach = int(per_minute * cfg.max_minutes)
+    if reach >= cfg.max_steps:
+        return
+    fit = max(reach * 95 // 10_000 * 100, 100)  # a 5 % margin, in hundreds
+    share = cfg.cooldown_steps * fit // cfg.max_steps  # the cooldown's share kept
+    cooldown = f" --cooldown_steps {share}" if cfg.cooldown_steps else ""
+    run["log"](
+        f"warning: at {per_minute:.0f} steps/min, max_minutes ({cfg.max_minutes:g}) stops training "
+        f"near step {reach:,}, before the learning rate reaches 0 at max_steps "
+        f"({cfg.max_steps:,}); to fit: stop (Ctrl-C), then --resume --max_steps {fit}{cooldown}"
+    )
 
 
 def out_of_time(accelerator, step: int, cfg: TrainConfig, started: float) -> bool:

@@ -201,6 +201,42 @@ def test_cooldown_keeps_inverse_sqrt_then_falls_to_zero_at_max_steps(corpus, tmp
         assert math.isclose(lrs[step], lr, abs_tol=1e-12), (step, lrs)
 
 
+def test_warns_once_when_max_minutes_would_cut_the_decay():
+    logged = []
+    cfg = TrainConfig(max_minutes=10, max_steps=5000, cooldown_steps=1000)
+    run_ = {"cfg": cfg, "log": logged.append}
+    train.warn_if_short_of_time(run_, {"step": 2, "train_seconds": 29.0})  # under 1/20 of 10 min
+    assert logged == []
+    train.warn_if_short_of_time(run_, {"step": 100, "train_seconds": 60.0})  # 100 steps/min
+    assert len(logged) == 1
+    # 1,000 steps fit in 10 minutes; 950 with a margin, and the cooldown keeps its fifth
+    assert "near step 1,000" in logged[0] and "--max_steps 900 --cooldown_steps 180" in logged[0]
+    train.warn_if_short_of_time(run_, {"step": 200, "train_seconds": 120.0})
+    assert len(logged) == 1  # once
+    for fits in (
+        TrainConfig(max_minutes=10, max_steps=900, cooldown_steps=100),  # 900 < 1,000: fits
+        TrainConfig(max_minutes=10, max_steps=5000),  # inverse sqrt: max_steps sets no decay
+        TrainConfig(max_steps=5000, cooldown_steps=1000),  # no time limit
+    ):
+        quiet = []
+        train.warn_if_short_of_time(
+            {"cfg": fits, "log": quiet.append}, {"step": 100, "train_seconds": 60.0}
+        )
+        assert quiet == [], fits
+    linear = TrainConfig(max_minutes=10, max_steps=5000, lr_schedule="linear")
+    train.warn_if_short_of_time(
+        {"cfg": linear, "log": logged.append}, {"step": 100, "train_seconds": 60.0}
+    )
+    assert logged[-1].endswith("--resume --max_steps 900")
+
+
+def test_a_run_that_max_minutes_stops_before_its_cooldown_says_so(corpus, tmp_path):
+    out = tmp_path / "short"
+    extra = ("--max_steps", 100000, "--cooldown_steps", 20000, "--max_minutes", 0.02)
+    proc = run(args_for(corpus, out, "--log_every", 1, *extra))
+    assert "before the learning rate reaches 0 at max_steps (100,000)" in proc.stdout + proc.stderr
+
+
 def test_optimizer_state_saved_unfused_resumes_fused_and_identical():
     # checkpoints written before AdamW was fused hold "fused": None in their param groups
     def params():
