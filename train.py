@@ -628,23 +628,31 @@ def warn_if_short_of_time(run: dict, state: dict) -> None:
     """Once per process, a twentieth into max_minutes: will max_minutes stop training before the
     learning rate reaches 0 at max_steps? A schedule set in steps cannot see the machine's pace,
     which here moved by a third from one day to the next; stopped early, it skips its decay."""
-    cfg, seconds = run["cfg"], state["train_seconds"]
+    cfg, seconds, step = run["cfg"], state["train_seconds"], state["step"]
     decays = cfg.lr_schedule != "inverse_sqrt" or cfg.cooldown_steps
     wanted = cfg.max_minutes and cfg.max_steps and decays
     if run.get("pace_checked") or not wanted or seconds < 3 * cfg.max_minutes:
         return
     run["pace_checked"] = True
-    per_minute = state["step"] / seconds * 60
+    if seconds >= 60 * cfg.max_minutes:  # resumed past max_minutes: it stops at once anyway
+        return
+    per_minute = step / seconds * 60
     reach = int(per_minute * cfg.max_minutes)
     if reach >= cfg.max_steps:
         return
-    fit = max(reach * 95 // 10_000 * 100, 100)  # a 5 % margin, in hundreds
-    share = cfg.cooldown_steps * fit // cfg.max_steps  # the cooldown's share kept
-    cooldown = f" --cooldown_steps {share}" if cfg.cooldown_steps else ""
+    # an early pace (the first steps are the slowest): 5 % off, rounded down to hundreds
+    fit = reach * 95 // 10_000 * 100
+    share = max(cfg.cooldown_steps * fit // cfg.max_steps, 1) if cfg.cooldown_steps else 0
+    advice = (
+        f"to fit: stop (Ctrl-C), then --resume --max_steps {fit}"
+        + (f" --cooldown_steps {share}" if share else "")
+        if fit - share > step
+        else "too late to fit the decay by lowering max_steps"
+    )
     run["log"](
         f"warning: at {per_minute:.0f} steps/min, max_minutes ({cfg.max_minutes:g}) stops training "
         f"near step {reach:,}, before the learning rate reaches 0 at max_steps "
-        f"({cfg.max_steps:,}); to fit: stop (Ctrl-C), then --resume --max_steps {fit}{cooldown}"
+        f"({cfg.max_steps:,}); {advice}"
     )
 
 

@@ -6,6 +6,7 @@ Multi-process tests launch `accelerate launch` on loopback with a timeout, so a 
 import json
 import math
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -209,10 +210,20 @@ def test_warns_once_when_max_minutes_would_cut_the_decay():
     assert logged == []
     train.warn_if_short_of_time(run_, {"step": 100, "train_seconds": 60.0})  # 100 steps/min
     assert len(logged) == 1
-    # 1,000 steps fit in 10 minutes; 950 with a margin, and the cooldown keeps its fifth
+    # 1,000 steps fit in 10 minutes; 900 with the margin (950, rounded down to hundreds), and
+    # the cooldown keeps its fifth
     assert "near step 1,000" in logged[0] and "--max_steps 900 --cooldown_steps 180" in logged[0]
     train.warn_if_short_of_time(run_, {"step": 200, "train_seconds": 120.0})
     assert len(logged) == 1  # once
+    # resumed at step 850 with the same pace: the cooldown (from 720) can no longer fit
+    late = {"cfg": cfg, "log": logged.append}
+    train.warn_if_short_of_time(late, {"step": 850, "train_seconds": 510.0})
+    assert logged[-1].endswith("too late to fit the decay by lowering max_steps")
+    # resumed past max_minutes: it stops at the next check anyway
+    train.warn_if_short_of_time(
+        {"cfg": cfg, "log": logged.append}, {"step": 1000, "train_seconds": 601.0}
+    )
+    assert len(logged) == 2
     for fits in (
         TrainConfig(max_minutes=10, max_steps=900, cooldown_steps=100),  # 900 < 1,000: fits
         TrainConfig(max_minutes=10, max_steps=5000),  # inverse sqrt: max_steps sets no decay
@@ -233,8 +244,10 @@ def test_warns_once_when_max_minutes_would_cut_the_decay():
 def test_a_run_that_max_minutes_stops_before_its_cooldown_says_so(corpus, tmp_path):
     out = tmp_path / "short"
     extra = ("--max_steps", 100000, "--cooldown_steps", 20000, "--max_minutes", 0.02)
-    proc = run(args_for(corpus, out, "--log_every", 1, *extra))
-    assert "before the learning rate reaches 0 at max_steps (100,000)" in proc.stdout + proc.stderr
+    proc = run(args_for(corpus, out, "--log_every", 1, "--epochs", 1000, *extra))
+    assert "before the learning rate reaches 0 at max_steps (100,000)" in proc.stdout
+    done = re.search(r"done: step (\d+)", proc.stdout)
+    assert done and int(done.group(1)) < 100000  # stopped by max_minutes, as the warning said
 
 
 def test_optimizer_state_saved_unfused_resumes_fused_and_identical():
