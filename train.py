@@ -631,7 +631,7 @@ def warn_if_short_of_time(run: dict, state: dict) -> None:
     cfg, seconds, step = run["cfg"], state["train_seconds"], state["step"]
     decays = cfg.lr_schedule != "inverse_sqrt" or cfg.cooldown_steps
     wanted = cfg.max_minutes and cfg.max_steps and decays
-    if run.get("pace_checked") or not wanted or seconds < 3 * cfg.max_minutes:
+    if run.get("pace_checked") or not wanted or seconds < 60 * cfg.max_minutes / 20:
         return
     run["pace_checked"] = True
     if seconds >= 60 * cfg.max_minutes:  # resumed past max_minutes: it stops at once anyway

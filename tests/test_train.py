@@ -202,43 +202,42 @@ def test_cooldown_keeps_inverse_sqrt_then_falls_to_zero_at_max_steps(corpus, tmp
         assert math.isclose(lrs[step], lr, abs_tol=1e-12), (step, lrs)
 
 
+def pace_run(cfg):
+    """The parts of train.py's run dict that warn_if_short_of_time reads, logging to a list."""
+    lines = []
+    return {"cfg": cfg, "log": lines.append, "lines": lines}
+
+
+def warned(cfg, step, seconds, run_=None):
+    """All warn_if_short_of_time has logged in run_ (a fresh one if None) after this call."""
+    run_ = run_ or pace_run(cfg)
+    train.warn_if_short_of_time(run_, {"step": step, "train_seconds": seconds})
+    return run_["lines"]
+
+
 def test_warns_once_when_max_minutes_would_cut_the_decay():
-    logged = []
     cfg = TrainConfig(max_minutes=10, max_steps=5000, cooldown_steps=1000)
-    run_ = {"cfg": cfg, "log": logged.append}
-    train.warn_if_short_of_time(run_, {"step": 2, "train_seconds": 29.0})  # under 1/20 of 10 min
-    assert logged == []
-    train.warn_if_short_of_time(run_, {"step": 100, "train_seconds": 60.0})  # 100 steps/min
+    run_ = pace_run(cfg)
+    assert warned(cfg, 2, 29.0, run_) == []  # under 1/20 of 10 min
+    logged = warned(cfg, 100, 60.0, run_)  # 100 steps/min
     assert len(logged) == 1
     # 1,000 steps fit in 10 minutes; 900 with the margin (950, rounded down to hundreds), and
     # the cooldown keeps its fifth
     assert "near step 1,000" in logged[0] and "--max_steps 900 --cooldown_steps 180" in logged[0]
-    train.warn_if_short_of_time(run_, {"step": 200, "train_seconds": 120.0})
-    assert len(logged) == 1  # once
+    assert len(warned(cfg, 200, 120.0, run_)) == 1  # once
     # resumed at step 850 with the same pace: the cooldown (from 720) can no longer fit
-    late = {"cfg": cfg, "log": logged.append}
-    train.warn_if_short_of_time(late, {"step": 850, "train_seconds": 510.0})
-    assert logged[-1].endswith("too late to fit the decay by lowering max_steps")
+    (late,) = warned(cfg, 850, 510.0)
+    assert late.endswith("too late to fit the decay by lowering max_steps")
     # resumed past max_minutes: it stops at the next check anyway
-    train.warn_if_short_of_time(
-        {"cfg": cfg, "log": logged.append}, {"step": 1000, "train_seconds": 601.0}
-    )
-    assert len(logged) == 2
+    assert warned(cfg, 1000, 601.0) == []
     for fits in (
         TrainConfig(max_minutes=10, max_steps=900, cooldown_steps=100),  # 900 < 1,000: fits
         TrainConfig(max_minutes=10, max_steps=5000),  # inverse sqrt: max_steps sets no decay
         TrainConfig(max_steps=5000, cooldown_steps=1000),  # no time limit
     ):
-        quiet = []
-        train.warn_if_short_of_time(
-            {"cfg": fits, "log": quiet.append}, {"step": 100, "train_seconds": 60.0}
-        )
-        assert quiet == [], fits
-    linear = TrainConfig(max_minutes=10, max_steps=5000, lr_schedule="linear")
-    train.warn_if_short_of_time(
-        {"cfg": linear, "log": logged.append}, {"step": 100, "train_seconds": 60.0}
-    )
-    assert logged[-1].endswith("--resume --max_steps 900")
+        assert warned(fits, 100, 60.0) == [], fits
+    (linear,) = warned(TrainConfig(max_minutes=10, max_steps=5000, lr_schedule="linear"), 100, 60.0)
+    assert linear.endswith("--resume --max_steps 900")
 
 
 def test_a_run_that_max_minutes_stops_before_its_cooldown_says_so(corpus, tmp_path):
