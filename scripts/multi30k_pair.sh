@@ -83,6 +83,15 @@ done
 echo "training ${out}_a and ${out}_b, one thread each (tail -f ${out}_a.log)"
 wait_both
 trap - INT
+# A member stopped by a signal saves and exits 0 (train.py: a preempted job), its last line
+# saying so. Started in the background, this script ignores SIGINT (bash does not let it trap
+# a signal ignored on entry) while its members still stop on it: choose nothing then.
+for run in "$out"_a "$out"_b; do
+    if [[ $(tail -n 1 "$run.log") == "stopped by signal"* ]]; then
+        echo "stopped: $run was stopped by a signal; to continue, run again with --resume" >&2
+        exit 130
+    fi
+done
 
 # Each member chooses its checkpoint on val (best epoch, or the average of its last 5/10/20).
 for m in a b; do

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from safetensors import safe_open
@@ -182,19 +183,27 @@ def test_multi30k_recipe_smoke(tmp_path):
     assert not (ens / "avg2").exists()  # nothing averaged
 
 
-def run_pair(tmp_path, *args):
-    """scripts/multi30k_pair.sh on the toy corpus in tmp_path/multi30k, into tmp_path/pair*."""
+def start_pair(tmp_path, *args, **popen):
+    """scripts/multi30k_pair.sh on the toy corpus in tmp_path/multi30k, into tmp_path/pair*,
+    in a process group of its own."""
     env = {**ENV, "PYTHON": sys.executable, "OUT": str(tmp_path / "pair")}
     env["DATA"] = str(tmp_path / "multi30k")
     cmd = ["bash", "scripts/multi30k_pair.sh", *map(str, args)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # fmt: skip
+
+
+def finish(proc, timeout=300):
     try:
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the members too, not only bash
         raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_pair(tmp_path, *args):
+    return finish(start_pair(tmp_path, *args))
 
 
 def test_multi30k_pair_smoke(tmp_path):
@@ -226,6 +235,38 @@ def test_multi30k_pair_smoke(tmp_path):
     assert proc.stderr.strip() == (
         f"error: {tmp_path}/pair_a exists: pass --resume to continue it, or OUT=DIR for a new pair"
     )
+
+
+def ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_multi30k_pair_stopped_by_a_signal_chooses_nothing(tmp_path):
+    """Started in the background, the script ignores SIGINT while its members save and exit 0
+    on it: it must stop there, not choose checkpoints from two half-trained members."""
+    toy_multi30k(tmp_path)
+    toy = [*TOY, "--epochs", 1000, "--save_every", 2, "--mixed_precision", "no"]
+    proc = start_pair(tmp_path, *toy, preexec_fn=ignore_sigint)  # as `cmd &` in a script does
+    members = [tmp_path / "pair_a", tmp_path / "pair_b"]
+    deadline = time.time() + 120
+    while not all(list((m / "checkpoints").glob("step-*[0-9]")) for m in members):
+        assert proc.poll() is None, finish(proc).stderr[-2000:]
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the members wrote no checkpoint in 120 s")
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    done = finish(proc, timeout=120)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.strip().endswith(
+        f"stopped: {members[0]} was stopped by a signal; to continue, run again with --resume"
+    )
+    for m in members:
+        last_line = (tmp_path / f"{m.name}.log").read_text().splitlines()[-1]
+        assert last_line.startswith("stopped by signal")
+        assert (m / "last" / "trainer_state.json").is_file()  # saved
+        assert not (m / "results.json").exists()  # nothing chosen
+    assert not (tmp_path / "pair").exists()  # no ensemble
 
 
 def test_multi30k_pair_bad_input_is_exit_2(tmp_path):
