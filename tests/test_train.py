@@ -224,10 +224,20 @@ def test_warns_once_when_max_minutes_would_cut_the_decay():
     # 1,000 steps fit in 10 minutes; 900 with the margin (950, rounded down to hundreds), and
     # the cooldown keeps its fifth
     assert "near step 1,000" in logged[0] and "--max_steps 900 --cooldown_steps 180" in logged[0]
-    assert len(warned(cfg, 200, 120.0, run_)) == 1  # once
+    assert len(warned(cfg, 110, 119.0, run_)) == 1  # nothing new before 1/5
+    # at 1/5 the pace since the first check (200 steps/min) counts: 300 + 8 * 200 = 1,900
+    second = warned(cfg, 300, 120.0, run_)[1:]
+    assert len(second) == 1 and "near step 1,900" in second[0] and "--max_steps 1800" in second[0]
+    assert len(warned(cfg, 1000, 300.0, run_)) == 2  # twice at most
+    # the second check finds the run fits at the faster pace since the first: quiet
+    run_ = pace_run(cfg)
+    assert len(warned(cfg, 100, 60.0, run_)) == 1  # 100 steps/min: 1,000 by 10 min
+    assert len(warned(cfg, 800, 120.0, run_)) == 1  # 800 + 8 * 700 = 6,400 >= 5,000
     # resumed at step 850 with the same pace: the cooldown (from 720) can no longer fit
-    (late,) = warned(cfg, 850, 510.0)
+    run_ = pace_run(cfg)
+    (late,) = warned(cfg, 850, 510.0, run_)
     assert late.endswith("too late to fit the decay by lowering max_steps")
+    assert len(warned(cfg, 860, 516.0, run_)) == 1  # past both points: one check, not two
     # resumed past max_minutes: it stops at the next check anyway
     assert warned(cfg, 1000, 601.0) == []
     for fits in (
