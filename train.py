@@ -628,7 +628,7 @@ def warn_if_short_of_time(run: dict, state: dict) -> None:
     """A twentieth and a fifth into max_minutes: will max_minutes stop training before the
     learning rate reaches 0 at max_steps? A schedule set in steps cannot see the machine's pace,
     which here moved by a third from one day to the next; stopped early, it skips its decay. The
-    first steps are the slowest (in two Multi30k pairs the first check's pace was 6-9 % and 18-20 %
+    first steps are the slowest (in two Multi30k pairs the first check's pace was 6-9 % and 18-21 %
     below the whole run's), so the second check counts only the steps since the first."""
     cfg, seconds, step = run["cfg"], state["train_seconds"], state["step"]
     decays = cfg.lr_schedule != "inverse_sqrt" or cfg.cooldown_steps
@@ -638,9 +638,12 @@ def warn_if_short_of_time(run: dict, state: dict) -> None:
     due = sum(seconds >= limit * f for f in (1 / 20, 1 / 5))
     if due <= run.get("pace_checks", 0):
         return
-    # a resume past both points checks once; the pace is that since this process's last check
+    # a resume past both points checks once. The pace: since this process's last check if that
+    # was a tenth of max_minutes ago or more (not a few steps after a resume), else the run's.
     run["pace_checks"], (since_s, since_step) = due, run.get("pace_at", (0.0, 0))
     run["pace_at"] = (seconds, step)
+    if seconds - since_s < limit / 10:
+        since_s, since_step = 0.0, 0
     if seconds >= limit:  # resumed past max_minutes: it stops at once anyway
         return
     per_minute = (step - since_step) / (seconds - since_s) * 60

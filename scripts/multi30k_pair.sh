@@ -53,9 +53,13 @@ fi
 "$py" data.py prepare "${train[@]}" ${prepare[@]+"${prepare[@]}"}
 
 # Waits for both jobs (runs: pid -> the file with its errors); the first to fail is named, with
-# the end of that file, and the EXIT trap stops the other.
+# the end of that file, and the EXIT trap stops the other. With "members" (the training runs): a
+# member stopped by a signal saves and exits 0 (train.py: a preempted job), its last log line
+# saying so; then the other is stopped too (it saves) and nothing is chosen. This matters where this script ignores SIGINT (started with
+# `&` by a script or a non-interactive shell; bash cannot trap a signal ignored on entry) while
+# its members still stop on it, and where only one member got the signal.
 wait_both() {
-    local pid status
+    local pid status log what=${1:-}
     for _ in 1 2; do
         status=0
         wait -n -p pid "${!runs[@]}" || status=$?
@@ -64,7 +68,15 @@ wait_both() {
             tail -n 3 "${runs[$pid]}" >&2
             exit "$status"
         fi
+        log=${runs[$pid]%.err}.log
         unset "runs[$pid]"
+        if [[ $what == members && $(tail -n 1 "$log") == "stopped by signal"* ]]; then
+            ((${#runs[@]} == 0)) || kill -INT "${!runs[@]}" 2>/dev/null || true
+            wait
+            echo "stopped: ${log%.log} was stopped by a signal; to continue, run again with" \
+                "--resume" >&2
+            exit 130
+        fi
     done
 }
 trap 'kill $(jobs -p) 2>/dev/null || true; wait' EXIT
@@ -81,17 +93,8 @@ for m in a:1234 b:2; do
     runs[$!]=$run.err
 done
 echo "training ${out}_a and ${out}_b, one thread each (tail -f ${out}_a.log)"
-wait_both
+wait_both members
 trap - INT
-# A member stopped by a signal saves and exits 0 (train.py: a preempted job), its last line
-# saying so. Started in the background, this script ignores SIGINT (bash does not let it trap
-# a signal ignored on entry) while its members still stop on it: choose nothing then.
-for run in "$out"_a "$out"_b; do
-    if [[ $(tail -n 1 "$run.log") == "stopped by signal"* ]]; then
-        echo "stopped: $run was stopped by a signal; to continue, run again with --resume" >&2
-        exit 130
-    fi
-done
 
 # Each member chooses its checkpoint on val (best epoch, or the average of its last 5/10/20).
 for m in a b; do

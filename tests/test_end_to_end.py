@@ -3,10 +3,12 @@
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from safetensors import safe_open
@@ -241,12 +243,26 @@ def ignore_sigint():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def test_multi30k_pair_stopped_by_a_signal_chooses_nothing(tmp_path):
-    """Started in the background, the script ignores SIGINT while its members save and exit 0
-    on it: it must stop there, not choose checkpoints from two half-trained members."""
+def pid_of(*words):
+    """The process whose command line holds all these words."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode().split("\0")
+        except OSError:  # ended meanwhile
+            continue
+        if all(w in args for w in words):
+            return int(cmdline.parent.name)
+    raise AssertionError(f"no process with {words}")
+
+
+@pytest.mark.parametrize("target", ["group", "member a"])
+def test_multi30k_pair_stopped_by_a_signal_chooses_nothing(tmp_path, target):
+    """A member stopped by a signal saves and exits 0: the script must stop its other member
+    and stop there, not choose checkpoints from half-trained members. "group": SIGINT to all,
+    the script started as `cmd &` in a script is, ignoring it; "member a": to one member only."""
     toy_multi30k(tmp_path)
     toy = [*TOY, "--epochs", 1000, "--save_every", 2, "--mixed_precision", "no"]
-    proc = start_pair(tmp_path, *toy, preexec_fn=ignore_sigint)  # as `cmd &` in a script does
+    proc = start_pair(tmp_path, *toy, preexec_fn=ignore_sigint)
     members = [tmp_path / "pair_a", tmp_path / "pair_b"]
     deadline = time.time() + 120
     while not all(list((m / "checkpoints").glob("step-*[0-9]")) for m in members):
@@ -255,16 +271,20 @@ def test_multi30k_pair_stopped_by_a_signal_chooses_nothing(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             raise AssertionError("the members wrote no checkpoint in 120 s")
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)
+    if target == "group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(pid_of("train.py", "--output_dir", str(members[0])), signal.SIGINT)
     done = finish(proc, timeout=120)
     assert done.returncode == 130, done.stderr[-2000:]
-    assert done.stderr.strip().endswith(
-        f"stopped: {members[0]} was stopped by a signal; to continue, run again with --resume"
-    )
+    last = done.stderr.strip().splitlines()[-1]
+    named = re.escape(str(tmp_path)) + ("/pair_a" if target == "member a" else "/pair_[ab]")
+    expected = f"stopped: {named} was stopped by a signal; to continue, run again with --resume"
+    assert re.fullmatch(expected, last), last
     for m in members:
         last_line = (tmp_path / f"{m.name}.log").read_text().splitlines()[-1]
-        assert last_line.startswith("stopped by signal")
-        assert (m / "last" / "trainer_state.json").is_file()  # saved
+        assert last_line.startswith("stopped by signal")  # each saved and said so
+        assert (m / "last" / "trainer_state.json").is_file()
         assert not (m / "results.json").exists()  # nothing chosen
     assert not (tmp_path / "pair").exists()  # no ensemble
 

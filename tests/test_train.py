@@ -215,7 +215,7 @@ def warned(cfg, step, seconds, run_=None):
     return run_["lines"]
 
 
-def test_warns_once_when_max_minutes_would_cut_the_decay():
+def test_warns_at_most_twice_when_max_minutes_would_cut_the_decay():
     cfg = TrainConfig(max_minutes=10, max_steps=5000, cooldown_steps=1000)
     run_ = pace_run(cfg)
     assert warned(cfg, 2, 29.0, run_) == []  # under 1/20 of 10 min
@@ -238,6 +238,15 @@ def test_warns_once_when_max_minutes_would_cut_the_decay():
     (late,) = warned(cfg, 850, 510.0, run_)
     assert late.endswith("too late to fit the decay by lowering max_steps")
     assert len(warned(cfg, 860, 516.0, run_)) == 1  # past both points: one check, not two
+    # the second check takes the pace since the first only over a tenth of max_minutes or more
+    run_ = pace_run(cfg)
+    assert len(warned(cfg, 150, 90.0, run_)) == 1  # resumed between the two points
+    # 30 s since: the run's 125 steps/min (200 since), 250 + 8 * 125
+    assert "near step 1,250" in warned(cfg, 250, 120.0, run_)[1]
+    run_ = pace_run(cfg)
+    assert len(warned(cfg, 50, 30.0, run_)) == 1
+    # 90 s since: 200 steps/min (the run's 175), 350 + 8 * 200
+    assert "near step 1,950" in warned(cfg, 350, 120.0, run_)[1]
     # resumed past max_minutes: it stops at the next check anyway
     assert warned(cfg, 1000, 601.0) == []
     for fits in (
