@@ -55,9 +55,10 @@ fi
 # Waits for both jobs (runs: pid -> the file with its errors); the first to fail is named, with
 # the end of that file, and the EXIT trap stops the other. With "members" (the training runs): a
 # member stopped by a signal saves and exits 0 (train.py: a preempted job), its last log line
-# saying so; then the other is stopped too (it saves) and nothing is chosen. This matters where this script ignores SIGINT (started with
-# `&` by a script or a non-interactive shell; bash cannot trap a signal ignored on entry) while
-# its members still stop on it, and where only one member got the signal.
+# saying so; then the other is stopped too (it saves) and nothing is chosen. That happens when
+# only one member got the signal, and when this script ignores SIGINT (started with `&` by a
+# script or a non-interactive shell; bash cannot trap a signal ignored on entry) but its
+# members still stop on it.
 wait_both() {
     local pid status log what=${1:-}
     for _ in 1 2; do
