@@ -1,7 +1,8 @@
 """What several test files share: the repo root, the environment of the programs they start,
-and a small corpus with its own tokenizer."""
+a small corpus with its own tokenizer, and a wait for a running training's checkpoint."""
 
 import os
+import time
 from pathlib import Path
 
 import quickstart_data
@@ -34,3 +35,16 @@ def write_corpus(tmp: Path, seed: int, n_train: int, n_valid: int, vocab_size: i
     ]
     train_tokenizer([texts], "unigram", vocab_size).save_pretrained(tmp / "tok")
     return tmp
+
+
+def wait_for_checkpoint(out, min_step, proc, timeout=120):
+    """The newest checkpoint step in out/checkpoints once one reaches min_step; fails if proc
+    (the training, or what runs it) ends first or none comes within timeout seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        steps = [int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*[0-9]")]
+        if steps and max(steps) >= min_step:
+            return max(steps)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")

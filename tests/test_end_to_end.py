@@ -7,14 +7,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
 import quickstart_data
-from helpers import ROOT, subprocess_env
+from helpers import ROOT, subprocess_env, wait_for_checkpoint
 
 ENV = subprocess_env()
 
@@ -264,13 +263,12 @@ def test_multi30k_pair_stopped_by_a_signal_chooses_nothing(tmp_path, target):
     toy = [*TOY, "--epochs", 1000, "--save_every", 2, "--mixed_precision", "no"]
     proc = start_pair(tmp_path, *toy, preexec_fn=ignore_sigint)
     members = [tmp_path / "pair_a", tmp_path / "pair_b"]
-    deadline = time.time() + 120
-    while not all(list((m / "checkpoints").glob("step-*[0-9]")) for m in members):
-        assert proc.poll() is None, finish(proc).stderr[-2000:]
-        if time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError("the members wrote no checkpoint in 120 s")
-        time.sleep(0.1)
+    try:
+        for m in members:
+            wait_for_checkpoint(m, 1, proc)
+    except AssertionError:
+        os.killpg(proc.pid, signal.SIGKILL)  # the members too
+        raise
     if target == "group":
         os.killpg(proc.pid, signal.SIGINT)
     else:

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +22,7 @@ from safetensors.torch import load_file
 import train
 from config import TrainConfig, UserError
 from data import Corpus, SpecialIds
-from helpers import ROOT, subprocess_env, write_corpus
+from helpers import ROOT, subprocess_env, wait_for_checkpoint, write_corpus
 from model import ModelConfig, Transformer
 from train import inverse_sqrt, make_optimizer
 
@@ -362,17 +361,6 @@ def test_decaying_schedule_resumes_from_its_json_state(name):
             o.step()
             s.step()
     assert first.get_last_lr()[0] < 1e-3
-
-
-def wait_for_checkpoint(out, min_step, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        steps = [int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*[0-9]")]
-        if steps and max(steps) >= min_step:
-            return max(steps)
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        time.sleep(0.05)
-    raise AssertionError("no checkpoint appeared")
 
 
 def test_sigkill_then_resume_is_bitwise_identical(corpus, tmp_path):
