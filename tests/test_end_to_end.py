@@ -149,12 +149,14 @@ def data_args(data):
             "--test_data", f"{data}/test_2016_flickr.{{lang}}.gz"]  # fmt: skip
 
 
-def test_multi30k_recipe_smoke(tmp_path):
-    """configs/multi30k.json at toy scale, as the README runs it: its settings train (its own
-    tokenizer, a checkpoint per epoch), then scripts/multi30k_select.py averages the last
-    checkpoints, chooses checkpoint and decoding on val only, and scores test once."""
+@pytest.mark.parametrize("config", ["configs/multi30k.json", "configs/multi30k_bf16.json"])
+def test_multi30k_recipe_smoke(tmp_path, config):
+    """The Multi30k recipes at toy scale, as the README runs them (fp32, and bf16 with attention
+    dropout and weight decay): their settings train (their own tokenizer, a checkpoint per
+    epoch), then scripts/multi30k_select.py averages the last checkpoints, chooses checkpoint and
+    decoding on val only, and scores test once; then the same for an ensemble of two."""
     data, out = toy_multi30k(tmp_path), tmp_path / "run"
-    run("train.py", "--config", "configs/multi30k.json", "--output_dir", out, *data_args(data),
+    run("train.py", "--config", config, "--output_dir", out, *data_args(data),
         *TOY, "--epochs", 3)  # fmt: skip
     steps = sorted((out / "checkpoints").glob("step-*[0-9]"))
     assert len(steps) == 3  # one per epoch
