@@ -11,9 +11,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# A layer's decoding cache: {"k": (B, H, Tk, Dh), "v": (B, H, Tk, Dh)}. Self-attention appends
-# one step per call; cross-attention fills it once from the encoder memory and reuses it.
-Cache = dict[str, torch.Tensor]
+
+class Cache:
+    """One attention's decoding cache: keys and values (B, H, Tk, Dh), None until first filled.
+    Self-attention appends one step per call; cross-attention fills it once from the encoder
+    memory and reuses it.
+
+    A plain object, not a dict: FSDP rebuilds the dicts, lists and tuples passed to a wrapped
+    module when it casts or moves the inputs (its bf16 mixed precision, a CUDA device), so keys
+    written into such a dict land in a copy and the next step starts from nothing. That is how
+    FSDP-trained runs once scored greedy val BLEU 1.5 on a GPU where one process scored 98.7.
+    An object is passed through as it is, and every copy of a container holds this same one.
+    """
+
+    __slots__ = ("k", "v")
+
+    def __init__(self, k: torch.Tensor | None = None, v: torch.Tensor | None = None):
+        self.k, self.v = k, v
 
 
 class MultiHeadAttention(nn.Module):
@@ -59,18 +73,18 @@ class MultiHeadAttention(nn.Module):
         if context is None:  # self-attention: keys are x, plus the cached past when decoding
             k, v = self._split(self.k_proj(x)), self._split(self.v_proj(x))  # (B, H, Tq, Dh)
             if cache is not None:
-                if "k" in cache:
-                    k = torch.cat([cache["k"], k], dim=2)  # (B, H, Tk, Dh)
-                    v = torch.cat([cache["v"], v], dim=2)  # (B, H, Tk, Dh)
-                cache["k"], cache["v"] = k, v
-        elif cache is not None and "k" in cache:  # cross-attention, memory already projected
-            k, v = cache["k"], cache["v"]  # (B, H, S, Dh)
+                if cache.k is not None:
+                    k = torch.cat([cache.k, k], dim=2)  # (B, H, Tk, Dh)
+                    v = torch.cat([cache.v, v], dim=2)  # (B, H, Tk, Dh)
+                cache.k, cache.v = k, v
+        elif cache is not None and cache.k is not None:  # cross-attention, memory projected
+            k, v = cache.k, cache.v  # (B, H, S, Dh)
         else:
             k = self._split(self.k_proj(context))  # (B, H, S, Dh)
             v = self._split(self.v_proj(context))  # (B, H, S, Dh)
             if cache is not None:  # contiguous, so that every step's matmuls need no copy
                 k, v = k.contiguous(), v.contiguous()
-                cache["k"], cache["v"] = k, v
+                cache.k, cache.v = k, v
         if grouped and not self.training and q.device.type == "cpu":
             out = grouped_attention(q, k, v, mask)  # (B, H, Tq, Dh)
         elif q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):

@@ -71,8 +71,8 @@ class DecoderLayer(_Layer):
         """
         self_cache = cross_cache = None
         if cache is not None:
-            self_cache, cross_cache = cache.setdefault("self", {}), cache.setdefault("cross", {})
-            if "k" in self_cache and x.size(1) > 1:
+            self_cache, cross_cache = cache["self"], cache["cross"]  # made by new_cache
+            if self_cache.k is not None and x.size(1) > 1:
                 raise ValueError("with a filled cache, decode one position at a time")
         # A single new position may attend to the whole cached past: no mask at all.
         causal = x.size(1) > 1

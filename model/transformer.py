@@ -9,7 +9,8 @@ from .embedding import Embedding
 from .layers import DecoderLayer, EncoderLayer
 from .masks import padding_mask
 
-# Decoding state: one {"self": Cache, "cross": Cache} per decoder layer.
+# Decoding state: one {"self": Cache, "cross": Cache} per decoder layer. The dicts may be copied
+# on the way into a layer (see Cache); the Cache objects in them are what the layers fill.
 DecoderCache = list[dict[str, Cache]]
 
 
@@ -95,14 +96,14 @@ class Transformer(nn.Module):
         return self.decode(tgt, self.encode(src, src_mask), src_mask)
 
     def new_cache(self) -> DecoderCache:
-        return [{} for _ in self.decoder.layers]
+        return [{"self": Cache(), "cross": Cache()} for _ in self.decoder.layers]
 
 
 def cache_length(cache: DecoderCache | None) -> int:
     """Number of target positions already decoded into `cache`."""
-    if not cache or "self" not in cache[0] or "k" not in cache[0]["self"]:
+    if not cache or "self" not in cache[0] or cache[0]["self"].k is None:
         return 0
-    return cache[0]["self"]["k"].size(2)
+    return cache[0]["self"].k.size(2)
 
 
 def reorder_cache(
@@ -117,6 +118,8 @@ def reorder_cache(
 
     def select(part: str, c: Cache) -> Cache:
         rows = cross_index if part == "cross" else index
-        return c if rows is None else {k: t.index_select(0, rows) for k, t in c.items()}
+        if rows is None:
+            return c
+        return Cache(*(None if t is None else t.index_select(0, rows) for t in (c.k, c.v)))
 
     return [{part: select(part, c) for part, c in layer.items()} for layer in cache]

@@ -7,6 +7,8 @@
 - Under bf16 autocast (as bench/benchmark.py decodes) a batch without padding decodes on the
   flash kernel alone: no mask is built for it. (translate.py decodes in fp32 by default, where
   no flash kernel exists; `--mixed_precision bf16` decodes so.)
+- Under FSDP2 with bf16 mixed precision (accelerate_config.yaml's), which copies the containers
+  passed to each wrapped module, cached decoding still equals teacher forcing.
 - A training step from data.batch_iter's copy to the device through the fused AdamW step makes
   no host sync that torch.cuda.set_sync_debug_mode("error") detects (train.py adds one on
   purpose, the check that the gradient norm is finite, and R-Drop another).
@@ -15,6 +17,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from config import TrainConfig
@@ -110,3 +113,34 @@ def test_a_training_step_makes_no_host_sync(attn_dropout):
     finally:
         torch.cuda.set_sync_debug_mode(before)
     assert torch.isfinite(loss)
+
+
+def test_cached_decoding_under_fsdp_in_bf16_equals_teacher_forcing(tmp_path):
+    from torch.distributed.fsdp import (
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        model, batches = model_and_batches()
+        batch = next(batches)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16)  # as accelerate sets it for bf16
+        for layer in [*model.encoder.layers, *model.decoder.layers]:
+            fully_shard(layer, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        for method in ("encode", "decode"):  # as train.py registers them
+            register_fsdp_forward_method(model, method)
+        model.eval()
+        src, tgt = batch["src"], batch["tgt_in"][:, :8]
+        with torch.no_grad():
+            src_mask = model.src_mask(src)
+            memory = model.encode(src, src_mask)
+            full = model.decode(tgt, memory, src_mask).float()
+            cache = model.new_cache()
+            steps = [model.decode(tgt[:, i : i + 1], memory, src_mask, cache) for i in range(8)]
+        # bf16 rounding apart; a lost cache (each step alone at position 0) differs by ~1
+        torch.testing.assert_close(torch.cat(steps, 1).float(), full, atol=0.1, rtol=0.05)
+    finally:
+        dist.destroy_process_group()

@@ -20,7 +20,7 @@ from model import (
     reorder_cache,
     shift_right,
 )
-from model.attention import MultiHeadAttention
+from model.attention import Cache, MultiHeadAttention
 from model.dropout import Dropout
 from model.embedding import Embedding, sinusoidal_table
 from model.layers import EncoderLayer
@@ -105,9 +105,9 @@ def test_beams_sharing_a_memory_row_equal_a_repeated_memory(monkeypatch):
     x, memory = torch.randn(2 * g, 1, d), torch.randn(2, 7, d)
     mask = padding_mask(pad_batch([[5] * 7, [5] * 2]), PAD)  # (2, 1, 1, 7)
     expected = attn(x, context=memory.repeat_interleave(g, 0), mask=mask.repeat_interleave(g, 0))
-    cache = {}
+    cache = Cache()
     assert_close(attn(x, context=memory, mask=mask, cache=cache), expected, **TOL)
-    assert cache["k"].size(0) == 2  # one cached row per sentence, not per beam
+    assert cache.k.size(0) == 2  # one cached row per sentence, not per beam
     assert_close(attn(x, context=memory, mask=mask, cache=cache), expected, **TOL)
     assert_close(attn(x.view(2, g, d), context=memory, mask=mask).view(2 * g, 1, d), expected)
     # the path GPUs take: SDPA on the grouped shapes (on CPU a written-out softmax(QKᵀ)V)
@@ -242,6 +242,32 @@ def test_cached_decoding_equals_teacher_forcing(tiny_cfg, n_layers, n_dec_layers
     assert_close(torch.cat(steps, dim=1), full, **TOL)
 
 
+def copied(x):
+    """x with its dicts, lists and tuples copied around the same objects: what FSDP hands a
+    wrapped module when it casts or moves the inputs (its bf16 mixed precision, a CUDA device)."""
+    if isinstance(x, dict):
+        return {k: copied(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(copied(v) for v in x)
+    return x
+
+
+def test_cached_decoding_survives_wrappers_that_copy_the_inputs(tiny_cfg):
+    model = model_for(tiny_cfg)
+    for layer in model.decoder.layers:
+        layer.register_forward_pre_hook(lambda module, args: copied(args))
+    src = pad_batch(random_seqs([5, 2, 7], tiny_cfg.src_vocab_size))
+    tgt = torch.randint(3, tiny_cfg.tgt_vocab_size, (3, 6))
+    src_mask = model.src_mask(src)
+    memory = model.encode(src, src_mask)
+    full = model.decode(tgt, memory, src_mask)
+    cache = model.new_cache()  # copied at every call: FSDP copies the root's inputs too
+    steps = [
+        model.decode(tgt[:, i : i + 1], memory, src_mask, copied(cache)) for i in range(tgt.size(1))
+    ]
+    assert_close(torch.cat(steps, dim=1), full, **TOL)
+
+
 @torch.no_grad()
 def greedy_uncached(model: Transformer, src, ids: SpecialIds, max_new: int) -> torch.Tensor:
     """Reference greedy search: re-decode the whole prefix every step, no cache."""
@@ -309,7 +335,7 @@ def test_reorder_cache_selects_rows(tiny_cfg):
     kept = reorder_cache(cache, index, cross_index=None)
     for old, new in zip(cache, kept, strict=True):
         assert new["cross"] is old["cross"]
-        assert torch.equal(new["self"]["k"], old["self"]["k"][index])
+        assert torch.equal(new["self"].k, old["self"].k[index])
 
 
 # ---------------------------------------------------------------------------------------------

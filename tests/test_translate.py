@@ -17,6 +17,7 @@ from config import TrainConfig, UserError
 from data import SpecialIds, train_tokenizer
 from helpers import ROOT
 from model import ModelConfig, Transformer
+from model.attention import Cache
 from translate import Hypothesis, beam_search, greedy, length_penalty, translate_nbest
 
 PAD, START = 0, 1  # tiny_cfg: pad 0; tokens drawn from 3 .. vocab - 1
@@ -57,7 +58,8 @@ def lengths_of(src: torch.Tensor) -> torch.Tensor:
 class Uncached(nn.Module):
     """The same model, but every decoding step re-runs the whole prefix (no key/value cache).
 
-    Its "cache" is only the prefix so far; reorder_cache reorders it like a real one.
+    Its "cache" is only the prefix so far, held as a Cache's k, so that reorder_cache reorders it
+    like a real one.
     """
 
     def __init__(self, model: Transformer):
@@ -71,12 +73,12 @@ class Uncached(nn.Module):
         return self.model.encode(src, src_mask)
 
     def new_cache(self):
-        return [{"prefix": {}}]
+        return [{"prefix": Cache()}]
 
     def decode(self, tgt, memory, src_mask, cache=None):
         prefix = cache[0]["prefix"]
-        prefix["ids"] = tgt if "ids" not in prefix else torch.cat([prefix["ids"], tgt], 1)
-        return self.model.decode(prefix["ids"], memory, src_mask)[:, -tgt.size(1) :]
+        prefix.k = tgt if prefix.k is None else torch.cat([prefix.k, tgt], 1)
+        return self.model.decode(prefix.k, memory, src_mask)[:, -tgt.size(1) :]
 
 
 def cut(row: list[int], eos: int) -> list[int]:
