@@ -22,6 +22,7 @@ class Cache:
     written into such a dict land in a copy and the next step starts from nothing. That is how
     FSDP-trained runs once scored greedy val BLEU 1.5 on a GPU where one process scored 98.7.
     An object is passed through as it is, and every copy of a container holds this same one.
+    Keep it a plain class: FSDP copies dataclasses and namedtuples as well.
     """
 
     __slots__ = ("k", "v")

@@ -71,7 +71,9 @@ class DecoderLayer(_Layer):
         """
         self_cache = cross_cache = None
         if cache is not None:
-            self_cache, cross_cache = cache["self"], cache["cross"]  # made by new_cache
+            if "self" not in cache:
+                raise ValueError("a decoding cache must come from Transformer.new_cache()")
+            self_cache, cross_cache = cache["self"], cache["cross"]
             if self_cache.k is not None and x.size(1) > 1:
                 raise ValueError("with a filled cache, decode one position at a time")
         # A single new position may attend to the whole cached past: no mask at all.

@@ -243,8 +243,11 @@ def test_cached_decoding_equals_teacher_forcing(tiny_cfg, n_layers, n_dec_layers
 
 
 def copied(x):
-    """x with its dicts, lists and tuples copied around the same objects: what FSDP hands a
-    wrapped module when it casts or moves the inputs (its bf16 mixed precision, a CUDA device)."""
+    """x with its dicts, lists, tuples and dataclasses copied around the same other objects: what
+    FSDP hands a wrapped module when it casts or moves the inputs (bf16 mixed precision, CUDA)."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        fields = {f.name: copied(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        return dataclasses.replace(x, **fields)
     if isinstance(x, dict):
         return {k: copied(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
