@@ -226,22 +226,6 @@ def test_padded_batch_equals_per_sentence_runs(tiny_cfg, pre_norm):
 # Incremental decoding
 
 
-@pytest.mark.parametrize(("n_layers", "n_dec_layers"), [(2, None), (3, 1)])
-def test_cached_decoding_equals_teacher_forcing(tiny_cfg, n_layers, n_dec_layers):
-    tiny_cfg = dataclasses.replace(tiny_cfg, n_layers=n_layers, n_dec_layers=n_dec_layers)
-    model = model_for(tiny_cfg)
-    assert len(model.encoder.layers) == n_layers
-    assert len(model.decoder.layers) == len(model.new_cache()) == (n_dec_layers or n_layers)
-    src = pad_batch(random_seqs([5, 2, 7], tiny_cfg.src_vocab_size))
-    tgt = torch.randint(3, tiny_cfg.tgt_vocab_size, (3, 6))
-    src_mask = model.src_mask(src)
-    memory = model.encode(src, src_mask)
-    full = model.decode(tgt, memory, src_mask)
-    cache = model.new_cache()
-    steps = [model.decode(tgt[:, i : i + 1], memory, src_mask, cache) for i in range(tgt.size(1))]
-    assert_close(torch.cat(steps, dim=1), full, **TOL)
-
-
 def copied(x):
     """x with its dicts, lists, tuples and dataclasses copied around the same other objects: what
     FSDP hands a wrapped module when it casts or moves the inputs (bf16 mixed precision, CUDA)."""
@@ -255,18 +239,25 @@ def copied(x):
     return x
 
 
-def test_cached_decoding_survives_wrappers_that_copy_the_inputs(tiny_cfg):
+@pytest.mark.parametrize("copy_inputs", [False, True])  # True: as FSDP hands them over
+@pytest.mark.parametrize(("n_layers", "n_dec_layers"), [(2, None), (3, 1)])
+def test_cached_decoding_equals_teacher_forcing(tiny_cfg, n_layers, n_dec_layers, copy_inputs):
+    tiny_cfg = dataclasses.replace(tiny_cfg, n_layers=n_layers, n_dec_layers=n_dec_layers)
     model = model_for(tiny_cfg)
-    for layer in model.decoder.layers:
-        layer.register_forward_pre_hook(lambda module, args: copied(args))
+    assert len(model.encoder.layers) == n_layers
+    assert len(model.decoder.layers) == len(model.new_cache()) == (n_dec_layers or n_layers)
+    inputs = copied if copy_inputs else lambda x: x  # the root's inputs, at every call
+    if copy_inputs:  # and every decoder layer's
+        for layer in model.decoder.layers:
+            layer.register_forward_pre_hook(lambda module, args: copied(args))
     src = pad_batch(random_seqs([5, 2, 7], tiny_cfg.src_vocab_size))
     tgt = torch.randint(3, tiny_cfg.tgt_vocab_size, (3, 6))
     src_mask = model.src_mask(src)
     memory = model.encode(src, src_mask)
     full = model.decode(tgt, memory, src_mask)
-    cache = model.new_cache()  # copied at every call: FSDP copies the root's inputs too
+    cache = model.new_cache()
     steps = [
-        model.decode(tgt[:, i : i + 1], memory, src_mask, copied(cache)) for i in range(tgt.size(1))
+        model.decode(tgt[:, i : i + 1], memory, src_mask, inputs(cache)) for i in range(tgt.size(1))
     ]
     assert_close(torch.cat(steps, dim=1), full, **TOL)
 
