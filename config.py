@@ -67,7 +67,8 @@ class TrainConfig:
     # Validation, translation and evaluation always use the single best segmentation.
     subword_alpha: float = 0.0
     # --- model (beyond the documented keys) ---
-    attn_dropout: float = 0.0
+    attn_dropout: float = 0.0  # on attention weights (not in the paper; fairseq has it)
+    act_dropout: float = 0.0  # on the feed-forward's hidden activations (fairseq's name)
     pre_norm: bool = False  # post-LN as in the paper; pre-LN if True
     # decoder layers when not num_layers (not the paper's): e.g. a deep encoder, shallow decoder
     decoder_layers: int | None = None
@@ -144,7 +145,7 @@ class TrainConfig:
         ):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 or null (got {getattr(self, key)})")
-        for key in ("dropout", "attn_dropout", "label_smoothing"):
+        for key in ("dropout", "attn_dropout", "act_dropout", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 bad.append(f"{key} must be in [0, 1) (got {getattr(self, key)})")
         if not 0 <= self.subword_alpha <= 1:
@@ -170,8 +171,10 @@ class TrainConfig:
         ):
             if getattr(self, key) < 0:
                 bad.append(f"{key} must be >= 0 (got {getattr(self, key)})")
-        if self.rdrop_alpha > 0 and self.dropout == 0 and self.attn_dropout == 0:
-            bad.append("rdrop_alpha needs dropout or attn_dropout > 0 (two identical passes)")
+        if self.rdrop_alpha > 0 and self.dropout == self.attn_dropout == self.act_dropout == 0:
+            bad.append(
+                "rdrop_alpha needs dropout, attn_dropout or act_dropout > 0 (two identical passes)"
+            )
         if self.num_heads > 0 and self.model_dim % self.num_heads:
             bad.append(f"num_heads ({self.num_heads}) must divide model_dim ({self.model_dim})")
         if self.max_tokens is not None and self.max_tokens < self.max_seq_length:

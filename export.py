@@ -40,7 +40,7 @@ appends, and starts decoding from a zero embedding instead of the start token's.
 tokenizers have no such row and decode from SpecialIds.start, so --ct2 converts with that
 loader minus those two Marian conventions: every row kept, decoding from our start token.
 Refused (one-line error, exit 2): pre_norm models (Marian is post-LN only). Training-only
-settings (dropout, attn_dropout) are copied as they are and do not affect inference.
+settings (dropout, attn_dropout, act_dropout) are copied as they are and do not affect inference.
 """
 
 import argparse
@@ -78,7 +78,7 @@ def marian_config(cfg: ModelConfig, ids: SpecialIds):
         activation_function="gelu",  # exact erf GELU, as F.gelu in model/feedforward.py
         dropout=cfg.dropout,
         attention_dropout=cfg.attn_dropout,
-        activation_dropout=0.0,
+        activation_dropout=cfg.act_dropout,
         scale_embedding=True,  # sqrt(d_model) * E[ids], paper §3.4
         share_encoder_decoder_embeddings=cfg.share_embeddings,
         tie_word_embeddings=True,  # lm_head = decoder embedding, as our out_proj

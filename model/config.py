@@ -17,6 +17,8 @@ class ModelConfig:
     n_dec_layers: int | None = None
     dropout: float = 0.1  # on embeddings and sub-layer outputs (paper: P_drop)
     attn_dropout: float = 0.0  # on attention weights (not in the paper; fairseq has it)
+    # on the feed-forward's hidden activations (not in the paper; fairseq's activation_dropout)
+    act_dropout: float = 0.0
     max_len: int = 1024  # longest sequence the positional table covers
     pre_norm: bool = False  # False: post-LN as in the paper; True: pre-LN (more stable when deep)
     share_embeddings: bool = True  # one table for source, target and output (paper §3.4)

@@ -4,19 +4,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import Dropout
+
 
 class FeedForward(nn.Module):
-    """x -> fc2(GELU(fc1(x))). Deviation: GELU instead of the paper's ReLU.
+    """x -> fc2(Dropout(GELU(fc1(x)))). Deviations: GELU instead of the paper's ReLU, and the
+    optional dropout on the hidden activations (`act_dropout`: fairseq's activation_dropout,
+    tensor2tensor's relu_dropout; 0 = the paper's block).
 
-    Dropout is applied to the block's output by the layer (the paper's residual dropout), not
-    inside it, as in the paper.
+    The paper's residual dropout on the block's output is applied by the layer, not here.
     """
 
-    def __init__(self, d_model: int, d_ff: int):
+    def __init__(self, d_model: int, d_ff: int, act_dropout: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_ff)
+        self.dropout = Dropout(act_dropout)
         self.fc2 = nn.Linear(d_ff, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, D)."""
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.dropout(F.gelu(self.fc1(x))))

@@ -34,7 +34,7 @@ class EncoderLayer(_Layer):
         super().__init__(cfg)
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attn_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.act_dropout)
         self.final_layer_norm = nn.LayerNorm(cfg.d_model)
 
     def forward(self, x: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
@@ -52,7 +52,7 @@ class DecoderLayer(_Layer):
         self.self_attn_layer_norm = nn.LayerNorm(cfg.d_model)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attn_dropout)
         self.cross_attn_layer_norm = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.act_dropout)
         self.final_layer_norm = nn.LayerNorm(cfg.d_model)
 
     def forward(

@@ -428,6 +428,31 @@ def test_dropout_only_in_train_mode(tiny_cfg):
     assert_close(model(src, tgt), model(src, tgt), atol=0, rtol=0)
 
 
+def test_act_dropout_masks_the_feed_forward_hidden_units_in_train_mode_only(tiny_cfg):
+    # The mask is drawn over the hidden units (B, T, d_ff), between GELU and fc2: redrawn from
+    # the same seed, it gives the block's output exactly. The residual dropout (cfg.dropout)
+    # belongs to the layer, outside the block.
+    cfg = dataclasses.replace(tiny_cfg, dropout=0.0, act_dropout=0.5)
+    model = Transformer(cfg)
+    ffn = model.encoder.layers[0].ffn
+    x = torch.randn(2, 5, cfg.d_model)
+    ffn.train()
+    torch.manual_seed(0)
+    keep = torch.rand(2, 5, cfg.d_ff) >= 0.5
+    torch.manual_seed(0)
+    y = ffn(x)
+    hidden = F.gelu(ffn.fc1(x)) * keep / 0.5
+    assert_close(y, F.linear(hidden, ffn.fc2.weight, ffn.fc2.bias))
+    assert not torch.allclose(y, ffn.eval()(x))
+    assert model.decoder.layers[0].ffn.dropout.p == 0.5
+    # in eval mode the model equals one built without act_dropout, with the same weights
+    plain = Transformer(dataclasses.replace(cfg, act_dropout=0.0))
+    plain.load_state_dict(model.state_dict())
+    src = torch.randint(3, cfg.src_vocab_size, (2, 5))
+    tgt = torch.randint(3, cfg.tgt_vocab_size, (2, 4))
+    assert_close(model.eval()(src, tgt), plain.eval()(src, tgt), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
 def test_cpu_dropout_keeps_one_minus_p_scaled_and_gradients_follow_the_mask(p, dtype):
