@@ -12,6 +12,8 @@ import torch.nn.functional as F
 import export
 from checkpoint import load_model
 from config import UserError, cli
+from data import SpecialIds
+from model import ModelConfig
 from model.embedding import sinusoidal_table
 from test_translate import TEXTS, make_checkpoint
 from translate import banned_ids, greedy, max_new_tokens, translate_texts
@@ -66,6 +68,13 @@ def test_directory_holds_config_weights_and_tokenizer(exported):
     assert config["scale_embedding"] and config["activation_function"] == "gelu"
     assert config["share_encoder_decoder_embeddings"] and config["tie_word_embeddings"]
     assert not (out.parent / (out.name + ".tmp")).exists()  # written atomically
+
+
+def test_training_dropouts_keep_their_values_under_marians_names():
+    cfg = ModelConfig(src_vocab_size=20, tgt_vocab_size=20, pad_id=0, d_model=16, n_heads=2,
+                      dropout=0.3, attn_dropout=0.1, act_dropout=0.2)  # fmt: skip
+    config = export.marian_config(cfg, SpecialIds(pad=0, eos=1, start=0))
+    assert (config.dropout, config.attention_dropout, config.activation_dropout) == (0.3, 0.1, 0.2)
 
 
 @pytest.mark.parametrize("shared", [True, False])
