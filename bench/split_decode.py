@@ -19,20 +19,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.benchmark import BANNED, BATCH, IDS, NEW_TOKENS, Bench, our_model, random_batch  # noqa: E402
-from bench.mkl_packed import medians_s  # noqa: E402
+from bench.benchmark import BATCH, Bench, our_model, random_batch  # noqa: E402
+from bench.mkl_packed import decoders, medians_s  # noqa: E402
 from cpu_memory import keep_freed_memory  # noqa: E402
-from translate import beam_search, greedy  # noqa: E402
 
 MODEL = SRC = None  # set before the pool forks, inherited by the workers
 
 
-def decode(rows: slice, beam: int) -> list[list[int]]:
+def decode(rows: slice, name: str) -> list[list[int]]:
+    """The top tokens of SRC[rows], decoded as bench/mkl_packed.py's decoders[name] does."""
     with torch.no_grad():
-        src = SRC[rows]
-        if beam == 1:
-            return greedy(MODEL, src, IDS, NEW_TOKENS, BANNED).tolist()
-        return [f[0].tokens for f in beam_search(MODEL, src, IDS, NEW_TOKENS, beam, banned=BANNED)]
+        return decoders(SRC[rows])[name][0](MODEL)
 
 
 def main():
@@ -46,16 +43,16 @@ def main():
     halves = [slice(0, BATCH // 2), slice(BATCH // 2, BATCH)]
     with mp.get_context("fork").Pool(2, initializer=torch.set_num_threads, initargs=(1,)) as pool:
 
-        def one(outs: dict, beam: int):
-            outs["one"] = decode(slice(None), beam)
+        def one(outs: dict, name: str):
+            outs["one"] = decode(slice(None), name)
 
-        def split(outs: dict, beam: int):
-            parts = pool.starmap(decode, [(h, beam) for h in halves])
+        def split(outs: dict, name: str):
+            parts = pool.starmap(decode, [(h, name) for h in halves])
             outs["split"] = parts[0] + parts[1]
 
-        for beam, name in ((1, "greedy"), (4, "beam 4")):
+        for name in ("greedy", "beam 4"):
             outs = {}
-            t_one, t_split = medians_s(args.repeat, (one, outs, beam), (split, outs, beam))
+            t_one, t_split = medians_s(args.repeat, (one, outs, name), (split, outs, name))
             print(
                 f"{name}: one process, 2 threads {BATCH / t_one:.1f} sentences/s; two processes, "
                 f"1 thread each {BATCH / t_split:.1f}: {t_one / t_split:.2f}x, identical "
