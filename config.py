@@ -69,6 +69,7 @@ class TrainConfig:
     # --- model (beyond the documented keys) ---
     attn_dropout: float = 0.0  # on attention weights (not in the paper; fairseq has it)
     act_dropout: float = 0.0  # on the feed-forward's hidden activations (fairseq's name)
+    word_dropout: float = 0.0  # whole source tokens' embeddings (Marian's dropout-src)
     pre_norm: bool = False  # post-LN as in the paper; pre-LN if True
     # decoder layers when not num_layers (not the paper's): e.g. a deep encoder, shallow decoder
     decoder_layers: int | None = None
@@ -145,7 +146,7 @@ class TrainConfig:
         ):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 or null (got {getattr(self, key)})")
-        for key in ("dropout", "attn_dropout", "act_dropout", "label_smoothing"):
+        for key in ("dropout", "attn_dropout", "act_dropout", "word_dropout", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 bad.append(f"{key} must be in [0, 1) (got {getattr(self, key)})")
         if not 0 <= self.subword_alpha <= 1:
@@ -171,9 +172,11 @@ class TrainConfig:
         ):
             if getattr(self, key) < 0:
                 bad.append(f"{key} must be >= 0 (got {getattr(self, key)})")
-        if self.rdrop_alpha > 0 and self.dropout == self.attn_dropout == self.act_dropout == 0:
+        drops = ("dropout", "attn_dropout", "act_dropout", "word_dropout")
+        if self.rdrop_alpha > 0 and not any(getattr(self, key) for key in drops):
             bad.append(
-                "rdrop_alpha needs dropout, attn_dropout or act_dropout > 0 (two identical passes)"
+                "rdrop_alpha needs dropout, attn_dropout, act_dropout or word_dropout > 0 "
+                "(two identical passes)"
             )
         if self.num_heads > 0 and self.model_dim % self.num_heads:
             bad.append(f"num_heads ({self.num_heads}) must divide model_dim ({self.model_dim})")

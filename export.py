@@ -40,7 +40,9 @@ appends, and starts decoding from a zero embedding instead of the start token's.
 tokenizers have no such row and decode from SpecialIds.start, so --ct2 converts with that
 loader minus those two Marian conventions: every row kept, decoding from our start token.
 Refused (one-line error, exit 2): pre_norm models (Marian is post-LN only). Training-only
-settings (dropout, attn_dropout, act_dropout) are copied as they are and do not affect inference.
+settings (dropout, attn_dropout, act_dropout) are copied as they are and do not affect inference;
+word_dropout is not written: MarianConfig has no field for it (Marian's own --dropout-src is
+a training option).
 """
 
 import argparse

@@ -107,6 +107,7 @@ def model_config(cfg: TrainConfig, tokenizer, ids: SpecialIds) -> ModelConfig:
         dropout=cfg.dropout,
         attn_dropout=cfg.attn_dropout,
         act_dropout=cfg.act_dropout,
+        word_dropout=cfg.word_dropout,
         max_len=2 * cfg.max_seq_length + 16,  # room for decoding 1.5·src_len + 10 tokens
         pre_norm=cfg.pre_norm,
         share_embeddings=cfg.share_embeddings,

@@ -38,9 +38,16 @@ class Embedding(nn.Module):
         self.scale = math.sqrt(d_model)
         self.dropout = Dropout(dropout)
 
-    def forward(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D). `offset` is the position of ids[:, 0] (incremental decoding)."""
+    def forward(
+        self, ids: torch.Tensor, offset: int = 0, word_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D). `offset` is the position of ids[:, 0] (incremental decoding);
+        `word_mask` (B, T, 1) scales each token's vector before positions are added (word dropout).
+        """
         t = ids.size(1)
         if offset + t > self.pe.size(0):
             raise ValueError(f"sequence of {offset + t} exceeds max_len {self.pe.size(0)}")
-        return self.dropout(self.tokens(ids) * self.scale + self.pe[offset : offset + t])
+        x = self.tokens(ids)
+        if word_mask is not None:
+            x = x * word_mask
+        return self.dropout(x * self.scale + self.pe[offset : offset + t])

@@ -5,6 +5,7 @@ from torch import nn
 
 from .attention import Cache
 from .config import ModelConfig
+from .dropout import Dropout
 from .embedding import Embedding
 from .layers import DecoderLayer, EncoderLayer
 from .masks import padding_mask
@@ -53,6 +54,8 @@ class Transformer(nn.Module):
             self.tgt_embed = self.src_embed
         else:
             self.tgt_embed = Embedding(cfg.tgt_vocab_size, cfg.d_model, cfg.max_len, cfg.dropout)
+        # Deviation (not in the paper, off by default): in training, drop whole source tokens.
+        self.word_dropout = Dropout(cfg.word_dropout)
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.out_proj = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
@@ -73,7 +76,12 @@ class Transformer(nn.Module):
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
         """src (B, S), src_mask (B, 1, 1, S) or None (no padding) -> memory (B, S, D)."""
-        return self.encoder(self.src_embed(src), src_mask)
+        word_mask = None
+        if self.training and self.word_dropout.p > 0:
+            # One draw per token, 0 or 1/(1-p) over its whole embedding vector: a dropped
+            # token keeps only its position, so the encoder must infer the word from context.
+            word_mask = self.word_dropout(self.src_embed.tokens.weight.new_ones(*src.shape, 1))
+        return self.encoder(self.src_embed(src, word_mask=word_mask), src_mask)
 
     def decode(
         self,

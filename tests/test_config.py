@@ -71,7 +71,9 @@ def test_num_heads_must_divide_model_dim():
 
 
 @pytest.mark.parametrize("value", [1.0, -0.1, 1.5])
-@pytest.mark.parametrize("key", ["dropout", "attn_dropout", "act_dropout", "label_smoothing"])
+@pytest.mark.parametrize(
+    "key", ["dropout", "attn_dropout", "act_dropout", "word_dropout", "label_smoothing"]
+)
 def test_probabilities_must_be_in_unit_interval(key, value):
     with pytest.raises(UserError, match=rf"{key} must be in \[0, 1\) \(got {value}\)"):
         TrainConfig(**{key: value})
@@ -174,10 +176,11 @@ def test_subword_alpha_is_checked(tokenizer, alpha, problem):
 def test_rdrop_alpha_is_checked():
     with pytest.raises(UserError, match=r"rdrop_alpha must be >= 0 \(got -1.0\)"):
         TrainConfig(rdrop_alpha=-1.0)
-    with pytest.raises(UserError, match="rdrop_alpha needs dropout, attn_dropout or act_dropout"):
+    with pytest.raises(UserError, match="rdrop_alpha needs dropout, attn_dropout, act_dropout or"):
         TrainConfig(rdrop_alpha=1.0, dropout=0.0)
     assert TrainConfig(rdrop_alpha=1.0, dropout=0.0, attn_dropout=0.1).rdrop_alpha == 1.0
     assert TrainConfig(rdrop_alpha=1.0, dropout=0.0, act_dropout=0.1).rdrop_alpha == 1.0
+    assert TrainConfig(rdrop_alpha=1.0, dropout=0.0, word_dropout=0.1).rdrop_alpha == 1.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -453,6 +453,29 @@ def test_act_dropout_masks_the_feed_forward_hidden_units_in_train_mode_only(tiny
     assert_close(model.eval()(src, tgt), plain.eval()(src, tgt), atol=0, rtol=0)
 
 
+def test_word_dropout_drops_whole_source_tokens_in_train_mode_only(tiny_cfg):
+    # What reaches the encoder, less the positions, is per source token either all zeros or its
+    # embedding scaled by 1/(1-p); the decoder's input (the same shared table) is never dropped.
+    cfg = dataclasses.replace(tiny_cfg, word_dropout=0.5, max_len=512)
+    model = Transformer(cfg).train()
+    seen = {}
+    model.encoder.register_forward_pre_hook(lambda m, a: seen.__setitem__("enc", a[0]))
+    model.decoder.register_forward_pre_hook(lambda m, a: seen.__setitem__("dec", a[0]))
+    src = torch.randint(3, cfg.src_vocab_size, (8, 50))
+    tgt = torch.randint(3, cfg.tgt_vocab_size, (8, 50))
+    model(src, tgt)
+    emb, scale = model.src_embed, math.sqrt(cfg.d_model)
+    words = (seen["enc"] - emb.pe[:50]) / scale  # (B, S, D)
+    dropped = words.abs().amax(-1) < 1e-6  # (B, S)
+    assert_close(words[~dropped], emb.tokens(src)[~dropped] / 0.5)
+    assert 0.35 < dropped.float().mean() < 0.65  # 400 tokens at p = 0.5
+    assert_close(seen["dec"], emb.tokens(tgt) * scale + emb.pe[:50])
+    # in eval mode the model equals one built without word_dropout, with the same weights
+    plain = Transformer(dataclasses.replace(cfg, word_dropout=0.0))
+    plain.load_state_dict(model.state_dict())
+    assert_close(model.eval()(src, tgt), plain.eval()(src, tgt), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
 def test_cpu_dropout_keeps_one_minus_p_scaled_and_gradients_follow_the_mask(p, dtype):
