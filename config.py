@@ -69,7 +69,7 @@ class TrainConfig:
     # --- model (beyond the documented keys) ---
     attn_dropout: float = 0.0  # on attention weights (not in the paper; fairseq has it)
     act_dropout: float = 0.0  # on the feed-forward's hidden activations (fairseq's name)
-    word_dropout: float = 0.0  # whole source tokens' embeddings (Marian's dropout-src)
+    word_dropout: float = 0.0  # whole source tokens' embeddings (Nematus's dropout_source)
     pre_norm: bool = False  # post-LN as in the paper; pre-LN if True
     # decoder layers when not num_layers (not the paper's): e.g. a deep encoder, shallow decoder
     decoder_layers: int | None = None

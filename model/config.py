@@ -19,7 +19,7 @@ class ModelConfig:
     attn_dropout: float = 0.0  # on attention weights (not in the paper; fairseq has it)
     # on the feed-forward's hidden activations (not in the paper; fairseq's activation_dropout)
     act_dropout: float = 0.0
-    # whole source tokens' embeddings (not in the paper; Marian's dropout-src, Sennrich & Zhang
+    # whole source tokens' embeddings (not in the paper; Nematus's dropout_source, Sennrich & Zhang
     # 2019's word dropout for low-resource NMT)
     word_dropout: float = 0.0
     max_len: int = 1024  # longest sequence the positional table covers

@@ -78,9 +78,11 @@ class Transformer(nn.Module):
         """src (B, S), src_mask (B, 1, 1, S) or None (no padding) -> memory (B, S, D)."""
         word_mask = None
         if self.training and self.word_dropout.p > 0:
-            # One draw per token, 0 or 1/(1-p) over its whole embedding vector: a dropped
-            # token keeps only its position, so the encoder must infer the word from context.
-            word_mask = self.word_dropout(self.src_embed.tokens.weight.new_ones(*src.shape, 1))
+            # One draw per sentence and token (as Nematus's dropout_source; Marian's transformer
+            # shares a position's draw across the batch), 0 or 1/(1-p) over the whole embedding
+            # vector: a dropped token keeps only its position, so the encoder must infer the
+            # word from context. fp32 ones: no read of a parameter FSDP may hold sharded here.
+            word_mask = self.word_dropout(torch.ones(*src.shape, 1, device=src.device))
         return self.encoder(self.src_embed(src, word_mask=word_mask), src_mask)
 
     def decode(

@@ -456,7 +456,7 @@ def test_act_dropout_masks_the_feed_forward_hidden_units_in_train_mode_only(tiny
 def test_word_dropout_drops_whole_source_tokens_in_train_mode_only(tiny_cfg):
     # What reaches the encoder, less the positions, is per source token either all zeros or its
     # embedding scaled by 1/(1-p); the decoder's input (the same shared table) is never dropped.
-    cfg = dataclasses.replace(tiny_cfg, word_dropout=0.5, max_len=512)
+    cfg = dataclasses.replace(tiny_cfg, word_dropout=0.5)
     model = Transformer(cfg).train()
     seen = {}
     model.encoder.register_forward_pre_hook(lambda m, a: seen.__setitem__("enc", a[0]))
@@ -469,6 +469,8 @@ def test_word_dropout_drops_whole_source_tokens_in_train_mode_only(tiny_cfg):
     dropped = words.abs().amax(-1) < 1e-6  # (B, S)
     assert_close(words[~dropped], emb.tokens(src)[~dropped] / 0.5)
     assert 0.35 < dropped.float().mean() < 0.65  # 400 tokens at p = 0.5
+    assert dropped.any(1).all() and (~dropped).any(1).all()  # not whole sentences
+    assert (dropped != dropped[:1]).any()  # drawn per sentence, not one mask for the batch
     assert_close(seen["dec"], emb.tokens(tgt) * scale + emb.pe[:50])
     # in eval mode the model equals one built without word_dropout, with the same weights
     plain = Transformer(dataclasses.replace(cfg, word_dropout=0.0))
