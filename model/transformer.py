@@ -78,10 +78,10 @@ class Transformer(nn.Module):
         """src (B, S), src_mask (B, 1, 1, S) or None (no padding) -> memory (B, S, D)."""
         word_mask = None
         if self.training and self.word_dropout.p > 0:
-            # One draw per sentence and token (as Nematus's dropout_source; Marian's transformer
-            # shares a position's draw across the batch), 0 or 1/(1-p) over the whole embedding
-            # vector: a dropped token keeps only its position, so the encoder must infer the
-            # word from context. fp32 ones: no read of a parameter FSDP may hold sharded here.
+            # One draw per sentence and token (as Nematus's dropout_source), 0 or 1/(1-p) over
+            # the whole embedding vector: a dropped token keeps only its position, so the
+            # encoder must infer the word from context. fp32 ones: no read of a parameter FSDP
+            # may hold sharded here.
             word_mask = self.word_dropout(torch.ones(*src.shape, 1, device=src.device))
         return self.encoder(self.src_embed(src, word_mask=word_mask), src_mask)
 
