@@ -146,7 +146,8 @@ class TrainConfig:
         ):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 or null (got {getattr(self, key)})")
-        for key in ("dropout", "attn_dropout", "act_dropout", "word_dropout", "label_smoothing"):
+        drops = ("dropout", "attn_dropout", "act_dropout", "word_dropout")
+        for key in (*drops, "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 bad.append(f"{key} must be in [0, 1) (got {getattr(self, key)})")
         if not 0 <= self.subword_alpha <= 1:
@@ -172,7 +173,6 @@ class TrainConfig:
         ):
             if getattr(self, key) < 0:
                 bad.append(f"{key} must be >= 0 (got {getattr(self, key)})")
-        drops = ("dropout", "attn_dropout", "act_dropout", "word_dropout")
         if self.rdrop_alpha > 0 and not any(getattr(self, key) for key in drops):
             bad.append(
                 "rdrop_alpha needs dropout, attn_dropout, act_dropout or word_dropout > 0 "
