@@ -6,6 +6,7 @@
 One process or many, the same loop runs; accelerate handles devices, precision, DDP and FSDP.
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, broadcast, set_seed
 from accelerate.utils.other import load as safe_load
 from tqdm.auto import tqdm
 
@@ -486,7 +487,10 @@ def main(argv=None):
     if cfg.lr_schedule == "inverse_sqrt":
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda s: inverse_sqrt(s, cfg.warmup_steps, cfg.cooldown_steps, cfg.max_steps),
+            # run["cfg"], not cfg: fit_steps_to_time may change its max_steps and cooldown_steps
+            lambda s: inverse_sqrt(
+                s, cfg.warmup_steps, run["cfg"].cooldown_steps, run["cfg"].max_steps
+            ),
         )
     else:  # warmup, then linear or cosine decay to 0 at max_steps
         from transformers import get_scheduler
@@ -504,6 +508,12 @@ def main(argv=None):
         for method in ("encode", "decode"):  # decoding calls these, not forward()
             register_fsdp_forward_method(model, method)
     state = restore(accelerator, out, cfg, args.resume, run["log"])
+    if cfg.fit_steps_to_time and "plan" in state:
+        run["cfg"] = cfg = dataclasses.replace(cfg, **state["plan"])
+        run["log"](
+            f"max_steps {cfg.max_steps:,}, cooldown_steps {cfg.cooldown_steps:,}: "
+            "as fitted to max_minutes before the resume (fit_steps_to_time)"
+        )
     if "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
     if accelerator.is_main_process:
@@ -577,7 +587,15 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
                 log_train(accelerator, bar, meter, scheduler, state, epoch, run)
-                warn_if_short_of_time(run, state)
+                if cfg.fit_steps_to_time and accelerator.num_processes > 1:
+                    # every process must fit the same max_steps: the main process's clock decides
+                    state["train_seconds"] = broadcast(
+                        torch.tensor(
+                            state["train_seconds"], dtype=torch.float64, device=accelerator.device
+                        )
+                    ).item()
+                check_pace(run, state)
+                cfg = run["cfg"]  # max_steps may have been fitted
             done = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time(
                 accelerator, state["step"], cfg, started
             )
@@ -626,22 +644,27 @@ def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
     return False
 
 
-def warn_if_short_of_time(run: dict, state: dict) -> None:
-    """A twentieth and a fifth into max_minutes: will max_minutes stop training before the
+PACE_CHECKS = (1 / 20, 1 / 5, 1 / 2)  # fractions of max_minutes; the cooldown starts later
+
+
+def check_pace(run: dict, state: dict) -> None:
+    """A twentieth, a fifth and a half into max_minutes: will max_minutes stop training before the
     learning rate reaches 0 at max_steps? A schedule set in steps cannot see the machine's pace,
-    which here moved by a third from one day to the next; stopped early, it skips its decay. The
-    first steps are the slowest (in two Multi30k pairs the first check's pace was 6-9 % and 18-21 %
-    below the whole run's), so the second check counts only the steps since the first."""
+    which here moved by 1.6x from one day to another; stopped early, it skips its decay. Warn
+    with the max_steps that fit, or with fit_steps_to_time set them (either way), as long as the
+    cooldown has not begun, so the LR stays continuous. The first steps are the slowest (in two
+    Multi30k pairs the first check's pace was 6-9 % and 18-21 % below the whole run's), so a
+    later check counts only the steps since the one before."""
     cfg, seconds, step = run["cfg"], state["train_seconds"], state["step"]
     decays = cfg.lr_schedule != "inverse_sqrt" or cfg.cooldown_steps
     if not (cfg.max_minutes and cfg.max_steps and decays):
         return
     limit = 60 * cfg.max_minutes
-    due = sum(seconds >= limit * f for f in (1 / 20, 1 / 5))
+    due = sum(seconds >= limit * f for f in PACE_CHECKS)
     if due <= run.get("pace_checks", 0):
         return
-    # a resume past both points checks once. The pace: since this process's last check if that
-    # was a tenth of max_minutes ago or more (not a few steps after a resume), else the run's.
+    # a resume past several points checks once. The pace: since this process's last check if
+    # that was a tenth of max_minutes ago or more (not a few steps after a resume), else the run's.
     run["pace_checks"], (since_s, since_step) = due, run.get("pace_at", (0.0, 0))
     run["pace_at"] = (seconds, step)
     if seconds - since_s < limit / 10:
@@ -650,15 +673,29 @@ def warn_if_short_of_time(run: dict, state: dict) -> None:
         return
     per_minute = (step - since_step) / (seconds - since_s) * 60
     reach = int(step + per_minute * (limit - seconds) / 60)
-    if reach >= cfg.max_steps:
+    if reach >= cfg.max_steps and not cfg.fit_steps_to_time:
         return
     # 5 % off, rounded down to hundreds
     fit = reach * 95 // 10_000 * 100
     share = max(cfg.cooldown_steps * fit // cfg.max_steps, 1) if cfg.cooldown_steps else 0
+    # the cooldown (or the decay) has begun neither at the old length nor at the new one
+    in_time = fit - share > step and cfg.max_steps - cfg.cooldown_steps > step
+    if cfg.fit_steps_to_time and in_time:
+        if fit != cfg.max_steps:
+            run["log"](
+                f"at {per_minute:.0f} steps/min, {fit:,} steps fit max_minutes "
+                f"({cfg.max_minutes:g}): max_steps {cfg.max_steps:,} -> {fit:,}, cooldown_steps "
+                f"{cfg.cooldown_steps:,} -> {share:,} (fit_steps_to_time)"
+            )
+            run["cfg"] = dataclasses.replace(cfg, max_steps=fit, cooldown_steps=share)
+            state["plan"] = {"max_steps": fit, "cooldown_steps": share}  # kept for --resume
+        return
+    if reach >= cfg.max_steps:
+        return
     advice = (
         f"to fit: stop (Ctrl-C), then --resume --max_steps {fit}"
         + (f" --cooldown_steps {share}" if share else "")
-        if fit - share > step
+        if in_time
         else "too late to fit the decay by lowering max_steps"
     )
     run["log"](

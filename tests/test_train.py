@@ -3,6 +3,7 @@
 Multi-process tests launch `accelerate launch` on loopback with a timeout, so a hang fails.
 """
 
+import dataclasses
 import json
 import math
 import platform
@@ -202,19 +203,19 @@ def test_cooldown_keeps_inverse_sqrt_then_falls_to_zero_at_max_steps(corpus, tmp
 
 
 def pace_run(cfg):
-    """The parts of train.py's run dict that warn_if_short_of_time reads, logging to a list."""
+    """The parts of train.py's run dict that check_pace reads, logging to a list."""
     lines = []
     return {"cfg": cfg, "log": lines.append, "lines": lines}
 
 
 def warned(cfg, step, seconds, run_=None):
-    """All warn_if_short_of_time has logged in run_ (a fresh one if None) after this call."""
+    """All check_pace has logged in run_ (a fresh one if None) after this call."""
     run_ = run_ or pace_run(cfg)
-    train.warn_if_short_of_time(run_, {"step": step, "train_seconds": seconds})
+    train.check_pace(run_, {"step": step, "train_seconds": seconds})
     return run_["lines"]
 
 
-def test_warns_at_most_twice_when_max_minutes_would_cut_the_decay():
+def test_warns_at_most_three_times_when_max_minutes_would_cut_the_decay():
     cfg = TrainConfig(max_minutes=10, max_steps=5000, cooldown_steps=1000)
     run_ = pace_run(cfg)
     assert warned(cfg, 2, 29.0, run_) == []  # under 1/20 of 10 min
@@ -227,7 +228,10 @@ def test_warns_at_most_twice_when_max_minutes_would_cut_the_decay():
     # at 1/5 the pace since the first check (200 steps/min) counts: 300 + 8 * 200 = 1,900
     second = warned(cfg, 300, 120.0, run_)[1:]
     assert len(second) == 1 and "near step 1,900" in second[0] and "--max_steps 1800" in second[0]
-    assert len(warned(cfg, 1000, 300.0, run_)) == 2  # twice at most
+    # at 1/2, 700 steps in 180 s since: 1,000 + 5 * 233 = 2,166
+    third = warned(cfg, 1000, 300.0, run_)[2:]
+    assert len(third) == 1 and "near step 2,166" in third[0] and "--max_steps 2000" in third[0]
+    assert len(warned(cfg, 1500, 450.0, run_)) == 3  # three times at most
     # the second check finds the run fits at the faster pace since the first: quiet
     run_ = pace_run(cfg)
     assert len(warned(cfg, 100, 60.0, run_)) == 1  # 100 steps/min: 1,000 by 10 min
@@ -236,7 +240,7 @@ def test_warns_at_most_twice_when_max_minutes_would_cut_the_decay():
     run_ = pace_run(cfg)
     (late,) = warned(cfg, 850, 510.0, run_)
     assert late.endswith("too late to fit the decay by lowering max_steps")
-    assert len(warned(cfg, 860, 516.0, run_)) == 1  # past both points: one check, not two
+    assert len(warned(cfg, 860, 516.0, run_)) == 1  # past all points: one check, not three
     # the second check takes the pace since the first only over a tenth of max_minutes or more
     run_ = pace_run(cfg)
     assert len(warned(cfg, 150, 90.0, run_)) == 1  # resumed between the two points
@@ -256,6 +260,86 @@ def test_warns_at_most_twice_when_max_minutes_would_cut_the_decay():
         assert warned(fits, 100, 60.0) == [], fits
     (linear,) = warned(TrainConfig(max_minutes=10, max_steps=5000, lr_schedule="linear"), 100, 60.0)
     assert linear.endswith("--resume --max_steps 900")
+
+
+def test_fit_steps_to_time_moves_max_steps_either_way_until_the_cooldown_begins():
+    cfg = TrainConfig(max_minutes=10, max_steps=5000, cooldown_steps=1000, fit_steps_to_time=True)
+    run_, state = pace_run(cfg), {"step": 100, "train_seconds": 60.0}
+    train.check_pace(run_, state)  # 100 steps/min: 1,000 by 10 min, 900 with the margin
+    assert (run_["cfg"].max_steps, run_["cfg"].cooldown_steps) == (900, 180)
+    assert state["plan"] == {"max_steps": 900, "cooldown_steps": 180}  # saved for --resume
+    assert "max_steps 5,000 -> 900, cooldown_steps 1,000 -> 180" in run_["lines"][0]
+    # at 1/5 the faster pace since the first check (200 steps/min): 300 + 8 * 200 = 1,900
+    train.check_pace(run_, {"step": 300, "train_seconds": 120.0})
+    assert (run_["cfg"].max_steps, run_["cfg"].cooldown_steps) == (1800, 360)
+    # at 1/2, 700 steps in 180 s since: 1,000 + 5 * 233 = 2,166, the cooldown still a fifth
+    train.check_pace(run_, {"step": 1000, "train_seconds": 300.0})
+    assert (run_["cfg"].max_steps, run_["cfg"].cooldown_steps) == (2000, 400)
+    train.check_pace(run_, {"step": 1500, "train_seconds": 450.0})  # no check after 1/2
+    assert run_["cfg"].max_steps == 2000 and len(run_["lines"]) == 3
+    assert not any(line.startswith("warning") for line in run_["lines"])
+    # a faster machine: above the config's max_steps (200 steps/min: 100 + 9.5 * 200 = 2,000)
+    fast = dataclasses.replace(cfg, max_steps=500, cooldown_steps=100)
+    (line,) = warned(fast, 100, 30.0)
+    assert "max_steps 500 -> 1,900, cooldown_steps 100 -> 380" in line
+    # resumed inside the cooldown (from step 800 of 1,000): 1,600 would fit, but the LR would
+    # jump back up; nothing moves and nothing is said, since the run ends in time
+    late = dataclasses.replace(cfg, max_steps=1000, cooldown_steps=200)
+    run_, state = pace_run(late), {"step": 850, "train_seconds": 300.0}
+    train.check_pace(run_, state)
+    assert run_["cfg"] is late and "plan" not in state and run_["lines"] == []
+    # too slow to fit a cooldown that begins after this step: the warning, max_steps kept
+    run_ = pace_run(late)
+    train.check_pace(run_, {"step": 700, "train_seconds": 480.0})  # 800 - 160 would be behind
+    assert run_["cfg"] is late and run_["lines"][0].endswith("too late to fit the decay by "
+                                                             "lowering max_steps")  # fmt: skip
+    with pytest.raises(UserError, match="fit_steps_to_time fits an inverse_sqrt cooldown"):
+        TrainConfig(max_minutes=10, max_steps=5000, fit_steps_to_time=True)
+
+
+def test_fit_steps_to_time_ends_the_cooldown_at_the_fitted_step_across_a_resume(
+    corpus, tmp_path, monkeypatch, capsys
+):
+    """train.py as run: a clock of 40 steps a minute fits 300 of the config's 1,000 steps into
+    max_minutes 10 at the first check, and the LR then reaches 0 at step 300, before and after
+    a resume inside the cooldown (stopped by the epoch count), where the config's 1,000 steps
+    would lift the LR back up and no check may move max_steps any more."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    real = train.check_pace
+
+    def paced(run_, state):
+        state["train_seconds"] = state["step"] * 1.5  # this machine's clock would vary
+        real(run_, state)
+
+    monkeypatch.setattr(train, "check_pace", paced)
+    monkeypatch.chdir(ROOT)
+    out, lr = tmp_path / "fit", 0.004
+    extra = ("--max_steps", 1000, "--cooldown_steps", 200, "--max_minutes", 10,
+             "--log_every", 1, "--warmup_steps", 20, "--learning_rate", lr,
+             "--fit_steps_to_time", "true")  # fmt: skip
+
+    def main(*args):
+        AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton
+        try:
+            train.main(args_for(corpus, out, *extra, *args)[1:])
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+        return capsys.readouterr().out
+
+    first = main("--epochs", 11)
+    assert "max_steps 1,000 -> 300, cooldown_steps 200 -> 60 (fit_steps_to_time)" in first
+    stopped = max(logged_lrs(out))
+    assert 240 < stopped < 300, stopped  # inside the cooldown, where the config's plan differs
+    second = main("--epochs", 1000, "--resume")
+    assert "max_steps 300, cooldown_steps 60: as fitted to max_minutes before the resume" in second
+    assert re.search(r"done: step 300\b", second)
+    lrs = logged_lrs(out)
+    assert sorted(lrs) == list(range(1, 301))
+    for step, got in lrs.items():  # warmup, inverse sqrt, then linear to 0 over 240-300
+        assert math.isclose(got, lr * inverse_sqrt(step, 20, 60, 300), abs_tol=1e-12), step
+    assert lrs[300] == 0.0 and lrs[270] > 0
 
 
 def test_a_run_that_max_minutes_stops_before_its_cooldown_says_so(corpus, tmp_path):
