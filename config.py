@@ -100,9 +100,10 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (None = run all epochs)
     max_minutes: float | None = None  # stop (validate, save) once training has run this long
     # Not the paper's: at 1/20, 1/5 and 1/2 of max_minutes, set max_steps to the steps that fit
-    # max_minutes at the pace so far (5 % off), and cooldown_steps in proportion, while the
-    # cooldown has not begun. The schedule then follows the machine's speed (the step count
-    # differs from run to run); false = only warn when max_minutes would cut the cooldown.
+    # max_minutes at the pace since the previous check (5 % off, rounded down to hundreds), and
+    # cooldown_steps in proportion, if the cooldown has begun neither at the old length nor at
+    # the new one. The schedule then follows the machine's speed (the step count differs from
+    # run to run). Only with max_minutes and an inverse_sqrt cooldown_steps; false = only warn.
     fit_steps_to_time: bool = False
     max_bad_steps: int = 10  # stop after this many consecutive non-finite losses (steps skipped)
     # --- checkpoints and early stopping ---
@@ -205,13 +206,6 @@ class TrainConfig:
             bad.append(
                 f"cooldown_steps ({self.cooldown_steps}) falls to 0 at max_steps: "
                 f"set max_steps above it (got {self.max_steps})"
-            )
-        if self.fit_steps_to_time and not (
-            self.max_minutes and self.max_steps and self.cooldown_steps
-        ):
-            bad.append(
-                "fit_steps_to_time fits an inverse_sqrt cooldown to max_minutes: "
-                "set max_minutes, max_steps and cooldown_steps"
             )
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):
             bad.append(

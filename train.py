@@ -508,12 +508,7 @@ def main(argv=None):
         for method in ("encode", "decode"):  # decoding calls these, not forward()
             register_fsdp_forward_method(model, method)
     state = restore(accelerator, out, cfg, args.resume, run["log"])
-    if cfg.fit_steps_to_time and "plan" in state:
-        run["cfg"] = cfg = dataclasses.replace(cfg, **state["plan"])
-        run["log"](
-            f"max_steps {cfg.max_steps:,}, cooldown_steps {cfg.cooldown_steps:,}: "
-            "as fitted to max_minutes before the resume (fit_steps_to_time)"
-        )
+    run["cfg"] = cfg = resume_plan(cfg, state, run["log"])
     if "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
     if accelerator.is_main_process:
@@ -528,6 +523,29 @@ def main(argv=None):
         )
     fit(model, optimizer, scheduler, accelerator, run, state)
     accelerator.end_training()
+
+
+def resume_plan(cfg: TrainConfig, state: dict, log) -> TrainConfig:
+    """The max_steps and cooldown_steps that fit_steps_to_time fitted before a resume, if this
+    run's config still has the values they were fitted from (a --max_steps given on resuming
+    wins, and is fitted anew)."""
+    plan = state.pop("plan", None)
+    if not (plan and cfg.fit_steps_to_time):
+        return cfg
+    if plan["config"] != [cfg.max_steps, cfg.cooldown_steps]:
+        log(
+            f"max_steps {cfg.max_steps:,}, cooldown_steps {cfg.cooldown_steps:,}: as given, not "
+            f"the {plan['max_steps']:,} and {plan['cooldown_steps']:,} fitted before the resume"
+        )
+        return cfg
+    state["plan"] = plan
+    log(
+        f"max_steps {plan['max_steps']:,}, cooldown_steps {plan['cooldown_steps']:,}: as fitted "
+        "to max_minutes before the resume (fit_steps_to_time)"
+    )
+    return dataclasses.replace(
+        cfg, max_steps=plan["max_steps"], cooldown_steps=plan["cooldown_steps"]
+    )
 
 
 def distribution(accelerator) -> str:
@@ -594,8 +612,12 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                             state["train_seconds"], dtype=torch.float64, device=accelerator.device
                         )
                     ).item()
-                check_pace(run, state)
-                cfg = run["cfg"]  # max_steps may have been fitted
+                left = steps - state["batch_in_epoch"] // cfg.grad_accum_steps
+                check_pace(run, state, state["step"] + left + (cfg.epochs - epoch - 1) * steps)
+                if run["cfg"] is not cfg:  # fitted: the run's config.json says so too
+                    cfg = run["cfg"]
+                    if accelerator.is_main_process:
+                        cfg.save(Path(cfg.output_dir) / "config.json")
             done = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time(
                 accelerator, state["step"], cfg, started
             )
@@ -647,14 +669,15 @@ def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
 PACE_CHECKS = (1 / 20, 1 / 5, 1 / 2)  # fractions of max_minutes; the cooldown starts later
 
 
-def check_pace(run: dict, state: dict) -> None:
+def check_pace(run: dict, state: dict, last_step: int | None = None) -> None:
     """A twentieth, a fifth and a half into max_minutes: will max_minutes stop training before the
     learning rate reaches 0 at max_steps? A schedule set in steps cannot see the machine's pace,
     which here moved by 1.6x from one day to another; stopped early, it skips its decay. Warn
     with the max_steps that fit, or with fit_steps_to_time set them (either way), as long as the
     cooldown has not begun, so the LR stays continuous. The first steps are the slowest (in two
     Multi30k pairs the first check's pace was 6-9 % and 18-21 % below the whole run's), so a
-    later check counts only the steps since the one before."""
+    later check counts only the steps since the one before. `last_step`: where `epochs` ends
+    the run, a bound for a fitted max_steps."""
     cfg, seconds, step = run["cfg"], state["train_seconds"], state["step"]
     decays = cfg.lr_schedule != "inverse_sqrt" or cfg.cooldown_steps
     if not (cfg.max_minutes and cfg.max_steps and decays):
@@ -673,22 +696,28 @@ def check_pace(run: dict, state: dict) -> None:
         return
     per_minute = (step - since_step) / (seconds - since_s) * 60
     reach = int(step + per_minute * (limit - seconds) / 60)
-    if reach >= cfg.max_steps and not cfg.fit_steps_to_time:
+    fitting = cfg.fit_steps_to_time and cfg.cooldown_steps  # inverse_sqrt's cooldown only
+    if reach >= cfg.max_steps and not fitting:
         return
     # 5 % off, rounded down to hundreds
     fit = reach * 95 // 10_000 * 100
+    if fitting and last_step:
+        fit = min(fit, last_step)
     share = max(cfg.cooldown_steps * fit // cfg.max_steps, 1) if cfg.cooldown_steps else 0
     # the cooldown (or the decay) has begun neither at the old length nor at the new one
     in_time = fit - share > step and cfg.max_steps - cfg.cooldown_steps > step
-    if cfg.fit_steps_to_time and in_time:
+    if fitting and in_time:
         if fit != cfg.max_steps:
             run["log"](
                 f"at {per_minute:.0f} steps/min, {fit:,} steps fit max_minutes "
-                f"({cfg.max_minutes:g}): max_steps {cfg.max_steps:,} -> {fit:,}, cooldown_steps "
-                f"{cfg.cooldown_steps:,} -> {share:,} (fit_steps_to_time)"
+                f"({cfg.max_minutes:g}){' and epochs' if fit == last_step else ''}: max_steps "
+                f"{cfg.max_steps:,} -> {fit:,}, cooldown_steps {cfg.cooldown_steps:,} -> "
+                f"{share:,} (fit_steps_to_time)"
             )
             run["cfg"] = dataclasses.replace(cfg, max_steps=fit, cooldown_steps=share)
-            state["plan"] = {"max_steps": fit, "cooldown_steps": share}  # kept for --resume
+            # kept for --resume, with the values it was fitted from (the config's)
+            config = state.get("plan", {}).get("config", [cfg.max_steps, cfg.cooldown_steps])
+            state["plan"] = {"max_steps": fit, "cooldown_steps": share, "config": config}
         return
     if reach >= cfg.max_steps:
         return

@@ -43,7 +43,9 @@ def run_ours(minutes: float, out: Path) -> dict:
     overrides = {**SIZES, **REGULARISATION, "learning_rate": 0.001, "warmup_steps": 1000}
     args = [f"--{k}={v}" for k, v in overrides.items()]
     cmd = [sys.executable, "train.py", "--config", CONFIG, *args, "--max_minutes", str(minutes)]
+    # the whole time at the config's schedule, as the peer trains: no fitted cooldown
     cmd += ["--output_dir", str(out), "--log_with", "null", "--keep_last", "1"]
+    cmd += ["--fit_steps_to_time", "false"]
     t0 = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.time() - t0

@@ -267,7 +267,8 @@ def test_fit_steps_to_time_moves_max_steps_either_way_until_the_cooldown_begins(
     run_, state = pace_run(cfg), {"step": 100, "train_seconds": 60.0}
     train.check_pace(run_, state)  # 100 steps/min: 1,000 by 10 min, 900 with the margin
     assert (run_["cfg"].max_steps, run_["cfg"].cooldown_steps) == (900, 180)
-    assert state["plan"] == {"max_steps": 900, "cooldown_steps": 180}  # saved for --resume
+    # saved for --resume, with the config's values it was fitted from
+    assert state["plan"] == {"max_steps": 900, "cooldown_steps": 180, "config": [5000, 1000]}
     assert "max_steps 5,000 -> 900, cooldown_steps 1,000 -> 180" in run_["lines"][0]
     # at 1/5 the faster pace since the first check (200 steps/min): 300 + 8 * 200 = 1,900
     train.check_pace(run_, {"step": 300, "train_seconds": 120.0})
@@ -293,33 +294,52 @@ def test_fit_steps_to_time_moves_max_steps_either_way_until_the_cooldown_begins(
     train.check_pace(run_, {"step": 700, "train_seconds": 480.0})  # 800 - 160 would be behind
     assert run_["cfg"] is late and run_["lines"][0].endswith("too late to fit the decay by "
                                                              "lowering max_steps")  # fmt: skip
-    with pytest.raises(UserError, match="fit_steps_to_time fits an inverse_sqrt cooldown"):
-        TrainConfig(max_minutes=10, max_steps=5000, fit_steps_to_time=True)
+    # no cooldown to fit (--cooldown_steps 0 on a recipe): nothing to check, as without it
+    none = dataclasses.replace(cfg, cooldown_steps=0)
+    run_ = pace_run(none)
+    train.check_pace(run_, {"step": 100, "train_seconds": 60.0})
+    assert run_["cfg"] is none and run_["lines"] == []
+    # a fast machine whose epochs (1,234 steps in all) end before max_minutes: fitted to them
+    run_ = pace_run(fast)
+    train.check_pace(run_, {"step": 100, "train_seconds": 30.0}, 1234)
+    assert (run_["cfg"].max_steps, run_["cfg"].cooldown_steps) == (1234, 246)
+    assert "fit max_minutes (10) and epochs: max_steps 500 -> 1,234" in run_["lines"][0]
 
 
 def test_fit_steps_to_time_ends_the_cooldown_at_the_fitted_step_across_a_resume(
     corpus, tmp_path, monkeypatch, capsys
 ):
     """train.py as run: a clock of 40 steps a minute fits 300 of the config's 1,000 steps into
-    max_minutes 10 at the first check, and the LR then reaches 0 at step 300, before and after
-    a resume inside the cooldown (stopped by the epoch count), where the config's 1,000 steps
-    would lift the LR back up and no check may move max_steps any more."""
+    max_minutes 10 at the first check, and the LR then reaches 0 at step 300, in one run and
+    across a stop inside the cooldown, where the config's 1,000 steps would lift the LR back up
+    and no check may move max_steps any more."""
     from accelerate.state import AcceleratorState, GradientState
 
-    real = train.check_pace
+    real, stop_at = train.check_pace, []
 
-    def paced(run_, state):
+    def paced(run_, state, *args):
         state["train_seconds"] = state["step"] * 1.5  # this machine's clock would vary
-        real(run_, state)
+        real(run_, state, *args)
+
+    class StopAt(train.StopSignal):
+        """Ctrl-C at a given step, without touching the test process's signal handlers."""
+
+        def __init__(self):
+            self.requested = False
+
+        def agreed(self, accelerator, step, every):
+            return step in stop_at
 
     monkeypatch.setattr(train, "check_pace", paced)
+    monkeypatch.setattr(train, "StopSignal", StopAt)
+    monkeypatch.setattr(train, "out_of_time", lambda *args: False)  # the real clock is slower
     monkeypatch.chdir(ROOT)
-    out, lr = tmp_path / "fit", 0.004
+    lr = 0.004
     extra = ("--max_steps", 1000, "--cooldown_steps", 200, "--max_minutes", 10,
              "--log_every", 1, "--warmup_steps", 20, "--learning_rate", lr,
-             "--fit_steps_to_time", "true")  # fmt: skip
+             "--fit_steps_to_time", "true", "--epochs", 1000)  # fmt: skip
 
-    def main(*args):
+    def main(out, *args):
         AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton
         try:
             train.main(args_for(corpus, out, *extra, *args)[1:])
@@ -328,18 +348,42 @@ def test_fit_steps_to_time_ends_the_cooldown_at_the_fitted_step_across_a_resume(
             GradientState._reset_state()
         return capsys.readouterr().out
 
-    first = main("--epochs", 11)
-    assert "max_steps 1,000 -> 300, cooldown_steps 200 -> 60 (fit_steps_to_time)" in first
-    stopped = max(logged_lrs(out))
-    assert 240 < stopped < 300, stopped  # inside the cooldown, where the config's plan differs
-    second = main("--epochs", 1000, "--resume")
+    def assert_schedule_fitted(out):
+        lrs = logged_lrs(out)
+        assert sorted(lrs) == list(range(1, 301))
+        for step, got in lrs.items():  # warmup, inverse sqrt, then linear to 0 over 240-300
+            assert math.isclose(got, lr * inverse_sqrt(step, 20, 60, 300), abs_tol=1e-12), step
+        assert lrs[300] == 0.0 and lrs[270] > 0
+        saved = json.loads((out / "config.json").read_text())
+        assert (saved["max_steps"], saved["cooldown_steps"]) == (300, 60)
+
+    one = main(tmp_path / "one")
+    assert "max_steps 1,000 -> 300, cooldown_steps 200 -> 60 (fit_steps_to_time)" in one
+    assert re.search(r"done: step 300\b", one)
+    assert_schedule_fitted(tmp_path / "one")
+    stop_at.append(265)  # inside the cooldown (from 240), where the config's plan differs
+    assert "stopped by signal at step 265" in main(tmp_path / "two")
+    stop_at.clear()
+    second = main(tmp_path / "two", "--resume")
     assert "max_steps 300, cooldown_steps 60: as fitted to max_minutes before the resume" in second
     assert re.search(r"done: step 300\b", second)
-    lrs = logged_lrs(out)
-    assert sorted(lrs) == list(range(1, 301))
-    for step, got in lrs.items():  # warmup, inverse sqrt, then linear to 0 over 240-300
-        assert math.isclose(got, lr * inverse_sqrt(step, 20, 60, 300), abs_tol=1e-12), step
-    assert lrs[300] == 0.0 and lrs[270] > 0
+    assert_schedule_fitted(tmp_path / "two")
+
+
+def test_a_resume_keeps_the_fitted_steps_unless_given_others():
+    plan = {"max_steps": 300, "cooldown_steps": 60, "config": [1000, 200]}
+    cfg = TrainConfig(max_minutes=10, max_steps=1000, cooldown_steps=200, fit_steps_to_time=True)
+    logged, state = [], {"step": 265, "plan": dict(plan)}
+    fitted = train.resume_plan(cfg, state, logged.append)
+    assert (fitted.max_steps, fitted.cooldown_steps) == (300, 60) and state["plan"] == plan
+    # --max_steps 2000 on the command line: the user's values, fitted anew from there
+    given, state = dataclasses.replace(cfg, max_steps=2000), {"plan": dict(plan)}
+    assert train.resume_plan(given, state, logged.append) is given and "plan" not in state
+    assert "max_steps 2,000, cooldown_steps 200: as given, not the 300 and 60" in logged[-1]
+    # fitting turned off: the config's values, and the plan is not saved again
+    off, state = dataclasses.replace(cfg, fit_steps_to_time=False), {"plan": dict(plan)}
+    assert train.resume_plan(off, state, logged.append) is off and "plan" not in state
+    assert len(logged) == 2
 
 
 def test_a_run_that_max_minutes_stops_before_its_cooldown_says_so(corpus, tmp_path):
@@ -669,9 +713,13 @@ def test_subword_sampling_resume_trains_on_the_same_segmentations(corpus, tmp_pa
 
 def test_subword_sampling_two_processes_agree(corpus, tmp_path):
     # Each process sampling for itself would give each its own batches (and a hang at the end
-    # of the epoch, when one runs out first); two epochs cross the boundary.
+    # of the epoch, when one runs out first); two epochs cross the boundary. With
+    # fit_steps_to_time every log step also broadcasts the main process's clock (the run ends by
+    # epochs, long before max_minutes).
     out = tmp_path / "run"
-    run(args_for(corpus, out, *SAMPLED, "--epochs", 2, "--log_every", 1), launch=DDP)
+    fit = ("--fit_steps_to_time", "true", "--max_minutes", 60, "--max_steps", 1000,
+           "--cooldown_steps", 200)  # fmt: skip
+    run(args_for(corpus, out, *SAMPLED, *fit, "--epochs", 2, "--log_every", 1), launch=DDP)
     state = json.loads((out / "last" / "trainer_state.json").read_text())
     assert state["epoch"] == 2 and state["step"] == len(train_losses(out)) > 0
 
