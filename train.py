@@ -532,7 +532,7 @@ def resume_plan(cfg: TrainConfig, state: dict, log) -> TrainConfig:
     plan = state.pop("plan", None)
     if not (plan and cfg.fit_steps_to_time):
         return cfg
-    if plan["config"] != [cfg.max_steps, cfg.cooldown_steps]:
+    if plan.get("config") != [cfg.max_steps, cfg.cooldown_steps]:
         log(
             f"max_steps {cfg.max_steps:,}, cooldown_steps {cfg.cooldown_steps:,}: as given, not "
             f"the {plan['max_steps']:,} and {plan['cooldown_steps']:,} fitted before the resume"
