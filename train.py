@@ -697,8 +697,6 @@ def check_pace(run: dict, state: dict, last_step: int | None = None) -> None:
     per_minute = (step - since_step) / (seconds - since_s) * 60
     reach = int(step + per_minute * (limit - seconds) / 60)
     fitting = cfg.fit_steps_to_time and cfg.cooldown_steps  # inverse_sqrt's cooldown only
-    if reach >= cfg.max_steps and not fitting:
-        return
     # 5 % off, rounded down to hundreds
     fit = reach * 95 // 10_000 * 100
     if fitting and last_step:
