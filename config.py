@@ -66,6 +66,10 @@ class TrainConfig:
     # the uniform limit).
     # Validation, translation and evaluation always use the single best segmentation.
     subword_alpha: float = 0.0
+    # Bidirectional training (BiT, Ding et al. 2021; not in the paper): the first N epochs train
+    # on every pair both ways, source->target and target->source, with no language tag, then
+    # the rest on source->target only. Needs a tokenizer trained here (one joint model). 0 = off.
+    bidirectional_epochs: int = 0
     # --- model (beyond the documented keys) ---
     attn_dropout: float = 0.0  # on attention weights (not in the paper; fairseq has it)
     act_dropout: float = 0.0  # on the feed-forward's hidden activations (fairseq's name)
@@ -165,6 +169,15 @@ class TrainConfig:
                 'subword_alpha needs a tokenizer trained here: {"train": "unigram", ...} '
                 f"(got {self.tokenizer!r})"
             )
+        if self.bidirectional_epochs < 0:
+            bad.append(f"bidirectional_epochs must be >= 0 (got {self.bidirectional_epochs})")
+        elif self.bidirectional_epochs and not isinstance(self.tokenizer, dict):
+            bad.append(
+                "bidirectional_epochs needs a joint tokenizer trained here: "
+                f'{{"train": "unigram"|"bpe", ...}} (got {self.tokenizer!r})'
+            )
+        elif self.bidirectional_epochs and self.subword_alpha:
+            bad.append("bidirectional_epochs cannot be combined with subword_alpha")
         for key in ("learning_rate",):
             if getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 (got {getattr(self, key)})")

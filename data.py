@@ -622,6 +622,17 @@ class Corpus:
             return cls(z["src"], z["src_off"], z["tgt"], z["tgt_off"])
 
 
+def both_ways(corpus: Corpus) -> Corpus:
+    """Every pair twice: source->target, then target->source (bidirectional_epochs). Exact only
+    for a tokenizer that encodes both sides alike (one joint model, trained here)."""
+    return Corpus(
+        np.concatenate([corpus.src, corpus.tgt]),
+        np.concatenate([corpus.src_off, corpus.tgt_off[1:] + corpus.src_off[-1]]),
+        np.concatenate([corpus.tgt, corpus.src]),
+        np.concatenate([corpus.tgt_off, corpus.src_off[1:] + corpus.tgt_off[-1]]),
+    )
+
+
 def default_num_proc(n_pairs: int) -> int:
     """Worker processes for tokenizing: starting them costs seconds, so only for big corpora."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -39,6 +39,7 @@ from data import (
     Corpus,
     SpecialIds,
     batch_iter,
+    both_ways,
     load_text,
     load_tokenizer,
     sample_segmentations,
@@ -161,6 +162,8 @@ def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> l
     cfg = run["cfg"]
     if cfg.subword_alpha:
         run["train"] = sampled_train(run, accelerator, epoch, resumed_inside)
+    elif cfg.bidirectional_epochs:
+        run["train"] = run["train_both" if epoch < cfg.bidirectional_epochs else "train_fwd"]
     batches = token_batches(run["train"].lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, epoch)
     batches = shard(batches, accelerator.process_index, accelerator.num_processes)
     # whole optimizer steps only, so that every checkpoint falls on a step boundary; the batches
@@ -386,6 +389,13 @@ def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
         "train": train,
         "train_text": train_text,
     }
+    if cfg.bidirectional_epochs:
+        run["train_fwd"], run["train_both"] = train, both_ways(train)
+        n = cfg.bidirectional_epochs
+        log(
+            f"train: {len(train):,} pairs, both ways ({len(run['train_both']):,}) in the first "
+            f"{n} epoch{'s' if n > 1 else ''}, then source->target only (bidirectional_epochs)"
+        )
     run["model_cfg"] = model_config(cfg, tokenizer, ids)
     return run
 
@@ -612,8 +622,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                             state["train_seconds"], dtype=torch.float64, device=accelerator.device
                         )
                     ).item()
-                left = steps - state["batch_in_epoch"] // cfg.grad_accum_steps
-                check_pace(run, state, state["step"] + left + (cfg.epochs - epoch - 1) * steps)
+                check_pace(run, state, last_step(run, state, epoch, steps))
                 if run["cfg"] is not cfg:  # fitted: the run's config.json says so too
                     cfg = run["cfg"]
                     if accelerator.is_main_process:
@@ -664,6 +673,20 @@ def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
         run["log"](f"early stopping: no improvement in {cfg.patience} validations")
         return True
     return False
+
+
+def last_step(run: dict, state: dict, epoch: int, steps: int) -> int:
+    """About the step at which `epochs` ends the run: this epoch's steps per pair, times the
+    pairs left (with bidirectional_epochs, later epochs may hold half as many pairs)."""
+    cfg = run["cfg"]
+    left = steps - state["batch_in_epoch"] // cfg.grad_accum_steps
+    later = range(epoch + 1, cfg.epochs)
+    if cfg.bidirectional_epochs:
+        both = sum(e < cfg.bidirectional_epochs for e in later)
+        pairs = both * len(run["train_both"]) + (len(later) - both) * len(run["train_fwd"])
+    else:
+        pairs = len(later) * len(run["train"])
+    return state["step"] + left + round(pairs * steps / len(run["train"]))
 
 
 PACE_CHECKS = (1 / 20, 1 / 5, 1 / 2)  # fractions of max_minutes; the cooldown starts later

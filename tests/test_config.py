@@ -281,3 +281,18 @@ def test_train_py_reports_unknown_key_in_one_line(tmp_path):
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error:") and "bogus" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        ({"bidirectional_epochs": -1}, "bidirectional_epochs must be >= 0"),
+        ({"tokenizer": "Helsinki-NLP/opus-mt-en-de"}, "needs a joint tokenizer trained here"),
+        ({"subword_alpha": 0.5}, "cannot be combined with subword_alpha"),
+    ],
+)
+def test_bidirectional_epochs_is_checked(extra, problem):
+    settings = {"tokenizer": {"train": "unigram"}, "bidirectional_epochs": 3, **extra}
+    with pytest.raises(UserError, match=problem):
+        TrainConfig(**settings)
+    TrainConfig(tokenizer={"train": "bpe"}, bidirectional_epochs=3)  # allowed

@@ -192,6 +192,7 @@ def test_trained_tokenizer(tmp_path, kind):
     sources, targets = encode_sources(tok, SENTENCES), encode_targets(tok, SENTENCES)
     for seq in sources + targets:
         assert seq[-1] == ids.eos and ids.start not in seq and ids.pad not in seq
+    assert sources == targets  # one joint model: bidirectional_epochs can swap the sides
     # Decoding gives the text back (Metaspace pre-tokenizer and decoder).
     assert tok.decode(sources[0], skip_special_tokens=True) == SENTENCES[0]
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 import train
 from config import TrainConfig, UserError
-from data import Corpus, SpecialIds
+from data import Corpus, SpecialIds, both_ways
 from helpers import ROOT, subprocess_env, wait_for_checkpoint, write_corpus
 from model import ModelConfig, Transformer
 from train import inverse_sqrt, make_optimizer
@@ -722,6 +722,57 @@ def test_subword_sampling_two_processes_agree(corpus, tmp_path):
     run(args_for(corpus, out, *SAMPLED, *fit, "--epochs", 2, "--log_every", 1), launch=DDP)
     state = json.loads((out / "last" / "trainer_state.json").read_text())
     assert state["epoch"] == 2 and state["step"] == len(train_losses(out)) > 0
+
+
+def test_both_ways_appends_every_pair_with_its_sides_swapped():
+    fwd = Corpus(*(np.array(a, dtype) for a, dtype in (
+        ([5, 6, 7, 8, 9], np.int32), ([0, 2, 5], np.int64),
+        ([1, 2, 3], np.int32), ([0, 1, 3], np.int64),
+    )))  # fmt: skip
+    both = both_ways(fwd)
+    assert len(both) == 4
+    for i in range(2):
+        src, tgt = fwd.pair(i)
+        assert [a.tolist() for a in both.pair(i)] == [src.tolist(), tgt.tolist()]
+        assert [a.tolist() for a in both.pair(2 + i)] == [tgt.tolist(), src.tolist()]
+
+
+def test_bidirectional_epochs_train_on_both_ways_then_on_the_source_side_only():
+    run = {
+        "cfg": TrainConfig(tokenizer={"train": "unigram"}, bidirectional_epochs=2, epochs=4,
+                           max_tokens=10, max_seq_length=5, batch_size=2),
+        "train_fwd": Corpus(np.zeros(60, np.int32), np.arange(0, 61, 5), np.zeros(60, np.int32),
+                            np.arange(0, 61, 5)),
+        "log": print,
+    }  # fmt: skip
+    run["train_both"] = both_ways(run["train_fwd"])
+    one_process = SimpleNamespace(process_index=0, num_processes=1)
+    pairs = []
+    for epoch in range(4):
+        batches = train.epoch_batches(run, one_process, epoch, False)
+        pairs.append(sorted(np.concatenate(batches).tolist()))
+        assert run["train"] is run["train_both" if epoch < 2 else "train_fwd"]
+    assert pairs == [list(range(24))] * 2 + [list(range(12))] * 2
+    # where `epochs` ends the run, from the first epoch's 12 steps: 12 + 12 + 6 + 6
+    run["train"] = run["train_both"]
+    assert train.last_step(run, {"step": 0, "batch_in_epoch": 0}, 0, 12) == 36
+    run["train"] = run["train_fwd"]
+    assert train.last_step(run, {"step": 30, "batch_in_epoch": 2}, 2, 6) == 40
+
+
+def test_bidirectional_epochs_double_the_first_epochs(corpus, tmp_path):
+    out = tmp_path / "run"
+    trained = ("--tokenizer", '{"train": "unigram", "vocab_size": 150}')
+    proc = run(args_for(corpus, out, *trained, "--bidirectional_epochs", 1, "--epochs", 3))
+    found = re.search(r"train: ([\d,]+) pairs, both ways \(([\d,]+)\) in the first 1 epoch,",
+                      proc.stdout + proc.stderr)  # fmt: skip
+    assert found and 2 * int(found[1]) == int(found[2]) > 700
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    ends = [r["step"] for r in map(json.loads, lines) if "valid_loss" in r]
+    assert len(ends) == 3
+    per_epoch = [ends[0], ends[1] - ends[0], ends[2] - ends[1]]
+    # both ways: twice the pairs, about twice the steps (token batches vary a little by epoch)
+    assert 1.7 < per_epoch[0] / per_epoch[1] < 2.3 and 0.8 < per_epoch[1] / per_epoch[2] < 1.25
 
 
 class Process:
