@@ -176,6 +176,11 @@ class TrainConfig:
                 "bidirectional_epochs needs a joint tokenizer trained here: "
                 f'{{"train": "unigram"|"bpe", ...}} (got {self.tokenizer!r})'
             )
+        elif self.bidirectional_epochs and self.bidirectional_epochs >= self.epochs:
+            bad.append(
+                f"bidirectional_epochs ({self.bidirectional_epochs}) must be < epochs "
+                f"({self.epochs}): the last epochs train source->target alone"
+            )
         elif self.bidirectional_epochs and self.subword_alpha:
             bad.append("bidirectional_epochs cannot be combined with subword_alpha")
         for key in ("learning_rate",):

@@ -162,8 +162,11 @@ def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> l
     cfg = run["cfg"]
     if cfg.subword_alpha:
         run["train"] = sampled_train(run, accelerator, epoch, resumed_inside)
-    elif cfg.bidirectional_epochs:
-        run["train"] = run["train_both" if epoch < cfg.bidirectional_epochs else "train_fwd"]
+    elif cfg.bidirectional_epochs:  # the both-ways copy is made once, and freed after epoch N
+        if epoch >= cfg.bidirectional_epochs:
+            run["train"] = run["train_fwd"]
+        elif run["train"] is run["train_fwd"]:
+            run["train"] = both_ways(run["train_fwd"])
     batches = token_batches(run["train"].lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, epoch)
     batches = shard(batches, accelerator.process_index, accelerator.num_processes)
     # whole optimizer steps only, so that every checkpoint falls on a step boundary; the batches
@@ -387,13 +390,13 @@ def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
         "log": log,
         "valid": valid,
         "train": train,
+        "train_fwd": train,  # source->target: run["train"] may be another corpus for an epoch
         "train_text": train_text,
     }
     if cfg.bidirectional_epochs:
-        run["train_fwd"], run["train_both"] = train, both_ways(train)
         n = cfg.bidirectional_epochs
         log(
-            f"train: {len(train):,} pairs, both ways ({len(run['train_both']):,}) in the first "
+            f"train: {len(train):,} pairs, both ways ({2 * len(train):,}) in the first "
             f"{n} epoch{'s' if n > 1 else ''}, then source->target only (bidirectional_epochs)"
         )
     run["model_cfg"] = model_config(cfg, tokenizer, ids)
@@ -683,7 +686,7 @@ def last_step(run: dict, state: dict, epoch: int, steps: int) -> int:
     later = range(epoch + 1, cfg.epochs)
     if cfg.bidirectional_epochs:
         both = sum(e < cfg.bidirectional_epochs for e in later)
-        pairs = both * len(run["train_both"]) + (len(later) - both) * len(run["train_fwd"])
+        pairs = (len(later) + both) * len(run["train_fwd"])
     else:
         pairs = len(later) * len(run["train"])
     return state["step"] + left + round(pairs * steps / len(run["train"]))

@@ -289,10 +289,11 @@ def test_train_py_reports_unknown_key_in_one_line(tmp_path):
         ({"bidirectional_epochs": -1}, "bidirectional_epochs must be >= 0"),
         ({"tokenizer": "Helsinki-NLP/opus-mt-en-de"}, "needs a joint tokenizer trained here"),
         ({"subword_alpha": 0.5}, "cannot be combined with subword_alpha"),
+        ({"epochs": 3}, r"bidirectional_epochs \(3\) must be < epochs \(3\)"),
     ],
 )
 def test_bidirectional_epochs_is_checked(extra, problem):
-    settings = {"tokenizer": {"train": "unigram"}, "bidirectional_epochs": 3, **extra}
+    settings = {"tokenizer": {"train": "unigram"}, "bidirectional_epochs": 3, "epochs": 9}
     with pytest.raises(UserError, match=problem):
-        TrainConfig(**settings)
-    TrainConfig(tokenizer={"train": "bpe"}, bidirectional_epochs=3)  # allowed
+        TrainConfig(**{**settings, **extra})
+    TrainConfig(**{**settings, "tokenizer": {"train": "bpe"}})  # allowed

@@ -13,6 +13,7 @@ from config import TrainConfig, UserError
 from data import (
     Corpus,
     SpecialIds,
+    both_ways,
     canonical_unigram,
     collate,
     encode_sources,
@@ -454,3 +455,16 @@ def test_collate_pads_and_shifts(tokenizer):
     assert torch.equal(tgt_in[:, 1:], labels[:, :-1])
     assert batch["n_tokens"] == sum(tgt_lengths)
     assert min(tgt_lengths) < labels.size(1)  # the batch did need padding
+
+
+def test_both_ways_appends_every_pair_with_its_sides_swapped():
+    fwd = Corpus(*(np.array(a, dtype) for a, dtype in (
+        ([5, 6, 7, 8, 9], np.int32), ([0, 2, 5], np.int64),
+        ([1, 2, 3], np.int32), ([0, 1, 3], np.int64),
+    )))  # fmt: skip
+    both = both_ways(fwd)
+    assert len(both) == 4
+    for i in range(2):
+        src, tgt = fwd.pair(i)
+        assert [a.tolist() for a in both.pair(i)] == [src.tolist(), tgt.tolist()]
+        assert [a.tolist() for a in both.pair(2 + i)] == [tgt.tolist(), src.tolist()]

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 import train
 from config import TrainConfig, UserError
-from data import Corpus, SpecialIds, both_ways
+from data import Corpus, SpecialIds
 from helpers import ROOT, subprocess_env, wait_for_checkpoint, write_corpus
 from model import ModelConfig, Transformer
 from train import inverse_sqrt, make_optimizer
@@ -724,40 +724,28 @@ def test_subword_sampling_two_processes_agree(corpus, tmp_path):
     assert state["epoch"] == 2 and state["step"] == len(train_losses(out)) > 0
 
 
-def test_both_ways_appends_every_pair_with_its_sides_swapped():
-    fwd = Corpus(*(np.array(a, dtype) for a, dtype in (
-        ([5, 6, 7, 8, 9], np.int32), ([0, 2, 5], np.int64),
-        ([1, 2, 3], np.int32), ([0, 1, 3], np.int64),
-    )))  # fmt: skip
-    both = both_ways(fwd)
-    assert len(both) == 4
-    for i in range(2):
-        src, tgt = fwd.pair(i)
-        assert [a.tolist() for a in both.pair(i)] == [src.tolist(), tgt.tolist()]
-        assert [a.tolist() for a in both.pair(2 + i)] == [tgt.tolist(), src.tolist()]
-
-
 def test_bidirectional_epochs_train_on_both_ways_then_on_the_source_side_only():
-    run = {
-        "cfg": TrainConfig(tokenizer={"train": "unigram"}, bidirectional_epochs=2, epochs=4,
-                           max_tokens=10, max_seq_length=5, batch_size=2),
-        "train_fwd": Corpus(np.zeros(60, np.int32), np.arange(0, 61, 5), np.zeros(60, np.int32),
-                            np.arange(0, 61, 5)),
-        "log": print,
-    }  # fmt: skip
-    run["train_both"] = both_ways(run["train_fwd"])
+    fwd = Corpus(np.arange(60, dtype=np.int32), np.arange(0, 61, 5), -np.arange(60, dtype=np.int32),
+                 np.arange(0, 61, 5))  # fmt: skip
+    cfg = TrainConfig(tokenizer={"train": "unigram"}, bidirectional_epochs=2, epochs=4,
+                      max_tokens=10, max_seq_length=5, batch_size=2)  # fmt: skip
+    run = {"cfg": cfg, "train": fwd, "train_fwd": fwd}
     one_process = SimpleNamespace(process_index=0, num_processes=1)
-    pairs = []
+    pairs, sources = [], []
     for epoch in range(4):
         batches = train.epoch_batches(run, one_process, epoch, False)
         pairs.append(sorted(np.concatenate(batches).tolist()))
-        assert run["train"] is run["train_both" if epoch < 2 else "train_fwd"]
+        sources.append(sorted(int(run["train"].pair(i)[0][0]) for i in pairs[-1]))
+        if epoch == 1:
+            # where `epochs` ends the run, from this epoch's 12 steps: 12 + 6 + 6 more
+            assert train.last_step(run, {"step": 12, "batch_in_epoch": 0}, 1, 12) == 36
     assert pairs == [list(range(24))] * 2 + [list(range(12))] * 2
-    # where `epochs` ends the run, from the first epoch's 12 steps: 12 + 12 + 6 + 6
-    run["train"] = run["train_both"]
-    assert train.last_step(run, {"step": 0, "batch_in_epoch": 0}, 0, 12) == 36
-    run["train"] = run["train_fwd"]
-    assert train.last_step(run, {"step": 30, "batch_in_epoch": 2}, 2, 6) == 40
+    forward = list(range(0, 60, 5))  # each pair's first source token
+    assert sources == [sorted(forward + [-t for t in forward])] * 2 + [forward] * 2
+    assert run["train"] is fwd  # the both-ways copy is let go
+    # without bidirectional_epochs: this epoch's steps times the epochs left
+    run["cfg"] = dataclasses.replace(cfg, bidirectional_epochs=0)
+    assert train.last_step(run, {"step": 30, "batch_in_epoch": 2}, 1, 6) == 30 + 4 + 2 * 6
 
 
 def test_bidirectional_epochs_double_the_first_epochs(corpus, tmp_path):
