@@ -625,7 +625,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                             state["train_seconds"], dtype=torch.float64, device=accelerator.device
                         )
                     ).item()
-                check_pace(run, state, last_step(run, state, epoch, steps))
+                check_pace(run, state, epochs_end(run, state, epoch, steps))
                 if run["cfg"] is not cfg:  # fitted: the run's config.json says so too
                     cfg = run["cfg"]
                     if accelerator.is_main_process:
@@ -678,14 +678,14 @@ def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
     return False
 
 
-def last_step(run: dict, state: dict, epoch: int, steps: int) -> int:
+def epochs_end(run: dict, state: dict, epoch: int, steps: int) -> int:
     """About the step at which `epochs` ends the run: this epoch's steps per pair, times the
     pairs left (with bidirectional_epochs, later epochs may hold half as many pairs)."""
     cfg = run["cfg"]
     left = steps - state["batch_in_epoch"] // cfg.grad_accum_steps
     later = range(epoch + 1, cfg.epochs)
     if cfg.bidirectional_epochs:
-        both = sum(e < cfg.bidirectional_epochs for e in later)
+        both = max(0, cfg.bidirectional_epochs - epoch - 1)  # later epochs still both ways
         pairs = (len(later) + both) * len(run["train_fwd"])
     else:
         pairs = len(later) * len(run["train"])

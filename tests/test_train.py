@@ -738,14 +738,14 @@ def test_bidirectional_epochs_train_on_both_ways_then_on_the_source_side_only():
         sources.append(sorted(int(run["train"].pair(i)[0][0]) for i in pairs[-1]))
         if epoch == 1:
             # where `epochs` ends the run, from this epoch's 12 steps: 12 + 6 + 6 more
-            assert train.last_step(run, {"step": 12, "batch_in_epoch": 0}, 1, 12) == 36
+            assert train.epochs_end(run, {"step": 12, "batch_in_epoch": 0}, 1, 12) == 36
     assert pairs == [list(range(24))] * 2 + [list(range(12))] * 2
     forward = list(range(0, 60, 5))  # each pair's first source token
     assert sources == [sorted(forward + [-t for t in forward])] * 2 + [forward] * 2
     assert run["train"] is fwd  # the both-ways copy is let go
     # without bidirectional_epochs: this epoch's steps times the epochs left
     run["cfg"] = dataclasses.replace(cfg, bidirectional_epochs=0)
-    assert train.last_step(run, {"step": 30, "batch_in_epoch": 2}, 1, 6) == 30 + 4 + 2 * 6
+    assert train.epochs_end(run, {"step": 30, "batch_in_epoch": 2}, 1, 6) == 30 + 4 + 2 * 6
 
 
 def test_bidirectional_epochs_double_the_first_epochs(corpus, tmp_path):
