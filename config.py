@@ -92,6 +92,11 @@ class TrainConfig:
     # the cross-entropy of both passes (the paper's and fairseq's weighting). Twice the compute
     # and activation memory per step; train_loss then includes the KL term.
     rdrop_alpha: float = 0.0
+    # Not in the paper (fairseq's --ema-decay): > 0 keeps an exponential moving average of the
+    # weights, updated after every step; validation, `best` and every checkpoint's model then
+    # hold the average (the trained weights stay in the checkpoint's state/, for --resume).
+    # 0 = off.
+    ema_decay: float = 0.0
     # AdamW's decoupled decay, on weight matrices and embeddings only (not LayerNorm, biases).
     weight_decay: float = 0.0
     clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping
@@ -157,7 +162,7 @@ class TrainConfig:
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 or null (got {getattr(self, key)})")
         drops = ("dropout", "attn_dropout", "act_dropout", "word_dropout")
-        for key in (*drops, "label_smoothing"):
+        for key in (*drops, "label_smoothing", "ema_decay"):
             if not 0 <= getattr(self, key) < 1:
                 bad.append(f"{key} must be in [0, 1) (got {getattr(self, key)})")
         if not 0 <= self.subword_alpha <= 1:

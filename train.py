@@ -14,6 +14,7 @@ import shutil
 import signal
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
@@ -48,6 +49,7 @@ from data import (
     tokenize,
 )
 from distributed import setup_cpu_launch
+from ema import EMA
 from model import ModelConfig, Transformer
 from translate import translate_texts
 
@@ -284,7 +286,10 @@ def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None
     cfg, out = run["cfg"], Path(run["cfg"].output_dir)
     final = out / "checkpoints" / f"step-{state['step']:08d}"
     tmp = final.with_name(final.name + ".tmp")
-    weights = accelerator.get_state_dict(model)  # gathers shards: all processes take part
+    with averaged(run, model):
+        weights = accelerator.get_state_dict(model)  # gathers shards: all processes take part
+        if run.get("ema"):  # one process's state dict holds the parameters themselves
+            weights = {k: v.clone() for k, v in weights.items()}
     problem = None
     if accelerator.is_main_process:
         if not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()):
@@ -306,6 +311,8 @@ def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None
         # accelerate warns that it stores tied weights once; that is what we want
         logging.getLogger("accelerate").setLevel(logging.ERROR)
         problem = _try_write(lambda: accelerator.save_state(tmp / "state"))
+    if run.get("ema") and _all_ok(accelerator, problem is None):
+        problem = _try_write(lambda: run["ema"].save(ema_file(tmp, accelerator)))
     if not _all_ok(accelerator, problem is None):
         shutil.rmtree(tmp, ignore_errors=True)
         if problem == "weights are not finite":
@@ -325,6 +332,15 @@ def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None
             copy_model_dir(final, out / "best")
         prune_checkpoints(out / "checkpoints", cfg.keep_last)
     accelerator.wait_for_everyone()
+
+
+def averaged(run: dict, model):
+    """With ema_decay, the moving average stands in for the trained weights inside this block."""
+    return run["ema"].swapped(model) if run.get("ema") else nullcontext()
+
+
+def ema_file(ckpt: Path, accelerator) -> Path:
+    return ckpt / "state" / f"ema_{accelerator.process_index}.pt"
 
 
 def _try_write(write) -> str | None:
@@ -521,6 +537,16 @@ def main(argv=None):
         for method in ("encode", "decode"):  # decoding calls these, not forward()
             register_fsdp_forward_method(model, method)
     state = restore(accelerator, out, cfg, args.resume, run["log"])
+    if cfg.ema_decay:  # after restore: a checkpoint without one starts it from its weights
+        run["ema"] = EMA(model, cfg.ema_decay)
+        saved = latest_checkpoint(out) if args.resume else None
+        if saved and ema_file(saved, accelerator).exists():
+            try:
+                run["ema"].load(ema_file(saved, accelerator))
+            except (OSError, ValueError, RuntimeError) as e:
+                raise UserError(f"{ema_file(saved, accelerator)}: {e}") from None
+        elif saved:
+            run["log"](f"{saved} holds no moving average: it starts from the resumed weights")
     run["cfg"] = cfg = resume_plan(cfg, state, run["log"])
     if "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
@@ -602,6 +628,8 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                     finite = bool(torch.isfinite(norm))
                     if finite:
                         optimizer.step()
+                        if run.get("ema"):
+                            run["ema"].update(model)
                     optimizer.zero_grad()
             state["batch_in_epoch"] += 1
             meter.add(loss, batch["n_tokens"])
@@ -657,7 +685,8 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
 def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
     """Validate, log, save last (and best); True if early stopping says to stop."""
     cfg = run["cfg"]
-    metrics = evaluate(model, accelerator, run) if run["valid"] else {}
+    with averaged(run, model):
+        metrics = evaluate(model, accelerator, run) if run["valid"] else {}
     score = metrics.get("valid_bleu") if cfg.best_metric == "bleu" else None
     score = -metrics.get("valid_loss", 0.0) if score is None else score
     is_best = (

@@ -495,8 +495,10 @@ def test_sigkill_then_resume_is_bitwise_identical(corpus, tmp_path):
     # dropout on, several epochs of ~10 steps, saves every 3 steps: resume must restore the
     # weights, optimizer, schedule, RNG, epoch, position in the epoch and the data order.
     # log_every 4 with save_every 3: most checkpoints fall between two log lines, so the loss
-    # not yet logged must survive the kill too.
+    # not yet logged must survive the kill too, and the moving average of the weights (the
+    # weights compared are the average's).
     extra = ("--epochs", 3, "--save_every", 3, "--dropout", 0.2, "--log_every", 4)
+    extra += ("--ema_decay", 0.5)
     run(args_for(corpus, tmp_path / "a", *extra))
 
     b = tmp_path / "b"
@@ -587,9 +589,11 @@ def test_fsdp_on_cpu_really_shards(tmp_path):
 FSDP = "configs/accelerate/fsdp_cpu.yaml"
 DDP = "configs/accelerate/cpu_ddp.yaml"
 # Strong weight decay, so that a process that decayed LayerNorm gains (AdamW's no-decay param group
-# lost in sharding) would end with other weights.
+# lost in sharding) would end with other weights. The checkpoints hold a moving average of the
+# weights (each rank keeps its shards' under FSDP), compared with one process's and resumed.
 SIX_STEPS = (
     "--dropout", 0, "--max_steps", 6, "--log_every", 1, "--save_every", 3, "--weight_decay", 20,
+    "--ema_decay", 0.5,
 )  # fmt: skip
 
 
@@ -844,3 +848,25 @@ def test_keep_freed_memory_keeps_a_freed_buffer_resident():
         )  # fmt: skip
         freed[mode] = int(proc.stdout.split()[-1])
     assert freed["default"] > 48 * 2**20 and freed["keep"] < 8 * 2**20, freed
+
+
+def test_ema_checkpoints_hold_the_average_of_the_trained_weights(corpus, tmp_path):
+    # every step saved: state/ holds the trained weights of step n (accelerate's file), the
+    # checkpoint's model the average, which must follow the recurrence from step n-1 to n
+    out = tmp_path / "run"
+    decay = 0.2  # the ramp (1 + n) / (10 + n) gives 0.18 at the first update, then 0.2
+    run(args_for(corpus, out, *SIX_STEPS, "--save_every", 1, "--keep_last", 10, "--ema_decay",
+                 decay))  # fmt: skip
+    steps = sorted((out / "checkpoints").iterdir())
+    assert len(steps) == 6
+    averaged = [load_file(s / "model.safetensors") for s in steps]
+    trained = [load_file(s / "state" / "model.safetensors") for s in steps]
+    assert averaged[0].keys() <= trained[0].keys()
+    for n in range(1, 6):  # update n + 1
+        d = min(decay, (2 + n) / (11 + n))
+        for k in averaged[n]:
+            torch.testing.assert_close(
+                averaged[n][k], d * averaged[n - 1][k] + (1 - d) * trained[n][k], msg=k
+            )
+    k = "encoder.layers.0.ffn.fc1.weight"
+    assert not torch.allclose(averaged[5][k], trained[5][k])  # not the trained weights

@@ -1,0 +1,55 @@
+"""The moving average of the weights (ema_decay): its update, the swap, its state for --resume."""
+
+import pytest
+import torch
+
+from ema import EMA
+
+
+def decays(decay, n):
+    """The documented ramp: min(decay, (1 + k) / (10 + k)) for updates k = 1..n."""
+    return [min(decay, (1 + k) / (10 + k)) for k in range(1, n + 1)]
+
+
+def test_update_follows_the_ramped_recurrence():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, 0.5)
+    expected = model.weight.detach().clone()
+    for d in decays(0.5, 12):  # (1 + k) / (10 + k) passes 0.5 at k = 8
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        ema.update(model)
+        expected = d * expected + (1 - d) * model.weight.detach()
+    torch.testing.assert_close(ema.shadow[0], expected)
+    assert ema.updates == 12
+
+
+def test_swapped_shows_the_average_then_restores_the_trained_weights_even_on_error():
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, 0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    trained = model.weight.detach().clone()
+    with pytest.raises(RuntimeError):
+        with ema.swapped(model):
+            assert torch.equal(model.weight, ema.shadow[0])
+            assert not torch.equal(model.weight, trained)
+            raise RuntimeError("validation failed")
+    assert torch.equal(model.weight, trained)
+
+
+def test_save_and_load_round_trip_and_refuse_other_shapes(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, 0.9)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    ema.save(tmp_path / "ema.pt")
+    other = EMA(model, 0.9)  # fresh: the current weights
+    other.load(tmp_path / "ema.pt")
+    assert other.updates == 1
+    for a, b in zip(other.shadow, ema.shadow):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="other shapes"):
+        EMA(torch.nn.Linear(4, 2), 0.9).load(tmp_path / "ema.pt")
