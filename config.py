@@ -93,9 +93,9 @@ class TrainConfig:
     # and activation memory per step; train_loss then includes the KL term.
     rdrop_alpha: float = 0.0
     # Not in the paper (fairseq's --ema-decay): > 0 keeps an exponential moving average of the
-    # weights, updated after every step; validation, `best` and every checkpoint's model then
-    # hold the average (the trained weights stay in the checkpoint's state/, for --resume).
-    # 0 = off.
+    # weights, updated after every optimizer step (not skipped ones), with the decay ramped as
+    # min(ema_decay, (1 + n) / (10 + n)) at the n-th; validation, `best` and every checkpoint's
+    # model hold the average (the trained weights stay in the checkpoint's state/). 0 = off.
     ema_decay: float = 0.0
     # AdamW's decoupled decay, on weight matrices and embeddings only (not LayerNorm, biases).
     weight_decay: float = 0.0

@@ -6,6 +6,7 @@ rank's own shards under FSDP2 (DTensors), so the update needs no communication. 
 the average into the model for a while (validation, the weights a checkpoint holds) and then
 puts the trained weights back; it is collective only through what runs inside it."""
 
+import io
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,8 +22,10 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        """One step. The decay ramps up as (1 + n) / (10 + n) (TF's num_updates, timm's
-        warmup) so that the first, random weights are forgotten within a few hundred steps."""
+        """One optimizer step. The decay at the n-th update is min(decay, (1 + n) / (10 + n))
+        (TF's ExponentialMovingAverage with num_updates), so the first, random weights are
+        forgotten at once: until it reaches `decay` (0.9995 at n = 17,991) the average spans
+        about the last n / 9 steps, then about 1 / (1 - decay)."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         torch._foreach_lerp_(self.shadow, _params(model), 1.0 - decay)
@@ -44,10 +47,12 @@ class EMA:
     def save(self, path: Path) -> None:
         """This process's part (its shards under FSDP), for --resume."""
         local = [s.to_local() if hasattr(s, "to_local") else s for s in self.shadow]
-        torch.save({"updates": self.updates, "shadow": local}, path)
+        buffer = io.BytesIO()  # torch.save reports a full disk as a RuntimeError; this, OSError
+        torch.save({"updates": self.updates, "shadow": local}, buffer)
+        path.write_bytes(buffer.getvalue())
 
     def load(self, path: Path) -> None:
-        saved = torch.load(path, weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         shapes = [tuple(t.shape) for t in saved["shadow"]]
         local = [s.to_local() if hasattr(s, "to_local") else s for s in self.shadow]
         if shapes != [tuple(t.shape) for t in local]:
@@ -62,8 +67,10 @@ class EMA:
 
 
 def _params(model: torch.nn.Module) -> list:
-    """The parameters as sharded DTensors under FSDP2: its root module keeps them gathered after a
-    forward (here, validation's), which would swap in other tensors."""
-    if hasattr(model, "reshard"):
-        model.reshard()
+    """The parameters as sharded DTensors under FSDP2: after a forward with no backward
+    (validation's), its root module, and every layer with reshard_after_forward false, still
+    holds them gathered, and would swap in other tensors. reshard() is not recursive."""
+    for module in model.modules():
+        if hasattr(module, "reshard"):  # an FSDPModule
+            module.reshard()
     return list(model.parameters())

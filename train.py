@@ -288,8 +288,8 @@ def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None
     tmp = final.with_name(final.name + ".tmp")
     with averaged(run, model):
         weights = accelerator.get_state_dict(model)  # gathers shards: all processes take part
-        if run.get("ema"):  # one process's state dict holds the parameters themselves
-            weights = {k: v.clone() for k, v in weights.items()}
+        if run.get("ema"):  # without FSDP, the state dict holds the parameters themselves
+            weights = {k: v.to("cpu", copy=True) for k, v in weights.items()}
     problem = None
     if accelerator.is_main_process:
         if not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()):
@@ -340,6 +340,7 @@ def averaged(run: dict, model):
 
 
 def ema_file(ckpt: Path, accelerator) -> Path:
+    """This process's part of the moving average (its shards under FSDP) in a checkpoint."""
     return ckpt / "state" / f"ema_{accelerator.process_index}.pt"
 
 
@@ -543,8 +544,13 @@ def main(argv=None):
         if saved and ema_file(saved, accelerator).exists():
             try:
                 run["ema"].load(ema_file(saved, accelerator))
-            except (OSError, ValueError, RuntimeError) as e:
-                raise UserError(f"{ema_file(saved, accelerator)}: {e}") from None
+            except Exception as e:  # unreadable: torch.load raises several kinds
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                raise UserError(
+                    f"{ema_file(saved, accelerator)}: cannot load the moving average "
+                    f"({type(e).__name__}: {first}); remove this checkpoint to resume from an "
+                    "older one"
+                ) from None
         elif saved:
             run["log"](f"{saved} holds no moving average: it starts from the resumed weights")
     run["cfg"] = cfg = resume_plan(cfg, state, run["log"])

@@ -53,3 +53,10 @@ def test_save_and_load_round_trip_and_refuse_other_shapes(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="other shapes"):
         EMA(torch.nn.Linear(4, 2), 0.9).load(tmp_path / "ema.pt")
+
+
+def test_a_failed_write_is_an_oserror(tmp_path):
+    # train.py's save turns an OSError into "cannot write checkpoint ...; the previous one is
+    # intact"; torch.save itself would raise a RuntimeError
+    with pytest.raises(OSError):
+        EMA(torch.nn.Linear(3, 2), 0.9).save(tmp_path / "missing" / "ema.pt")

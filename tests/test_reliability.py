@@ -56,9 +56,13 @@ def nan_on_calls(monkeypatch, bad_calls):
 
 def test_nan_steps_are_skipped_and_counted(corpus, tmp_path, monkeypatch, in_process, capsys):
     nan_on_calls(monkeypatch, {3, 4})
-    in_process(argv(corpus, tmp_path / "run", "--max_steps", 6, "--max_bad_steps", 3))
+    in_process(
+        argv(corpus, tmp_path / "run", "--max_steps", 6, "--max_bad_steps", 3, "--ema_decay", 0.5)
+    )
     state = json.loads((tmp_path / "run/last/trainer_state.json").read_text())
     assert state["step"] == 6 and state["skipped_steps"] == 2
+    # a skipped step does not move the moving average either
+    assert torch.load(tmp_path / "run/last/state/ema_0.pt", weights_only=True)["updates"] == 6
     assert "non-finite gradient, step skipped" in capsys.readouterr().out
     for name, w in load_file(tmp_path / "run/last/model.safetensors").items():
         assert torch.isfinite(w).all(), name
@@ -96,6 +100,38 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(
     assert os.readlink(out / "last") == "checkpoints/step-00000002"
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # no .tmp left
     load_file(out / "last/model.safetensors")
+
+
+def test_disk_full_writing_the_moving_average_keeps_the_previous_checkpoint(
+    corpus, tmp_path, monkeypatch, in_process
+):
+    real, saves = train.EMA.save, [0]
+
+    def save(self, path):
+        saves[0] += 1
+        if saves[0] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, path)
+
+    monkeypatch.setattr(train.EMA, "save", save)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="No space left on device.*previous checkpoint"):
+        in_process(argv(corpus, out, "--max_steps", 10, "--save_every", 2, "--ema_decay", 0.5))
+    assert os.readlink(out / "last") == "checkpoints/step-00000002"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # no .tmp left
+
+
+def test_an_unreadable_moving_average_is_refused_in_one_line(corpus, tmp_path):
+    out = tmp_path / "run"
+    train_py = [sys.executable, "train.py"]
+    first = [*train_py, *argv(corpus, out, "--max_steps", 2, "--ema_decay", 0.5)]
+    subprocess.run(first, cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=120)
+    (out / "last/state/ema_0.pt").write_bytes(b"not a tensor file")
+    more = [*train_py, *argv(corpus, out, "--max_steps", 4, "--ema_decay", 0.5), "--resume"]
+    proc = subprocess.run(more, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "ema_0.pt: cannot load the moving average" in last and "older one" in last
 
 
 class Exploit:

@@ -870,3 +870,27 @@ def test_ema_checkpoints_hold_the_average_of_the_trained_weights(corpus, tmp_pat
             )
     k = "encoder.layers.0.ffn.fc1.weight"
     assert not torch.allclose(averaged[5][k], trained[5][k])  # not the trained weights
+
+
+def test_ema_is_what_validation_sees_and_the_trained_weights_come_back(monkeypatch):
+    from ema import EMA
+
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, 0.9)
+    with torch.no_grad():
+        model.weight.add_(1.0)  # trained on: now the average is the older weights
+    seen = {}
+
+    def evaluate(m, accelerator, run):
+        seen["weight"] = m.weight.detach().clone()
+        return {"valid_loss": 1.0}
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(train, "write_metrics", lambda *a: None)
+    monkeypatch.setattr(train, "save", lambda *a, **k: None)
+    run = {"cfg": TrainConfig(best_metric="loss"), "valid": True, "ema": ema, "log": print}
+    trained = model.weight.detach().clone()
+    state = {"best": None, "bad_evals": 0, "step": 1}
+    train.end_of_epoch(model, None, run, state, 0)
+    assert torch.equal(seen["weight"], ema.shadow[0])
+    assert torch.equal(model.weight, trained) and not torch.equal(trained, ema.shadow[0])
