@@ -24,7 +24,7 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         """One optimizer step. The decay at the n-th update is min(decay, (1 + n) / (10 + n))
         (TF's ExponentialMovingAverage with num_updates), so the first, random weights are
-        forgotten at once: until it reaches `decay` (0.9995 at n = 17,991) the average spans
+        forgotten at once: until it reaches `decay` (0.9995 at n = 17,990) the average spans
         about the last n / 9 steps, then about 1 / (1 - decay)."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
