@@ -134,6 +134,20 @@ def test_an_unreadable_moving_average_is_refused_in_one_line(corpus, tmp_path):
     assert "ema_0.pt: cannot load the moving average" in last and "older one" in last
 
 
+def test_a_checkpoint_without_a_moving_average_starts_one_on_resume(corpus, tmp_path):
+    out = tmp_path / "run"
+    train_py = [sys.executable, "train.py"]
+    first = [*train_py, *argv(corpus, out, "--max_steps", 2)]
+    subprocess.run(first, cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=120)
+    assert not (out / "last/state/ema_0.pt").exists()
+    more = [*train_py, *argv(corpus, out, "--max_steps", 4, "--ema_decay", 0.5), "--resume"]
+    proc = subprocess.run(more, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "holds no moving average: it starts from the resumed weights" in proc.stdout
+    # two updates since the resume, from the resumed weights (the first, random ones never seen)
+    assert torch.load(out / "last/state/ema_0.pt", weights_only=True)["updates"] == 2
+
+
 class Exploit:
     """Unpickling this runs a shell command that creates a marker file."""
 
