@@ -46,7 +46,7 @@ class EMA:
 
     def save(self, path: Path) -> None:
         """This process's part (its shards under FSDP), for --resume."""
-        local = [s.to_local() if hasattr(s, "to_local") else s for s in self.shadow]
+        local = self._local()
         buffer = io.BytesIO()  # torch.save reports a full disk as a RuntimeError; this, OSError
         torch.save({"updates": self.updates, "shadow": local}, buffer)
         path.write_bytes(buffer.getvalue())
@@ -54,7 +54,7 @@ class EMA:
     def load(self, path: Path) -> None:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         shapes = [tuple(t.shape) for t in saved["shadow"]]
-        local = [s.to_local() if hasattr(s, "to_local") else s for s in self.shadow]
+        local = self._local()
         if shapes != [tuple(t.shape) for t in local]:
             raise ValueError(
                 "its moving average has other shapes than this model's parameters "
@@ -64,6 +64,10 @@ class EMA:
             for s, t in zip(local, saved["shadow"]):
                 s.copy_(t)
         self.updates = saved["updates"]
+
+    def _local(self) -> list:
+        """This process's tensors: the local shards of DTensors."""
+        return [s.to_local() if hasattr(s, "to_local") else s for s in self.shadow]
 
 
 def _params(model: torch.nn.Module) -> list:

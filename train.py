@@ -450,11 +450,7 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         except (Exception, CheckpointException) as e:
             if isinstance(e, CheckpointException) and e.failures:  # its str() is tracebacks
                 e = next(iter(e.failures.values()))[0]  # the first failing rank's own error
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise UserError(
-                f"{ckpt}: cannot load the training state ({type(e).__name__}: "
-                f"{first}); remove this checkpoint to resume from an older one"
-            ) from None
+            raise unreadable(ckpt, "the training state", e) from None
         state.update(json.loads((ckpt / "trainer_state.json").read_text()))
         log(f"resumed from {ckpt}: epoch {state['epoch'] + 1}, step {state['step']}")
     elif resume:
@@ -538,21 +534,10 @@ def main(argv=None):
         for method in ("encode", "decode"):  # decoding calls these, not forward()
             register_fsdp_forward_method(model, method)
     state = restore(accelerator, out, cfg, args.resume, run["log"])
-    if cfg.ema_decay:  # after restore: a checkpoint without one starts it from its weights
-        run["ema"] = EMA(model, cfg.ema_decay)
-        saved = latest_checkpoint(out) if args.resume else None
-        if saved and ema_file(saved, accelerator).exists():
-            try:
-                run["ema"].load(ema_file(saved, accelerator))
-            except Exception as e:  # unreadable: torch.load raises several kinds
-                first = (str(e).strip().splitlines() or [""])[0][:200]
-                raise UserError(
-                    f"{ema_file(saved, accelerator)}: cannot load the moving average "
-                    f"({type(e).__name__}: {first}); remove this checkpoint to resume from an "
-                    "older one"
-                ) from None
-        elif saved:
-            run["log"](f"{saved} holds no moving average: it starts from the resumed weights")
+    if cfg.ema_decay:
+        run["ema"] = start_ema(
+            model, accelerator, cfg, latest_checkpoint(out) if args.resume else None, run["log"]
+        )
     run["cfg"] = cfg = resume_plan(cfg, state, run["log"])
     if "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
@@ -568,6 +553,29 @@ def main(argv=None):
         )
     fit(model, optimizer, scheduler, accelerator, run, state)
     accelerator.end_training()
+
+
+def unreadable(path: Path, what: str, e: BaseException) -> UserError:
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return UserError(
+        f"{path}: cannot load {what} ({type(e).__name__}: {first}); "
+        "remove this checkpoint to resume from an older one"
+    )
+
+
+def start_ema(model, accelerator, cfg: TrainConfig, ckpt: Path | None, log) -> EMA:
+    """The moving average, from the checkpoint resumed (called after restore: a checkpoint
+    without one starts it from the resumed weights)."""
+    ema = EMA(model, cfg.ema_decay)
+    path = ema_file(ckpt, accelerator) if ckpt else None
+    if path and path.exists():
+        try:
+            ema.load(path)
+        except Exception as e:  # torch.load raises several kinds
+            raise unreadable(path, "the moving average", e) from None
+    elif ckpt:
+        log(f"{ckpt} holds no moving average: it starts from the resumed weights")
+    return ema
 
 
 def resume_plan(cfg: TrainConfig, state: dict, log) -> TrainConfig:
