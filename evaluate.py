@@ -29,9 +29,11 @@ checkpoint with its model config).
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import sys
 
 import sacrebleu
 
@@ -56,6 +58,8 @@ def score(hypotheses: list[str], references: list[str], lowercase: bool = False)
     """Corpus BLEU, chrF and TER on detokenized text, each with its sacreBLEU signature."""
     if len(hypotheses) != len(references):
         raise UserError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not references:
+        raise UserError("nothing to score: the references are empty")
     report = {"sentences": len(references), "lowercase": lowercase}
     for key, metric in metrics(lowercase).items():
         result = metric.corpus_score(hypotheses, [references])
@@ -135,7 +139,11 @@ def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list
     }
     test_cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
     ds = load_text(spec, test_cfg, args.split or test_cfg.test_split)
-    return sources or list(ds["src"]), references or list(ds["tgt"])
+    # `is None`, not falsiness: an empty --source file must not quietly become the test set
+    return (
+        list(ds["src"]) if sources is None else sources,
+        list(ds["tgt"]) if references is None else references,
+    )
 
 
 def print_report(report: dict) -> None:
@@ -196,9 +204,26 @@ def main(argv=None):
         raise UserError("--bootstrap_samples must be >= 1")
     # read before any decoding, so that a missing file stops us now, not hours later
     baseline = read_lines(args.compare) if args.compare else None
+    with contextlib.ExitStack() as outputs:
+        # opened (as temporary files, renamed when done) before decoding too, for the same reason
+        out, out_json = (
+            outputs.enter_context(open_output(path)) if path else None
+            for path in (args.output, args.json)
+        )
+        report = evaluate(args, baseline, out)
+        if out_json:
+            sys.stdout.flush()  # the printed report first, when the JSON goes to stdout too
+            json.dump(report, out_json, indent=2, ensure_ascii=False)
+            out_json.write("\n")
+    return report
+
+
+def evaluate(args, baseline: list[str] | None, out) -> dict:
+    """Translate (with --checkpoint) or read the hypotheses, score them, print the report."""
     report = {}
     cfg = model = None
     if args.checkpoint:
+        from checkpoint import resolve
         from ensemble import load_models
 
         options = decoding_options(args)
@@ -213,19 +238,21 @@ def main(argv=None):
         hypotheses = translate_texts(
             model, tokenizer, ids, sources, args.batch_size, cfg.max_seq_length, **options
         )
-        report["checkpoint"] = args.checkpoint[0]
+        # the directory decoded (a run's output_dir resolves to its best or last checkpoint)
+        paths = [str(resolve(p)) for p in args.checkpoint]
+        report["checkpoint"] = paths[0]
         report["decoding"] = options
         report["config"] = cfg.to_dict()
-        members = model.models if len(args.checkpoint) > 1 else [model]
+        members = model.models if len(paths) > 1 else [model]
         report["model_config"] = members[0].cfg.to_dict()
         if len(members) > 1:  # an ensemble: the first model above, each of them here
             report["ensemble"] = [
                 {"checkpoint": path, "model_config": m.cfg.to_dict()}
-                for path, m in zip(args.checkpoint, members, strict=True)
+                for path, m in zip(paths, members, strict=True)
             ]
-        if args.output:
-            with open_output(args.output) as f:
-                f.writelines(h + "\n" for h in hypotheses)
+        if out:
+            out.writelines(h + "\n" for h in hypotheses)
+            out.flush()  # before the report, when both go to stdout
     else:
         hypotheses = read_lines(args.hypotheses)
     report = {**score(hypotheses, references, args.lowercase), **report}
@@ -241,10 +268,6 @@ def main(argv=None):
             args.bootstrap_samples,
         )
     print_report(report)
-    if args.json:
-        with open_output(args.json) as f:
-            json.dump(report, f, indent=2, ensure_ascii=False)
-            f.write("\n")
     return report
 
 

@@ -143,3 +143,36 @@ def test_checkpoint_decoding_keeps_freed_memory_on_cpu(tmp_path, monkeypatch):
     assert calls == [1]
     evaluate.main(["--hypotheses", ref, "--reference", ref])  # scoring alone decodes nothing
     assert calls == [1]
+
+
+def test_output_paths_are_checked_before_decoding(tmp_path, monkeypatch):
+    """A bad --output or --json stops evaluate.py before it decodes, not after."""
+    monkeypatch.setattr(evaluate, "translate_texts", lambda *a, **k: pytest.fail("decoded"))
+    src = write(tmp_path / "s.en", ["the dog sees the cat"])
+    ref = write(tmp_path / "r.de", ["der hund sieht die katze"])
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    for flag in ("--output", "--json"):
+        with pytest.raises(UserError, match=r"cannot write .*nodir/x \(No such file"):
+            evaluate.main(["--checkpoint", str(ckpt), "--source", src, "--reference", ref,
+                           flag, str(tmp_path / "nodir" / "x")])  # fmt: skip
+
+
+def test_empty_files_are_not_replaced_by_the_test_set(tmp_path):
+    write(tmp_path / "test.en", ["the dog sees the cat", "a man reads a book"])
+    write(tmp_path / "test.de", ["der hund sieht die katze", "ein mann liest ein buch"])
+    ckpt = make_checkpoint(tmp_path / "ckpt", test_data=f"{tmp_path}/test.{{lang}}")
+    empty = write(tmp_path / "empty.txt", [])
+    with pytest.raises(UserError, match="nothing to score"):
+        evaluate.main(["--checkpoint", str(ckpt), "--source", empty, "--reference", empty])
+    with pytest.raises(UserError, match="0 sources but 2 references"):
+        evaluate.main(["--checkpoint", str(ckpt), "--source", empty])
+
+
+def test_the_report_names_the_checkpoint_decoded(tmp_path):
+    """A run's output_dir decodes its best checkpoint; the JSON says which directory that was."""
+    run = tmp_path / "run"
+    make_checkpoint(run / "best")
+    src = write(tmp_path / "s.en", ["the dog sees the cat"])
+    ref = write(tmp_path / "r.de", ["der hund sieht die katze"])
+    r = evaluate.main(["--checkpoint", str(run), "--source", src, "--reference", ref])
+    assert r["checkpoint"] == str(run / "best")
