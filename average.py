@@ -7,14 +7,45 @@ The result is a normal checkpoint directory (config, tokenizer and averaged safe
 """
 
 import argparse
+import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from checkpoint import WEIGHTS, check_replaceable, staged_dir, step_dirs
+from checkpoint import (
+    WEIGHTS,
+    check_replaceable,
+    checkpoint_tokenizer,
+    resolve,
+    staged_output,
+    step_dirs,
+)
 from config import UserError, cli
+
+
+def check_same_model(dirs: list[Path]) -> None:
+    """UserError unless every checkpoint has the first's model config and vocabulary: weights of
+    equal shapes can still belong to other models (other heads, other ids for the same pieces),
+    and their average would be silently meaningless."""
+
+    def model_config(d: Path) -> dict:
+        try:
+            return json.loads((d / "model_config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{d / 'model_config.json'}: unreadable ({e})") from None
+
+    first_cfg = model_config(dirs[0])
+    first_vocab = checkpoint_tokenizer(dirs[0]).get_vocab()
+    for d in dirs[1:]:
+        cfg = model_config(d)
+        differ = sorted(k for k in first_cfg.keys() | cfg.keys() if first_cfg.get(k) != cfg.get(k))
+        if differ:
+            raise UserError(f"{d}: model_config.json differs from {dirs[0]}'s in {differ}")
+        if checkpoint_tokenizer(d).get_vocab() != first_vocab:
+            raise UserError(f"{d}: its tokenizer's vocabulary differs from {dirs[0]}'s")
 
 
 def average(dirs: list[Path], out: Path) -> None:
@@ -35,7 +66,7 @@ def average(dirs: list[Path], out: Path) -> None:
                         f"{d}: {k} has shape {tuple(v.shape)}, {tuple(total[k].shape)} in {dirs[0]}"
                     )
                 total[k] += v.double()
-    with staged_dir(out) as tmp:
+    with staged_output(out) as tmp:
         for f in dirs[-1].iterdir():  # config, model_config, tokenizer from the newest one
             if f.is_file() and f.name not in (WEIGHTS, "trainer_state.json"):
                 shutil.copy2(f, tmp / f.name)
@@ -55,17 +86,19 @@ def main(argv=None):
         raise UserError("give either --run (with --last) or --checkpoints")
     if args.last < 1:
         raise UserError(f"--last must be >= 1 (got {args.last})")
-    dirs = [Path(d) for d in args.checkpoints] if args.checkpoints else None
+    dirs = [resolve(d) for d in args.checkpoints] if args.checkpoints else None
     if args.run:
         dirs = step_dirs(Path(args.run) / "checkpoints")[-args.last :]
         if len(dirs) < args.last:
-            print(f"warning: only {len(dirs)} checkpoints in {args.run}/checkpoints")
+            warn = f"warning: only {len(dirs)} checkpoints in {args.run}/checkpoints"
+            print(warn, file=sys.stderr)
     if not dirs:
         raise UserError("no checkpoints to average")
     for d in dirs:
         if not (d / WEIGHTS).exists():
             raise UserError(f"{d}: no {WEIGHTS}")
     check_replaceable(args.out, dirs)
+    check_same_model(dirs)
     average(dirs, Path(args.out))
     print(f"averaged {len(dirs)} checkpoints ({dirs[0].name} ... {dirs[-1].name}) into {args.out}")
 

@@ -60,9 +60,22 @@ def staged_dir(final: str | Path):
     replace_dir(tmp, Path(final))
 
 
+@contextmanager
+def staged_output(final: str | Path):
+    """staged_dir for the command-line tools (average.py, export.py): a failure to write (no
+    such folder, no permission, a full disk) is a one-line UserError, not a traceback."""
+    try:
+        with staged_dir(final) as tmp:
+            yield tmp
+    except OSError as e:
+        raise UserError(f"cannot write {final} ({e.strerror or e})") from None
+
+
 def check_replaceable(out: str | Path, inputs: list[Path]) -> None:
     """UserError unless `out` can be replaced whole: not an input nor a folder holding one, and
     not a training run's output_dir or its checkpoints/ (replacing it would delete them)."""
+    if Path(out).name in ("", ".", ".."):
+        raise UserError(f"--out {out}: give the new directory's name")
     out = Path(out).resolve()
     for d in inputs:
         d = Path(d).resolve()
@@ -183,7 +196,7 @@ def load_model(
             f"{path / WEIGHTS}: weights do not match model_config.json "
             f"({str(e).splitlines()[-1].strip()})"
         ) from None
-    tokenizer = _checkpoint_tokenizer(path)
+    tokenizer = checkpoint_tokenizer(path)
     if len(tokenizer) > vocab:  # its ids would index past the embedding table
         raise UserError(
             f"{path}: the tokenizer has {len(tokenizer)} tokens, the model's vocabulary "
@@ -192,7 +205,7 @@ def load_model(
     return model.to(device).eval(), tokenizer, ids, cfg
 
 
-def _checkpoint_tokenizer(path: Path):
+def checkpoint_tokenizer(path: Path):
     """The tokenizer saved in a checkpoint directory; a clear error if it is missing."""
     from transformers import AutoTokenizer
 

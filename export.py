@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import check_replaceable, load_model, resolve, staged_dir
+from checkpoint import check_replaceable, load_model, resolve, staged_output
 from config import UserError, cli
 from data import SpecialIds
 from model import ModelConfig, Transformer
@@ -178,7 +178,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     model, tokenizer, ids, cfg = load_model(src_dir)
     hf = to_marian(model, ids)
     out = Path(out)
-    with staged_dir(out) as tmp:  # removed, and `out` left as it was, if anything fails
+    with staged_output(out) as tmp:  # removed, and `out` left as it was, if anything fails
         hf.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "training_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -222,7 +222,7 @@ def to_ctranslate2(exported: str | Path, out: str | Path) -> Path:
     ct2._MODEL_LOADERS["MarianConfig"] = Loader()
     try:
         out = Path(out)
-        with staged_dir(out) as tmp:
+        with staged_output(out) as tmp:
             TransformersConverter(str(exported)).convert(str(tmp), force=True)
     finally:
         ct2._MODEL_LOADERS["MarianConfig"] = stock

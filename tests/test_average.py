@@ -1,5 +1,9 @@
 """average.py: the mean of the weights; bad input is one line and replaces nothing."""
 
+import functools
+import json
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -7,12 +11,22 @@ from safetensors.torch import load_file, save_file
 import average
 from checkpoint import staged_dir
 from config import UserError
+from data import train_tokenizer
+from test_translate import make_checkpoint
+
+
+@functools.cache
+def tokenizer():
+    return train_tokenizer(iter(["der hund sieht die katze", "ein mann liest ein buch"]), "bpe", 40)
 
 
 def checkpoint(path, config="{}\n", **tensors):
+    """A checkpoint directory with these weights, config.json, model_config.json, tokenizer."""
     path.mkdir(parents=True)
     save_file(tensors, path / "model.safetensors")
     (path / "config.json").write_text(config)
+    (path / "model_config.json").write_text('{"d_model": 2}\n')
+    tokenizer().save_pretrained(path)
     return path
 
 
@@ -62,3 +76,37 @@ def test_a_failed_write_leaves_the_old_directory_and_no_temporary(tmp_path):
     with staged_dir(final) as tmp:
         (tmp / "new.txt").write_text("new\n")
     assert [p.name for p in final.iterdir()] == ["new.txt"]
+
+
+def test_checkpoints_of_other_models_are_refused(tmp_path):
+    """Equal names and shapes are not enough: other heads, or the same pieces under other ids,
+    make an average of meaningless weights."""
+    a = make_checkpoint(tmp_path / "a", n_heads=2)
+    heads = make_checkpoint(tmp_path / "heads", n_heads=4)  # the same shapes at d_model 16
+    ids = tmp_path / "ids"
+    shutil.copytree(a, ids)
+    tok = json.loads((ids / "tokenizer.json").read_text())
+    pieces = tok["model"]["vocab"]
+    pieces[10], pieces[11] = pieces[11], pieces[10]  # two pieces swap ids
+    (ids / "tokenizer.json").write_text(json.dumps(tok))
+    out = tmp_path / "avg"
+    with pytest.raises(UserError, match=r"model_config.json differs from .*a's in \['n_heads'\]"):
+        average.main(["--checkpoints", str(a), str(heads), "--out", str(out)])
+    with pytest.raises(UserError, match="tokenizer's vocabulary differs"):
+        average.main(["--checkpoints", str(a), str(ids), "--out", str(out)])
+    assert not out.exists()
+    # a run's output_dir stands for its best checkpoint, as in translate.py
+    run = tmp_path / "run"
+    shutil.copytree(a, run / "best")
+    average.main(["--checkpoints", str(run), str(a), "--out", str(out)])
+    assert load_file(out / "model.safetensors").keys() == load_file(a / "model.safetensors").keys()
+
+
+def test_an_unwritable_out_is_one_line_and_leaves_nothing(tmp_path):
+    a = checkpoint(tmp_path / "a", w=torch.zeros(2))
+    (tmp_path / "file").write_text("not a directory\n")
+    with pytest.raises(UserError, match=r"cannot write .*file/avg \(Not a directory\)"):
+        average.main(["--checkpoints", str(a), "--out", str(tmp_path / "file" / "avg")])
+    with pytest.raises(UserError, match="--out .: give the new directory's name"):
+        average.main(["--checkpoints", str(a), "--out", "."])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "file"]

@@ -182,6 +182,17 @@ def test_out_that_would_replace_the_checkpoint_is_refused(tmp_path):
     assert (ckpt / "model.safetensors").exists()
 
 
+def test_an_unwritable_out_is_one_line(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "file").write_text("not a directory\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli(lambda: export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "file/hf")]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("file/hf (Not a directory)"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "file"]
+
+
 @pytest.mark.parametrize("which", [True, False, "3+1"])
 def test_ctranslate2_conversion_decodes_our_greedy_tokens(exported, tmp_path, which):
     # Our tokenizers have no trailing <pad> row and decode from their start token: the stock
