@@ -557,7 +557,13 @@ def encode_sources(tok, texts: list[str]) -> list[list[int]]:
 def encode_targets(tok, texts: list[str]) -> list[list[int]]:
     # text_target= selects the target-side model of tokenizers that have two (Marian: separate
     # source.spm and target.spm over one vocabulary). Encoding targets as sources is a silent bug.
-    return tok(text_target=texts, add_special_tokens=True)["input_ids"]
+    ids = tok(text_target=texts, add_special_tokens=True)["input_ids"]
+    # Tokenizers that begin every sequence with BOS (BART's, RoBERTa's) would make the labels
+    # start with the decoder's start token, which shift_right already feeds it: "<s> <s> w ..."
+    # in, "<s> w ..." out, and decoding, which never emits the start token, would begin off
+    # the path it was trained on. The labels are the words and </s> only.
+    start = SpecialIds.of(tok).start
+    return [seq[1:] if seq[:1] == [start] else seq for seq in ids]
 
 
 # Keys of a saved tokenizer_config.json that say where it was loaded from, not how it encodes.
@@ -659,7 +665,8 @@ def encode(
     """Token ids of every pair ("src_ids", "tgt_ids", int32), through datasets.map: cached on disk
     by (text fingerprint, tokenizer files), so the same data and tokenizer are tokenized once."""
     num_proc = default_num_proc(len(ds)) if num_proc is None else num_proc
-    key = Hasher.hash([CACHE_VERSION, ds._fingerprint, tokenizer_fingerprint(tok)])
+    # "targets-2": since the labels drop a leading start token (encode_targets)
+    key = Hasher.hash([CACHE_VERSION, "targets-2", ds._fingerprint, tokenizer_fingerprint(tok)])
     started = time.time()
     # Forked workers each tokenize a shard; Rust threads inside each would oversubscribe the
     # cores (and tokenizers warns about forking after it used threads).

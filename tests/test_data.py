@@ -457,6 +457,32 @@ def test_collate_pads_and_shifts(tokenizer):
     assert min(tgt_lengths) < labels.size(1)  # the batch did need padding
 
 
+def test_labels_never_begin_with_the_start_token(tokenizer):
+    """A tokenizer that begins every sequence with BOS (BART's, RoBERTa's) must not make the
+    labels begin with it: shift_right feeds the start token already, and decoding never emits
+    it, so "<s> <s> w" in, "<s> w" out would train a first step decoding never takes."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    inner = tokenizer.backend_tokenizer
+    bart_like = PreTrainedTokenizerFast(
+        tokenizer_object=inner.from_str(inner.to_str()),
+        pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+    )  # fmt: skip
+    bos, eos = bart_like.bos_token_id, bart_like.eos_token_id
+    bart_like.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    assert bart_like(text_target=DE[0])["input_ids"][0] == bos  # it does add BOS
+    targets = encode_targets(bart_like, DE)
+    assert targets == encode_targets(tokenizer, DE)  # the words and </s>, as without BOS
+    ids = SpecialIds.of(bart_like)
+    corpus = tokenize(datasets.Dataset.from_dict({"src": EN, "tgt": DE}), bart_like, 64, "t",
+                      lambda _: None)  # fmt: skip
+    batch = collate(corpus, np.arange(3), ids)
+    assert (batch["tgt_in"][:, 0] == ids.start).all() and (batch["labels"] != ids.start).all()
+
+
 def test_both_ways_appends_every_pair_with_its_sides_swapped():
     fwd = Corpus(*(np.array(a, dtype) for a, dtype in (
         ([5, 6, 7, 8, 9], np.int32), ([0, 2, 5], np.int64),
