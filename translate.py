@@ -78,9 +78,12 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 def max_new_tokens(src_len, model: Transformer, a: float = 1.5, b: int = 10):
-    """Output budget a·src_len + b, within the positional table. int or (B,) tensor in and out."""
+    """Output budget a·src_len + b, within the positional table. int or (B,) tensor in and out.
+
+    Both forms round as fairseq's int(a * src_len + b) in Python floats: the tensor one in
+    float64 too (in float32, 1.3 · 90 + 10 came out 126, not 127)."""
     if torch.is_tensor(src_len):
-        return (src_len.float() * a + b).long().clamp(1, model.cfg.max_len - 1)
+        return (src_len.double() * a + b).long().clamp(1, model.cfg.max_len - 1)
     return max(1, min(int(a * src_len + b), model.cfg.max_len - 1))
 
 

@@ -99,6 +99,17 @@ def teacher_forced_logprob(model, src_row: torch.Tensor, tokens: list[int], ids)
 # Search correctness
 
 
+def test_output_budget_rounds_alike_for_ints_and_tensors(tiny_cfg):
+    """a·|x| + b as fairseq's int(a * src_len + b): the batched (tensor) form must not lose a
+    token to float32 rounding (1.3 · 90 + 10 is 126.99999 in float32)."""
+    model = Transformer(dataclasses.replace(tiny_cfg, max_len=1000))
+    lengths = torch.arange(1, 300)
+    for a in (0.7, 1.1, 1.3, 1.5, 2.0):
+        batched = translate.max_new_tokens(lengths, model, a, 10).tolist()
+        assert batched == [translate.max_new_tokens(n, model, a, 10) for n in range(1, 300)]
+    assert translate.max_new_tokens(torch.tensor([90]), model, 1.3, 10).item() == 127
+
+
 def test_cached_and_uncached_decoding_give_identical_tokens(tiny_cfg):
     model, src, ids = tiny_setup(tiny_cfg)
     limits = lengths_of(src) + 4
