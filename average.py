@@ -3,7 +3,9 @@
     python average.py --run runs/multi30k --last 5 --out runs/multi30k/avg5
     python average.py --checkpoints DIR1 DIR2 ... --out DIR
 
-The result is a normal checkpoint directory (config, tokenizer and averaged safetensors weights).
+The result is a normal checkpoint directory (config, tokenizer and averaged safetensors weights;
+the files other than the weights come from the newest checkpoint, with --checkpoints the last
+listed). The checkpoints must be of one model: the same model_config.json and vocabulary.
 """
 
 import argparse
