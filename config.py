@@ -8,6 +8,7 @@ are collected and reported together on one line (UserError -> exit code 2).
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import types
@@ -136,7 +137,15 @@ class TrainConfig:
             raise UserError("config: " + "; ".join(problems))
 
     def _value_errors(self) -> list[str]:
-        bad = []
+        # JSON and the command line both accept NaN and Infinity, which every comparison below
+        # lets through (NaN <= 0 is False): a NaN clip_norm would apply NaN updates
+        bad = [
+            f"{f.name} must be a finite number (got {v})"
+            for f in dataclasses.fields(self)
+            if isinstance(v := getattr(self, f.name), float) and not math.isfinite(v)
+        ]
+        if bad:
+            return bad
         for key in (
             "epochs",
             "batch_size",
@@ -235,6 +244,8 @@ class TrainConfig:
                 'mixed_precision must be "no", "bf16", "fp16" or null '
                 f"(got {self.mixed_precision!r})"
             )
+        if self.patience is not None and not self.valid_data:
+            bad.append("patience counts validations: it needs valid_data")
         if self.best_metric not in ("bleu", "loss"):
             bad.append(f'best_metric must be "bleu" or "loss" (got {self.best_metric!r})')
         if self.src_lang == self.tgt_lang:

@@ -95,6 +95,19 @@ def test_learning_rate_must_be_positive():
         TrainConfig(learning_rate=0)
 
 
+@pytest.mark.parametrize("key", ["learning_rate", "clip_norm", "rdrop_alpha", "weight_decay"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_numbers_must_be_finite(key, value):
+    """JSON and the command line accept NaN and Infinity, which range checks let through."""
+    with pytest.raises(UserError, match=f"{key} must be a finite number"):
+        from_cli(f"--{key}", value)
+
+
+def test_patience_needs_validation():
+    with pytest.raises(UserError, match="patience counts validations: it needs valid_data"):
+        from_cli("--patience", "2", "--valid_data", "null")
+
+
 def test_lr_schedule_is_checked():
     with pytest.raises(UserError, match='lr_schedule must be "inverse_sqrt", "linear" or "cosine"'):
         TrainConfig(lr_schedule="step")
