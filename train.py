@@ -22,7 +22,7 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, broadcast, set_seed
+from accelerate.utils import DistributedType, LoggerType, broadcast, set_seed
 from accelerate.utils.other import load as safe_load
 from tqdm.auto import tqdm
 
@@ -459,10 +459,18 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         if not ckpt:  # and a fresh run samples its own segmentations
             shutil.rmtree(out / "subword", ignore_errors=True)
         metrics = out / "metrics.jsonl"
-        lines = metrics.read_text().splitlines() if ckpt and metrics.exists() else []
-        metrics.write_text(
-            "".join(line + "\n" for line in lines if json.loads(line)["step"] <= state["step"])
-        )
+        kept, broken = [], 0
+        for line in metrics.read_text().splitlines() if ckpt and metrics.exists() else []:
+            try:
+                if json.loads(line)["step"] <= state["step"]:
+                    kept.append(line + "\n")
+            except (ValueError, TypeError, KeyError):
+                broken += 1  # a record cut short when the run was killed while writing it
+        if broken:
+            log(f"warning: {metrics}: {broken} unreadable line(s) dropped (a write cut short)")
+        tmp = metrics.with_name(metrics.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(metrics)
     return state
 
 
@@ -471,6 +479,9 @@ def main(argv=None):
     setup_cpu_launch()
     out = Path(cfg.output_dir)
     created = not out.exists()
+    trackers = [t.value for t in LoggerType]
+    if cfg.log_with and cfg.log_with not in trackers:
+        raise UserError(f"log_with must be null or one of {trackers} (got {cfg.log_with!r})")
     try:
         out.mkdir(parents=True, exist_ok=True)
         # a uniquely named file (deleted on close): ranks probe at once, maybe from several hosts
@@ -644,6 +655,11 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                         optimizer.step()
                         if run.get("ema"):
                             run["ema"].update(model)
+                    elif accelerator.scaler is not None:
+                        # fp16 (GPUs only): clipping has unscaled the gradients and only the
+                        # step updates the loss scale; skipped without update(), the scale
+                        # would never fall and the next step's unscale_ would raise
+                        accelerator.scaler.update()
                     optimizer.zero_grad()
             state["batch_in_epoch"] += 1
             meter.add(loss, batch["n_tokens"])

@@ -116,6 +116,31 @@ def test_train_py_output_dir_that_cannot_be_made(corpus, tmp_path, monkeypatch, 
     assert_one_line_error(code, err, f"output_dir {tmp_path}/a_file/run is not writable")
 
 
+def test_train_py_unknown_tracker_is_one_line(corpus, tmp_path, monkeypatch, capsys):
+    import train
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    argv = train_argv(corpus, out, "--max_steps", 1, "--log_with", "tensorbord")[1:]
+    code, err = run_cli(train.main, argv, capsys)
+    assert_one_line_error(code, err, "log_with must be null or one of", "'tensorbord'")
+    assert not out.exists()  # nothing made
+
+
+def test_resume_past_a_metrics_line_cut_short(corpus, trained, tmp_path):
+    """A kill while metrics.jsonl is appended to leaves half a line: --resume drops it, says
+    so, and the file is JSON Lines again."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out, symlinks=True)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 1, "step": 2, "train_lo')
+    proc = run(*train_argv(corpus, out, "--max_steps", 3, "--resume"))
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert "1 unreadable line(s) dropped" in proc.stdout.decode() + proc.stderr.decode()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records and records[-1]["step"] == 3
+
+
 def test_train_py_fp16_on_cpu_is_refused(corpus, tmp_path):
     """accelerate runs no autocast for fp16 on CPU: the run would be fp32 while saying fp16."""
     out = tmp_path / "run"
