@@ -6,6 +6,8 @@ cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 python quickstart_data.py --out data/quickstart
+# train.py will not start a fresh run over a run's checkpoints: the demo starts over each time
+case " $* " in *" --resume "*) ;; *) rm -rf runs/quickstart ;; esac
 python train.py --config configs/quickstart.json "$@"
 python translate.py --checkpoint runs/quickstart --input data/quickstart/test.en \
     --output runs/quickstart/test.hyp.de

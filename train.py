@@ -32,6 +32,7 @@ from checkpoint import (
     latest_checkpoint,
     prune_checkpoints,
     replace_dir,
+    step_dirs,
     write_model_dir,
 )
 from config import TrainConfig, UserError, cli, config_from_argv
@@ -482,6 +483,12 @@ def main(argv=None):
     trackers = [t.value for t in LoggerType]
     if cfg.log_with and cfg.log_with not in trackers:
         raise UserError(f"log_with must be null or one of {trackers} (got {cfg.log_with!r})")
+    earlier = step_dirs(out / "checkpoints")
+    if earlier and not args.resume:  # a fresh run would prune and mix with them, or delete them
+        raise UserError(
+            f"{out} holds an earlier run's checkpoints (up to {earlier[-1].name}): --resume "
+            f"continues it; to start over, delete {out / 'checkpoints'} or pick another output_dir"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         # a uniquely named file (deleted on close): ranks probe at once, maybe from several hosts

@@ -141,6 +141,18 @@ def test_resume_past_a_metrics_line_cut_short(corpus, trained, tmp_path):
     assert records and records[-1]["step"] == 3
 
 
+def test_fresh_run_over_a_runs_checkpoints_is_refused(corpus, trained, monkeypatch, capsys):
+    """Without --resume, a new run in an output_dir with checkpoints would prune its own newest
+    ones as older than the earlier run's, and --resume would then pick the earlier run up."""
+    import train
+
+    monkeypatch.chdir(ROOT)
+    before = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    code, err = run_cli(train.main, train_argv(corpus, trained, "--max_steps", 1)[1:], capsys)
+    assert_one_line_error(code, err, "holds an earlier run's checkpoints (up to step-", "--resume")
+    assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == before
+
+
 def test_train_py_fp16_on_cpu_is_refused(corpus, tmp_path):
     """accelerate runs no autocast for fp16 on CPU: the run would be fp32 while saying fp16."""
     out = tmp_path / "run"
