@@ -711,7 +711,9 @@ def test_subword_sampling_resume_trains_on_the_same_segmentations(corpus, tmp_pa
     assert (out / "subword" / "epoch-0001.npz").read_bytes() == epoch1
     assert (out / "subword" / "epoch-0002.npz").read_bytes() != epoch1  # a new sample
 
-    fresh = run(args_for(corpus, out, *extra, "--max_steps", 1))  # no --resume: samples anew
+    # a fresh run there (its checkpoints deleted, as train.py asks) samples anew
+    shutil.rmtree(out / "checkpoints")
+    fresh = run(args_for(corpus, out, *extra, "--max_steps", 1))
     assert "train, epoch 1: segmentations sampled" in fresh.stdout + fresh.stderr
 
 
