@@ -71,6 +71,7 @@ fi
 if want 3; then
     echo "== 3. quick start training in bf16: one process, then FSDP through accelerate"
     "$PY" quickstart_data.py --out data/quickstart > /dev/null || failed+=(quickstart_data)
+    rm -rf runs/gpu_check_plain runs/gpu_check_fsdp  # fresh runs (train.py refuses old ones)
     "$PY" train.py --config configs/quickstart.json --mixed_precision bf16 \
         --output_dir runs/gpu_check_plain 2>&1 | tee "$out/train_plain.log" || failed+=(train_plain)
     "$PY" -m accelerate.commands.launch --config_file accelerate_config.yaml train.py \
@@ -97,6 +98,7 @@ fi
 
 if want 4 && have_m30k; then
     echo "== 4. the bf16 Multi30k recipe's first 4 epochs on cuda"
+    rm -rf runs/gpu_m30k
     "$PY" train.py --config configs/multi30k_bf16.json --epochs 4 --output_dir runs/gpu_m30k \
         --log_with null --fit_steps_to_time false 2>&1 | tee "$out/train_multi30k.log" \
         || failed+=(train_multi30k)  # the config's schedule, comparable with the CPU's epochs
