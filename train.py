@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
+import numpy as np
 import sacrebleu
 import torch
 import torch.nn.functional as F
@@ -160,8 +161,9 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
     return optimizer
 
 
-def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> list:
-    """This process's batches for one epoch: same on every run with the same seed."""
+def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> tuple:
+    """This process's batches for one epoch, the same on every run with the same seed, and
+    each one's weight in its optimizer step (step_weights)."""
     cfg = run["cfg"]
     if cfg.subword_alpha:
         run["train"] = sampled_train(run, accelerator, epoch, resumed_inside)
@@ -170,8 +172,8 @@ def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> l
             run["train"] = run["train_fwd"]
         elif run["train"] is run["train_fwd"]:
             run["train"] = both_ways(run["train_fwd"])
-    batches = token_batches(run["train"].lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, epoch)
-    batches = shard(batches, accelerator.process_index, accelerator.num_processes)
+    every = token_batches(run["train"].lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, epoch)
+    batches = shard(every, accelerator.process_index, accelerator.num_processes)
     # whole optimizer steps only, so that every checkpoint falls on a step boundary; the batches
     # are shuffled, so a different few are left out each epoch
     left_out = len(batches) % cfg.grad_accum_steps
@@ -186,7 +188,27 @@ def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> l
             f"epoch {epoch + 1}: the last {left_out} of {len(batches)} batches{where} left out, "
             f"to end on a whole step of grad_accum_steps {cfg.grad_accum_steps}"
         )
-    return batches[: len(batches) - left_out]
+    batches = batches[: len(batches) - left_out]
+    weights = step_weights(every, run["train"], accelerator, cfg.grad_accum_steps, len(batches))
+    return batches, weights
+
+
+def step_weights(every: list, corpus: Corpus, accelerator, accum: int, n: int) -> list[float]:
+    """What this process's batch i weighs in its step's loss, so that a step's gradient is the
+    mean over all its target tokens, on every process and in every accumulated batch, as in
+    fairseq: batch tokens × processes × accum / the step's tokens. accelerate divides the loss
+    by accum and DDP/FSDP average over processes, which alone would weigh a 40-token batch as
+    much as a 1,000-token one. With one process and accum 1 the weight is exactly 1. Every
+    process shards the whole epoch (`every`), so no process needs to ask another."""
+    world = accelerator.num_processes
+    tgt = np.diff(corpus.tgt_off)
+    tokens = np.array(  # (world, n): target tokens in each process's batches
+        [[tgt[b].sum() for b in shard(every, r, world)[:n]] for r in range(world)],
+        dtype=np.float64,
+    )
+    per_step = tokens.reshape(world, -1, accum).sum(axis=(0, 2))  # (n / accum,)
+    mine = tokens[accelerator.process_index]
+    return (mine * (world * accum) / np.repeat(per_step, accum)).tolist()
 
 
 def sampled_train(run: dict, accelerator, epoch: int, resumed_inside: bool) -> Corpus:
@@ -635,7 +657,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         run["log"](f"already at max_steps ({cfg.max_steps}); nothing to do")
         return
     for epoch in range(state["epoch"], cfg.epochs):
-        batches = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
+        batches, weights = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
         steps = len(batches) // cfg.grad_accum_steps
         bar = tqdm(
             total=steps,
@@ -646,12 +668,13 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         )
         meter = Meter(accelerator, state.pop("meter", None))
         model.train()
-        for batch in batch_iter(
-            run["train"], batches[state["batch_in_epoch"] :], ids, accelerator.device
+        first = state["batch_in_epoch"]
+        for batch, weight in zip(
+            batch_iter(run["train"], batches[first:], ids, accelerator.device), weights[first:]
         ):
             with accelerator.accumulate(model):
                 loss = train_loss(model, batch, cfg, ids.pad)
-                accelerator.backward(loss)
+                accelerator.backward(loss if weight == 1.0 else loss * weight)
                 if accelerator.sync_gradients:
                     # the one per-step host sync (R-Drop adds one): a non-finite norm skips it
                     norm = accelerator.clip_grad_norm_(

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 import train
 from config import TrainConfig, UserError
-from data import Corpus, SpecialIds
+from data import Corpus, SpecialIds, collate
 from helpers import ROOT, subprocess_env, wait_for_checkpoint, write_corpus
 from model import ModelConfig, Transformer
 from train import inverse_sqrt, make_optimizer
@@ -86,12 +86,13 @@ def test_inverse_sqrt_cooldown_falls_linearly_to_zero_at_the_end():
 
 
 def test_an_epoch_short_of_a_whole_step_counts_the_batches_it_leaves_out():
-    lengths = np.full(50, 5)  # 4 pairs per 20-token batch: 12 batches of 4 and one of 2
+    offsets = np.arange(0, 251, 5)  # 50 pairs of 5 + 5 tokens
     logged = []
-    run = {"train": SimpleNamespace(lengths=lambda: lengths), "log": logged.append}
+    run = {"train": Corpus(np.ones(250), offsets, np.ones(250), offsets), "log": logged.append}
     one_process = SimpleNamespace(process_index=0, num_processes=1)
+    # 4 pairs per 20-token batch: 12 batches of 4 and one of 2
     run["cfg"] = TrainConfig(max_tokens=20, max_seq_length=5, batch_size=4, grad_accum_steps=3)
-    batches = train.epoch_batches(run, one_process, 0, False)
+    batches, weights = train.epoch_batches(run, one_process, 0, False)
     kept = sum(len(b) for b in batches)
     assert len(batches) == 12 and kept in (46, 48)
     assert logged == [
@@ -100,8 +101,45 @@ def test_an_epoch_short_of_a_whole_step_counts_the_batches_it_leaves_out():
     ]
     logged.clear()
     run["cfg"] = TrainConfig(max_tokens=20, max_seq_length=5, batch_size=4, grad_accum_steps=1)
-    assert sum(len(b) for b in train.epoch_batches(run, one_process, 0, False)) == 50
+    assert sum(len(b) for b in train.epoch_batches(run, one_process, 0, False)[0]) == 50
     assert logged == []
+
+
+def test_a_step_weighs_every_target_token_alike_over_accumulated_batches_and_processes():
+    # a 1-pair batch with 2 target tokens and a 3-pair one with 24: the step's gradient must be
+    # that of the mean over all 26 tokens, not the mean of the two batches' means
+    rng = np.random.default_rng(0)
+    t_len = [2, 8, 8, 8]
+    tgt = rng.integers(3, 20, sum(t_len))
+    corpus = Corpus(rng.integers(3, 20, 20), np.arange(0, 21, 5), tgt, np.cumsum([0, *t_len]))
+    every = [np.array([0]), np.array([1, 2, 3])]
+    ids, cfg = SpecialIds(pad=0, eos=1, start=2), TrainConfig(label_smoothing=0.1)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(20, 20, pad_id=0, d_model=16, n_heads=2, d_ff=32, n_layers=1,
+                                    dropout=0.0))  # fmt: skip
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    def loss(index):
+        return train.train_loss(model, collate(corpus, index, ids), cfg, ids.pad)
+
+    whole = grads(loss(np.arange(4)))  # one batch of all 4 pairs
+    one = SimpleNamespace(process_index=0, num_processes=1)
+    w = train.step_weights(every, corpus, one, 2, 2)  # 1 process, accum 2
+    assert w == pytest.approx([2 * 2 / 26, 24 * 2 / 26])
+    # accelerate divides each accumulated batch's loss by accum
+    accumulated = grads((loss(every[0]) * w[0] + loss(every[1]) * w[1]) / 2)
+    torch.testing.assert_close(accumulated, whole, rtol=1e-4, atol=1e-6)
+    # 2 processes, accum 1: each weighs its own batch, DDP averages the two gradients
+    w0, w1 = (train.step_weights(every, corpus, SimpleNamespace(process_index=r, num_processes=2),
+                                 1, 1) for r in (0, 1))  # fmt: skip
+    averaged = (grads(loss(every[0]) * w0[0]) + grads(loss(every[1]) * w1[0])) / 2
+    torch.testing.assert_close(averaged, whole, rtol=1e-4, atol=1e-6)
+    # one process, one batch per step: exactly 1, so a plain run's loss is not touched
+    assert train.step_weights(every, corpus, one, 1, 2) == [1.0, 1.0]
 
 
 def test_decoder_layers_sets_the_decoder_depth_alone():
@@ -739,7 +777,7 @@ def test_bidirectional_epochs_train_on_both_ways_then_on_the_source_side_only():
     one_process = SimpleNamespace(process_index=0, num_processes=1)
     pairs, sources = [], []
     for epoch in range(4):
-        batches = train.epoch_batches(run, one_process, epoch, False)
+        batches = train.epoch_batches(run, one_process, epoch, False)[0]
         pairs.append(sorted(np.concatenate(batches).tolist()))
         sources.append(sorted(int(run["train"].pair(i)[0][0]) for i in pairs[-1]))
         if epoch == 1:
