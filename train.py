@@ -581,6 +581,7 @@ def main(argv=None):
     run["cfg"] = cfg = resume_plan(cfg, state, run["log"])
     if "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
+        new_learning_rate(scheduler, cfg.learning_rate, state["step"], run["log"])
     if accelerator.is_main_process:
         cfg.save(out / "config.json")
     if cfg.log_with:
@@ -638,6 +639,23 @@ def resume_plan(cfg: TrainConfig, state: dict, log) -> TrainConfig:
     )
     return dataclasses.replace(
         cfg, max_steps=plan["max_steps"], cooldown_steps=plan["cooldown_steps"]
+    )
+
+
+def new_learning_rate(scheduler, lr: float, step: int, log) -> None:
+    """A resumed scheduler restores the rate it was built with (base_lrs); a learning_rate
+    changed for the resume wins, as the run's config.json then says (fairseq's --lr on a
+    restore too). The schedule goes on where it was, scaled: lr × its multiplier at this step."""
+    saved = scheduler.base_lrs[0]
+    if lr == saved:
+        return
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    scheduler._last_lr = [lr * f(scheduler.last_epoch) for f in scheduler.lr_lambdas]
+    for group, now in zip(scheduler.optimizer.param_groups, scheduler._last_lr):
+        group["initial_lr"], group["lr"] = lr, now  # the next step's rate
+    log(
+        f"learning_rate {lr:g} ({saved:g} before the resume): the schedule goes on from step "
+        f"{step} at the new rate"
     )
 
 

@@ -142,6 +142,43 @@ def test_a_step_weighs_every_target_token_alike_over_accumulated_batches_and_pro
     assert train.step_weights(every, corpus, one, 1, 2) == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("schedule", ["inverse_sqrt", "linear"])
+def test_resume_with_another_learning_rate_goes_on_with_it(schedule):
+    # a resumed scheduler restores the rate it was built with: the config's new one must win,
+    # for the very next step too (the optimizer's restored group holds the old rate)
+    def built(lr):
+        opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=lr)
+        if schedule == "linear":
+            from transformers import get_scheduler
+
+            return opt, get_scheduler("linear", opt, 4, 100)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: inverse_sqrt(s, 4))
+
+    opt, sched = built(0.004)
+    for _ in range(6):
+        opt.step()
+        sched.step()
+    factor = [sched.lr_lambdas[0](s) for s in (6, 7)]
+    opt2, sched2 = built(0.001)
+    opt2.load_state_dict(opt.state_dict())  # as accelerate restores it
+    sched2.load_state_dict(sched.state_dict())
+    lines = []
+    train.new_learning_rate(sched2, 0.001, 6, lines.append)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.001 * factor[0])  # step 7's rate
+    assert sched2.get_last_lr() == pytest.approx([0.001 * factor[0]])
+    opt2.step()
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.001 * factor[1])
+    assert lines == ["learning_rate 0.001 (0.004 before the resume): the schedule goes on from "
+                     "step 6 at the new rate"]  # fmt: skip
+    # the same rate: nothing changes, nothing is said
+    opt3, sched3 = built(0.004)
+    opt3.load_state_dict(opt.state_dict())
+    sched3.load_state_dict(sched.state_dict())
+    train.new_learning_rate(sched3, 0.004, 6, lines.append)
+    assert len(lines) == 1 and opt3.param_groups[0]["lr"] == pytest.approx(0.004 * factor[0])
+
+
 def test_decoder_layers_sets_the_decoder_depth_alone():
     ids = SpecialIds(pad=0, eos=1, start=0)
     for decoder_layers, expected in [(None, 3), (1, 1)]:
