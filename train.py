@@ -631,6 +631,7 @@ def resume_plan(cfg: TrainConfig, state: dict, log) -> TrainConfig:
             f"max_steps {cfg.max_steps:,}, cooldown_steps {cfg.cooldown_steps:,}: as given, not "
             f"the {plan['max_steps']:,} and {plan['cooldown_steps']:,} fitted before the resume"
         )
+        state["pace_checks"] = 0  # the next log fits these anew
         return cfg
     state["plan"] = plan
     log(
@@ -817,12 +818,13 @@ def check_pace(run: dict, state: dict, last_step: int | None = None) -> None:
         return
     limit = 60 * cfg.max_minutes
     due = sum(seconds >= limit * f for f in PACE_CHECKS)
-    if due <= run.get("pace_checks", 0):
+    if due <= state.get("pace_checks", 0):
         return
-    # a resume past several points checks once. The pace: since this process's last check if
-    # that was a tenth of max_minutes ago or more (not a few steps after a resume), else the run's.
-    run["pace_checks"], (since_s, since_step) = due, run.get("pace_at", (0.0, 0))
-    run["pace_at"] = (seconds, step)
+    # Kept in the state: a resume does not check again (nor fit anew from the whole run's
+    # pace). A resume past several points checks once. The pace: since the last check if that
+    # was a tenth of max_minutes ago or more (a short span is noisy), else the run's.
+    state["pace_checks"], (since_s, since_step) = due, state.get("pace_at", (0.0, 0))
+    state["pace_at"] = [seconds, step]
     if seconds - since_s < limit / 10:
         since_s, since_step = 0.0, 0
     if seconds >= limit:  # resumed past max_minutes: it stops at once anyway

@@ -284,9 +284,12 @@ def pace_run(cfg):
 
 
 def warned(cfg, step, seconds, run_=None):
-    """All check_pace has logged in run_ (a fresh one if None) after this call."""
+    """All check_pace has logged in run_ (a fresh one if None) after this call, the training
+    state carried from call to call in run_ (a fresh run_: a run without earlier checks)."""
     run_ = run_ or pace_run(cfg)
-    train.check_pace(run_, {"step": step, "train_seconds": seconds})
+    state = run_.setdefault("state", {})
+    state.update(step=step, train_seconds=seconds)
+    train.check_pace(run_, state)
     return run_["lines"]
 
 
@@ -346,13 +349,25 @@ def test_fit_steps_to_time_moves_max_steps_either_way_until_the_cooldown_begins(
     assert state["plan"] == {"max_steps": 900, "cooldown_steps": 180, "config": [5000, 1000]}
     assert "max_steps 5,000 -> 900, cooldown_steps 1,000 -> 180" in run_["lines"][0]
     # at 1/5 the faster pace since the first check (200 steps/min): 300 + 8 * 200 = 1,900
-    train.check_pace(run_, {"step": 300, "train_seconds": 120.0})
+    state.update(step=300, train_seconds=120.0)
+    train.check_pace(run_, state)
     assert (run_["cfg"].max_steps, run_["cfg"].cooldown_steps) == (1800, 360)
+    # resumed from a checkpoint written here (the state through its JSON, a new run dict): the
+    # 1/5 check is not made again, and at 1/2 the pace since it counts, as without the stop
+    resumed = pace_run(run_["cfg"])
+    state = json.loads(json.dumps(state))
+    state.update(step=310, train_seconds=123.0)
+    train.check_pace(resumed, state)
+    assert resumed["cfg"] is run_["cfg"] and resumed["lines"] == []
+    run_["lines"].clear()
+    run_ = resumed
     # at 1/2, 700 steps in 180 s since: 1,000 + 5 * 233 = 2,166, the cooldown still a fifth
-    train.check_pace(run_, {"step": 1000, "train_seconds": 300.0})
+    state.update(step=1000, train_seconds=300.0)
+    train.check_pace(run_, state)
     assert (run_["cfg"].max_steps, run_["cfg"].cooldown_steps) == (2000, 400)
-    train.check_pace(run_, {"step": 1500, "train_seconds": 450.0})  # no check after 1/2
-    assert run_["cfg"].max_steps == 2000 and len(run_["lines"]) == 3
+    state.update(step=1500, train_seconds=450.0)
+    train.check_pace(run_, state)  # no check after 1/2
+    assert run_["cfg"].max_steps == 2000 and len(run_["lines"]) == 1
     assert not any(line.startswith("warning") for line in run_["lines"])
     # a faster machine: above the config's max_steps (200 steps/min: 100 + 9.5 * 200 = 2,000)
     fast = dataclasses.replace(cfg, max_steps=500, cooldown_steps=100)
@@ -452,8 +467,9 @@ def test_a_resume_keeps_the_fitted_steps_unless_given_others():
     fitted = train.resume_plan(cfg, state, logged.append)
     assert (fitted.max_steps, fitted.cooldown_steps) == (300, 60) and state["plan"] == plan
     # --max_steps 2000 on the command line: the user's values, fitted anew from there
-    given, state = dataclasses.replace(cfg, max_steps=2000), {"plan": dict(plan)}
+    given, state = dataclasses.replace(cfg, max_steps=2000), {"plan": dict(plan), "pace_checks": 3}
     assert train.resume_plan(given, state, logged.append) is given and "plan" not in state
+    assert state["pace_checks"] == 0  # so the next log fits them, though all checks were made
     assert "max_steps 2,000, cooldown_steps 200: as given, not the 300 and 60" in logged[-1]
     # fitting turned off: the config's values, and the plan is not saved again
     off, state = dataclasses.replace(cfg, fit_steps_to_time=False), {"plan": dict(plan)}
