@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -505,6 +506,11 @@ def main(argv=None):
     trackers = [t.value for t in LoggerType]
     if cfg.log_with and cfg.log_with not in trackers:
         raise UserError(f"log_with must be null or one of {trackers} (got {cfg.log_with!r})")
+    if cfg.valid_data and cfg.best_metric == "bleu" and not cfg.valid_bleu_samples:
+        # checked here, not in TrainConfig: runs saved with it must still load for decoding
+        raise UserError(
+            'best_metric "bleu" needs valid_bleu_samples above 0 (or best_metric "loss")'
+        )
     earlier = step_dirs(out / "checkpoints")
     if earlier and not args.resume:  # a fresh run would prune and mix with them, or delete them
         raise UserError(
@@ -585,15 +591,28 @@ def main(argv=None):
     if accelerator.is_main_process:
         cfg.save(out / "config.json")
     if cfg.log_with:
+        project, kwargs = tracker_names(cfg.log_with, out)
         accelerator.init_trackers(
-            "tensorboard",
+            project,
             {
                 k: str(v) if isinstance(v, (dict, type(None))) else v
                 for k, v in cfg.to_dict().items()
             },
+            init_kwargs=kwargs,
         )
     fit(model, optimizer, scheduler, accelerator, run, state)
     accelerator.end_training()
+
+
+def tracker_names(log_with: str, out: Path) -> tuple[str, dict]:
+    """accelerate's project_name is TensorBoard's folder in output_dir, but wandb's project and
+    mlflow's experiment: there, one project for all runs (WANDB_PROJECT if set, as with
+    transformers' Trainer), each run named after its output_dir."""
+    if log_with == "tensorboard":
+        return "tensorboard", {}
+    run_name = out.resolve().name
+    project = os.environ.get("WANDB_PROJECT", "transformer-mt")
+    return project, {"wandb": {"name": run_name}, "mlflow": {"run_name": run_name}}
 
 
 def unreadable(path: Path, what: str, e: BaseException) -> UserError:

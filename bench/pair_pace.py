@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def train(out: Path, steps: int, threads: int, seed: int, extra: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "train.py", "--config", "configs/multi30k.json",
            "--max_steps", str(steps), "--cooldown_steps", "0", "--mixed_precision", "bf16",
-           "--valid_bleu_samples", "0", "--save_every", "100000", "--keep_last", "1",
-           "--log_with", "null", "--seed", str(seed), "--output_dir", str(out), *extra]  # fmt: skip
+           "--valid_bleu_samples", "0", "--best_metric", "loss", "--save_every", "100000",
+           "--keep_last", "1", "--log_with", "null", "--seed", str(seed), "--output_dir", str(out),
+           *extra]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

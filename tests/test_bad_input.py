@@ -127,6 +127,18 @@ def test_train_py_unknown_tracker_is_one_line(corpus, tmp_path, monkeypatch, cap
     assert not out.exists()  # nothing made
 
 
+def test_train_py_best_by_bleu_without_bleu_samples_is_one_line(corpus, tmp_path, monkeypatch,
+                                                               capsys):  # fmt: skip
+    import train
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    argv = train_argv(corpus, out, "--max_steps", 1, "--valid_bleu_samples", 0)[1:]
+    code, err = run_cli(train.main, argv, capsys)  # best/ would be chosen on the loss unsaid
+    assert_one_line_error(code, err, 'best_metric "bleu" needs valid_bleu_samples above 0')
+    assert not out.exists()
+
+
 def test_resume_past_a_metrics_line_cut_short(corpus, trained, tmp_path):
     """A kill while metrics.jsonl is appended to leaves half a line: --resume drops it, says
     so, and the file is JSON Lines again."""

@@ -179,6 +179,20 @@ def test_resume_with_another_learning_rate_goes_on_with_it(schedule):
     assert len(lines) == 1 and opt3.param_groups[0]["lr"] == pytest.approx(0.004 * factor[0])
 
 
+def test_wandb_gets_one_project_and_the_run_as_its_name(monkeypatch, tmp_path):
+    # accelerate's project_name is TensorBoard's folder but wandb's project: not "tensorboard"
+    assert train.tracker_names("tensorboard", tmp_path / "run") == ("tensorboard", {})
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    project, kwargs = train.tracker_names("wandb", tmp_path / "multi30k_bf16")
+    assert project == "transformer-mt" and kwargs["wandb"] == {"name": "multi30k_bf16"}
+    monkeypatch.setenv("WANDB_PROJECT", "mine")
+    monkeypatch.chdir(tmp_path)
+    assert train.tracker_names("mlflow", Path(".")) == (
+        "mine",
+        {"wandb": {"name": tmp_path.name}, "mlflow": {"run_name": tmp_path.name}},
+    )
+
+
 def test_decoder_layers_sets_the_decoder_depth_alone():
     ids = SpecialIds(pad=0, eos=1, start=0)
     for decoder_layers, expected in [(None, 3), (1, 1)]:
