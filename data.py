@@ -444,6 +444,8 @@ def load_pretrained_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     _quiet_hub()
+    if not os.path.exists(name) and _looks_like_path(name):  # not a Hub id: do not blame the Hub
+        raise UserError(f"tokenizer directory not found: {name}")
     try:
         return AutoTokenizer.from_pretrained(name)
     except Exception as e:

@@ -16,7 +16,14 @@ import pytest
 
 import data
 from config import TrainConfig, UserError
-from data import encode_sources, encode_targets, load_text, token_batches, tokenize
+from data import (
+    encode_sources,
+    encode_targets,
+    load_pretrained_tokenizer,
+    load_text,
+    token_batches,
+    tokenize,
+)
 from helpers import ROOT, subprocess_env
 
 EN = ['a small dog runs, "fast"', "the red cat sleeps", "NA", "two birds sing loudly"]
@@ -183,6 +190,13 @@ def test_paths_are_never_sent_to_the_hub(tmp_path, monkeypatch, cfg, spec):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=f"^data (file|path) not found: {spec}$"):
         load_text(spec, cfg, "train")
+
+
+@pytest.mark.parametrize("spec", ["runs/multi30k/tokenizer", "./tok", "/nowhere/tok"])
+def test_a_missing_tokenizer_directory_is_not_blamed_on_the_hub(tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=f"^tokenizer directory not found: {spec}$"):
+        load_pretrained_tokenizer(spec)
 
 
 # ---------------------------------------------------------------------------------------------
