@@ -347,13 +347,13 @@ def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None
             f"; the previous checkpoint ({out / 'last'}) is intact"
         )
     if accelerator.is_main_process:
+        if best:  # before the step is published: its state records it as the best
+            copy_model_dir(tmp, out / "best")
         replace_dir(tmp, final)
         link = out / "last.tmp"
         link.unlink(missing_ok=True)
         link.symlink_to(final.relative_to(out))
         link.replace(out / "last")  # atomic: `last` always names a complete checkpoint
-        if best:
-            copy_model_dir(final, out / "best")
         prune_checkpoints(out / "checkpoints", cfg.keep_last)
     accelerator.wait_for_everyone()
 

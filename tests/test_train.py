@@ -474,6 +474,38 @@ def test_fit_steps_to_time_ends_the_cooldown_at_the_fitted_step_across_a_resume(
     assert_schedule_fitted(tmp_path / "two")
 
 
+def test_a_kill_once_a_best_checkpoint_is_published_leaves_best_up_to_date(
+    corpus, tmp_path, monkeypatch
+):
+    """The step's trainer_state records its score as the best: once `last` names the step, a
+    resume never copies it to best/ again, so best/ must hold it by then."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    real = train.replace_dir
+
+    def killed_after(tmp, final):
+        real(tmp, final)
+        if final.parent.name == "checkpoints":
+            raise KeyboardInterrupt  # SIGKILL right after the step directory is in place
+
+    monkeypatch.setattr(train, "replace_dir", killed_after)
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.main(args_for(corpus, out, "--max_steps", 2, "--save_every", 100)[1:])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    (step,) = (out / "checkpoints").glob("step-*")
+    state = json.loads((step / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["best"] is not None  # the first validation: the best
+    assert (out / "best" / "model.safetensors").read_bytes() == (
+        step / "model.safetensors"
+    ).read_bytes()
+
+
 def test_a_resume_keeps_the_fitted_steps_unless_given_others():
     plan = {"max_steps": 300, "cooldown_steps": 60, "config": [1000, 200]}
     cfg = TrainConfig(max_minutes=10, max_steps=1000, cooldown_steps=200, fit_steps_to_time=True)
