@@ -142,8 +142,17 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def prune_checkpoints(checkpoints: Path, keep: int) -> None:
+    """Delete all but the newest `keep` step directories, each renamed first (a kill while
+    deleting leaves no half checkpoint under a step's name), and whatever a kill left: staged
+    (.tmp), replaced (.old) and half-deleted (.del) directories, each a checkpoint's size.
+    Called once every process has finished writing, so no .tmp is still being written."""
     for d in step_dirs(checkpoints)[: -max(keep, 1)]:
-        shutil.rmtree(d, ignore_errors=True)
+        trash = d.with_name(d.name + ".del")
+        shutil.rmtree(trash, ignore_errors=True)
+        d.rename(trash)
+    for left in checkpoints.glob("step-*.*"):
+        if left.suffix in (".tmp", ".old", ".del"):
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def resolve(path: str | Path) -> Path:

@@ -226,3 +226,17 @@ def test_truncated_weights_are_a_clear_error(trained, tmp_path):
     )
     assert proc.returncode == 2 and "corrupt or truncated" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_pruning_keeps_the_newest_and_sweeps_what_a_kill_left(tmp_path):
+    from checkpoint import prune_checkpoints, step_dirs
+
+    ckpts = tmp_path / "checkpoints"
+    names = ["step-00000001", "step-00000002", "step-00000003", "step-00000004",
+             "step-00000009.tmp", "step-00000002.old", "step-00000001.del"]  # fmt: skip
+    for name in names:
+        (ckpts / name).mkdir(parents=True)
+        (ckpts / name / "model.safetensors").write_bytes(b"x")
+    prune_checkpoints(ckpts, 2)
+    assert sorted(d.name for d in ckpts.iterdir()) == ["step-00000003", "step-00000004"]
+    assert [d.name for d in step_dirs(ckpts)] == ["step-00000003", "step-00000004"]
