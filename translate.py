@@ -46,8 +46,10 @@ gives an empty line (no pairs). To parse a line:
 
 import argparse
 import contextlib
+import gzip
 import io
 import itertools
+import math
 import os
 import sys
 from typing import NamedTuple
@@ -83,7 +85,8 @@ def max_new_tokens(src_len, model: Transformer, a: float = 1.5, b: int = 10):
     Both forms round as fairseq's int(a * src_len + b) in Python floats: the tensor one in
     float64 too (in float32, 1.3 · 90 + 10 came out 126, not 127)."""
     if torch.is_tensor(src_len):
-        return (src_len.double() * a + b).long().clamp(1, model.cfg.max_len - 1)
+        # clamped before the cast: a budget past int64 would wrap around to 1 token
+        return (src_len.double() * a + b).clamp(1, model.cfg.max_len - 1).long()
     return max(1, min(int(a * src_len + b), model.cfg.max_len - 1))
 
 
@@ -428,8 +431,8 @@ def open_output(path: str | None):
             stream.flush()
             stream.detach()
         return
-    if os.path.isdir(path):
-        raise UserError(f"cannot write {path}: it is a directory")
+    if not path or path.endswith(os.sep) or os.path.isdir(path):  # found now, not after decoding
+        raise UserError(f"cannot write {path!r}: not a file name")
     if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, /dev/stdout, a FIFO
         with _open_text(path, path) as f:
             yield f
@@ -448,7 +451,10 @@ def open_output(path: str | None):
 
 
 def _open_text(path: str, shown: str):
+    """gzip-compressed if `shown` ends in .gz, as --input and the scorers read it back."""
     try:
+        if shown.endswith(".gz"):
+            return gzip.open(path, "wt", encoding="utf-8", newline="\n")
         return open(path, "w", encoding="utf-8", newline="\n")
     except OSError as e:
         raise UserError(f"cannot write {shown} ({e.strerror})") from None
@@ -490,10 +496,13 @@ def decoding_options(args: argparse.Namespace) -> dict:
     """Validated keyword arguments for translate_nbest / translate_texts."""
     if args.beam < 1 or args.batch_size < 1:
         raise UserError("--beam and --batch_size must be >= 1")
-    if args.max_len_a < 0 or args.max_len_b < 0:
-        raise UserError("--max_len_a and --max_len_b must be >= 0")
+    if not (0 <= args.max_len_a < math.inf) or args.max_len_b < 0:  # NaN fails too
+        raise UserError("--max_len_a and --max_len_b must be finite and >= 0")
+    if not math.isfinite(args.length_penalty):  # NaN scores would rank hypotheses at random
+        raise UserError(f"--length_penalty must be finite (got {args.length_penalty})")
     try:  # before loading anything: a misspelled device or no CUDA is one line, not a traceback
-        torch.empty(0, device=args.device)
+        if torch.empty(0, device=args.device).device.type == "meta":
+            raise RuntimeError("tensors without data cannot be decoded")
     except (RuntimeError, AssertionError) as e:  # AssertionError: torch built without CUDA
         raise UserError(f"--device {args.device}: not usable here ({_first_line(e)})") from None
     return {

@@ -426,6 +426,48 @@ def test_evaluate_checks_its_options_before_decoding(
     assert_one_line_error(code, err, expected)
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--max_len_a", "inf"], "--max_len_a and --max_len_b must be finite and >= 0"),
+        (["--max_len_a", "nan"], "--max_len_a and --max_len_b must be finite and >= 0"),
+        (["--length_penalty", "nan"], "--length_penalty must be finite (got nan)"),
+        (["--device", "meta"], "--device meta: not usable here"),
+        (["--output", ""], "cannot write '': not a file name"),
+        (["--output", "new_dir/"], "cannot write 'new_dir/': not a file name"),
+    ],
+)
+def test_translate_checks_its_options_before_decoding(
+    trained, corpus, tmp_path, monkeypatch, capsys, flags, expected
+):
+    """Each of these used to decode the whole input first, or to decode it wrongly: inf as the
+    budget wrapped around to one token per sentence, NaN scores ranked beams at random, and an
+    empty --output failed on the rename after decoding, losing it all."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(translate, "translate_nbest", lambda *a, **k: pytest.fail("decoded"))
+    argv = ["--checkpoint", trained, "--input", corpus / "test.en", *flags]
+    code, err = run_cli(translate.main, argv, capsys)
+    assert_one_line_error(code, err, expected)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no new_dir made
+
+
+def test_a_budget_past_int64_is_the_longest_output_not_one_token(trained):
+    import torch
+
+    model = load_model(trained)[0]
+    got = translate.max_new_tokens(torch.tensor([3, 7]), model, 1e30, 10)
+    assert got.tolist() == [model.cfg.max_len - 1] * 2
+
+
+def test_gz_output_is_gzip_and_reads_back(trained, corpus, tmp_path):
+    plain, packed = tmp_path / "out.de", tmp_path / "out.de.gz"
+    for out in (plain, packed):
+        translate.main(["--checkpoint", str(trained), "--input", str(corpus / "test.en"),
+                        "--output", str(out)])  # fmt: skip
+    assert gzip.decompress(packed.read_bytes()).decode() == plain.read_text()
+    assert translate.read_lines(str(packed)) == translate.read_lines(str(plain))
+
+
 @pytest.mark.parametrize("device", ["nonsense", "cuda:99"])
 def test_translate_on_a_device_that_is_not_here_is_one_line(trained, device, capsys):
     code, err = run_cli(translate.main, ["--checkpoint", trained, "--device", device], capsys)
