@@ -423,6 +423,7 @@ def open_output(path: str | None):
     only when the block ends without an error, so a failure midway (a bad input line, Ctrl-C)
     leaves no partial output and an existing file as it was.
     """
+    path = os.fspath(path) if path is not None else None
     if path is None or path == "-":
         stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n")
         try:

@@ -30,7 +30,7 @@ from cpu_memory import keep_freed_memory  # noqa: E402
 from data import read_lines  # noqa: E402
 from ensemble import load_models  # noqa: E402
 from evaluate import score  # noqa: E402
-from translate import translate_texts  # noqa: E402
+from translate import open_output, translate_texts  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 PENALTIES = (0.6, 1.0, 1.4, 1.8, 2.2)
@@ -58,6 +58,10 @@ def main():
     ]
     keep_freed_memory()  # the models decode on CPU, as translate.py does (docs/speed.md)
     run, data = Path(args.run), Path(args.data)
+    # all four files read and checked before any decoding (test's are not used until the
+    # setting is chosen), so a missing or misaligned one fails now, not after the val sweep
+    val_src, val_ref = aligned(f"{data}/val.en.gz", f"{data}/val.de.gz")
+    test_src, test_ref = aligned(f"{data}/test_2016_flickr.en.gz", f"{data}/test_2016_flickr.de.gz")
     if args.ensemble:
         run.mkdir(parents=True, exist_ok=True)
         loaded = {"ensemble": load_models(args.ensemble)}
@@ -69,7 +73,6 @@ def main():
             average(saved[-n:], run / f"avg{n}")
             names.append(f"avg{n}")
         loaded = {name: load_model(run / name) for name in names}
-    val_src, val_ref = read_lines(f"{data}/val.en.gz"), read_lines(f"{data}/val.de.gz")
     results = []
     for name, (model, tok, ids, cfg) in loaded.items():
         for setting in settings:
@@ -85,10 +88,7 @@ def main():
     chosen = max(results, key=lambda r: r["val_bleu"])
     setting = {k: v for k, v in chosen.items() if k in ("beam", "alpha")}
     model, tok, ids, cfg = loaded[chosen["checkpoint"]]
-    test_src = read_lines(f"{data}/test_2016_flickr.en.gz")
-    test_ref = read_lines(f"{data}/test_2016_flickr.de.gz")
     hyps = translate_texts(model, tok, ids, test_src, 64, cfg.max_seq_length, **setting)
-    (run / "test_2016_flickr.hyp.de").write_text("".join(h + "\n" for h in hyps))
     cased, lower = score(hyps, test_ref), score(hyps, test_ref, lowercase=True)
     report = {
         **({"ensemble": args.ensemble} if args.ensemble else {}),
@@ -98,11 +98,21 @@ def main():
         "test_lowercased": lower,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    (run / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    # each written aside and renamed, both only once scored: never a new one beside an old one
+    with open_output(run / "test_2016_flickr.hyp.de") as f, open_output(run / "results.json") as j:
+        f.writelines(h + "\n" for h in hyps)
+        j.write(json.dumps(report, indent=2) + "\n")
     print(f"chosen on val: {chosen}")
     print(f"test_2016_flickr BLEU lowercased {lower['bleu']:.2f} ({lower['bleu_signature']})")
     print(f"test_2016_flickr BLEU cased      {cased['bleu']:.2f} ({cased['bleu_signature']})")
     print(f"test_2016_flickr chrF cased      {cased['chrf']:.2f} ({cased['chrf_signature']})")
+
+
+def aligned(src: str, ref: str) -> tuple[list[str], list[str]]:
+    a, b = read_lines(src), read_lines(ref)
+    if len(a) != len(b):
+        raise UserError(f"misaligned files: {src} has {len(a)} lines, {ref} has {len(b)}")
+    return a, b
 
 
 if __name__ == "__main__":

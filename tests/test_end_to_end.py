@@ -299,9 +299,22 @@ def test_multi30k_pair_bad_input_is_exit_2(tmp_path):
 
 
 def test_multi30k_select_bad_input_is_exit_2(tmp_path):
-    proc = run("scripts/multi30k_select.py", "--run", tmp_path, check=False)
-    expected = f"error: nothing to average: 0 checkpoints in {tmp_path}/checkpoints"
+    data, run_dir = toy_multi30k(tmp_path), tmp_path / "run"
+    proc = run("scripts/multi30k_select.py", "--run", run_dir, "--data", data, check=False)
+    expected = f"error: nothing to average: 0 checkpoints in {run_dir}/checkpoints"
     assert proc.returncode == 2 and proc.stderr.strip() == expected
+    # the data is read and checked first: a misaligned test set fails before any decoding
+    # (it used to fail only after the whole val sweep), and so does a missing one
+    short = gzip.decompress((data / "test_2016_flickr.de.gz").read_bytes()).splitlines()[:-1]
+    (data / "test_2016_flickr.de.gz").write_bytes(gzip.compress(b"\n".join(short) + b"\n"))
+    proc = run("scripts/multi30k_select.py", "--run", run_dir, "--data", data, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: misaligned files: {data}/test_2016_flickr.en.gz has 10 lines, "
+        f"{data}/test_2016_flickr.de.gz has 9"
+    )
+    (data / "val.en.gz").unlink()
+    proc = run("scripts/multi30k_select.py", "--run", run_dir, "--data", data, check=False)
+    assert proc.returncode == 2 and f"{data}/val.en.gz" in proc.stderr
     proc = run("scripts/multi30k_select.py", "--run", tmp_path, "--average", 0, check=False)
     assert proc.returncode == 2 and "--average: N must be at least 1" in proc.stderr
     proc = run("scripts/multi30k_select.py", "--run", tmp_path, "--beams", 1, check=False)
