@@ -21,6 +21,8 @@ def plot_metrics(metrics: str | Path, png: str | Path) -> None:
         records = [json.loads(line) for line in lines if line.strip()]
     except (OSError, ValueError) as e:
         raise UserError(f"{metrics}: cannot read the metrics ({e})") from None
+    if not all(isinstance(r, dict) and "step" in r for r in records):
+        raise UserError(f"{metrics}: not a metrics.jsonl (every line a record with a step)")
     train = [r for r in records if "train_loss" in r]
     valid = [r for r in records if "valid_loss" in r]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -31,7 +33,8 @@ def plot_metrics(metrics: str | Path, png: str | Path) -> None:
     ax.plot([r["step"] for r in valid], [r["valid_loss"] for r in valid], "o-", label="valid (CE)")
     ax.set(title="loss per target token", xlabel="step")
     ax.legend()
-    axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
+    rates = [r for r in train if "lr" in r]
+    axes[1].plot([r["step"] for r in rates], [r["lr"] for r in rates])
     axes[1].set(title="learning rate", xlabel="step")
     bleu = [r for r in valid if "valid_bleu" in r]
     axes[2].plot([r["step"] for r in bleu], [r["valid_bleu"] for r in bleu], "o-")
@@ -39,10 +42,17 @@ def plot_metrics(metrics: str | Path, png: str | Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = Path(png).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
+    # written aside, in the format the name asks for (the temporary name's suffix would decide)
+    png = Path(png)
+    tmp = png.with_name(f".{png.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=100, format=png.suffix[1:].lower() or "png")
+        tmp.replace(png)
+    except (OSError, ValueError) as e:  # ValueError: a format matplotlib cannot write
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {png} ({getattr(e, 'strerror', None) or e})") from None
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None):

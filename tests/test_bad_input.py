@@ -495,3 +495,25 @@ def test_plot_of_missing_metrics_is_one_line(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "none.jsonl" in proc.stderr and not (tmp_path / "c.png").exists()
+
+
+def test_plot_writes_the_format_its_name_asks_for_or_one_line(tmp_path):
+    from plot import plot_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    records = [
+        {"step": 1, "train_loss": 5.0, "lr": 1e-4},
+        {"step": 2, "train_loss": 4.0},  # no lr: a hand-made file
+        {"step": 2, "valid_loss": 4.5, "valid_bleu": 1.0},
+    ]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    plot_metrics(metrics, tmp_path / "c.svg")
+    plot_metrics(metrics, tmp_path / "c.png")
+    assert b"<svg" in (tmp_path / "c.svg").read_bytes()[:1000]  # was a PNG under an .svg name
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "c.svg", "metrics.jsonl"]
+    for target, why in [(tmp_path / "no_dir" / "c.png", "No such file or directory"),
+                        (tmp_path / "c.xyz", "Format 'xyz' is not supported")]:  # fmt: skip
+        with pytest.raises(UserError, match=f"^cannot write {target} \\({why}"):
+            plot_metrics(metrics, target)
+    assert not (tmp_path / "c.xyz").exists() and not list(tmp_path.glob(".*"))
