@@ -264,8 +264,10 @@ def beam_search(
 
 
 def strip_special(seq: list[int], ids: SpecialIds) -> list[int]:
-    """Cut at the first eos."""
-    return seq[: seq.index(ids.eos)] if ids.eos in seq else seq
+    """Cut at the first eos; drop padding (a batch pads a sentence that ran out of budget, and
+    decoding never emits the padding token itself)."""
+    seq = seq[: seq.index(ids.eos)] if ids.eos in seq else seq
+    return [t for t in seq if t != ids.pad]
 
 
 def _encode(
@@ -352,8 +354,10 @@ def translate_nbest(
         with precision:
             found = _decode(model, src, ids, max_new, beam, alpha, nbest, banned)
         flat = [(j, t, s) for j, pairs in zip(chunk, found, strict=True) for t, s in pairs]
+        # strip_special cuts at </s> and drops padding, and the start token is never emitted:
+        # the one special token left is <unk>, shown as fairseq and Marian do, not dropped
         texts = tokenizer.batch_decode(
-            [strip_special(t, ids) for _, t, _ in flat], skip_special_tokens=True
+            [strip_special(t, ids) for _, t, _ in flat], skip_special_tokens=False
         )
         for (j, _, score), text in zip(flat, texts, strict=True):
             out[todo[j]].append((" ".join(text.split()), score))  # no stray newlines or tabs

@@ -354,6 +354,21 @@ def test_empty_lines_never_reach_the_model(ckpt, monkeypatch):
     assert translate.translate_texts(model, tok, ids, ["", "  ", "\t"], 8) == ["", "", ""]
 
 
+def test_an_unknown_word_in_the_output_is_shown_not_dropped(ckpt, monkeypatch):
+    # fairseq and Marian print <unk>; skip_special_tokens used to delete it from the text
+    model, tok, ids, cfg = load_model(ckpt)
+    words = tok(text_target=["the dog"], add_special_tokens=False)["input_ids"][0]
+    hypothesis = [words[0], tok.unk_token_id, *words[1:], ids.eos, ids.pad]
+
+    def decoded(model, src, *args):
+        return [[(hypothesis, None)] for _ in range(len(src))]
+
+    monkeypatch.setattr(translate, "_decode", decoded)
+    (text,) = translate.translate_texts(model, tok, ids, ["anything"], 8)
+    assert tok.unk_token in text and "</s>" not in text and "<pad>" not in text
+    assert text.replace(tok.unk_token, " ").split() == ["the", "dog"]
+
+
 def test_translate_texts_keeps_train_py_signature(ckpt):
     model, tok, ids, cfg = load_model(ckpt)
     out = translate.translate_texts(model, tok, ids, LINES, 3, cfg.max_seq_length)  # positional
