@@ -291,7 +291,7 @@ def _delimited_pairs(args: str):
     lines = iter_lines(path)
     # TSV: fields are never quoted (sentences contain quotes); CSV: standard quoting.
     reader = csv.reader(
-        (line for _, line in lines),
+        (line + "\n" for _, line in lines),  # a quoted field may span lines: keep their breaks
         delimiter="\t" if tsv else ",",
         quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
     )
@@ -336,6 +336,14 @@ def _as_pairs(ds: datasets.Dataset, spec: str, src: str, tgt: str) -> datasets.D
     if any(getattr(ds.features[c], "dtype", None) not in text for c in ("src", "tgt")):
         raise UserError(
             f"{spec}: the '{src}'/'{tgt}' columns must hold text, found {dict(ds.features)}"
+        )
+    if any(ds.data.column(c).null_count for c in ("src", "tgt")):
+        # a missing sentence (null in Parquet/Arrow) reads as an empty side: training drops
+        # its pair with a count, as any empty one; scoring and validation BLEU see ""
+        ds = ds.map(
+            lambda b: {c: [s or "" for s in b[c]] for c in ("src", "tgt")},
+            batched=True,
+            desc="nulls as empty sentences",
         )
     return ds
 

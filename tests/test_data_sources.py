@@ -117,6 +117,25 @@ def test_csv_and_tsv_keep_text_as_written(tmp_path, cfg, name):
     assert_pairs(load_text(str(path), cfg, "train"))
 
 
+def test_a_quoted_csv_field_over_two_lines_keeps_its_line_break(tmp_path, cfg):
+    # pandas' to_csv writes a sentence holding a newline like this; read line by line, its
+    # two halves were glued into one word ("helloworld")
+    write(tmp_path / "t.csv", 'en,de\n"hello\nworld",hallo welt\nthe cat,die Katze\n')
+    ds = load_text(str(tmp_path / "t.csv"), cfg, "train")
+    assert ds["src"] == ["hello\nworld", "the cat"] and ds["tgt"] == ["hallo welt", "die Katze"]
+
+
+def test_a_null_sentence_reads_as_empty_not_none(tmp_path, cfg):
+    # train.py's validation BLEU and evaluate.py translate the texts as read: a None crashed
+    # them after a whole epoch; as "" it is an empty side, which training drops with a count
+    ds = datasets.Dataset.from_dict(
+        {"en": ["the cat", None, "a dog"], "de": ["die Katze", "x", None]}
+    )
+    ds.to_parquet(str(tmp_path / "v.parquet"))
+    got = load_text(str(tmp_path / "v.parquet"), cfg, "validation")
+    assert got["src"] == ["the cat", "", "a dog"] and got["tgt"] == ["die Katze", "x", ""]
+
+
 def test_saved_dataset_and_dataset_dict(tmp_path, cfg):
     translation_dataset().save_to_disk(str(tmp_path / "one"))
     assert_pairs(load_text(str(tmp_path / "one"), cfg, "train"))
