@@ -506,6 +506,42 @@ def test_a_kill_once_a_best_checkpoint_is_published_leaves_best_up_to_date(
     ).read_bytes()
 
 
+def test_a_resume_inside_an_epoch_with_other_batching_is_refused(corpus, tmp_path, monkeypatch):
+    """Its batches would be cut anew: the ones left after the stop are not those the interrupted
+    run had left, so some pairs would be skipped and others repeated."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    class StopAt3(train.StopSignal):
+        def __init__(self):
+            self.requested = False
+
+        def agreed(self, accelerator, step, every):
+            return step == 3
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+
+    def main(*args):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        try:
+            train.main(args_for(corpus, out, "--max_steps", 5, *args)[1:])
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+
+    never = train.StopSignal
+    monkeypatch.setattr(train, "StopSignal", StopAt3)
+    main()
+    saved = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert saved["step"] == 3 and saved["batch_in_epoch"] == 3  # inside epoch 1
+    monkeypatch.setattr(train, "StopSignal", never)  # the real one: no signal comes
+    with pytest.raises(UserError) as e:
+        main("--resume", "--max_tokens", 200)
+    assert str(e.value).startswith("resumed inside epoch 1 with max_tokens 400 -> 200: ")
+    main("--resume")  # the run's own values: on to step 5
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 5
+
+
 def test_a_resume_keeps_the_fitted_steps_unless_given_others():
     plan = {"max_steps": 300, "cooldown_steps": 60, "config": [1000, 200]}
     cfg = TrainConfig(max_minutes=10, max_steps=1000, cooldown_steps=200, fit_steps_to_time=True)
