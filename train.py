@@ -15,7 +15,7 @@ import shutil
 import signal
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import datasets
@@ -290,7 +290,7 @@ def valid_bleu(model, accelerator, run: dict) -> float:
     encode/decode bypass the forward that accelerate wraps in autocast, so wrap them here."""
     cfg = run["cfg"]
     sample = run["valid"][1][: cfg.valid_bleu_samples]  # run["valid"]: (token corpus, texts)
-    with accelerator.autocast():
+    with accelerator.autocast(), gathered_for_decoding(model, accelerator):
         hyps = translate_texts(
             accelerator.unwrap_model(model),
             run["tokenizer"],
@@ -300,6 +300,25 @@ def valid_bleu(model, accelerator, run: dict) -> float:
             cfg.max_seq_length,
         )
     return sacrebleu.corpus_bleu(hyps, [sample["tgt"]]).score
+
+
+@contextmanager
+def gathered_for_decoding(model, accelerator):
+    """Under FSDP2, each decoding step is a forward, which gathers every unit's weights and
+    shards them again: 20 steps, 20 all-gathers of each layer. Keep them gathered while the
+    validation sample decodes (the whole model's weights at once), then shard them again."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        layers = accelerator.state.fsdp_plugin.reshard_after_forward if units else None
+        for unit in units:
+            unit.set_reshard_after_forward(unit is not model and bool(layers), recurse=False)
+            unit.reshard()
 
 
 def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None:
@@ -579,6 +598,9 @@ def main(argv=None):
 
         for method in ("encode", "decode"):  # decoding calls these, not forward()
             register_fsdp_forward_method(model, method)
+        # accelerate reshards every unit after its forward, the root too: the root (embeddings
+        # and the tied output layer) would be gathered again for backward, twice a step
+        model.set_reshard_after_forward(False, recurse=False)
     state = restore(accelerator, out, cfg, args.resume, run["log"])
     if cfg.ema_decay:
         run["ema"] = start_ema(

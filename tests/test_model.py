@@ -293,6 +293,21 @@ def test_greedy_equals_uncached_greedy(tiny_cfg):
     assert (expected[0, first_eos + 1 :] == PAD).all()
 
 
+def test_forward_does_not_go_through_wrapped_encode_and_decode(tiny_cfg):
+    # train.py has FSDP wrap the instance's encode/decode for decoding; called inside forward,
+    # the wrappers would all-gather the weights again on every training step
+    model = model_for(tiny_cfg)
+    src = pad_batch(random_seqs([5, 3], tiny_cfg.src_vocab_size))
+    tgt = pad_batch(random_seqs([4, 6], tiny_cfg.tgt_vocab_size))
+    expected = model(src, tgt)
+
+    def wrapped(*args, **kwargs):
+        raise AssertionError("forward called the instance's wrapper")
+
+    model.encode, model.decode = wrapped, wrapped  # what register_fsdp_forward_method does
+    torch.testing.assert_close(model(src, tgt), expected, rtol=0, atol=0)
+
+
 def test_greedy_stops_when_every_row_has_eos(tiny_cfg):
     model = model_for(tiny_cfg)
     src = torch.randint(3, tiny_cfg.src_vocab_size, (1, 5))
