@@ -84,10 +84,10 @@ def rdrop_kl(logits, labels, pad_id: int):
     """R-Drop's regulariser: logits (2B, T, V) are two passes over one batch (labels (B, T)).
     The symmetric KL between the passes, halved (the paper's L_KL), summed over non-padding
     tokens and divided by the 2B rows' token count, as the cross-entropy of both passes is."""
-    keep = labels != pad_id  # (B, T)
-    p, q = (x[keep].float().log_softmax(-1) for x in logits.chunk(2))  # (N, V): no padding rows
+    rows = (labels != pad_id).flatten().nonzero().squeeze(1)  # (N,): one host sync, not two
+    p, q = (x.flatten(0, 1).index_select(0, rows).float().log_softmax(-1) for x in logits.chunk(2))
     kl = ((p.exp() - q.exp()) * (p - q)).sum()  # KL(p||q) + KL(q||p), summed over tokens
-    return kl / 2 / (2 * keep.sum())
+    return kl / 2 / (2 * rows.numel())
 
 
 def train_loss(model, batch: dict, cfg: TrainConfig, pad_id: int):
@@ -263,7 +263,7 @@ def evaluate(model, accelerator, run: dict) -> dict:
     """Validation loss per target token (no smoothing) and sacreBLEU on a capped sample."""
     cfg, ids, (corpus, _) = run["cfg"], run["ids"], run["valid"]
     model.eval()
-    total = torch.zeros(2, device=accelerator.device)  # summed loss, tokens
+    loss_sum, tokens = torch.zeros((), device=accelerator.device), 0  # tokens: no copy a batch
     batches = token_batches(corpus.lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, 0, False)
     # every process runs the same number of forwards (FSDP gathers weights in each one)
     mine = batches[accelerator.process_index :: accelerator.num_processes]
@@ -276,8 +276,8 @@ def evaluate(model, accelerator, run: dict) -> dict:
             model(batch["src"], batch["tgt_in"]), batch["labels"], ids.pad, reduction="sum"
         )
         if i < len(mine):
-            total += torch.stack([loss.float(), loss.new_tensor(float(batch["n_tokens"]))])
-    total = accelerator.reduce(total, "sum")
+            loss_sum, tokens = loss_sum + loss.float(), tokens + batch["n_tokens"]
+    total = accelerator.reduce(torch.stack([loss_sum, loss_sum.new_tensor(float(tokens))]), "sum")
     metrics = {"valid_loss": (total[0] / total[1]).item()}
     if cfg.valid_bleu_samples:
         metrics["valid_bleu"] = valid_bleu(model, accelerator, run)

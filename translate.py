@@ -128,11 +128,11 @@ def greedy(
     out = src.new_full((src.size(0), int(limits.max())), ids.pad)
     alive = torch.arange(src.size(0), device=src.device)  # the out row of each batch row
     last = src.new_full((src.size(0), 1), ids.start)
+    banned = torch.tensor(banned, dtype=torch.long).to(src.device)  # once, not a copy a step
     steps = 0
     while steps < out.size(1):
         logits = model.decode(last, memory, src_mask, cache)[:, -1]  # (B_alive, V)
-        if len(banned):
-            logits[:, list(banned)] = -torch.inf
+        logits.index_fill_(1, banned, -torch.inf)
         next_id = logits.argmax(-1)
         out[alive, steps] = next_id
         steps += 1
@@ -207,12 +207,12 @@ def beam_search(
     scores = torch.zeros(b, k, device=dev)  # (N, K) log-prob of each live beam
     scores[:, 1:] = -torch.inf  # the K beams start out identical: expand only the first
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]  # best first, at most K each
+    banned = torch.tensor(banned, dtype=torch.long).to(dev)  # once, not a copy a step
     for step in range(int(limits.max())):
         n, length = active.numel(), step + 1  # length: of the hypotheses made in this step
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]  # (N·K, V)
         logp = F.log_softmax(logits.float(), dim=-1)  # fp32 whatever the model runs in
-        if len(banned):
-            logp[:, list(banned)] = -torch.inf
+        logp.index_fill_(1, banned, -torch.inf)
         # The best 2K (beam, token) continuations hold at least K that go on.
         top, beam_of, token = best_continuations(scores, logp)  # (N, 2K) each, best first
         parent = beam_of + torch.arange(n, device=dev)[:, None] * k  # (N, 2K) batch rows
