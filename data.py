@@ -576,6 +576,20 @@ def encode_targets(tok, texts: list[str]) -> list[list[int]]:
     return [seq[1:] if seq[:1] == [start] else seq for seq in ids]
 
 
+def check_targets_end_with_eos(tok, name) -> None:
+    """Training needs labels that end with </s>: a tokenizer with an eos token that does not
+    append it (GPT-2's) would teach the model never to stop, and decoding would run every
+    sentence to its length limit."""
+    ids = SpecialIds.of(tok)
+    probe = encode_targets(tok, ["a"])[0]
+    if probe[-1:] != [ids.eos]:
+        raise UserError(
+            f"tokenizer {name}: targets do not end with its eos token {tok.eos_token!r} ('a' is "
+            f"{probe}), so the model would never learn to stop; use one that appends it "
+            "(Marian's, T5's, BART's, or one trained here)"
+        )
+
+
 # Keys of a saved tokenizer_config.json that say where it was loaded from, not how it encodes.
 _PROVENANCE = set(
     "is_local local_files_only name_or_path _name_or_path _commit_hash cache_dir revision token "

@@ -44,6 +44,7 @@ from data import (
     SpecialIds,
     batch_iter,
     both_ways,
+    check_targets_end_with_eos,
     load_text,
     load_tokenizer,
     sample_segmentations,
@@ -437,6 +438,7 @@ def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
         tokenizer = load_tokenizer(
             cfg, out, train_text, reuse=resume or not accelerator.is_main_process, log=log
         )
+        check_targets_end_with_eos(tokenizer, cfg.tokenizer)  # before tokenizing it all
         train = tokenize(train_text, tokenizer, cfg.max_seq_length, "train", log)
         valid = None
         if cfg.valid_data:
