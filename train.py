@@ -739,21 +739,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                 loss = train_loss(model, batch, cfg, ids.pad)
                 accelerator.backward(loss if weight == 1.0 else loss * weight)
                 if accelerator.sync_gradients:
-                    # the one per-step host sync (R-Drop adds one): a non-finite norm skips it
-                    norm = accelerator.clip_grad_norm_(
-                        model.parameters(), cfg.clip_norm or math.inf
-                    )
-                    finite = bool(torch.isfinite(norm))
-                    if finite:
-                        optimizer.step()
-                        if run.get("ema"):
-                            run["ema"].update(model)
-                    elif accelerator.scaler is not None:
-                        # fp16 (GPUs only): clipping has unscaled the gradients and only the
-                        # step updates the loss scale; skipped without update(), the scale
-                        # would never fall and the next step's unscale_ would raise
-                        accelerator.scaler.update()
-                    optimizer.zero_grad()
+                    finite = optimizer_step(model, optimizer, accelerator, run)
             state["batch_in_epoch"] += 1
             meter.add(loss, batch["n_tokens"])
             state["target_tokens"] += batch["n_tokens"] * accelerator.num_processes
@@ -769,18 +755,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
                 log_train(accelerator, bar, meter, scheduler, state, epoch, run)
-                if cfg.fit_steps_to_time and accelerator.num_processes > 1:
-                    # every process must fit the same max_steps: the main process's clock decides
-                    state["train_seconds"] = broadcast(
-                        torch.tensor(
-                            state["train_seconds"], dtype=torch.float64, device=accelerator.device
-                        )
-                    ).item()
-                check_pace(run, state, epochs_end(run, state, epoch, steps))
-                if run["cfg"] is not cfg:  # fitted: the run's config.json says so too
-                    cfg = run["cfg"]
-                    if accelerator.is_main_process:
-                        cfg.save(Path(cfg.output_dir) / "config.json")
+                cfg = fit_to_pace(accelerator, run, state, epochs_end(run, state, epoch, steps))
             done = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time(
                 accelerator, state["step"], cfg, started
             )
@@ -803,6 +778,41 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         f"{state['target_tokens'] / 1e6:.2f}M target tokens in {seconds / 60:.1f} min, "
         f"{state['target_tokens'] / seconds:.0f} tokens/s end to end (with validation and saves)"
     )
+
+
+def optimizer_step(model, optimizer, accelerator, run: dict) -> bool:
+    """Clip, step (and update the moving average), zero the gradients; False if the gradient
+    norm was not finite, and the step skipped. Its check is the one per-step host sync (R-Drop
+    adds one)."""
+    norm = accelerator.clip_grad_norm_(model.parameters(), run["cfg"].clip_norm or math.inf)
+    finite = bool(torch.isfinite(norm))
+    if finite:
+        optimizer.step()
+        if run.get("ema"):
+            run["ema"].update(model)
+    elif accelerator.scaler is not None:
+        # fp16 (GPUs only): clipping has unscaled the gradients and only the step updates the
+        # loss scale; skipped without update(), the scale would never fall and the next step's
+        # unscale_ would raise
+        accelerator.scaler.update()
+    optimizer.zero_grad()
+    return finite
+
+
+def fit_to_pace(accelerator, run: dict, state: dict, last_step: int) -> TrainConfig:
+    """check_pace at a log step; the run's config, as fit_steps_to_time may have changed it
+    (then config.json says so too)."""
+    cfg = run["cfg"]
+    if cfg.fit_steps_to_time and accelerator.num_processes > 1:
+        # every process must fit the same max_steps: the main process's clock decides
+        seconds = torch.tensor(
+            state["train_seconds"], dtype=torch.float64, device=accelerator.device
+        )
+        state["train_seconds"] = broadcast(seconds).item()
+    check_pace(run, state, last_step)
+    if run["cfg"] is not cfg and accelerator.is_main_process:
+        run["cfg"].save(Path(cfg.output_dir) / "config.json")
+    return run["cfg"]
 
 
 # what an epoch's batches are cut from: a resume inside an epoch skips the batches already
