@@ -149,7 +149,11 @@ def prune_checkpoints(checkpoints: Path, keep: int) -> None:
     for d in step_dirs(checkpoints)[: -max(keep, 1)]:
         trash = d.with_name(d.name + ".del")
         shutil.rmtree(trash, ignore_errors=True)
-        d.rename(trash)
+        try:
+            d.rename(trash)
+        except OSError:  # a .del that would not go away: delete in place, as before
+            trash = d
+        shutil.rmtree(trash, ignore_errors=True)
     for left in checkpoints.glob("step-*.*"):
         if left.suffix in (".tmp", ".old", ".del"):
             shutil.rmtree(left, ignore_errors=True)

@@ -320,7 +320,7 @@ def _delimited_pairs(args: str):
 def _as_pairs(ds: datasets.Dataset, spec: str, src: str, tgt: str) -> datasets.Dataset:
     """A `translation` column or one column per language -> "src", "tgt" (no copy)."""
     if ds.column_names == ["src", "tgt"] and ds.features == TEXT_FEATURES:
-        return ds
+        return _nulls_as_empty(ds)
     if "translation" in ds.column_names:
         ds = ds.flatten()
         columns = [f"translation.{src}", f"translation.{tgt}"]
@@ -337,15 +337,19 @@ def _as_pairs(ds: datasets.Dataset, spec: str, src: str, tgt: str) -> datasets.D
         raise UserError(
             f"{spec}: the '{src}'/'{tgt}' columns must hold text, found {dict(ds.features)}"
         )
-    if any(ds.data.column(c).null_count for c in ("src", "tgt")):
-        # a missing sentence (null in Parquet/Arrow) reads as an empty side: training drops
-        # its pair with a count, as any empty one; scoring and validation BLEU see ""
-        ds = ds.map(
-            lambda b: {c: [s or "" for s in b[c]] for c in ("src", "tgt")},
-            batched=True,
-            desc="nulls as empty sentences",
-        )
-    return ds
+    return _nulls_as_empty(ds)
+
+
+def _nulls_as_empty(ds: datasets.Dataset) -> datasets.Dataset:
+    """A missing sentence (null in Parquet/Arrow) reads as an empty side: training drops its
+    pair with a count, as any empty one; scoring and validation BLEU see ""."""
+    if not any(ds.data.column(c).null_count for c in ("src", "tgt")):
+        return ds  # no copy
+    return ds.map(
+        lambda b: {c: [s or "" for s in b[c]] for c in ("src", "tgt")},
+        batched=True,
+        desc="nulls as empty sentences",
+    )
 
 
 def _quiet_hub():
@@ -576,15 +580,15 @@ def encode_targets(tok, texts: list[str]) -> list[list[int]]:
     return [seq[1:] if seq[:1] == [start] else seq for seq in ids]
 
 
-def check_targets_end_with_eos(tok, name) -> None:
-    """Training needs labels that end with </s>: a tokenizer with an eos token that does not
+def check_targets_hold_eos(tok, name) -> None:
+    """Training needs labels that hold </s>: a tokenizer with an eos token that does not
     append it (GPT-2's) would teach the model never to stop, and decoding would run every
     sentence to its length limit."""
     ids = SpecialIds.of(tok)
     probe = encode_targets(tok, ["a"])[0]
-    if probe[-1:] != [ids.eos]:
+    if ids.eos not in probe:  # not necessarily last: mBART puts a language code after it
         raise UserError(
-            f"tokenizer {name}: targets do not end with its eos token {tok.eos_token!r} ('a' is "
+            f"tokenizer {name}: targets do not hold its eos token {tok.eos_token!r} ('a' is "
             f"{probe}), so the model would never learn to stop; use one that appends it "
             "(Marian's, T5's, BART's, or one trained here)"
         )

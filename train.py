@@ -44,7 +44,7 @@ from data import (
     SpecialIds,
     batch_iter,
     both_ways,
-    check_targets_end_with_eos,
+    check_targets_hold_eos,
     load_text,
     load_tokenizer,
     sample_segmentations,
@@ -308,6 +308,9 @@ def gathered_for_decoding(model, accelerator):
     """Under FSDP2, each decoding step is a forward, which gathers every unit's weights and
     shards them again: 20 steps, 20 all-gathers of each layer. Keep them gathered while the
     validation sample decodes (the whole model's weights at once), then shard them again."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        yield
+        return
     from torch.distributed.fsdp import FSDPModule
 
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
@@ -316,7 +319,7 @@ def gathered_for_decoding(model, accelerator):
     try:
         yield
     finally:
-        layers = accelerator.state.fsdp_plugin.reshard_after_forward if units else None
+        layers = accelerator.state.fsdp_plugin.reshard_after_forward
         for unit in units:
             unit.set_reshard_after_forward(unit is not model and bool(layers), recurse=False)
             unit.reshard()
@@ -438,7 +441,7 @@ def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
         tokenizer = load_tokenizer(
             cfg, out, train_text, reuse=resume or not accelerator.is_main_process, log=log
         )
-        check_targets_end_with_eos(tokenizer, cfg.tokenizer)  # before tokenizing it all
+        check_targets_hold_eos(tokenizer, cfg.tokenizer)  # before tokenizing it all
         train = tokenize(train_text, tokenizer, cfg.max_seq_length, "train", log)
         valid = None
         if cfg.valid_data:
@@ -609,6 +612,7 @@ def main(argv=None):
             model, accelerator, cfg, latest_checkpoint(out) if args.resume else None, run["log"]
         )
     run["cfg"] = cfg = resume_plan(cfg, state, run["log"])
+    check_same_batching(run, state, accelerator)  # before config.json says otherwise
     if "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
         new_learning_rate(scheduler, cfg.learning_rate, state["step"], run["log"])
@@ -719,7 +723,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         run["log"](f"already at max_steps ({cfg.max_steps}); nothing to do")
         return
     for epoch in range(state["epoch"], cfg.epochs):
-        check_same_batching(run, state, accelerator, epoch)
+        state["batching"] = batching(run, accelerator)  # kept with every checkpoint
         batches, weights = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
         steps = len(batches) // cfg.grad_accum_steps
         bar = tqdm(
@@ -821,14 +825,17 @@ BATCHING = ("train_data", "max_seq_length", "max_tokens", "batch_size", "grad_ac
             "subword_alpha", "bidirectional_epochs")  # fmt: skip
 
 
-def check_same_batching(run: dict, state: dict, accelerator, epoch: int) -> None:
-    """Refuse a resume inside an epoch with other batching settings (it would skip pairs and
-    repeat others: max_tokens 1,024 -> 512 halfway through Multi30k left 13 % unseen and 37 %
-    seen twice); record them for the next checkpoint otherwise."""
+def batching(run: dict, accelerator) -> dict:
     cfg = run["cfg"]
     now = {k: getattr(cfg, k) for k in BATCHING}
-    now.update(processes=accelerator.num_processes, pairs=len(run["train_fwd"]))
-    saved = state.get("batching")
+    return {**now, "processes": accelerator.num_processes, "pairs": len(run["train_fwd"])}
+
+
+def check_same_batching(run: dict, state: dict, accelerator) -> None:
+    """Refuse a resume inside an epoch with other batching settings: it would skip pairs and
+    repeat others (max_tokens 1,024 -> 512 halfway through Multi30k left 13 % unseen and 37 %
+    seen twice)."""
+    now, saved, epoch = batching(run, accelerator), state.get("batching"), state["epoch"]
     if state["batch_in_epoch"] and saved and saved != now:
         diff = [f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v]
         changed = ", ".join(diff)
@@ -837,7 +844,6 @@ def check_same_batching(run: dict, state: dict, accelerator, epoch: int) -> None
             "interrupted run's, skipping some pairs and repeating others; resume with the run's "
             "values, or from a checkpoint at an epoch's end (delete the newer ones)"
         )
-    state["batching"] = now
 
 
 def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
@@ -897,8 +903,10 @@ def check_pace(run: dict, state: dict, last_step: int | None = None) -> None:
         return
     limit = 60 * cfg.max_minutes
     due = sum(seconds >= limit * f for f in PACE_CHECKS)
-    if due <= state.get("pace_checks", 0):
+    # checks made for another max_minutes (changed on resuming) do not count
+    if due <= (state.get("pace_checks", 0) if state.get("pace_minutes") == cfg.max_minutes else 0):
         return
+    state["pace_minutes"] = cfg.max_minutes
     # Kept in the state: a resume does not check again (nor fit anew from the whole run's
     # pace). A resume past several points checks once. The pace: since the last check if that
     # was a tenth of max_minutes ago or more (a short span is noisy), else the run's.

@@ -3,6 +3,7 @@ chunked corpus building, and `python data.py audit`. All offline: Hub paths are 
 local dataset repository laid out like the Hub's wmt/wmt14 (README configs + parquet files)."""
 
 import csv
+import dataclasses
 import gzip
 import json
 import os
@@ -133,6 +134,11 @@ def test_a_null_sentence_reads_as_empty_not_none(tmp_path, cfg):
     )
     ds.to_parquet(str(tmp_path / "v.parquet"))
     got = load_text(str(tmp_path / "v.parquet"), cfg, "validation")
+    assert got["src"] == ["the cat", "", "a dog"] and got["tgt"] == ["die Katze", "x", ""]
+    # columns already named src and tgt take a shorter path
+    ds.rename_columns({"en": "src", "de": "tgt"}).to_parquet(str(tmp_path / "w.parquet"))
+    named = dataclasses.replace(cfg, src_lang="src", tgt_lang="tgt")
+    got = load_text(str(tmp_path / "w.parquet"), named, "validation")
     assert got["src"] == ["the cat", "", "a dog"] and got["tgt"] == ["die Katze", "x", ""]
 
 

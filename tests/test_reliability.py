@@ -240,3 +240,20 @@ def test_pruning_keeps_the_newest_and_sweeps_what_a_kill_left(tmp_path):
     prune_checkpoints(ckpts, 2)
     assert sorted(d.name for d in ckpts.iterdir()) == ["step-00000003", "step-00000004"]
     assert [d.name for d in step_dirs(ckpts)] == ["step-00000003", "step-00000004"]
+
+
+def test_pruning_deletes_in_place_when_the_rename_fails(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from checkpoint import prune_checkpoints
+
+    ckpts = tmp_path / "checkpoints"
+    for n in (1, 2):
+        (ckpts / f"step-{n:08d}").mkdir(parents=True)
+
+    def rename(self, target):
+        raise OSError(39, "Directory not empty")  # a .del that would not go away
+
+    monkeypatch.setattr(Path, "rename", rename)
+    prune_checkpoints(ckpts, 1)  # no traceback after the step was published
+    assert [d.name for d in ckpts.iterdir()] == ["step-00000002"]

@@ -161,8 +161,8 @@ def test_collate_with_marian_ids(marian):
     assert (batch["labels"] == ids.eos).sum() == len(EN)
 
 
-def test_targets_must_end_with_eos(marian):
-    data.check_targets_end_with_eos(marian, "opus-mt-en-de stand-in")  # Marian's appends </s>
+def test_targets_must_hold_eos(marian):
+    data.check_targets_hold_eos(marian, "opus-mt-en-de stand-in")  # Marian's appends </s>
 
     class NoEos:  # GPT-2 style: an eos token, never appended
         pad_token_id, eos_token_id, bos_token_id, eos_token = 0, 1, None, "<|endoftext|>"
@@ -170,5 +170,11 @@ def test_targets_must_end_with_eos(marian):
         def __call__(self, texts=None, text_target=None, add_special_tokens=True):
             return {"input_ids": [[5, 6] for _ in (text_target or texts)]}
 
-    with pytest.raises(data.UserError, match=r"^tokenizer gpt2: targets do not end with its eos"):
-        data.check_targets_end_with_eos(NoEos(), "gpt2")
+    with pytest.raises(data.UserError, match=r"^tokenizer gpt2: targets do not hold its eos"):
+        data.check_targets_hold_eos(NoEos(), "gpt2")
+
+    class LanguageCodeLast(NoEos):  # mBART: "x </s> de_DE"; decoding still stops at </s>
+        def __call__(self, texts=None, text_target=None, add_special_tokens=True):
+            return {"input_ids": [[5, 1, 9] for _ in (text_target or texts)]}
+
+    data.check_targets_hold_eos(LanguageCodeLast(), "mbart")

@@ -410,6 +410,26 @@ def test_fit_steps_to_time_moves_max_steps_either_way_until_the_cooldown_begins(
     assert "fit max_minutes (10) and epochs: max_steps 500 -> 1,234" in run_["lines"][0]
 
 
+def test_a_resume_with_another_max_minutes_checks_the_pace_again():
+    cfg = TrainConfig(max_minutes=10, max_steps=5000, cooldown_steps=1000, fit_steps_to_time=True)
+    run_, state = pace_run(cfg), {"step": 100, "train_seconds": 60.0}
+    for step, seconds in ((100, 60.0), (300, 120.0), (1000, 300.0)):  # all three checks
+        state.update(step=step, train_seconds=seconds)
+        train.check_pace(run_, state)
+    assert run_["cfg"].max_steps == 2000 and len(run_["lines"]) == 3
+    state = json.loads(json.dumps(state))  # through a checkpoint
+    # the same budget: nothing more to check
+    same = pace_run(run_["cfg"])
+    train.check_pace(same, {**state, "step": 1010, "train_seconds": 303.0})
+    assert same["lines"] == [] and same["cfg"] is run_["cfg"]
+    # resumed with max_minutes 30: the checks made for 10 do not count. The last check is 3 s
+    # back, so the whole run's pace counts, 200 steps/min: 1,010 + 200 * 24.95 = 6,000, 5,700
+    # with the margin (before the checks were kept in the state, the resume refitted too)
+    longer = pace_run(dataclasses.replace(run_["cfg"], max_minutes=30))
+    train.check_pace(longer, {**state, "step": 1010, "train_seconds": 303.0})
+    assert longer["cfg"].max_steps == 5700 and "max_steps 2,000 -> 5,700" in longer["lines"][0]
+
+
 def test_fit_steps_to_time_ends_the_cooldown_at_the_fitted_step_across_a_resume(
     corpus, tmp_path, monkeypatch, capsys
 ):
@@ -538,6 +558,7 @@ def test_a_resume_inside_an_epoch_with_other_batching_is_refused(corpus, tmp_pat
     with pytest.raises(UserError) as e:
         main("--resume", "--max_tokens", 200)
     assert str(e.value).startswith("resumed inside epoch 1 with max_tokens 400 -> 200: ")
+    assert json.loads((out / "config.json").read_text())["max_tokens"] == 400  # left as it was
     main("--resume")  # the run's own values: on to step 5
     assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == 5
 
