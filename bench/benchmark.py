@@ -106,6 +106,19 @@ class Bench:
                 out.append(time.perf_counter() - start)
         return out
 
+    def paired_times(self, fns: dict, repeat: int, warmup: int = 1) -> dict[str, list[float]]:
+        """Seconds of `repeat` rounds of each fn, interleaved (the first to run alternates), so
+        that the machine's drift, which here moved a timing by 20 % within seconds, falls on
+        every side alike. In each round each fn first runs `warmup` times untimed: run right
+        after the other model, it would find its weights out of the CPU's caches (ours greedy
+        measured 154 sentences/s so, against 192 warm), which a user decoding batch after
+        batch does not."""
+        names, out = list(fns), {name: [] for name in fns}
+        for i in range(repeat):
+            for name in names if i % 2 == 0 else names[::-1]:
+                out[name] += self.times(fns[name], repeat=1, warmup=warmup)
+        return out
+
     def name(self) -> str:
         if self.cuda:
             return f"cuda ({torch.cuda.get_device_name(self.device)}), bf16 autocast"
@@ -152,7 +165,10 @@ def train_step(b: Bench, model, hf: bool = False):
             if hf:
                 mask = (batch["src"] != IDS.pad).long()
                 out = model(
-                    input_ids=batch["src"], attention_mask=mask, decoder_input_ids=batch["tgt_in"]
+                    input_ids=batch["src"],
+                    attention_mask=mask,
+                    decoder_input_ids=batch["tgt_in"],
+                    use_cache=False,  # as ours: no decoding cache while training
                 )
                 logits = out.logits
             else:
@@ -173,19 +189,18 @@ def step_flops(step, batch) -> int:
     return counter.get_total_flops()
 
 
-def bench_training(b: Bench, ours, hf, steps: int, rate: float) -> dict:
+def bench_training(b: Bench, ours, hf, steps: int) -> dict:
+    """Median step time of each model, their steps interleaved; flop_share is set by main."""
     batch, res = random_batch(b), {}
-    for name, model, is_hf in (("ours", ours, False), ("hf", hf, True)):
-        step = train_step(b, model, is_hf)
-        t = statistics.median(b.times(lambda s=step: s(batch), repeat=steps, warmup=3))
-        flops = step_flops(step, batch)
-        res[name] = {
-            "step_s": t,
-            "tok_s": BATCH * TGT_LEN / t,
-            "flops_per_step": flops,
-            "flop_s": flops / t,
-            "flop_share": flops / t / rate,
-        }
+    step = {"ours": train_step(b, ours), "hf": train_step(b, hf, hf=True)}
+    runs = {k: (lambda s=s: s(batch)) for k, s in step.items()}
+    for run in runs.values():  # AdamW's first steps allocate its state
+        b.times(run, repeat=0, warmup=2)
+    times = b.paired_times(runs, steps, warmup=1)
+    for name, t in ((k, statistics.median(v)) for k, v in times.items()):
+        flops = step_flops(step[name], batch)
+        res[name] = {"step_s": t, "tok_s": BATCH * TGT_LEN / t, "flops_per_step": flops}
+        res[name]["flop_s"] = flops / t
     return res
 
 
@@ -219,8 +234,9 @@ def bench_decoding(b: Bench, ours, hf, repeat: int) -> dict:
 
     res = {}
     for beam in (1, 4):
-        for name, run in (("ours", run_ours), ("hf", run_hf)):
-            t = statistics.median(b.times(lambda r=run, k=beam: r(k), repeat=repeat))
+        runs = {"ours": lambda k=beam: run_ours(k), "hf": lambda k=beam: run_hf(k)}
+        for name, times in b.paired_times(runs, repeat).items():
+            t = statistics.median(times)
             res[f"{name}_beam{beam}"] = {"sentences_per_s": BATCH / t, "seconds": t}
     return res
 
@@ -325,7 +341,12 @@ def report(r: dict) -> None:
     print(f"\ndevice: {r['device']}; torch {r['torch']}, transformers {r['transformers']}")
     if "kept_freed_memory" in r:  # absent from results written before it was recorded
         print(f"freed memory kept in the process: {'yes' if r['kept_freed_memory'] else 'no'}")
-    print(f"matmul rate: {r['matmul_flop_s'] / 1e9:,.0f} GFLOP/s\n")
+    after = r.get("matmul_flop_s_after")  # absent from results written before it was measured
+    print(
+        f"matmul rate: {r['matmul_flop_s'] / 1e9:,.0f} GFLOP/s"
+        + (f" (after the training steps: {after / 1e9:,.0f})" if after else "")
+        + "\n"
+    )
     row("", "ours", "HF Marian", "CTranslate2", "ours/HF", "ours/CT2")
     ours, hf = tr["ours"], tr["hf"]
     share = [fmt(x["flop_share"], ".2g") for x in (ours, hf)]  # GPUs: ~0.004 at this size
@@ -367,7 +388,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps (default 10)")
-    p.add_argument("--repeat", type=int, default=3, help="timed decoding runs (default 3)")
+    p.add_argument("--repeat", type=int, default=10, help="timed decoding runs (default 10)")
     p.add_argument("--pairs", type=int, default=4000, help="Multi30k pairs; 0 = skip the epoch")
     p.add_argument("--default_malloc", action="store_true", help="do not keep freed memory (CPU)")
     args = p.parse_args(argv)
@@ -389,7 +410,12 @@ def main(argv=None):
     with b.section("CTranslate2"):
         r["decoding"].update(bench_ctranslate2(b, hf, args.repeat))
     with b.section("training steps"):  # last: they change the weights
-        r["train"] = bench_training(b, ours, hf, args.steps, r["matmul_flop_s"])
+        r["train"] = bench_training(b, ours, hf, args.steps)
+        # the rate again right after: the share divides by the mean of the two
+        r["matmul_flop_s_after"] = matmul_rate(b)
+    rate = (r["matmul_flop_s"] + r["matmul_flop_s_after"]) / 2
+    for side in r["train"].values():
+        side["flop_share"] = side["flop_s"] / rate
     if args.pairs:
         with b.section("Multi30k epoch"):
             r["epoch"] = bench_epoch(b, args.pairs)
