@@ -553,6 +553,7 @@ def main(argv=None):
         gradient_accumulation_steps=cfg.grad_accum_steps,
         log_with=cfg.log_with,
         project_dir=out,
+        fsdp_plugin=fsdp_plugin(cfg),
     )
     if not accelerator.is_local_main_process:
         datasets.disable_progress_bars()  # one set of bars, not one per process
@@ -630,6 +631,23 @@ def main(argv=None):
         )
     fit(model, optimizer, scheduler, accelerator, run, state)
     accelerator.end_training()
+
+
+def fsdp_plugin(cfg: TrainConfig):
+    """Under an FSDP launch with 16-bit mixed precision: compute in 16 bits, but average the
+    gradients across processes in fp32 (FSDP2's reduce_dtype). accelerate's own policy reduces
+    them in the compute dtype, losing bits that one process, which reduces nothing, keeps.
+    The rest of the plugin comes from the launch's settings, as without it."""
+    launched = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    precision = cfg.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if not launched or precision not in ("bf16", "fp16"):
+        return None
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return FullyShardedDataParallelPlugin(
+        mixed_precision_policy={"param_dtype": dtype, "reduce_dtype": torch.float32}
+    )
 
 
 def tracker_names(log_with: str, out: Path) -> tuple[str, dict]:

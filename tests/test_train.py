@@ -193,6 +193,18 @@ def test_wandb_gets_one_project_and_the_run_as_its_name(monkeypatch, tmp_path):
     )
 
 
+def test_fsdp_with_16_bit_compute_reduces_gradients_in_fp32(monkeypatch):
+    # accelerate's own policy would average them in the compute dtype (bf16: 8 mantissa bits)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    plugin = train.fsdp_plugin(TrainConfig(mixed_precision="bf16"))
+    policy = plugin.mixed_precision_policy
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert train.fsdp_plugin(TrainConfig(mixed_precision="no")) is None  # fp32: nothing to add
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    assert train.fsdp_plugin(TrainConfig(mixed_precision="bf16")) is None  # not an FSDP launch
+
+
 def test_decoder_layers_sets_the_decoder_depth_alone():
     ids = SpecialIds(pad=0, eos=1, start=0)
     for decoder_layers, expected in [(None, 3), (1, 1)]:
