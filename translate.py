@@ -208,6 +208,21 @@ def beam_search(
     scores[:, 1:] = -torch.inf  # the K beams start out identical: expand only the first
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]  # best first, at most K each
     banned = torch.tensor(banned, dtype=torch.long).to(dev)  # once, not a copy a step
+    active_host = list(range(b))  # `active`, on the host
+
+    def add(which, logprobs, tokens, parent, last, length):
+        """Hypotheses ending now: `which` (N, C) marks them in logprobs, parent (their rows in
+        tokens) and last (their final token; None: </s>), all (N, C). One host sync when none
+        ends, a few when some do, not a few for each (on a GPU each read waits for it)."""
+        if not bool(which.any()):
+            return
+        where = which.nonzero().tolist()  # (E, 2)
+        history = tokens[parent[which], 1:].tolist()
+        last = [ids.eos] * len(where) if last is None else last[which].tolist()
+        for (i, _), logprob, hyp, t in zip(where, logprobs[which].tolist(), history, last):
+            h = Hypothesis(hyp + [t], logprob / lp(length), logprob)
+            _add_finished(finished[active_host[i]], h, k)
+
     for step in range(int(limits.max())):
         n, length = active.numel(), step + 1  # length: of the hypotheses made in this step
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]  # (N·K, V)
@@ -219,43 +234,35 @@ def beam_search(
         # </s> ranked among the best K ends a hypothesis (below rank K it is no better than K
         # live ones: the usual rule).
         ends = (token == ids.eos) & (torch.arange(2 * k, device=dev) < k) & (top > -torch.inf)
-        for i, j in ends.nonzero().tolist():
-            logprob = top[i, j].item()
-            hyp = tokens[parent[i, j], 1:].tolist() + [ids.eos]
-            _add_finished(finished[active[i]], Hypothesis(hyp, logprob / lp(length), logprob), k)
+        add(ends, top, tokens, parent, None, length)
         # The best K that do not end become the live beams.
         scores, keep = top.masked_fill(token == ids.eos, -torch.inf).topk(k, dim=1)  # (N, K)
         parent, token = parent.gather(1, keep), token.gather(1, keep)  # (N, K)
         at_limit = limits[active] <= length  # (N,) out of room: live beams end without </s>
-        for i, j in (at_limit[:, None] & (scores > -torch.inf)).nonzero().tolist():
-            logprob = scores[i, j].item()
-            hyp = tokens[parent[i, j], 1:].tolist() + [token[i, j].item()]
-            _add_finished(finished[active[i]], Hypothesis(hyp, logprob / lp(length), logprob), k)
+        add(at_limit[:, None] & (scores > -torch.inf), scores, tokens, parent, token, length)
         # Done: K finished, and the best live beam cannot beat the worst of them at any length
         # it may still reach (its log-prob only falls; lp is largest at one end of the range).
         lp_max = torch.clamp(lp(limits[active].float()), min=lp(length + 1))  # (N,)
         worst = torch.tensor(
-            [
-                finished[s][-1].score if len(finished[s]) == k else -torch.inf
-                for s in active.tolist()
-            ],
-            device=dev,
-        )  # (N,)
+            [finished[s][-1].score if len(finished[s]) == k else -torch.inf for s in active_host],
+        ).to(dev)  # (N,)
         done = at_limit | (early_stop & (scores[:, 0] / lp_max <= worst))  # (N,)
         # Keep the searching sentences; every beam row now follows its parent row.
         still = (~done).nonzero().flatten()  # (N',)
-        if still.numel() == 0:
+        still_host = still.tolist()
+        if not still_host:
             break
         rows = parent[still].flatten()  # (N'·K,)
         tokens = torch.cat([tokens[rows], token[still].reshape(-1, 1)], dim=1)  # (N'·K, 2 + t)
         # A parent is a beam of the same sentence, so the sentence rows (memory, mask,
         # cross-attention cache) stay put unless a sentence left.
-        kept = still if still.numel() < n else None  # (N',) sentence rows, if one left
+        kept = still if len(still_host) < n else None  # (N',) sentence rows, if one left
         if kept is not None:
             memory = memory[kept]
             src_mask = None if src_mask is None else src_mask[kept]
         cache = reorder_cache(cache, rows, cross_index=kept)
         scores, active = scores[still], active[still]
+        active_host = [active_host[i] for i in still_host]
     return [f[:nbest] for f in finished]
 
 
