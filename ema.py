@@ -28,7 +28,10 @@ class EMA:
         about the last n / 9 steps, then about 1 / (1 - decay)."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.shadow, _params(model), 1.0 - decay)
+        # on the local shards themselves: through DTensor's dispatch the same lerp took twice
+        # the host time under FSDP2 (1.6 against 0.9 ms a step for the bf16 recipe's model)
+        params = [p.to_local() if hasattr(p, "to_local") else p for p in _params(model)]
+        torch._foreach_lerp_(self._local(), params, 1.0 - decay)
 
     @contextmanager
     def swapped(self, model: torch.nn.Module):
