@@ -147,13 +147,10 @@ def prune_checkpoints(checkpoints: Path, keep: int) -> None:
     (.tmp), replaced (.old) and half-deleted (.del) directories, each a checkpoint's size.
     Called once every process has finished writing, so no .tmp is still being written."""
     for d in step_dirs(checkpoints)[: -max(keep, 1)]:
-        trash = d.with_name(d.name + ".del")
-        shutil.rmtree(trash, ignore_errors=True)
         try:
-            d.rename(trash)
+            d.rename(d.with_name(d.name + ".del"))  # deleted with the leftovers below
         except OSError:  # a .del that would not go away: delete in place, as before
-            trash = d
-        shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(d, ignore_errors=True)
     for left in checkpoints.glob("step-*.*"):
         if left.suffix in (".tmp", ".old", ".del"):
             shutil.rmtree(left, ignore_errors=True)

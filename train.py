@@ -741,7 +741,6 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         run["log"](f"already at max_steps ({cfg.max_steps}); nothing to do")
         return
     for epoch in range(state["epoch"], cfg.epochs):
-        state["batching"] = batching(run, accelerator)  # kept with every checkpoint
         batches, weights = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
         steps = len(batches) // cfg.grad_accum_steps
         bar = tqdm(
@@ -843,17 +842,13 @@ BATCHING = ("train_data", "max_seq_length", "max_tokens", "batch_size", "grad_ac
             "subword_alpha", "bidirectional_epochs")  # fmt: skip
 
 
-def batching(run: dict, accelerator) -> dict:
-    cfg = run["cfg"]
-    now = {k: getattr(cfg, k) for k in BATCHING}
-    return {**now, "processes": accelerator.num_processes, "pairs": len(run["train_fwd"])}
-
-
 def check_same_batching(run: dict, state: dict, accelerator) -> None:
     """Refuse a resume inside an epoch with other batching settings: it would skip pairs and
     repeat others (max_tokens 1,024 -> 512 halfway through Multi30k left 13 % unseen and 37 %
-    seen twice)."""
-    now, saved, epoch = batching(run, accelerator), state.get("batching"), state["epoch"]
+    seen twice). Otherwise record them, for every checkpoint of this run."""
+    now = {k: getattr(run["cfg"], k) for k in BATCHING}
+    now.update(processes=accelerator.num_processes, pairs=len(run["train_fwd"]))
+    saved, epoch = state.get("batching"), state["epoch"]
     if state["batch_in_epoch"] and saved and saved != now:
         diff = [f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v]
         changed = ", ".join(diff)
@@ -862,6 +857,7 @@ def check_same_batching(run: dict, state: dict, accelerator) -> None:
             "interrupted run's, skipping some pairs and repeating others; resume with the run's "
             "values, or from a checkpoint at an epoch's end (delete the newer ones)"
         )
+    state["batching"] = now
 
 
 def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
