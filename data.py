@@ -957,7 +957,9 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
             )
         log(f"lengths: tokens including </s>, tokenizer {name}")
     log("duplicates, overlap: exact match of whitespace-trimmed text")
-    log(f"length ratio: longer side / shorter side > {RATIO:g}, pairs with an empty side left out")
+    log(f"length ratio: longer side / shorter side > {RATIO:g}")
+    # training drops such a pair as empty, and counts it so
+    log(f"length ratio, longer than {cfg.max_seq_length}: pairs with an empty side left out")
     for name, (spec, split) in splits.items():
         log(f"{name}: {spec}" + ("" if "{lang}" in spec or os.path.exists(spec) else f" [{split}]"))
     stats = {name: _split_stats(ds, tok, name) for name, ds in texts.items()}
@@ -972,7 +974,7 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
         f"{tgt} length p50/p90/p99/max": [s["pct"][1] for s in stats.values()],
         f"length ratio > {RATIO:g}": [f"{s['ratio']:,}" for s in stats.values()],
         f"longer than {max_len} {unit}": [
-            f"{int(((s['src_len'] > max_len) | (s['tgt_len'] > max_len)).sum()):,}"
+            f"{int((((s['src_len'] > max_len) | (s['tgt_len'] > max_len)) & s['both']).sum()):,}"
             for s in stats.values()
         ],
         "sources also in train": [

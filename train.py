@@ -979,31 +979,42 @@ def out_of_time(accelerator, step: int, cfg: TrainConfig, started: float) -> boo
 
 
 class Meter:
-    """Loss and token counts since the last log line, kept on device (no sync per step).
-    A mid-epoch checkpoint stores the loss not yet logged, so that the first line after a
-    resume averages the same steps as an uninterrupted run would."""
+    """Loss and token counts since the last log line, kept on device (no sync per step). The
+    loss is per target token over all of them, as in fairseq: a batch of 40 tokens weighs a
+    twenty-fifth of one of 1,000. A mid-epoch checkpoint stores the loss not yet logged, so
+    that the first line after a resume averages the same steps as an uninterrupted run would."""
 
     def __init__(self, accelerator, saved: dict | None = None):
-        saved = saved or {"loss": 0.0, "n": 0}
-        self.loss = torch.tensor(saved["loss"], device=accelerator.device)
-        self.n, self.tokens, self.t0 = saved["n"], 0, time.time()
+        if not saved or "counted" not in saved:  # none, or an older checkpoint's mean of means
+            saved = {"loss": 0.0, "counted": 0.0}
+        self.loss = torch.tensor(saved["loss"], device=accelerator.device)  # sum of loss × tokens
+        self.counted, self.tokens, self.t0 = saved["counted"], 0, time.time()
 
     def state(self, accelerator) -> dict:
-        """Collective (a checkpoint is): the loss sum averaged over processes, as logged."""
-        return {"loss": accelerator.reduce(self.loss.clone(), "mean").item(), "n": self.n}
+        """Collective (a checkpoint is): the sums averaged over processes; each process
+        restores them, so their sum over processes is what an uninterrupted run would log."""
+        both = torch.stack([self.loss, self.loss.new_tensor(float(self.counted))])
+        loss, counted = accelerator.reduce(both, "mean").tolist()
+        return {"loss": loss, "counted": counted}
 
     def add(self, loss, tokens: int):
-        self.loss += loss.detach().float()
-        self.n, self.tokens = self.n + 1, self.tokens + tokens
+        self.loss += loss.detach().float() * tokens
+        self.counted, self.tokens = self.counted + tokens, self.tokens + tokens
+
+    def mean_loss(self, accelerator) -> float:
+        """Collective: the loss per target token over every process since the last log."""
+        both = torch.stack([self.loss, self.loss.new_tensor(float(self.counted))])
+        loss, counted = accelerator.reduce(both, "sum").tolist()
+        return loss / max(counted, 1.0)
 
     def reset(self):
         self.loss.zero_()
-        self.n, self.tokens, self.t0 = 0, 0, time.time()
+        self.counted, self.tokens, self.t0 = 0.0, 0, time.time()
 
 
 def log_train(accelerator, bar, meter: Meter, scheduler, state, epoch, run):
-    """Every log_every steps: mean loss over all processes, LR, target tokens/s."""
-    loss = accelerator.reduce(meter.loss / max(meter.n, 1), "mean").item()
+    """Every log_every steps: loss per target token over all processes, LR, target tokens/s."""
+    loss = meter.mean_loss(accelerator)
     tok_s = meter.tokens * accelerator.num_processes / (time.time() - meter.t0)
     lr = scheduler.get_last_lr()[0]
     bar.set_postfix(step=state["step"], loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")

@@ -501,7 +501,8 @@ def test_audit_counts(tmp_path, capsys):
     write(tmp_path / "train.en", lines(train_en))
     write(tmp_path / "train.de", lines(train_de))
     write(tmp_path / "valid.en", lines(["x y", "", " a b c "]))
-    write(tmp_path / "valid.de", lines(["X Y", "neu", "anders"]))
+    # an empty source with an over-long target: training counts it as empty, so must the audit
+    write(tmp_path / "valid.de", lines(["X Y", "ganz neu und viel zu lang", "anders"]))
     cfg = TrainConfig(
         train_data=str(tmp_path / "train.{lang}"),
         valid_data=str(tmp_path / "valid.{lang}"),

@@ -142,6 +142,31 @@ def test_a_step_weighs_every_target_token_alike_over_accumulated_batches_and_pro
     assert train.step_weights(every, corpus, one, 1, 2) == [1.0, 1.0]
 
 
+class SummingProcesses(SimpleNamespace):
+    """accelerator.reduce over `n` processes that all hold the same tensors as this one."""
+
+    def reduce(self, t, how):
+        return t * self.n if how == "sum" else t.clone()
+
+
+def test_the_logged_train_loss_is_per_target_token_and_survives_a_mid_log_resume():
+    acc = SummingProcesses(device="cpu", n=1)
+    meter = train.Meter(acc)
+    meter.add(torch.tensor(2.0), 10)
+    meter.add(torch.tensor(4.0), 30)
+    saved = meter.state(acc)  # a checkpoint between the two halves of one log window
+    meter.add(torch.tensor(1.0), 60)
+    whole = (2 * 10 + 4 * 30 + 1 * 60) / 100  # 2.0; the mean of the three means would be 2.33
+    assert meter.mean_loss(acc) == pytest.approx(whole)
+    resumed = train.Meter(acc, saved)
+    resumed.add(torch.tensor(1.0), 60)
+    assert resumed.mean_loss(acc) == pytest.approx(whole)
+    # every process restores the saved sums: over 3 processes the line still reads the mean
+    three = SummingProcesses(device="cpu", n=3)
+    assert train.Meter(three, saved).mean_loss(three) == pytest.approx(3.5)
+    assert train.Meter(acc, {"loss": 9.0, "n": 3}).mean_loss(acc) == 0.0  # an older checkpoint
+
+
 @pytest.mark.parametrize("schedule", ["inverse_sqrt", "linear"])
 def test_resume_with_another_learning_rate_goes_on_with_it(schedule):
     # a resumed scheduler restores the rate it was built with: the config's new one must win,
