@@ -7,8 +7,10 @@ import random
 import pytest
 
 import evaluate
+from checkpoint import load_model
 from config import UserError
 from test_translate import make_checkpoint
+from translate import translate_texts
 
 WORDS = (
     "der die das hund katze mann frau kind sieht liest isst ein eine buch apfel im garten".split()
@@ -89,6 +91,15 @@ def test_cli_scores_gz_files_compares_and_writes_json(tmp_path, capsys):
     assert r["compare_with"] == other and r["compare_samples"] == 100
 
 
+def test_lowercase_scores_case_blind(tmp_path):
+    refs = corpus(20)
+    ref = write(tmp_path / "ref.de", refs)
+    hyp = write(tmp_path / "hyp.de", [r.upper() for r in refs])
+    assert evaluate.main(["--hypotheses", hyp, "--reference", ref])["bleu"] < 10
+    r = evaluate.main(["--hypotheses", hyp, "--reference", ref, "--lowercase"])
+    assert r["bleu"] == 100.0 and "case:lc" in r["bleu_signature"]
+
+
 def test_references_from_a_test_set_spec(tmp_path):
     refs = corpus(20)
     write(tmp_path / "test.en", [f"source {i}" for i in range(20)])
@@ -110,6 +121,12 @@ def test_checkpoint_translates_its_test_data_with_beam(tmp_path):
     assert r["config"]["test_data"] == f"{tmp_path}/test.{{lang}}"
     assert r["model_config"]["d_model"] == 16
     assert hyps.read_text().split("\n")[1] == ""  # the empty source stays empty
+    # the hypotheses are beam 2's, not greedy's (they differ on this model)
+    model, tok, ids, cfg = load_model(ckpt)
+    sources = ["the dog sees the cat", "", "a man reads a book"]
+    beam = translate_texts(model, tok, ids, sources, 64, cfg.max_seq_length, beam=2, alpha=1.0)
+    assert hyps.read_text().split("\n")[:-1] == beam
+    assert beam != translate_texts(model, tok, ids, sources, 64, cfg.max_seq_length)
     # --source/--reference files win over the config's test set
     src = write(tmp_path / "other.en", ["we eat an apple"])
     ref = write(tmp_path / "other.de", ["wir essen einen apfel"])

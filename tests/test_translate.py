@@ -14,11 +14,11 @@ from torch import nn
 import translate
 from checkpoint import load_model, save_model_dir
 from config import TrainConfig, UserError
-from data import SpecialIds, train_tokenizer
+from data import SpecialIds, encode_sources, train_tokenizer
 from helpers import ROOT
 from model import ModelConfig, Transformer
 from model.attention import Cache
-from translate import Hypothesis, beam_search, greedy, length_penalty, translate_nbest
+from translate import beam_search, greedy, length_penalty, translate_nbest
 
 PAD, START = 0, 1  # tiny_cfg: pad 0; tokens drawn from 3 .. vocab - 1
 TEXTS = [
@@ -410,6 +410,51 @@ def test_nbest_lines_are_parseable(ckpt, tmp_path):
         translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--nbest", "2"])
 
 
+def searched(ckpt, text: str, beam: int, alpha: float, nbest: int, max_new: int):
+    """One line decoded by greedy/beam_search directly: what the CLI must print for it."""
+    model, tok, ids, _ = load_model(ckpt)
+    src = torch.tensor([encode_sources(tok, [text])[0]])
+    banned = translate.banned_ids(ids)
+    if beam == 1:
+        found = [(greedy(model, src, ids, max_new, banned)[0].tolist(), None)]
+    else:
+        hyps = beam_search(model, src, ids, max_new, beam, alpha, nbest, banned)[0]
+        found = [(h.tokens, h.score) for h in hyps]
+    return [
+        (" ".join(tok.decode(translate.strip_special(t, ids)).split()), score)
+        for t, score in found
+    ]
+
+
+def test_cli_nbest_length_penalty_and_budget_reach_the_search(ckpt, tmp_path):
+    src, out = tmp_path / "in.en", tmp_path / "out.tsv"
+    texts = [t for t in LINES if t.strip()]
+    src.write_text("\n".join(texts) + "\n")
+
+    def cli(*extra):
+        translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--output", str(out),
+                        *extra])  # fmt: skip
+        return out.read_text().split("\n")[:-1]
+
+    for alpha in (0.0, 1.5):
+        got = cli("--beam", "3", "--nbest", "3", "--length_penalty", str(alpha))
+        for text, line in zip(texts, got, strict=True):
+            fields = line.split("\t")
+            want = searched(ckpt, text, 3, alpha, 3, max_new_tokens_of(ckpt, text, 1.5, 10))
+            assert fields[0::2] == [t for t, _ in want]
+            assert list(map(float, fields[1::2])) == pytest.approx([s for _, s in want], abs=1e-4)
+        assert any(line.count("\t") > 1 for line in got)  # some line holds more than one pair
+    # a budget of 2 new tokens (a·len + b with a = 0): greedy stops there
+    short = cli("--max_len_a", "0", "--max_len_b", "2")
+    assert short == [searched(ckpt, t, 1, 0.0, 1, 2)[0][0] for t in texts]
+    assert short != cli()
+
+
+def max_new_tokens_of(ckpt, text: str, a: float, b: int) -> int:
+    model, tok, _, _ = load_model(ckpt)
+    return min(int(a * len(encode_sources(tok, [text])[0]) + b), model.cfg.max_len - 1)
+
+
 def test_cli_streams_chunks_through_a_pipe(ckpt):
     """The first chunk's translations come out before the input is closed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -430,11 +475,6 @@ def test_cli_streams_chunks_through_a_pipe(ckpt):
         assert rest.count("\n") == 1
     finally:
         proc.kill()
-
-
-def test_hypothesis_is_a_named_tuple():
-    h = Hypothesis([3, 2], -0.5, -1.0)
-    assert h.tokens == [3, 2] and h.score == -0.5 and h.logprob == -1.0
 
 
 def test_cli_keeps_freed_memory_on_cpu(ckpt, tmp_path, monkeypatch):
