@@ -167,6 +167,79 @@ def test_the_logged_train_loss_is_per_target_token_and_survives_a_mid_log_resume
     assert train.Meter(acc, {"loss": 9.0, "n": 3}).mean_loss(acc) == 0.0  # an older checkpoint
 
 
+@pytest.mark.parametrize(
+    "metric, best, stops",
+    [
+        ("loss", [True, True, True, False, False], [False] * 4 + [True]),  # best loss 1.0
+        ("bleu", [True, True, False, False], [False] * 3 + [True]),  # best BLEU 12.0
+    ],
+)
+def test_best_and_early_stopping_follow_best_metric(monkeypatch, metric, best, stops):
+    # loss and BLEU disagree from the third validation on; patience 2
+    results = iter([(3.0, 10.0), (2.0, 12.0), (1.0, 11.0), (4.0, 9.0), (5.0, 13.0)])
+    monkeypatch.setattr(
+        train, "evaluate", lambda *_: dict(zip(("valid_loss", "valid_bleu"), next(results)))
+    )
+    monkeypatch.setattr(train, "write_metrics", lambda *_: None)
+    saved = []
+    monkeypatch.setattr(train, "save", lambda *a, best: saved.append(best))
+    cfg = TrainConfig(best_metric=metric, patience=2)
+    run = {"cfg": cfg, "valid": object(), "log": lambda _: None}
+    state = {"best": None, "bad_evals": 0, "step": 0}
+    returned = []
+    while not (returned and returned[-1]):
+        returned.append(train.end_of_epoch(None, None, run, state, len(returned)))
+    assert saved == best and returned == stops
+    assert state["best"] == (-1.0 if metric == "loss" else 12.0)
+
+
+def test_validation_loss_is_per_target_token_over_every_batch_and_process(monkeypatch):
+    # 7 pairs in 3+ batches, split between 2 processes with one process short of a batch: the
+    # result must be the plain mean over all target tokens, each counted once
+    rng = np.random.default_rng(1)
+    t_len = [3, 9, 4, 12, 6, 5, 8]
+    tgt = rng.integers(3, 20, sum(t_len))
+    corpus = Corpus(rng.integers(3, 20, 35), np.arange(0, 36, 5), tgt, np.cumsum([0, *t_len]))
+    ids = SpecialIds(pad=0, eos=1, start=2)
+    cfg = TrainConfig(max_tokens=24, max_seq_length=16, valid_bleu_samples=0)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(20, 20, pad_id=0, d_model=16, n_heads=2, d_ff=32, n_layers=1,
+                                    dropout=0.0))  # fmt: skip
+    run = {"cfg": cfg, "ids": ids, "valid": (corpus, None)}
+    batches = data_batches(corpus, cfg)
+    assert len(batches) % 2 == 1  # the second process has one batch fewer, and runs a spare
+    with torch.no_grad():
+        whole = collate(corpus, np.arange(7), ids)
+        want = train.loss_fn(model(whole["src"], whole["tgt_in"]), whole["labels"], 0).item()
+
+    class TwoProcesses(SimpleNamespace):
+        """Each rank's evaluate() runs in turn; reduce() sums what both ranks passed."""
+
+        def reduce(self, t, how):
+            return t + other[1 - self.process_index] if how == "sum" else t
+
+    other = [None, None]
+    for rank in (0, 1):  # a first pass records each rank's sums for the other to add
+
+        def record(t, how, r=rank):
+            other[r] = t
+            return t
+
+        train.evaluate(model, SimpleNamespace(device="cpu", process_index=rank, num_processes=2,
+                                              reduce=record), run)  # fmt: skip
+    for rank in (0, 1):
+        acc = TwoProcesses(device="cpu", process_index=rank, num_processes=2)
+        assert train.evaluate(model, acc, run)["valid_loss"] == pytest.approx(want, rel=1e-5)
+    one = SummingProcesses(device="cpu", n=1, process_index=0, num_processes=1)
+    assert train.evaluate(model, one, run)["valid_loss"] == pytest.approx(want, rel=1e-5)
+
+
+def data_batches(corpus, cfg):
+    from data import token_batches
+
+    return token_batches(corpus.lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, 0, False)
+
+
 @pytest.mark.parametrize("schedule", ["inverse_sqrt", "linear"])
 def test_resume_with_another_learning_rate_goes_on_with_it(schedule):
     # a resumed scheduler restores the rate it was built with: the config's new one must win,

@@ -421,8 +421,7 @@ def searched(ckpt, text: str, beam: int, alpha: float, nbest: int, max_new: int)
         hyps = beam_search(model, src, ids, max_new, beam, alpha, nbest, banned)[0]
         found = [(h.tokens, h.score) for h in hyps]
     return [
-        (" ".join(tok.decode(translate.strip_special(t, ids)).split()), score)
-        for t, score in found
+        (" ".join(tok.decode(translate.strip_special(t, ids)).split()), score) for t, score in found
     ]
 
 
