@@ -433,8 +433,10 @@ def test_model_config_rejects_shared_embeddings_with_two_vocabularies():
         ModelConfig(src_vocab_size=20, tgt_vocab_size=21, pad_id=0, d_model=16, n_heads=2)
 
 
-def test_dropout_only_in_train_mode(tiny_cfg):
-    model = Transformer(dataclasses.replace(tiny_cfg, dropout=0.3, attn_dropout=0.1))
+@pytest.mark.parametrize("kind", ["dropout", "attn_dropout", "act_dropout", "word_dropout"])
+def test_each_dropout_acts_alone_and_only_in_train_mode(tiny_cfg, kind):
+    off = dict(dropout=0.0, attn_dropout=0.0, act_dropout=0.0, word_dropout=0.0)
+    model = Transformer(dataclasses.replace(tiny_cfg, **{**off, kind: 0.5}))
     src = torch.randint(3, tiny_cfg.src_vocab_size, (2, 5))
     tgt = torch.randint(3, tiny_cfg.tgt_vocab_size, (2, 4))
     model.train()
