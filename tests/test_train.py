@@ -946,6 +946,33 @@ def test_resume_refuses_weight_decay_switched_off(corpus, tmp_path, single_proce
     assert "saved with weight_decay 20, this run has 0" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, single_process_run):
+    out = tmp_path / "run"
+    shutil.copytree(single_process_run, out, symlinks=True)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = run([*args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2), "--resume"])
+    assert "already at max_steps (6); nothing to do" in proc.stdout + proc.stderr
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    changed = [p for p in after if before.get(p) != after[p]]
+    # only the run's config.json is written again; no step trained, no checkpoint or metric
+    assert changed == [out / "config.json"]
+    assert (out / "last").resolve() == out / "checkpoints" / "step-00000006"
+
+
+def test_a_checkpoint_with_non_finite_weights_is_not_kept(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    logged = []
+    acc = SimpleNamespace(
+        is_main_process=True, num_processes=1, wait_for_everyone=lambda: None,
+        get_state_dict=lambda model: {"w": torch.tensor([1.0, float("nan")])},
+    )  # fmt: skip
+    train.save(acc, None, {"cfg": TrainConfig(output_dir=str(out)), "log": logged.append},
+               {"step": 7}, best=True)  # fmt: skip
+    assert logged == ["step 7: weights are not finite, checkpoint not kept"]
+    assert list(out.rglob("*")) == [out / "checkpoints"]  # no step, no last, no best
+
+
 def test_a_failed_distributed_load_names_the_ranks_error(tmp_path, monkeypatch):
     # torch.distributed.checkpoint raises a CheckpointException (a BaseException) whose str() is
     # every rank's traceback: the one-line error must carry the first rank's own message
