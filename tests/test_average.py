@@ -46,6 +46,7 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
     a = checkpoint(run / "checkpoints" / "step-1", w=torch.zeros(2))
     b = checkpoint(run / "checkpoints" / "step-2", w=torch.ones(2))
     wide = checkpoint(tmp_path / "wide", w=torch.ones(3))  # another vocabulary, say
+    renamed = checkpoint(tmp_path / "renamed", v=torch.ones(2))
     other_run = tmp_path / "other_run"
     (other_run / "checkpoints").mkdir(parents=True)
     new = str(tmp_path / "new")
@@ -56,10 +57,14 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
         (["--checkpoints", a, "--out", other_run], "holds a training run's checkpoints"),
         (["--checkpoints", wide, "--out", run / "checkpoints"], "holds a training run's"),
         (["--checkpoints", a, wide, "--out", new], r"w has shape \(3,\), \(2,\) in"),
+        (["--checkpoints", a, renamed, "--out", new], "renamed: its weights do not match .*step-1"),
+        (["--run", run, "--checkpoints", a, "--out", new], "give either --run .* or --checkpoints"),
+        (["--out", new], "give either --run .* or --checkpoints"),
+        (["--run", other_run, "--out", new], "no checkpoints to average"),
     ]:
         with pytest.raises(UserError, match=match):
             average.main([str(x) for x in argv])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other_run", "run", "wide"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other_run", "renamed", "run", "wide"]
     assert torch.equal(load_file(b / "model.safetensors")["w"], torch.ones(2))
 
 

@@ -213,6 +213,15 @@ def edit_json(path: Path, **changes):
     path.write_text(json.dumps(meta))
 
 
+def grow_tokenizer(path: Path):
+    """Another tokenizer: one more token than the model's vocabulary of 120 has ids for."""
+    tok = json.loads(path.read_text())
+    tok["added_tokens"].append({"id": 120, "content": "<extra>", "single_word": False,
+                                "lstrip": False, "rstrip": False, "normalized": False,
+                                "special": True})  # fmt: skip
+    path.write_text(json.dumps(tok))
+
+
 BROKEN = {  # name -> (how to break a copy of best/, what the error says)
     "missing directory": (lambda d: shutil.rmtree(d), "checkpoint not found"),
     "truncated weights": (
@@ -237,6 +246,11 @@ BROKEN = {  # name -> (how to break a copy of best/, what the error says)
         lambda d: edit_json(d / "config.json", dropout=3),
         "config.json: unreadable (config: dropout must be in [0, 1)",
     ),
+    "no weights": (
+        lambda d: (d / "model.safetensors").unlink(),
+        "no model.safetensors here or in",
+    ),
+    "a larger tokenizer": (lambda d: grow_tokenizer(d / "tokenizer.json"), "they do not belong"),
     "tokenizer deleted": (
         lambda d: [(d / f).unlink() for f in ("tokenizer.json", "tokenizer_config.json")],
         "cannot load the tokenizer saved with the checkpoint",
@@ -435,6 +449,10 @@ def test_evaluate_checks_its_options_before_decoding(
         (["--device", "meta"], "--device meta: not usable here"),
         (["--output", ""], "cannot write '': not a file name"),
         (["--output", "new_dir/"], "cannot write 'new_dir/': not a file name"),
+        (["--beam", "2", "--nbest", "0"], "--nbest must be between 1 and --beam (2)"),
+        (["--beam", "2", "--nbest", "3"], "--nbest must be between 1 and --beam (2)"),
+        (["--chunk_size", "0"], "--chunk_size must be >= 1"),
+        (["--input", "missing.en"], "input file not found: missing.en"),
     ],
 )
 def test_translate_checks_its_options_before_decoding(
