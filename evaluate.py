@@ -200,6 +200,14 @@ def main(argv=None):
         raise UserError("give either --hypotheses, or --checkpoint (with --source or a test set)")
     if args.source and not args.checkpoint:
         raise UserError("--source needs --checkpoint")
+    if args.checkpoint and bool(args.source) != bool(args.reference):
+        # half a test set from files and half from test_data would pair lines that do not belong
+        raise UserError("--source and --reference go together: give both, or neither (test set)")
+    if args.output and not args.checkpoint:
+        raise UserError("--output writes the translations of --checkpoint: none to write here")
+    same = args.output and args.json and args.output != "-"
+    if same and os.path.realpath(args.output) == os.path.realpath(args.json):
+        raise UserError(f"--output and --json name the same file ({args.output})")
     if args.compare and args.bootstrap_samples < 1:
         raise UserError("--bootstrap_samples must be >= 1")
     # read before any decoding, so that a missing file stops us now, not hours later

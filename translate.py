@@ -52,6 +52,7 @@ import itertools
 import math
 import os
 import sys
+import tempfile
 from typing import NamedTuple
 
 import torch
@@ -450,7 +451,13 @@ def open_output(path: str | None):
             yield f
         return
     final = os.path.realpath(path)  # through a symlink, not over it
-    tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{os.getpid()}.tmp")
+    try:  # a name of its own (two outputs of one process may be in one directory)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=os.path.dirname(final)
+        )
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror})") from None
+    os.close(fd)
     f = _open_text(tmp, path)
     try:
         with f:

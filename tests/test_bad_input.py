@@ -18,8 +18,10 @@ import gzip
 import io
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -371,6 +373,28 @@ def test_invalid_utf8_on_stdin_leaves_no_partial_output(trained, tmp_path):
                input=data)  # fmt: skip
     assert_one_line_error(proc.returncode, proc.stderr, "stdin, line 3: not UTF-8")
     assert list(tmp_path.iterdir()) == []  # neither out.de nor its temporary file
+
+
+def test_sigterm_leaves_no_partial_output(trained, tmp_path):
+    """`timeout` or a scheduler stopping translate.py: no output, and no temporary file."""
+    out = tmp_path / "out.de"
+    proc = subprocess.Popen(
+        [sys.executable, "translate.py", "--checkpoint", str(trained), "--output", str(out),
+         "--chunk_size", "1"],
+        cwd=ROOT, env=ENV, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        proc.stdin.write(b"the dog\n")
+        proc.stdin.flush()
+        deadline = time.time() + 60
+        while not list(tmp_path.iterdir()) and time.time() < deadline:
+            time.sleep(0.05)  # until the output's temporary file is open
+        assert list(tmp_path.iterdir()), "translate.py did not open its output"
+        proc.send_signal(signal.SIGTERM)  # still reading stdin, which stays open
+        assert proc.wait(timeout=60) == 143, proc.stderr.read().decode()[-2000:]
+    finally:
+        proc.kill()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_run_keeps_the_previous_output_file(trained, tmp_path, capsys):
