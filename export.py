@@ -168,6 +168,23 @@ def max_logit_difference(model: Transformer, hf, ids: SpecialIds, seed: int = 0)
     return (ours - theirs.logits).abs().max().item()
 
 
+def portable_tokenizer_config(path: Path, max_length: int) -> None:
+    """Make the saved tokenizer load and truncate as ours does, in transformers 4 and 5.
+
+    transformers 5 names the class TokenizersBackend, which 4.x lacks (PreTrainedTokenizerFast
+    is the same class in 5); the model takes no token_type_ids; and sources over the positional
+    table must be cut (`truncation=True`) where translate.py cuts them, not index past it."""
+    meta = json.loads(path.read_text())
+    meta.update(
+        tokenizer_class="PreTrainedTokenizerFast",
+        model_input_names=["input_ids", "attention_mask"],
+        model_max_length=max_length,
+    )
+    for key in ("is_local", "local_files_only"):  # how this copy was loaded, not a setting
+        meta.pop(key, None)
+    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+
+
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the Marian directory for `checkpoint` at `out` (atomically); return its path."""
     from transformers import MarianMTModel
@@ -181,6 +198,9 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     with staged_output(out) as tmp:  # removed, and `out` left as it was, if anything fails
         hf.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        portable_tokenizer_config(
+            tmp / "tokenizer_config.json", min(cfg.max_seq_length, model.cfg.max_len)
+        )
         (tmp / "training_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         # Check what was written, not what is in memory: load it back as a user would.
         diff = max_logit_difference(model, MarianMTModel.from_pretrained(tmp).eval(), ids)

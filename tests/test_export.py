@@ -120,6 +120,25 @@ def test_generate_greedy_equals_our_greedy(exported):
     assert any(ids.eos in o for _, o in pairs)  # some sentences really ended
 
 
+def test_tokenizer_and_generation_defaults_are_translate_pys(exported):
+    """Plain `generate` and `tok(..., truncation=True)` do what translate.py does: its budget,
+    its cut at max_seq_length, no token_type_ids (the model takes none), a class name
+    transformers 4 knows too."""
+    from transformers import GenerationConfig
+
+    ckpt, out = exported[True]
+    model, _, ids, cfg = load_model(ckpt)
+    meta = json.loads((out / "tokenizer_config.json").read_text())
+    assert meta["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert GenerationConfig.from_pretrained(out).max_new_tokens == model.cfg.max_len - 1
+    tok = AutoTokenizer.from_pretrained(out)
+    batch = tok([" ".join(["the dog sees the cat"] * 40)], truncation=True, return_tensors="pt")
+    assert set(batch) == {"input_ids", "attention_mask"}
+    assert batch["input_ids"].shape[1] == min(cfg.max_seq_length, model.cfg.max_len)
+    hf = MarianMTModel.from_pretrained(out).eval()
+    hf.generate(**batch)  # a source cut to the positional table decodes
+
+
 def test_translates_a_sentence_with_transformers_alone(exported, tmp_path):
     """A fresh interpreter that cannot import our code loads the directory and translates."""
     ckpt, out = exported[True]
