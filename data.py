@@ -425,8 +425,9 @@ def load_tokenizer(
     kind, vocab_size = cfg.tokenizer["train"], cfg.tokenizer.get("vocab_size", 8000)
     cached = None
     if isinstance(train_texts, datasets.Dataset) and train_texts.cache_files:
-        # "ids-2": tokenizers cached before canonical_unigram ordered their ids by chance
-        key = Hasher.hash([CACHE_VERSION, "ids-2", train_texts._fingerprint, kind, vocab_size])
+        # "ids-2": tokenizers cached before canonical_unigram ordered their ids by chance;
+        # "-3": before they collapsed whitespace
+        key = Hasher.hash([CACHE_VERSION, "ids-3", train_texts._fingerprint, kind, vocab_size])
         cached = Path(datasets.config.HF_DATASETS_CACHE) / "trained_tokenizers" / key
     if cached and (cached / "tokenizer.json").exists():
         tok = AutoTokenizer.from_pretrained(cached)
@@ -474,6 +475,7 @@ def train_tokenizer(texts, kind: str, vocab_size: int):
     starts from <s>.
     """
     from tokenizers import (
+        Regex,
         Tokenizer,
         decoders,
         models,
@@ -495,7 +497,11 @@ def train_tokenizer(texts, kind: str, vocab_size: int):
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, special_tokens=specials, show_progress=False
         )
-    tok.normalizer = normalizers.NFKC()
+    # Runs of whitespace as one space and none at the ends, as SentencePiece's default
+    # normaliser does (Marian's): else every extra space or a tab becomes a token of its own.
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+    )
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     tok.train_from_iterator(texts, trainer=trainer)
@@ -565,19 +571,42 @@ class SpecialIds:
 
 
 def encode_sources(tok, texts: list[str]) -> list[list[int]]:
-    return tok(texts, add_special_tokens=True)["input_ids"]
+    return _literal_specials_as_unk(tok, tok(texts, add_special_tokens=True)["input_ids"], False)
 
 
 def encode_targets(tok, texts: list[str]) -> list[list[int]]:
     # text_target= selects the target-side model of tokenizers that have two (Marian: separate
     # source.spm and target.spm over one vocabulary). Encoding targets as sources is a silent bug.
-    ids = tok(text_target=texts, add_special_tokens=True)["input_ids"]
+    ids = _literal_specials_as_unk(
+        tok, tok(text_target=texts, add_special_tokens=True)["input_ids"], True
+    )
     # Tokenizers that begin every sequence with BOS (BART's, RoBERTa's) would make the labels
     # start with the decoder's start token, which shift_right already feeds it: "<s> <s> w ..."
     # in, "<s> w ..." out, and decoding, which never emits the start token, would begin off
     # the path it was trained on. The labels are the words and </s> only.
     start = SpecialIds.of(tok).start
     return [seq[1:] if seq[:1] == [start] else seq for seq in ids]
+
+
+def _literal_specials_as_unk(tok, seqs: list[list[int]], target: bool) -> list[list[int]]:
+    """The text "</s>" or "<pad>" in a sentence is a word, not the control token: as those
+    ids it would end the source early or be masked as padding (and the trained tokenizers'
+    vocabularies hold the pieces, so split_special_tokens cannot stop it). Any special id
+    inside the text's own ids becomes <unk>; those the tokenizer adds around them stay."""
+    unk = tok.unk_token_id
+    if unk is None:  # byte-level tokenizers: nothing to map to
+        return seqs
+    special = set(tok.all_special_ids) - {unk}
+    # what the tokenizer adds before and after a text's ids (Marian's, ours: only </s> after)
+    added = [
+        t in special for t in tok(**{"text_target" if target else "text": ["a"]})["input_ids"][0]
+    ]
+    before, after = added.index(False), added[::-1].index(False)
+    for seq in seqs:
+        end = len(seq) - after
+        if not special.isdisjoint(seq[before:end]):
+            seq[before:end] = [unk if t in special else t for t in seq[before:end]]
+    return seqs
 
 
 def check_targets_hold_eos(tok, name) -> None:
@@ -693,8 +722,9 @@ def encode(
     """Token ids of every pair ("src_ids", "tgt_ids", int32), through datasets.map: cached on disk
     by (text fingerprint, tokenizer files), so the same data and tokenizer are tokenized once."""
     num_proc = default_num_proc(len(ds)) if num_proc is None else num_proc
-    # "targets-2": since the labels drop a leading start token (encode_targets)
-    key = Hasher.hash([CACHE_VERSION, "targets-2", ds._fingerprint, tokenizer_fingerprint(tok)])
+    # "targets-2": since the labels drop a leading start token (encode_targets); "-3": since
+    # special tokens written out in the text are <unk> (_literal_specials_as_unk)
+    key = Hasher.hash([CACHE_VERSION, "targets-3", ds._fingerprint, tokenizer_fingerprint(tok)])
     started = time.time()
     # Forked workers each tokenize a shard; Rust threads inside each would oversubscribe the
     # cores (and tokenizers warns about forking after it used threads).

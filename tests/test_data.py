@@ -51,6 +51,19 @@ def tokenizer():
     return train_tokenizer(iter(SENTENCES), "bpe", 120)
 
 
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+def test_trained_tokenizers_collapse_whitespace_and_read_written_specials_as_words(kind):
+    tok = train_tokenizer(iter(SENTENCES), kind, 120)
+    ids = SpecialIds.of(tok)
+    plain = encode_sources(tok, ["der Hund sieht die Katze"])
+    assert encode_sources(tok, ["  der  Hund\tsieht die Katze \u3000"]) == plain
+    for encode in (encode_sources, encode_targets):
+        (seq,) = encode(tok, ["der </s> Hund <pad> sieht <s>"])
+        # only the </s> the tokenizer appends ends the sentence; the written ones are words
+        assert seq[-1] == ids.eos and seq.count(tok.unk_token_id) == 3
+        assert not {ids.pad, ids.eos, ids.start} & set(seq[:-1])
+
+
 def write_lines(path, lines: list[str], newline: str = "\n"):
     data = "".join(line + newline for line in lines).encode("utf-8")
     path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)

@@ -123,6 +123,14 @@ def test_targets_use_the_target_model_and_sources_the_source_model(marian, maria
     assert encode_sources(marian, DE[:1]) == [model_ids(marian_dir, "source.spm", DE[0])]
 
 
+def test_written_special_tokens_are_words_on_both_sides(marian):
+    ids = SpecialIds.of(marian)  # Marian: the start token is <pad>
+    for encode in (encode_sources, encode_targets):
+        (seq,) = encode(marian, ["a </s> b <pad> c"])
+        assert seq[-1] == ids.eos and seq.count(marian.unk_token_id) == 2
+        assert not {ids.pad, ids.eos} & set(seq[:-1])
+
+
 @pytest.mark.parametrize("num_proc", [1, 2])
 def test_tokenize_encodes_each_side_with_its_model(
     tmp_path, monkeypatch, marian, marian_dir, num_proc
@@ -166,6 +174,7 @@ def test_targets_must_hold_eos(marian):
 
     class NoEos:  # GPT-2 style: an eos token, never appended
         pad_token_id, eos_token_id, bos_token_id, eos_token = 0, 1, None, "<|endoftext|>"
+        unk_token_id = None  # byte-level: no unknown token
 
         def __call__(self, texts=None, text_target=None, add_special_tokens=True):
             return {"input_ids": [[5, 6] for _ in (text_target or texts)]}
