@@ -109,6 +109,29 @@ def test_references_from_a_test_set_spec(tmp_path):
     assert r["bleu"] == 100.0 and r["sentences"] == 20
 
 
+def test_test_set_languages_and_split_can_be_chosen(tmp_path):
+    import datasets
+
+    en, de = corpus(20, seed=3), corpus(20, seed=4)
+    write(tmp_path / "test.en", en)
+    write(tmp_path / "test.de", de)
+    spec = f"{tmp_path}/test.{{lang}}"
+    hyp_en = write(tmp_path / "hyp.en", en)
+    # German -> English: the references are the English side
+    r = evaluate.main(["--hypotheses", hyp_en, "--test_data", spec, "--src_lang", "de",
+                       "--tgt_lang", "en"])  # fmt: skip
+    assert r["bleu"] == 100.0
+    assert evaluate.main(["--hypotheses", hyp_en, "--test_data", spec])["bleu"] < 100
+    rows = [{"translation": {"en": e, "de": d}} for e, d in zip(en, de, strict=True)]
+    datasets.DatasetDict(
+        {"valid": datasets.Dataset.from_list(rows[:5]), "test": datasets.Dataset.from_list(rows)}
+    ).save_to_disk(tmp_path / "saved")
+    hyp_de = write(tmp_path / "hyp.de", de[:5])
+    r = evaluate.main(["--hypotheses", hyp_de, "--test_data", str(tmp_path / "saved"),
+                       "--split", "valid"])  # fmt: skip
+    assert r["bleu"] == 100.0 and r["sentences"] == 5
+
+
 def test_checkpoint_translates_its_test_data_with_beam(tmp_path):
     write(tmp_path / "test.en", ["the dog sees the cat", "", "a man reads a book"])
     write(tmp_path / "test.de", ["der hund sieht die katze", "", "ein mann liest ein buch"])
