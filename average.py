@@ -96,6 +96,10 @@ def main(argv=None):
             print(warn, file=sys.stderr)
     if not dirs:
         raise UserError("no checkpoints to average")
+    real = [d.resolve() for d in dirs]
+    twice = sorted({str(d) for d, r in zip(dirs, real, strict=True) if real.count(r) > 1})
+    if twice:  # it would weigh double, silently
+        raise UserError(f"checkpoint given twice: {', '.join(twice)}")
     for d in dirs:
         if not (d / WEIGHTS).exists():
             raise UserError(f"{d}: no {WEIGHTS}")

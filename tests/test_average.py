@@ -61,6 +61,10 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
         (["--run", run, "--checkpoints", a, "--out", new], "give either --run .* or --checkpoints"),
         (["--out", new], "give either --run .* or --checkpoints"),
         (["--run", other_run, "--out", new], "no checkpoints to average"),
+        (
+            ["--checkpoints", a, b, run / "checkpoints" / ".." / "checkpoints" / "step-1", "--out", new],
+            "checkpoint given twice: .*step-1",
+        ),
     ]:
         with pytest.raises(UserError, match=match):
             average.main([str(x) for x in argv])
