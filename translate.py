@@ -52,7 +52,6 @@ import itertools
 import math
 import os
 import sys
-import tempfile
 from typing import NamedTuple
 
 import torch
@@ -427,6 +426,9 @@ def read_lines(path: str | None) -> list[str]:
     return [line for _, line in iter_input(path)]
 
 
+_OUTPUTS = itertools.count()  # numbers the temporary files of one process's outputs
+
+
 @contextlib.contextmanager
 def open_output(path: str | None):
     """A UTF-8 text stream with "\\n" line ends to a file, or to stdout (left open after).
@@ -451,13 +453,10 @@ def open_output(path: str | None):
             yield f
         return
     final = os.path.realpath(path)  # through a symlink, not over it
-    try:  # a name of its own (two outputs of one process may be in one directory)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=os.path.dirname(final)
-        )
-    except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror})") from None
-    os.close(fd)
+    # a name of its own: two outputs of one process may be in one directory (not mkstemp's,
+    # whose file is private, 0600, where an output gets the umask's permissions)
+    unique = f"{os.getpid()}.{next(_OUTPUTS)}"
+    tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{unique}.tmp")
     f = _open_text(tmp, path)
     try:
         with f:

@@ -529,3 +529,16 @@ def test_cli_passes_mixed_precision_to_decoding(ckpt, tmp_path, monkeypatch):
         translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--output",
                         str(tmp_path / "out.de"), "--device", "cpu", *flag])  # fmt: skip
     assert got == ["no", "bf16"]
+
+
+def test_outputs_are_written_whole_with_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    first, second = tmp_path / "a.de", tmp_path / "b.de"
+    with translate.open_output(first) as a, translate.open_output(second) as b:
+        a.write("eins\n")
+        b.write("zwei\n")
+        assert not first.exists() and len(list(tmp_path.iterdir())) == 2  # two temporaries
+    assert first.read_text() == "eins\n" and second.read_text() == "zwei\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.de", "b.de"]
+    assert first.stat().st_mode & 0o777 == 0o666 & ~umask  # not a private temporary file's 0600
