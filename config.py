@@ -10,9 +10,7 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import types
 import typing
 from dataclasses import dataclass
@@ -24,11 +22,7 @@ class UserError(Exception):
 
 
 def cli(main):
-    """Run `main()`; a UserError becomes one line on stderr and exit code 2, not a traceback.
-    SIGTERM (`timeout`, a scheduler) exits as 128 + 15 through Python's unwinding, so that the
-    temporary files of unfinished outputs are removed (train.py handles it on its own)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    """Run `main()`; a UserError becomes one line on stderr and exit code 2, not a traceback."""
     try:
         return main()
     except UserError as e:

@@ -51,7 +51,9 @@ import io
 import itertools
 import math
 import os
+import signal
 import sys
+import threading
 from typing import NamedTuple
 
 import torch
@@ -455,17 +457,43 @@ def open_output(path: str | None):
     final = os.path.realpath(path)  # through a symlink, not over it
     # a name of its own: two outputs of one process may be in one directory (not mkstemp's,
     # whose file is private, 0600, where an output gets the umask's permissions)
-    unique = f"{os.getpid()}.{next(_OUTPUTS)}"
-    tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{unique}.tmp")
-    f = _open_text(tmp, path)
+    tmp = _new_temporary(final, path)
     try:
-        with f:
+        with _open_text(tmp, path) as f, _sigterm_unwinds():
             yield f
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _new_temporary(final: str, shown: str) -> str:
+    """An empty file beside `final`, made here (O_EXCL: never an existing file or link)."""
+    while True:
+        unique = f"{os.getpid()}.{next(_OUTPUTS)}"
+        tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.{unique}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"cannot write {shown} ({e.strerror})") from None
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM (`timeout`, a scheduler) exits 143 through Python's unwinding while an output is
+    being written, so that its temporary file is removed, not left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _open_text(path: str, shown: str):

@@ -295,14 +295,15 @@ def test_beam_search_finds_the_best_path_of_a_known_distribution():
 
 
 def make_checkpoint(
-    path: Path, eos_scale: float = 3.0, test_data: str | None = None, **model_overrides
+    path: Path, eos_scale: float = 3.0, test_data: str | None = None, tok=None, **model_overrides
 ) -> Path:
-    """A tiny random checkpoint with a real (trained) tokenizer, saved as train.py saves one.
+    """A tiny random checkpoint with a real (trained, or the given) tokenizer, saved as train.py
+    saves one.
 
     eos_scale enlarges the eos embedding so that some sentences end before their limit;
     model_overrides change the ModelConfig (e.g. pre_norm=True).
     """
-    tok = train_tokenizer(TEXTS, "unigram", 60)
+    tok = tok or train_tokenizer(TEXTS, "unigram", 60)
     ids = SpecialIds.of(tok)
     cfg = TrainConfig(
         tokenizer={"train": "unigram", "vocab_size": 60}, max_seq_length=32, max_tokens=256,
