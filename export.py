@@ -175,11 +175,13 @@ def portable_tokenizer_config(path: Path, max_length: int) -> None:
     is the same class in 5); the model takes no token_type_ids; and sources over the positional
     table must be cut (`truncation=True`) where translate.py cuts them, not index past it."""
     meta = json.loads(path.read_text())
-    meta.update(
-        tokenizer_class="PreTrainedTokenizerFast",
-        model_input_names=["input_ids", "attention_mask"],
-        model_max_length=max_length,
-    )
+    meta["model_max_length"] = max_length
+    if meta.get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        # a tokenizer.json tokenizer (ours); Marian's and others keep their own classes
+        meta.update(
+            tokenizer_class="PreTrainedTokenizerFast",
+            model_input_names=["input_ids", "attention_mask"],
+        )
     for key in ("is_local", "local_files_only"):  # how this copy was loaded, not a setting
         meta.pop(key, None)
     path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
@@ -187,7 +189,7 @@ def portable_tokenizer_config(path: Path, max_length: int) -> None:
 
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the Marian directory for `checkpoint` at `out` (atomically); return its path."""
-    from transformers import MarianMTModel
+    from transformers import AutoTokenizer, MarianMTModel
     from transformers.utils import logging
 
     logging.disable_progress_bar()
@@ -206,6 +208,9 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         diff = max_logit_difference(model, MarianMTModel.from_pretrained(tmp).eval(), ids)
         if not diff <= PARITY_ATOL:
             raise RuntimeError(f"export: Marian logits differ from ours by {diff:.2e} (> 1e-4)")
+        probe = "A dog runs on the grass."
+        if AutoTokenizer.from_pretrained(tmp)(probe)["input_ids"] != tokenizer(probe)["input_ids"]:
+            raise RuntimeError("export: the saved tokenizer encodes otherwise than ours")
     return out
 
 

@@ -187,3 +187,17 @@ def test_targets_must_hold_eos(marian):
             return {"input_ids": [[5, 1, 9] for _ in (text_target or texts)]}
 
     data.check_targets_hold_eos(LanguageCodeLast(), "mbart")
+
+
+def test_a_checkpoint_with_a_marian_tokenizer_exports_it_loadable(marian, tmp_path):
+    from transformers import AutoTokenizer, MarianTokenizer
+
+    import export
+    from test_translate import make_checkpoint
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
+        out = export.export(make_checkpoint(tmp_path / "ckpt", tok=marian), tmp_path / "hf")
+        loaded = AutoTokenizer.from_pretrained(out)
+    assert isinstance(loaded, MarianTokenizer)
+    assert loaded(text_target=DE)["input_ids"] == marian(text_target=DE)["input_ids"]
