@@ -96,13 +96,16 @@ def main(argv=None):
             print(warn, file=sys.stderr)
     if not dirs:
         raise UserError("no checkpoints to average")
-    real = [d.resolve() for d in dirs]
-    twice = sorted({str(d) for d, r in zip(dirs, real, strict=True) if real.count(r) > 1})
-    if twice:  # it would weigh double, silently
-        raise UserError(f"checkpoint given twice: {', '.join(twice)}")
     for d in dirs:
         if not (d / WEIGHTS).exists():
             raise UserError(f"{d}: no {WEIGHTS}")
+    # one checkpoint twice, by two paths or as a copy (a run's best/ is one of its steps, copied
+    # with its time): the same weights file size and modification time
+    stats = [(d / WEIGHTS).stat() for d in dirs]
+    keys = [(st.st_size, st.st_mtime_ns) for st in stats]
+    twice = sorted({str(d) for d, key in zip(dirs, keys, strict=True) if keys.count(key) > 1})
+    if twice:  # it would weigh double, silently
+        raise UserError(f"checkpoint given twice: {', '.join(twice)}")
     check_replaceable(args.out, dirs)
     check_same_model(dirs)
     average(dirs, Path(args.out))

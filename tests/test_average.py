@@ -47,6 +47,8 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
     b = checkpoint(run / "checkpoints" / "step-2", w=torch.ones(2))
     wide = checkpoint(tmp_path / "wide", w=torch.ones(3))  # another vocabulary, say
     renamed = checkpoint(tmp_path / "renamed", v=torch.ones(2))
+    again = tmp_path / "best"  # a copy of a, as train.py copies a step to best/
+    shutil.copytree(a, again, copy_function=shutil.copy2)
     other_run = tmp_path / "other_run"
     (other_run / "checkpoints").mkdir(parents=True)
     new = str(tmp_path / "new")
@@ -61,14 +63,17 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
         (["--run", run, "--checkpoints", a, "--out", new], "give either --run .* or --checkpoints"),
         (["--out", new], "give either --run .* or --checkpoints"),
         (["--run", other_run, "--out", new], "no checkpoints to average"),
+        (["--checkpoints", a, b, again, "--out", new], "checkpoint given twice: .*best, .*step-1"),
         (
-            ["--checkpoints", a, b, run / "checkpoints" / ".." / "checkpoints" / "step-1", "--out", new],
-            "checkpoint given twice: .*step-1",
+            ["--checkpoints", a, b, a.parent / ".." / "checkpoints" / "step-1", "--out", new],
+            "checkpoint given twice",
         ),
     ]:
         with pytest.raises(UserError, match=match):
             average.main([str(x) for x in argv])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other_run", "renamed", "run", "wide"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best", "other_run", "renamed", "run", "wide",
+    ]  # fmt: skip
     assert torch.equal(load_file(b / "model.safetensors")["w"], torch.ones(2))
 
 
@@ -93,7 +98,7 @@ def test_checkpoints_of_other_models_are_refused(tmp_path):
     a = make_checkpoint(tmp_path / "a", n_heads=2)
     heads = make_checkpoint(tmp_path / "heads", n_heads=4)  # the same shapes at d_model 16
     ids = tmp_path / "ids"
-    shutil.copytree(a, ids)
+    shutil.copytree(a, ids, copy_function=shutil.copy)  # new files, not a copy2 twin of a
     tok = json.loads((ids / "tokenizer.json").read_text())
     pieces = tok["model"]["vocab"]
     pieces[10], pieces[11] = pieces[11], pieces[10]  # two pieces swap ids
@@ -106,7 +111,7 @@ def test_checkpoints_of_other_models_are_refused(tmp_path):
     assert not out.exists()
     # a run's output_dir stands for its best checkpoint, as in translate.py
     run = tmp_path / "run"
-    shutil.copytree(a, run / "best")
+    shutil.copytree(a, run / "best", copy_function=shutil.copy)  # not a copy2 twin of a
     average.main(["--checkpoints", str(run), str(a), "--out", str(out)])
     assert load_file(out / "model.safetensors").keys() == load_file(a / "model.safetensors").keys()
 
