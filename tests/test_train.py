@@ -161,9 +161,14 @@ def test_the_logged_train_loss_is_per_target_token_and_survives_a_mid_log_resume
     resumed = train.Meter(acc, saved)
     resumed.add(torch.tensor(1.0), 60)
     assert resumed.mean_loss(acc) == pytest.approx(whole)
-    # every process restores the saved sums: over 3 processes the line still reads the mean
+    # 3 processes with the same history: saved as each one's share, restored on each
     three = SummingProcesses(device="cpu", n=3)
-    assert train.Meter(three, saved).mean_loss(three) == pytest.approx(3.5)
+    meter = train.Meter(three)
+    meter.add(torch.tensor(2.0), 10)
+    meter.add(torch.tensor(4.0), 30)
+    resumed = train.Meter(three, meter.state(three))
+    resumed.add(torch.tensor(1.0), 60)
+    assert resumed.mean_loss(three) == pytest.approx(whole)
     assert train.Meter(acc, {"loss": 9.0, "n": 3}).mean_loss(acc) == 0.0  # an older checkpoint
 
 
