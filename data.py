@@ -987,9 +987,9 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
             )
         log(f"lengths: tokens including </s>, tokenizer {name}")
     log("duplicates, overlap: exact match of whitespace-trimmed text")
-    log(f"length ratio: longer side / shorter side > {RATIO:g}")
+    log(f"length ratio: longer side / shorter side > {RATIO:g}, pairs with an empty side left out")
     # training drops such a pair as empty, and counts it so
-    log(f"length ratio, longer than {cfg.max_seq_length}: pairs with an empty side left out")
+    log(f"longer than {cfg.max_seq_length}: pairs with an empty side left out, as in training")
     for name, (spec, split) in splits.items():
         log(f"{name}: {spec}" + ("" if "{lang}" in spec or os.path.exists(spec) else f" [{split}]"))
     stats = {name: _split_stats(ds, tok, name) for name, ds in texts.items()}
