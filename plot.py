@@ -5,6 +5,7 @@ python plot.py runs/multi30k/metrics.jsonl runs/multi30k/curves.png
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from config import UserError, cli
@@ -17,10 +18,14 @@ def plot_metrics(metrics: str | Path, png: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        lines = Path(metrics).read_text().splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
+        lines = [line for line in Path(metrics).read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines[:-1]]
     except (OSError, ValueError) as e:
         raise UserError(f"{metrics}: cannot read the metrics ({e})") from None
+    try:
+        records += [json.loads(line) for line in lines[-1:]]
+    except ValueError:  # a run killed while writing it, or still writing: as train.py's resume
+        print(f"warning: {metrics}: its last line is cut short; left out", file=sys.stderr)
     if not all(isinstance(r, dict) and "step" in r for r in records):
         raise UserError(f"{metrics}: not a metrics.jsonl (every line a record with a step)")
     train = [r for r in records if "train_loss" in r]

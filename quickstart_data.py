@@ -51,6 +51,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from config import UserError, cli
+
 # Probabilities of the optional parts of a sentence.
 PRONOUN_SUBJECT_P = 0.3
 ADJECTIVE_P = 0.45  # per noun phrase
@@ -610,10 +612,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--valid", type=int, default=500, help="validation pairs")
     parser.add_argument("--test", type=int, default=1000, help="test pairs")
     args = parser.parse_args(argv)
-    counts = write_splits(args.out, args.seed, args.train, args.valid, args.test)
+    for name in ("train", "valid", "test"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0 (got {getattr(args, name)})")
+    try:
+        counts = write_splits(args.out, args.seed, args.train, args.valid, args.test)
+    except OSError as e:
+        raise UserError(f"cannot write {args.out} ({e.strerror})") from None
     print(f"wrote {counts['train']}/{counts['valid']}/{counts['test']} pairs to {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

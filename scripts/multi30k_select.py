@@ -38,7 +38,8 @@ PENALTIES = (0.6, 1.0, 1.4, 1.8, 2.2)
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", default="runs/multi30k")
+    p.add_argument("--run", help="the run to choose from (default runs/multi30k); with "
+                   "--ensemble, a new directory for the ensemble's results")  # fmt: skip
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--average", type=int, nargs="+", default=[5, 10], metavar="N",
                    help="average the newest N checkpoints, for each N (default: 5 10)")  # fmt: skip
@@ -53,6 +54,10 @@ def main():
         p.error("--average: N must be at least 1")
     if min(args.beams) < 2:
         p.error("--beams: K must be at least 2 (greedy is always tried)")
+    if args.ensemble and (not args.run or (Path(args.run) / "checkpoints").exists()):
+        # its results.json and hypotheses would replace a run's own
+        p.error("--ensemble needs --run: a directory of its own, not a training run's")
+    args.run = args.run or "runs/multi30k"
     settings = [{"beam": 1}] + [
         {"beam": k, "alpha": a} for k in sorted(set(args.beams)) for a in PENALTIES
     ]

@@ -559,3 +559,16 @@ def test_plot_writes_the_format_its_name_asks_for_or_one_line(tmp_path):
         with pytest.raises(UserError, match=f"^cannot write {target} \\({why}"):
             plot_metrics(metrics, target)
     assert not (tmp_path / "c.xyz").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_plot_of_a_run_cut_mid_line_leaves_out_its_last_line_only(tmp_path, capsys):
+    from plot import plot_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    whole = json.dumps({"step": 1, "train_loss": 5.0, "lr": 1e-4}) + "\n"
+    metrics.write_text(whole + '{"step": 2, "train_lo')  # killed while writing the second
+    plot_metrics(metrics, tmp_path / "c.png")
+    assert (tmp_path / "c.png").exists() and "last line is cut short" in capsys.readouterr().err
+    metrics.write_text('{"step": 2, "train_lo\n' + whole)  # not the last: not a metrics file
+    with pytest.raises(UserError, match="cannot read the metrics"):
+        plot_metrics(metrics, tmp_path / "d.png")
