@@ -170,6 +170,13 @@ class TrainConfig:
         ):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 bad.append(f"{key} must be > 0 or null (got {getattr(self, key)})")
+        if not 0 <= self.seed < 2**32:  # what the generators take (set_seed, numpy)
+            bad.append(f"seed must be in [0, 2**32) (got {self.seed})")
+        text = ("train_data", "valid_data", "test_data", "train_split", "valid_split",
+                "test_split", "src_lang", "tgt_lang", "output_dir", "tokenizer")  # fmt: skip
+        for key in text:  # "" would be the working directory, or no language at all
+            if isinstance(getattr(self, key), str) and not getattr(self, key).strip():
+                bad.append(f"{key} must not be empty")
         drops = ("dropout", "attn_dropout", "act_dropout", "word_dropout")
         for key in (*drops, "label_smoothing", "ema_decay"):
             if not 0 <= getattr(self, key) < 1:
@@ -304,6 +311,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise UserError(f"config file not found: {path}") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 ({e.reason})") from None
+        except OSError as e:  # a directory (a checkpoint's, not its config.json), no permission
+            raise UserError(f"cannot read config {path!r} ({e.strerror})") from None
         if not isinstance(values, dict):
             raise UserError(f"{path}: expected a JSON object of settings")
     values.update(overrides or {})
@@ -315,6 +326,15 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             f"unknown config key{'s' if len(unknown) > 1 else ''}{where}: " + ", ".join(unknown)
         )
     return TrainConfig(**values)
+
+
+def _number(text: str) -> int | float | None:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None
 
 
 def parse_overrides(args: list[str]) -> dict:
@@ -339,8 +359,9 @@ def parse_overrides(args: list[str]) -> dict:
             value, i = args[i + 1], i + 1
         try:
             parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
+        except json.JSONDecodeError:  # Python's numbers too (.001, 1., +1e-3), not JSON's
+            parsed = _number(value)
+            parsed = value if parsed is None else parsed
         # "--output_dir 2024" is a path, not a number
         str_field = str in _allowed_types(TrainConfig.__dataclass_fields__[key].type)
         out[key] = (

@@ -504,7 +504,15 @@ def train_tokenizer(texts, kind: str, vocab_size: int):
     )
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(texts, trainer=trainer)
+    try:
+        tok.train_from_iterator(texts, trainer=trainer)
+    except Exception as e:  # tokenizers raises a bare Exception
+        if "not large enough" not in str(e):
+            raise
+        raise UserError(
+            f"tokenizer vocab_size {vocab_size} is too small to hold every character of the "
+            "training text (a Unigram model must): raise it"
+        ) from None
     if kind == "unigram":
         tok.model = canonical_unigram(tok, specials)
     eos = tok.token_to_id("</s>")

@@ -673,7 +673,11 @@ def start_ema(model, accelerator, cfg: TrainConfig, ckpt: Path | None, log) -> E
     """The moving average, from the checkpoint resumed (called after restore: a checkpoint
     without one starts it from the resumed weights)."""
     ema = EMA(model, cfg.ema_decay)
-    path = ema_file(ckpt, accelerator) if ckpt else None
+    path = None
+    if ckpt and accelerator.distributed_type == DistributedType.FSDP:
+        path = ema_file(ckpt, accelerator)  # this process's own shards
+    elif ckpt:  # every process holds the same whole average: rank 0's file serves all (a run
+        path = ckpt / "state" / "ema_0.pt"  # resumed with more processes has none for the new)
     if path and path.exists():
         try:
             ema.load(path)

@@ -219,6 +219,35 @@ def test_config_file_must_hold_an_object(tmp_path):
         load_config(path)
 
 
+def test_a_config_that_is_not_a_readable_file_is_one_line(tmp_path):
+    (tmp_path / "latin1.json").write_bytes(b'{"output_dir": "runs/\xe9t\xe9"}')
+    with pytest.raises(UserError, match=r"latin1\.json: not UTF-8"):
+        load_config(tmp_path / "latin1.json")
+    with pytest.raises(UserError, match=r"cannot read config .* \(Is a directory\)"):
+        load_config(tmp_path)  # a checkpoint's directory, not its config.json
+
+
+@pytest.mark.parametrize(
+    "key", ["output_dir", "train_data", "src_lang", "valid_split", "tokenizer"]
+)
+def test_empty_text_settings_are_refused(key):
+    # --output_dir "$UNSET" would train into the working directory over its config.json
+    with pytest.raises(UserError, match=f"{key} must not be empty"):
+        from_cli(f"--{key}", "")
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_must_suit_the_generators(seed):
+    with pytest.raises(UserError, match=r"seed must be in \[0, 2\*\*32\)"):
+        from_cli("--seed", seed)
+
+
+def test_python_number_forms_are_numbers():
+    assert from_cli("--learning_rate", ".001").learning_rate == 0.001
+    assert from_cli("--max_minutes", "+1e1").max_minutes == 10.0
+    assert from_cli("--output_dir", ".5").output_dir == ".5"  # a path stays a path
+
+
 def test_json_round_trip(tmp_path):
     cfg = TrainConfig(
         epochs=3, learning_rate=1e-3, model_dim=64, num_heads=4, max_tokens=None,

@@ -64,6 +64,11 @@ def test_trained_tokenizers_collapse_whitespace_and_read_written_specials_as_wor
         assert not {ids.pad, ids.eos, ids.start} & set(seq[:-1])
 
 
+def test_a_unigram_vocabulary_smaller_than_the_alphabet_is_one_line():
+    with pytest.raises(UserError, match="vocab_size 10 is too small to hold every character"):
+        train_tokenizer(iter(SENTENCES), "unigram", 10)
+
+
 def write_lines(path, lines: list[str], newline: str = "\n"):
     data = "".join(line + newline for line in lines).encode("utf-8")
     path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
