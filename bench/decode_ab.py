@@ -37,9 +37,13 @@ def load(repo: Path) -> dict:
     sys.path.insert(0, str(repo))
     try:
         names = ("translate", "checkpoint", "cpu_memory", "bench.benchmark", "bench.mkl_packed")
-        return {n.split(".")[-1]: importlib.import_module(n) for n in names}
+        modules = {n.split(".")[-1]: importlib.import_module(n) for n in names}
     finally:
         sys.path[:] = path
+    for name, module in modules.items():  # not this checkout's, found further down sys.path
+        if not Path(module.__file__).resolve().is_relative_to(repo.resolve()):
+            sys.exit(f"{repo}: no {name} of its own (imported {module.__file__})")
+    return modules
 
 
 def tasks(side: dict, checkpoint: str | None, lines: list[str]) -> dict:

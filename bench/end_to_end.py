@@ -47,7 +47,11 @@ def run_ours(minutes: float, out: Path) -> dict:
     cmd += ["--output_dir", str(out), "--log_with", "null", "--keep_last", "1"]
     cmd += ["--fit_steps_to_time", "false"]
     t0 = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    if done.returncode:
+        sys.exit(f"train.py failed:\n{done.stderr[-2000:]}")
     wall = time.time() - t0
     state = json.loads((out / "last" / "trainer_state.json").read_text())
     return {
@@ -61,7 +65,9 @@ def run_ours(minutes: float, out: Path) -> dict:
 def run_hf(minutes: float, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--hf_worker", str(out), "--minutes", str(minutes)]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"the Seq2SeqTrainer worker failed:\n{proc.stderr[-2000:]}")
     wall = time.time() - t0
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": wall}
 

@@ -28,8 +28,20 @@ def train(out: Path, steps: int, threads: int, seed: int, extra: list[str]) -> s
            *extra]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(log(out), "w")
+    )  # a file, not a pipe: a pipe nobody reads while the other run trains would fill and stall
+
+
+def log(out: Path) -> Path:
+    return out.with_name(out.name + ".log")
+
+
+def failed(runs: dict) -> str | None:
+    """Wait for every run {out: process} (none left training into a directory being deleted);
+    the end of the first failure's stderr, if any."""
+    codes = {out: proc.wait() for out, proc in runs.items()}
+    bad = [out for out, code in codes.items() if code]
+    return log(bad[0]).read_text()[-2000:] if bad else None
 
 
 def tokens_per_s(out: Path, steps: int) -> float:
@@ -45,12 +57,13 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             one = Path(tmp, f"one{r}")
-            if train(one, args.steps, 2, 1234, extra).wait():
-                sys.exit("the two-thread run failed")
+            if err := failed({one: train(one, args.steps, 2, 1234, extra)}):
+                sys.exit(f"the two-thread run failed:\n{err}")
             pair = [Path(tmp, f"pair{r}_{m}") for m in "ab"]
-            procs = [train(out, args.steps, 1, s, extra) for out, s in zip(pair, (1234, 2))]
-            if any(proc.wait() for proc in procs):
-                sys.exit("a one-thread run failed")
+            if err := failed(
+                {out: train(out, args.steps, 1, s, extra) for out, s in zip(pair, (1234, 2))}
+            ):
+                sys.exit(f"a one-thread run failed:\n{err}")
             a, b, o = (tokens_per_s(out, args.steps) for out in (*pair, one))
             print(
                 f"round {r + 1}: one run, 2 threads {o:,.0f} tokens/s; two runs, 1 thread "

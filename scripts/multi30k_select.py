@@ -103,8 +103,9 @@ def main():
         "test_lowercased": lower,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    # each written aside and renamed, both only once scored: never a new one beside an old one
-    with open_output(run / "test_2016_flickr.hyp.de") as f, open_output(run / "results.json") as j:
+    # each written aside and renamed once scored, the hypotheses first, results.json last (a
+    # kill between the two renames leaves new hypotheses beside the old results)
+    with open_output(run / "results.json") as j, open_output(run / "test_2016_flickr.hyp.de") as f:
         f.writelines(h + "\n" for h in hyps)
         j.write(json.dumps(report, indent=2) + "\n")
     print(f"chosen on val: {chosen}")

@@ -10,6 +10,7 @@ takes a few minutes).
 """
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -40,14 +41,21 @@ def command(tmp: Path, out: Path, steps: int) -> list[str]:
     ]  # fmt: skip
 
 
-def progress(out: Path, partial: bool = False) -> int:
-    """Newest checkpoint step in out/checkpoints (with partial: counting ones being written)."""
+def progress(out: Path, partial: bool = False, stale: frozenset = frozenset()) -> int:
+    """Newest checkpoint step in out/checkpoints (with partial: counting ones being written,
+    but not the `stale` ones a kill left, which the resumed run sweeps at its first save)."""
     steps = [0]
     for p in (out / "checkpoints").glob("step-*"):
         number = p.name.split("-")[1].removesuffix(".tmp")
-        if number.isdigit() and (partial or not p.name.endswith(".tmp")):
+        if p.name in stale or not number.isdigit():
+            continue
+        if partial or not p.name.endswith(".tmp"):
             steps.append(int(number))
     return max(steps)
+
+
+def writing(out: Path) -> frozenset:
+    return frozenset(p.name for p in (out / "checkpoints").glob("*.tmp"))
 
 
 def main():
@@ -63,17 +71,22 @@ def main():
     train_tokenizer([texts[0] + texts[1]], "unigram", 150).save_pretrained(tmp / "tok")
 
     t0 = time.time()
-    subprocess.run(
-        command(tmp, tmp / "clean", args.steps), cwd=ROOT, env=ENV, check=True, capture_output=True
+    clean = subprocess.run(
+        command(tmp, tmp / "clean", args.steps), cwd=ROOT, env=ENV, capture_output=True, text=True
     )
+    if clean.returncode != 0:
+        sys.exit(f"the uninterrupted run failed:\n{clean.stderr[-2000:]}")
     clean_seconds = time.time() - t0
-    print(f"uninterrupted run: {args.steps} steps in {clean_seconds:.1f} s", flush=True)
+    # the run may end before --steps (the config's 4 epochs): kills aim below its real end
+    final = json.loads((tmp / "clean/last/trainer_state.json").read_text())["step"]
+    print(f"uninterrupted run: {final} steps in {clean_seconds:.1f} s", flush=True)
 
     out, kills, resume = tmp / "killed", 0, []
-    # N distinct moments spread over the run (steps 1 .. steps-1), one kill at each
-    targets = sorted(rng.sample(range(1, args.steps), min(args.kills, args.steps - 1)))
+    # N distinct moments spread over the run (steps 1 .. final-1), one kill at each
+    targets = sorted(rng.sample(range(1, final), min(args.kills, final - 1)))
     args.kills = len(targets)
     while True:
+        stale = writing(out) if out.exists() else frozenset()
         proc = subprocess.Popen(
             command(tmp, out, args.steps) + resume,
             cwd=ROOT,
@@ -86,7 +99,7 @@ def main():
         if kills < args.kills:
             # kill a little after checkpoint `target` begins to be written: often mid-write
             target = targets[kills]
-            while progress(out, partial=True) < target and proc.poll() is None:
+            while progress(out, partial=True, stale=stale) < target and proc.poll() is None:
                 time.sleep(0.01)
             # within about one step: a tiny step takes ~10 ms here with freed memory kept, and
             # 0.3 s (as this script first waited) carried most kills past the epoch's last step
@@ -95,8 +108,7 @@ def main():
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
-                writing = any(p.name.endswith(".tmp") for p in (out / "checkpoints").glob("*"))
-                during = ", killed during a checkpoint write" if writing else ""
+                during = ", killed during a checkpoint write" if writing(out) - stale else ""
                 print(
                     f"kill {kills:2d}: aimed at step {target}, last complete checkpoint "
                     f"step {progress(out)}{during}",
