@@ -22,9 +22,10 @@ from pathlib import Path
 from sacrebleu.metrics import BLEU, CHRF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from multi30k_select import aligned  # noqa: E402 (this directory: first on sys.path)
+
 from checkpoint import load_model  # noqa: E402
 from config import cli  # noqa: E402
-from data import read_lines  # noqa: E402
 from evaluate import score  # noqa: E402
 from translate import translate_nbest  # noqa: E402
 
@@ -57,18 +58,18 @@ def main():
     if args.beam < 2:
         p.error("--beam: at least 2 hypotheses are needed to rerank")
     model, tok, ids, cfg = load_model(args.checkpoint)
-    src, ref = read_lines(f"{args.data}/val.en.gz"), read_lines(f"{args.data}/val.de.gz")
+    src, ref = aligned(f"{args.data}/val.en.gz", f"{args.data}/val.de.gz")
     found = translate_nbest(
         model, tok, ids, src, 64, cfg.max_seq_length,
         beam=args.beam, alpha=args.length_penalty, nbest=args.beam,
     )  # fmt: skip
-    settings = {"top hypothesis": [f[0][0] for f in found]}
+    settings = {"top hypothesis": [f[0][0] if f else "" for f in found]}  # "": an empty line
     metrics = {"bleu": BLEU(effective_order=True), "chrf": CHRF()}
     for name, metric in metrics.items():
         utility = sentence_utility(metric)
         for temperature in (None, 0.5, 1.0, 2.0):
             for k in sorted({min(5, args.beam), args.beam}):
-                hyps = [mbr_pick(f, utility, k, temperature) for f in found]
+                hyps = [mbr_pick(f, utility, k, temperature) if f else "" for f in found]
                 settings[f"MBR {name} T {temperature} first {k}"] = hyps
     # Choosing the best of many settings on val flatters it: choose on one half, score the other.
     n = len(ref)
