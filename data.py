@@ -112,6 +112,14 @@ def read_lines(path: str) -> list[str]:
 _read_lines = read_lines  # the name translate.py and evaluate.py import
 
 
+def read_aligned(src: str, ref: str) -> tuple[list[str], list[str]]:
+    """The lines of two files that must pair up line by line (sources and references)."""
+    a, b = read_lines(src), read_lines(ref)
+    if len(a) != len(b):
+        raise UserError(f"misaligned files: {src} has {len(a)} lines, {ref} has {len(b)}")
+    return a, b
+
+
 def _require_content(path: str) -> None:
     if not os.path.exists(path):
         raise UserError(f"data file not found: {path}")

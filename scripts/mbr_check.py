@@ -22,10 +22,9 @@ from pathlib import Path
 from sacrebleu.metrics import BLEU, CHRF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from multi30k_select import aligned  # noqa: E402 (this directory: first on sys.path)
-
 from checkpoint import load_model  # noqa: E402
 from config import cli  # noqa: E402
+from data import read_aligned  # noqa: E402
 from evaluate import score  # noqa: E402
 from translate import translate_nbest  # noqa: E402
 
@@ -58,7 +57,7 @@ def main():
     if args.beam < 2:
         p.error("--beam: at least 2 hypotheses are needed to rerank")
     model, tok, ids, cfg = load_model(args.checkpoint)
-    src, ref = aligned(f"{args.data}/val.en.gz", f"{args.data}/val.de.gz")
+    src, ref = read_aligned(f"{args.data}/val.en.gz", f"{args.data}/val.de.gz")
     found = translate_nbest(
         model, tok, ids, src, 64, cfg.max_seq_length,
         beam=args.beam, alpha=args.length_penalty, nbest=args.beam,

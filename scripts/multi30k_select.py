@@ -27,7 +27,7 @@ from average import average  # noqa: E402
 from checkpoint import load_model, step_dirs  # noqa: E402
 from config import UserError, cli  # noqa: E402
 from cpu_memory import keep_freed_memory  # noqa: E402
-from data import read_lines  # noqa: E402
+from data import read_aligned  # noqa: E402
 from ensemble import load_models  # noqa: E402
 from evaluate import score  # noqa: E402
 from translate import open_output, translate_texts  # noqa: E402
@@ -65,8 +65,10 @@ def main():
     run, data = Path(args.run), Path(args.data)
     # all four files read and checked before any decoding (test's are not used until the
     # setting is chosen), so a missing or misaligned one fails now, not after the val sweep
-    val_src, val_ref = aligned(f"{data}/val.en.gz", f"{data}/val.de.gz")
-    test_src, test_ref = aligned(f"{data}/test_2016_flickr.en.gz", f"{data}/test_2016_flickr.de.gz")
+    val_src, val_ref = read_aligned(f"{data}/val.en.gz", f"{data}/val.de.gz")
+    test_src, test_ref = read_aligned(
+        f"{data}/test_2016_flickr.en.gz", f"{data}/test_2016_flickr.de.gz"
+    )
     if args.ensemble:
         run.mkdir(parents=True, exist_ok=True)
         loaded = {"ensemble": load_models(args.ensemble)}
@@ -112,13 +114,6 @@ def main():
     print(f"test_2016_flickr BLEU lowercased {lower['bleu']:.2f} ({lower['bleu_signature']})")
     print(f"test_2016_flickr BLEU cased      {cased['bleu']:.2f} ({cased['bleu_signature']})")
     print(f"test_2016_flickr chrF cased      {cased['chrf']:.2f} ({cased['chrf_signature']})")
-
-
-def aligned(src: str, ref: str) -> tuple[list[str], list[str]]:
-    a, b = read_lines(src), read_lines(ref)
-    if len(a) != len(b):
-        raise UserError(f"misaligned files: {src} has {len(a)} lines, {ref} has {len(b)}")
-    return a, b
 
 
 if __name__ == "__main__":
