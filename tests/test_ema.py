@@ -1,8 +1,13 @@
 """The moving average of the weights (ema_decay): its update, the swap, its state for --resume."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from accelerate.utils import DistributedType
 
+import train
+from config import TrainConfig
 from ema import EMA
 
 
@@ -39,13 +44,19 @@ def test_swapped_shows_the_average_then_restores_the_trained_weights_even_on_err
     assert torch.equal(model.weight, trained)
 
 
-def test_save_and_load_round_trip_and_refuse_other_shapes(tmp_path):
+def saved_average(path):
+    """A model, and the average of its weights after one update, saved at `path`."""
     model = torch.nn.Linear(3, 2)
     ema = EMA(model, 0.9)
     with torch.no_grad():
         model.weight.add_(1.0)
     ema.update(model)
-    ema.save(tmp_path / "ema.pt")
+    ema.save(path)
+    return model, ema
+
+
+def test_save_and_load_round_trip_and_refuse_other_shapes(tmp_path):
+    model, ema = saved_average(tmp_path / "ema.pt")
     other = EMA(model, 0.9)  # fresh: the current weights
     other.load(tmp_path / "ema.pt")
     assert other.updates == 1
@@ -60,3 +71,12 @@ def test_a_failed_write_is_an_oserror(tmp_path):
     # intact"; torch.save itself would raise a RuntimeError
     with pytest.raises(OSError):
         EMA(torch.nn.Linear(3, 2), 0.9).save(tmp_path / "missing" / "ema.pt")
+
+
+def test_without_fsdp_every_process_resumes_rank_0s_moving_average(tmp_path):
+    # a run saved by one process and resumed by two: the new rank has no file of its own
+    (tmp_path / "state").mkdir()
+    model, saved = saved_average(tmp_path / "state" / "ema_0.pt")
+    rank1 = SimpleNamespace(process_index=1, distributed_type=DistributedType.MULTI_CPU)
+    ema = train.start_ema(model, rank1, TrainConfig(ema_decay=0.9), tmp_path, pytest.fail)
+    assert ema.updates == 1 and torch.equal(ema.shadow[0], saved.shadow[0])

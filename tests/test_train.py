@@ -964,24 +964,6 @@ def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, single_proces
     assert (out / "last").resolve() == out / "checkpoints" / "step-00000006"
 
 
-def test_without_fsdp_every_process_resumes_rank_0s_moving_average(tmp_path):
-    # a run saved by one process and resumed by two: the new rank has no file of its own
-    from accelerate.utils import DistributedType
-
-    from ema import EMA
-
-    model = torch.nn.Linear(3, 2)
-    saved = EMA(model, 0.9)
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    saved.update(model)
-    (tmp_path / "state").mkdir()
-    saved.save(tmp_path / "state" / "ema_0.pt")
-    rank1 = SimpleNamespace(process_index=1, distributed_type=DistributedType.MULTI_CPU)
-    ema = train.start_ema(model, rank1, TrainConfig(ema_decay=0.9), tmp_path, pytest.fail)
-    assert ema.updates == 1 and torch.equal(ema.shadow[0], saved.shadow[0])
-
-
 def test_a_checkpoint_with_non_finite_weights_is_not_kept(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
