@@ -508,9 +508,18 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
             shutil.rmtree(out / "subword", ignore_errors=True)
         metrics = out / "metrics.jsonl"
         kept, broken = [], 0
+        # a validation at the checkpoint's own step is kept only if the checkpoint holds it (a
+        # step saved by save_every just before its epoch's end is validated again on resume)
+        validated = state.get("validated_step", state["step"])
         for line in metrics.read_text().splitlines() if ckpt and metrics.exists() else []:
             try:
-                if json.loads(line)["step"] <= state["step"]:
+                record = json.loads(line)
+                at = record["step"]
+                if (
+                    at < state["step"]
+                    or at == state["step"]
+                    and ("valid_loss" not in record or validated == at)
+                ):
                     kept.append(line + "\n")
             except (ValueError, TypeError, KeyError):
                 broken += 1  # a record cut short when the run was killed while writing it
@@ -620,7 +629,7 @@ def main(argv=None):
     if accelerator.is_main_process:
         cfg.save(out / "config.json")
     if cfg.log_with:
-        project, kwargs = tracker_names(cfg.log_with, out)
+        project, kwargs = tracker_names(cfg.log_with, out, state["step"])
         accelerator.init_trackers(
             project,
             {
@@ -650,12 +659,13 @@ def fsdp_plugin(cfg: TrainConfig):
     )
 
 
-def tracker_names(log_with: str, out: Path) -> tuple[str, dict]:
+def tracker_names(log_with: str, out: Path, step: int = 0) -> tuple[str, dict]:
     """accelerate's project_name is TensorBoard's folder in output_dir, but wandb's project and
     mlflow's experiment: there, one project for all runs (WANDB_PROJECT if set, as with
-    transformers' Trainer), each run named after its output_dir."""
+    transformers' Trainer), each run named after its output_dir. Resumed at `step`,
+    TensorBoard drops what the interrupted run logged after it (as metrics.jsonl does)."""
     if log_with == "tensorboard":
-        return "tensorboard", {}
+        return "tensorboard", {"tensorboard": {"purge_step": step + 1}} if step else {}
     run_name = out.resolve().name
     project = os.environ.get("WANDB_PROJECT", "transformer-mt")
     return project, {"wandb": {"name": run_name}, "mlflow": {"run_name": run_name}}
@@ -713,20 +723,21 @@ def resume_plan(cfg: TrainConfig, state: dict, log) -> TrainConfig:
 
 
 def new_learning_rate(scheduler, lr: float, step: int, log) -> None:
-    """A resumed scheduler restores the rate it was built with (base_lrs); a learning_rate
-    changed for the resume wins, as the run's config.json then says (fairseq's --lr on a
-    restore too). The schedule goes on where it was, scaled: lr × its multiplier at this step."""
+    """A resumed scheduler restores the rate it was built with (base_lrs), and the optimizer
+    the rate the old schedule gave the next step. This run's wins: a learning_rate changed for
+    the resume, as the run's config.json then says (fairseq's --lr on a restore too), and its
+    max_steps / cooldown_steps (the schedule's shape) from the very next step on: lr × this
+    run's multiplier at this step."""
     saved = scheduler.base_lrs[0]
-    if lr == saved:
-        return
     scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
     scheduler._last_lr = [lr * f(scheduler.last_epoch) for f in scheduler.lr_lambdas]
     for group, now in zip(scheduler.optimizer.param_groups, scheduler._last_lr):
         group["initial_lr"], group["lr"] = lr, now  # the next step's rate
-    log(
-        f"learning_rate {lr:g} ({saved:g} before the resume): the schedule goes on from step "
-        f"{step} at the new rate"
-    )
+    if lr != saved:
+        log(
+            f"learning_rate {lr:g} ({saved:g} before the resume): the schedule goes on from "
+            f"step {step} at the new rate"
+        )
 
 
 def distribution(accelerator) -> str:
@@ -741,8 +752,8 @@ def distribution(accelerator) -> str:
 def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> None:
     cfg, ids, stop = run["cfg"], run["ids"], StopSignal()
     done, started = False, time.time() - state.get("train_seconds", 0.0)
-    if cfg.max_steps and state["step"] >= cfg.max_steps:  # resumed a run that was complete
-        run["log"](f"already at max_steps ({cfg.max_steps}); nothing to do")
+    if why := finished(cfg, state):  # resumed a run that was complete
+        run["log"](f"{why}; nothing to do")
         return
     for epoch in range(state["epoch"], cfg.epochs):
         batches, weights = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
@@ -771,8 +782,10 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             if not accelerator.sync_gradients:
                 continue
             if not finite:
+                meter.drop()  # the skipped step's loss is not logged (NaN would be)
                 check_bad_step(state, cfg, run["log"])
                 continue
+            meter.commit()
             state["bad_steps"] = 0
             scheduler.step()
             state["step"] += 1
@@ -782,19 +795,21 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                 log_train(accelerator, bar, meter, scheduler, state, epoch, run)
                 cfg = fit_to_pace(accelerator, run, state, epochs_end(run, state, epoch, steps))
             done = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time(
-                accelerator, state["step"], cfg, started
+                accelerator, state["step"], cfg, state["train_seconds"]
             )
+            if done:  # before a stop request: the run's end validates and saves anyway
+                break
             if stop.agreed(accelerator, state["step"], cfg.log_every):
                 save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
                 run["log"](f"stopped by signal at step {state['step']}; continue with --resume")
                 return
-            if done:
-                break
             if cfg.save_every and state["step"] % cfg.save_every == 0:
                 save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
         bar.close()
         if state["batch_in_epoch"] >= len(batches):
             state.update(epoch=epoch + 1, batch_in_epoch=0)
+        else:  # stopped inside the epoch: a resume with a larger budget logs on from here
+            state["meter"] = meter.state(accelerator)
         if end_of_epoch(model, accelerator, run, state, epoch) or done:
             break
     seconds = time.time() - started
@@ -803,6 +818,18 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         f"{state['target_tokens'] / 1e6:.2f}M target tokens in {seconds / 60:.1f} min, "
         f"{state['target_tokens'] / seconds:.0f} tokens/s end to end (with validation and saves)"
     )
+
+
+def finished(cfg: TrainConfig, state: dict) -> str | None:
+    """Why a resumed run has nothing left to do, if so (a limit raised for the resume lets it
+    go on)."""
+    if cfg.max_steps and state["step"] >= cfg.max_steps:
+        return f"already at max_steps ({cfg.max_steps})"
+    if cfg.max_minutes and state.get("train_seconds", 0.0) >= 60 * cfg.max_minutes:
+        return f"already trained max_minutes ({cfg.max_minutes})"
+    if cfg.patience and state["bad_evals"] >= cfg.patience:
+        return f"early stopping ended this run (patience {cfg.patience})"
+    return None
 
 
 def optimizer_step(model, optimizer, accelerator, run: dict) -> bool:
@@ -866,7 +893,7 @@ def check_same_batching(run: dict, state: dict, accelerator) -> None:
 
 def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
     """Validate, log, save last (and best); True if early stopping says to stop."""
-    cfg = run["cfg"]
+    cfg, began = run["cfg"], time.time()
     with averaged(run, model):
         metrics = evaluate(model, accelerator, run) if run["valid"] else {}
     score = metrics.get("valid_bleu") if cfg.best_metric == "bleu" else None
@@ -882,6 +909,9 @@ def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
         + (" (best)" if is_best else "")
     )
     write_metrics(accelerator, {"epoch": epoch + 1, "step": state["step"], **metrics}, run)
+    # the validation counts in the run's time, as it would for a run not resumed from here
+    state["train_seconds"] = state.get("train_seconds", 0.0) + time.time() - began
+    state["validated_step"] = state["step"]
     save(accelerator, model, run, state, best=is_best or not run["valid"])
     if cfg.patience and state["bad_evals"] >= cfg.patience:
         run["log"](f"early stopping: no improvement in {cfg.patience} validations")
@@ -972,13 +1002,12 @@ def check_pace(run: dict, state: dict, last_step: int | None = None) -> None:
     )
 
 
-def out_of_time(accelerator, step: int, cfg: TrainConfig, started: float) -> bool:
-    """max_minutes reached? Processes decide together, every log_every steps."""
+def out_of_time(accelerator, step: int, cfg: TrainConfig, seconds: float) -> bool:
+    """max_minutes reached (by the run's training time, as saved: a resume sees the same)?
+    Processes decide together, every log_every steps."""
     if not cfg.max_minutes or step % cfg.log_every:
         return False
-    late = torch.tensor(
-        float(time.time() - started > 60 * cfg.max_minutes), device=accelerator.device
-    )
+    late = torch.tensor(float(seconds > 60 * cfg.max_minutes), device=accelerator.device)
     return bool(accelerator.reduce(late, "sum") > 0)
 
 
@@ -993,6 +1022,7 @@ class Meter:
             saved = {"loss": 0.0, "counted": 0.0}
         self.loss = torch.tensor(saved["loss"], device=accelerator.device)  # sum of loss × tokens
         self.counted, self.tokens, self.t0 = saved["counted"], 0, time.time()
+        self.drop()
 
     def state(self, accelerator) -> dict:
         """Collective (a checkpoint is): the sums averaged over processes; each process
@@ -1002,8 +1032,18 @@ class Meter:
         return {"loss": loss, "counted": counted}
 
     def add(self, loss, tokens: int):
-        self.loss += loss.detach().float() * tokens
-        self.counted, self.tokens = self.counted + tokens, self.tokens + tokens
+        """A batch of the step under way: counted once the step is known to be finite."""
+        self.pending = self.pending + loss.detach().float() * tokens
+        self.pending_counted += tokens
+        self.tokens += tokens
+
+    def commit(self):
+        self.loss += self.pending
+        self.counted += self.pending_counted
+        self.drop()
+
+    def drop(self):
+        self.pending, self.pending_counted = 0.0, 0
 
     def mean_loss(self, accelerator) -> float:
         """Collective: the loss per target token over every process since the last log."""

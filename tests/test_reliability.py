@@ -2,6 +2,7 @@
 
 import errno
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -57,15 +58,32 @@ def nan_on_calls(monkeypatch, bad_calls):
 def test_nan_steps_are_skipped_and_counted(corpus, tmp_path, monkeypatch, in_process, capsys):
     nan_on_calls(monkeypatch, {3, 4})
     in_process(
-        argv(corpus, tmp_path / "run", "--max_steps", 6, "--max_bad_steps", 3, "--ema_decay", 0.5)
-    )
+        argv(corpus, tmp_path / "run", "--max_steps", 6, "--max_bad_steps", 3, "--ema_decay", 0.5,
+             "--log_every", 1)
+    )  # fmt: skip
     state = json.loads((tmp_path / "run/last/trainer_state.json").read_text())
     assert state["step"] == 6 and state["skipped_steps"] == 2
+    # the skipped steps' losses are not logged: every line is a finite number
+    logged = [
+        json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    assert [math.isfinite(r["train_loss"]) for r in logged if "train_loss" in r] == [True] * 6
     # a skipped step does not move the moving average either
     assert torch.load(tmp_path / "run/last/state/ema_0.pt", weights_only=True)["updates"] == 6
     assert "non-finite gradient, step skipped" in capsys.readouterr().out
     for name, w in load_file(tmp_path / "run/last/model.safetensors").items():
         assert torch.isfinite(w).all(), name
+
+
+def test_a_stop_request_at_the_last_step_still_validates(corpus, tmp_path, monkeypatch, in_process):
+    # SIGTERM during the step that reaches max_steps: the run's end validates and saves, as
+    # without it (a resume would find the run complete and never validate it)
+    monkeypatch.setattr(train.StopSignal, "agreed", lambda self, acc, step, every: step == 2)
+    in_process(argv(corpus, tmp_path / "run", "--max_steps", 2))
+    logged = [
+        json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in logged if "valid_loss" in r] == [2]
 
 
 def test_too_many_nan_steps_stop_with_a_clear_message(corpus, tmp_path, monkeypatch, in_process):

@@ -153,21 +153,28 @@ def test_the_logged_train_loss_is_per_target_token_and_survives_a_mid_log_resume
     acc = SummingProcesses(device="cpu", n=1)
     meter = train.Meter(acc)
     meter.add(torch.tensor(2.0), 10)
-    meter.add(torch.tensor(4.0), 30)
+    meter.add(torch.tensor(4.0), 30)  # one step of two batches
+    meter.commit()
+    meter.add(torch.tensor(float("nan")), 50)  # a step skipped as non-finite: not counted
+    meter.drop()
     saved = meter.state(acc)  # a checkpoint between the two halves of one log window
     meter.add(torch.tensor(1.0), 60)
+    meter.commit()
     whole = (2 * 10 + 4 * 30 + 1 * 60) / 100  # 2.0; the mean of the three means would be 2.33
     assert meter.mean_loss(acc) == pytest.approx(whole)
     resumed = train.Meter(acc, saved)
     resumed.add(torch.tensor(1.0), 60)
+    resumed.commit()
     assert resumed.mean_loss(acc) == pytest.approx(whole)
     # 3 processes with the same history: saved as each one's share, restored on each
     three = SummingProcesses(device="cpu", n=3)
     meter = train.Meter(three)
     meter.add(torch.tensor(2.0), 10)
     meter.add(torch.tensor(4.0), 30)
+    meter.commit()
     resumed = train.Meter(three, meter.state(three))
     resumed.add(torch.tensor(1.0), 60)
+    resumed.commit()
     assert resumed.mean_loss(three) == pytest.approx(whole)
     assert train.Meter(acc, {"loss": 9.0, "n": 3}).mean_loss(acc) == 0.0  # an older checkpoint
 
@@ -196,6 +203,34 @@ def test_best_and_early_stopping_follow_best_metric(monkeypatch, metric, best, s
         returned.append(train.end_of_epoch(None, None, run, state, len(returned)))
     assert saved == best and returned == stops
     assert state["best"] == (-1.0 if metric == "loss" else 12.0)
+
+
+def test_the_epoch_ends_validation_counts_in_the_training_time(monkeypatch):
+    # saved with the checkpoint, a resume starts its clock from it: max_minutes and the
+    # end-to-end speed must see the validation as an uninterrupted run does
+    monkeypatch.setattr(train, "evaluate", lambda *_: {"valid_loss": 1.0})
+    monkeypatch.setattr(train, "write_metrics", lambda *_: None)
+    monkeypatch.setattr(train, "save", lambda *a, best: None)
+    clock = iter([1000.0, 1030.0])  # validation took 30 s
+    monkeypatch.setattr(train.time, "time", lambda: next(clock))
+    state = {"best": None, "bad_evals": 0, "step": 5, "train_seconds": 60.0}
+    run = {"cfg": TrainConfig(best_metric="loss"), "valid": object(), "log": lambda _: None}
+    train.end_of_epoch(None, None, run, state, 0)
+    assert state["train_seconds"] == 90.0
+
+
+def test_a_resumed_run_that_a_limit_ended_has_nothing_to_do():
+    state = {"step": 80, "train_seconds": 121.0, "bad_evals": 2}
+    assert train.finished(TrainConfig(max_steps=80), state) == "already at max_steps (80)"
+    assert train.finished(TrainConfig(max_minutes=2.0), state) == (
+        "already trained max_minutes (2.0)"
+    )
+    assert train.finished(TrainConfig(patience=2), state) == (
+        "early stopping ended this run (patience 2)"
+    )
+    # each limit raised for the resume lets the run go on
+    for raised in (dict(max_steps=90), dict(max_minutes=3.0), dict(patience=3)):
+        assert train.finished(TrainConfig(**raised), state) is None
 
 
 def test_validation_loss_is_per_target_token_over_every_batch_and_process(monkeypatch):
@@ -282,9 +317,35 @@ def test_resume_with_another_learning_rate_goes_on_with_it(schedule):
     assert len(lines) == 1 and opt3.param_groups[0]["lr"] == pytest.approx(0.004 * factor[0])
 
 
+def test_resume_with_another_max_steps_goes_on_with_its_schedule():
+    # linear decay to 0 at step 10, resumed at 10 with max_steps 20: step 11's rate is that of
+    # a 20-step schedule at step 10, not the old schedule's 0
+    from transformers import get_scheduler
+
+    def built(max_steps):
+        opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=0.001)
+        return opt, get_scheduler("linear", opt, 2, max_steps)
+
+    opt, sched = built(10)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0
+    opt2, sched2 = built(20)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    train.new_learning_rate(sched2, 0.001, 10, pytest.fail)  # the same rate: nothing said
+    want = 0.001 * (20 - 10) / (20 - 2)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(want)
+
+
 def test_wandb_gets_one_project_and_the_run_as_its_name(monkeypatch, tmp_path):
     # accelerate's project_name is TensorBoard's folder but wandb's project: not "tensorboard"
     assert train.tracker_names("tensorboard", tmp_path / "run") == ("tensorboard", {})
+    # resumed at step 17: TensorBoard purges the interrupted run's points after it
+    assert train.tracker_names("tensorboard", tmp_path / "run", 17) == (
+        "tensorboard", {"tensorboard": {"purge_step": 18}},
+    )  # fmt: skip
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     project, kwargs = train.tracker_names("wandb", tmp_path / "multi30k_bf16")
     assert project == "transformer-mt" and kwargs["wandb"] == {"name": "multi30k_bf16"}
@@ -976,6 +1037,28 @@ def test_a_checkpoint_with_non_finite_weights_is_not_kept(tmp_path):
                {"step": 7}, best=True)  # fmt: skip
     assert logged == ["step 7: weights are not finite, checkpoint not kept"]
     assert list(out.rglob("*")) == [out / "checkpoints"]  # no step, no last, no best
+
+
+@pytest.mark.parametrize("validated", [True, False])
+def test_a_resume_keeps_the_validation_its_checkpoint_holds(tmp_path, monkeypatch, validated):
+    # step 15 ends an epoch; killed while saving its validated checkpoint, the run resumes from
+    # save_every's step-15 checkpoint, saved before that validation, which runs again
+    ckpt = tmp_path / "checkpoints" / "step-00000015"
+    ckpt.mkdir(parents=True)
+    TrainConfig().save(ckpt / "config.json")
+    state = {"step": 15, "epoch": 0 if not validated else 1, "batch_in_epoch": 0}
+    state["validated_step"] = 15 if validated else 10
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    records = [{"step": 10, "train_loss": 2.0}, {"step": 10, "valid_loss": 3.0},
+               {"step": 15, "train_loss": 1.5}, {"step": 15, "valid_loss": 2.5},
+               {"step": 16, "train_loss": 1.4}]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setattr(train, "latest_checkpoint", lambda out: ckpt)
+    monkeypatch.setattr(train, "safe_load", lambda path: None)
+    acc = SimpleNamespace(process_index=0, is_main_process=True, load_state=lambda path: None)
+    train.restore(acc, tmp_path, TrainConfig(), True, lambda _: None)
+    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == (records[:4] if validated else records[:3])
 
 
 def test_a_failed_distributed_load_names_the_ranks_error(tmp_path, monkeypatch):
