@@ -33,6 +33,7 @@ import re
 import shutil
 import tempfile
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,7 @@ def iter_lines(path: str):
                         f"{e.start + 1} of the line)"
                     ) from None
                 yield n, line.lstrip("\ufeff") if n == 1 else line
-    except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz
         raise UserError(f"{path}: cannot read ({e})") from None
 
 
@@ -126,7 +127,7 @@ def _require_content(path: str) -> None:
     try:
         with _open_bytes(path) as f:
             empty = not f.read(1)
-    except (OSError, EOFError) as e:  # "x.gz" that is not gzip
+    except (OSError, EOFError, zlib.error) as e:  # "x.gz" that is not gzip
         raise UserError(f"{path}: cannot read ({e})") from None
     if empty:
         raise UserError(f"{path}: empty file")
@@ -180,8 +181,13 @@ def _file(path: str, src: str, tgt: str) -> datasets.Dataset:
     if kind in (".csv", ".tsv"):
         return _generate(_delimited_pairs, [path], [src, tgt])
     if kind == ".parquet":
+        # datasets keys its cache by the file's mtime alone: a rewritten file with its time
+        # kept (cp -p, rsync -t) gave the old rows; the size and the mtime in ns key it here
+        st = os.stat(path)
+        stamp = Hasher.hash([CACHE_VERSION, os.path.abspath(path), st.st_size, st.st_mtime_ns])
+        cache = Path(datasets.config.HF_DATASETS_CACHE) / "parquet_files" / stamp
         try:
-            return datasets.Dataset.from_parquet(path)
+            return datasets.Dataset.from_parquet(path, cache_dir=str(cache))
         except Exception as e:
             raise UserError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
     if kind in ("", ".txt", ".gz", f".{src}", f".{tgt}"):
@@ -207,6 +213,12 @@ def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
             ds = ds[split]
         return ds
     data_files = (".parquet", ".arrow", ".jsonl", ".json", ".csv", ".tsv", ".txt")
+    delimited = sorted(f for f in p.rglob("*") if f.suffix in (".csv", ".tsv"))
+    if delimited:  # datasets would parse them with pandas: quotes and a stray \r move text
+        raise UserError(
+            f"{path}: CSV/TSV files in a dataset directory are not read (pandas would merge "
+            f"or shift lines); give the file itself, e.g. {delimited[0]}"
+        )
     if (p / "README.md").exists() or any(f.suffix in data_files for f in p.rglob("*")):
         return _load_dataset(path, cfg.dataset_config, split, hub=False)  # a dataset repository
     raise UserError(
@@ -302,6 +314,7 @@ def _delimited_pairs(args: str):
         (line + "\n" for _, line in lines),  # a quoted field may span lines: keep their breaks
         delimiter="\t" if tsv else ",",
         quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+        strict=True,  # a stray quote is an error, not lines merged into one field
     )
     try:
         header = next(reader)
@@ -434,8 +447,8 @@ def load_tokenizer(
     cached = None
     if isinstance(train_texts, datasets.Dataset) and train_texts.cache_files:
         # "ids-2": tokenizers cached before canonical_unigram ordered their ids by chance;
-        # "-3": before they collapsed whitespace
-        key = Hasher.hash([CACHE_VERSION, "ids-3", train_texts._fingerprint, kind, vocab_size])
+        # "-3": before they collapsed whitespace; "-4": before they dropped invisible characters
+        key = Hasher.hash([CACHE_VERSION, "ids-4", train_texts._fingerprint, kind, vocab_size])
         cached = Path(datasets.config.HF_DATASETS_CACHE) / "trained_tokenizers" / key
     if cached and (cached / "tokenizer.json").exists():
         tok = AutoTokenizer.from_pretrained(cached)
@@ -507,8 +520,16 @@ def train_tokenizer(texts, kind: str, vocab_size: int):
         )
     # Runs of whitespace as one space and none at the ends, as SentencePiece's default
     # normaliser does (Marian's): else every extra space or a tab becomes a token of its own.
+    # Invisible characters (zero-width ones, a BOM inside a file, U+FFFD) as a space and
+    # control characters dropped, as SentencePiece's nmt_nfkc does: else each is an <unk>.
     tok.normalizer = normalizers.Sequence(
-        [normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+        [
+            normalizers.NFKC(),
+            normalizers.Replace(Regex("[\u200b\u200c\u200e\u200f\ufeff\ufffd]"), " "),
+            normalizers.Replace(Regex("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]"), ""),
+            normalizers.Replace(Regex(r"\s+"), " "),
+            normalizers.Strip(),
+        ]
     )
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()

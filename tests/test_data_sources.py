@@ -126,6 +126,43 @@ def test_a_quoted_csv_field_over_two_lines_keeps_its_line_break(tmp_path, cfg):
     assert ds["src"] == ["hello\nworld", "the cat"] and ds["tgt"] == ["hallo welt", "die Katze"]
 
 
+def test_a_rewritten_parquet_file_is_read_anew_even_with_its_old_time(tmp_path, cfg):
+    # datasets keys a Parquet file's cache by its mtime alone: `cp -p` or `rsync -t` of new
+    # rows over old ones gave the old rows back
+    path = tmp_path / "t.parquet"
+    datasets.Dataset.from_dict({"en": ["a cat"], "de": ["eine Katze"]}).to_parquet(str(path))
+    assert load_text(str(path), cfg, "train")["src"] == ["a cat"]
+    stat = path.stat()
+    datasets.Dataset.from_dict({"en": ["two dogs", "x"], "de": ["zwei Hunde", "y"]}).to_parquet(
+        str(path)
+    )
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert load_text(str(path), cfg, "train")["src"] == ["two dogs", "x"]
+
+
+def test_a_stray_csv_quote_is_an_error_not_merged_lines(tmp_path, cfg):
+    write(tmp_path / "q.csv", 'en,de\n"Stop,Halt\nGo.,Geh.\nHe said "no".,Er sagte "nein".\n')
+    with pytest.raises(UserError, match=r"q\.csv, line \d+: "):
+        load_text(str(tmp_path / "q.csv"), cfg, "train")
+
+
+def test_csv_in_a_dataset_directory_is_refused_for_the_file_itself(tmp_path, cfg):
+    # datasets would read it with pandas, whose quoting merged and shifted pairs silently
+    (tmp_path / "d").mkdir()
+    write(tmp_path / "d" / "train.tsv", 'en\tde\n"Stop\tHalt\nGo.\tGeh.\n')
+    with pytest.raises(UserError, match=r"CSV/TSV files in a dataset directory .*/d/train\.tsv"):
+        load_text(str(tmp_path / "d"), cfg, "train")
+
+
+def test_a_corrupt_gz_is_one_line_naming_it(tmp_path, cfg):
+    write(tmp_path / "z.en.gz", lines(EN))
+    raw = bytearray(gzip.compress(lines(DE).encode()))
+    raw[12:20] = b"\xff" * 8  # inside the deflate stream
+    (tmp_path / "z.de.gz").write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"z\.de\.gz: cannot read"):
+        load_text(str(tmp_path / "z.{lang}.gz"), cfg, "train")
+
+
 def test_a_null_sentence_reads_as_empty_not_none(tmp_path, cfg):
     # train.py's validation BLEU and evaluate.py translate the texts as read: a None crashed
     # them after a whole epoch; as "" it is an empty side, which training drops with a count
