@@ -184,8 +184,13 @@ def _file(path: str, src: str, tgt: str) -> datasets.Dataset:
         # datasets keys its cache by the file's mtime alone: a rewritten file with its time
         # kept (cp -p, rsync -t) gave the old rows; the size and the mtime in ns key it here
         st = os.stat(path)
-        stamp = Hasher.hash([CACHE_VERSION, os.path.abspath(path), st.st_size, st.st_mtime_ns])
-        cache = Path(datasets.config.HF_DATASETS_CACHE) / "parquet_files" / stamp
+        files = Path(datasets.config.HF_DATASETS_CACHE) / "parquet_files"
+        cache = files / Hasher.hash(os.path.realpath(path))  # one per file: older versions go
+        stamp = Hasher.hash([CACHE_VERSION, st.st_size, st.st_mtime_ns])
+        for old in cache.glob("*") if cache.exists() else []:
+            if old.name != stamp:
+                shutil.rmtree(old, ignore_errors=True)
+        cache = cache / stamp
         try:
             return datasets.Dataset.from_parquet(path, cache_dir=str(cache))
         except Exception as e:
@@ -213,8 +218,11 @@ def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
             ds = ds[split]
         return ds
     data_files = (".parquet", ".arrow", ".jsonl", ".json", ".csv", ".tsv", ".txt")
-    delimited = sorted(f for f in p.rglob("*") if f.suffix in (".csv", ".tsv"))
-    if delimited:  # datasets would parse them with pandas: quotes and a stray \r move text
+    files = [f for f in p.rglob("*") if f.is_file() and not any(
+        part.startswith(".") for part in f.relative_to(p).parts)]  # fmt: skip
+    delimited = sorted(f for f in files if _suffix(f.name) in (".csv", ".tsv"))
+    others = [f for f in files if _suffix(f.name) in (".parquet", ".arrow", ".jsonl", ".json")]
+    if delimited and not others:  # datasets would parse them with pandas: quotes and a stray \r
         raise UserError(
             f"{path}: CSV/TSV files in a dataset directory are not read (pandas would merge "
             f"or shift lines); give the file itself, e.g. {delimited[0]}"
@@ -520,13 +528,14 @@ def train_tokenizer(texts, kind: str, vocab_size: int):
         )
     # Runs of whitespace as one space and none at the ends, as SentencePiece's default
     # normaliser does (Marian's): else every extra space or a tab becomes a token of its own.
-    # Invisible characters (zero-width ones, a BOM inside a file, U+FFFD) as a space and
-    # control characters dropped, as SentencePiece's nmt_nfkc does: else each is an <unk>.
+    # Invisible characters (zero-width ones, a BOM inside a file, U+FFFD, separators) as a
+    # space and control characters dropped, as SentencePiece's nmt_nfkc does: else each is an
+    # <unk>. Zero-width non-joiners stay (they shape Persian and Indic words).
     tok.normalizer = normalizers.Sequence(
         [
             normalizers.NFKC(),
-            normalizers.Replace(Regex("[\u200b\u200c\u200e\u200f\ufeff\ufffd]"), " "),
-            normalizers.Replace(Regex("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]"), ""),
+            normalizers.Replace(Regex("[\u200b\u200e\u200f\ufeff\ufffd\x1c-\x1f]"), " "),
+            normalizers.Replace(Regex("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]"), ""),
             normalizers.Replace(Regex(r"\s+"), " "),
             normalizers.Strip(),
         ]

@@ -477,6 +477,7 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         "bad_evals": 0,
         "skipped_steps": 0,
         "target_tokens": 0,  # non-padding, all processes (shards hold equal batch counts)
+        "validated_step": None,  # the step of the last validation this state holds
     }
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt:
@@ -499,7 +500,9 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
             if isinstance(e, CheckpointException) and e.failures:  # its str() is tracebacks
                 e = next(iter(e.failures.values()))[0]  # the first failing rank's own error
             raise unreadable(ckpt, "the training state", e) from None
-        state.update(json.loads((ckpt / "trainer_state.json").read_text()))
+        trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
+        # older checkpoints did not say: take their validation at this step as theirs
+        state.update({"validated_step": trainer_state["step"], **trainer_state})
         log(f"resumed from {ckpt}: epoch {state['epoch'] + 1}, step {state['step']}")
     elif resume:
         log(f"nothing to resume in {out}; starting fresh")
@@ -510,7 +513,7 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         kept, broken = [], 0
         # a validation at the checkpoint's own step is kept only if the checkpoint holds it (a
         # step saved by save_every just before its epoch's end is validated again on resume)
-        validated = state.get("validated_step", state["step"])
+        validated = state["validated_step"]
         for line in metrics.read_text().splitlines() if ckpt and metrics.exists() else []:
             try:
                 record = json.loads(line)
@@ -665,7 +668,7 @@ def tracker_names(log_with: str, out: Path, step: int = 0) -> tuple[str, dict]:
     transformers' Trainer), each run named after its output_dir. Resumed at `step`,
     TensorBoard drops what the interrupted run logged after it (as metrics.jsonl does)."""
     if log_with == "tensorboard":
-        return "tensorboard", {"tensorboard": {"purge_step": step + 1}} if step else {}
+        return "tensorboard", {"tensorboard": {"purge_step": step + 1 if step else 0}}
     run_name = out.resolve().name
     project = os.environ.get("WANDB_PROJECT", "transformer-mt")
     return project, {"wandb": {"name": run_name}, "mlflow": {"run_name": run_name}}
@@ -753,7 +756,12 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
     cfg, ids, stop = run["cfg"], run["ids"], StopSignal()
     done, started = False, time.time() - state.get("train_seconds", 0.0)
     if why := finished(cfg, state):  # resumed a run that was complete
-        run["log"](f"{why}; nothing to do")
+        if state.get("validated_step") == state["step"]:
+            run["log"](f"{why}; nothing to do")
+            return
+        # its last checkpoint was saved before the run's end had validated: do that now
+        run["log"](f"{why}; validating the last step")
+        end_of_epoch(model, accelerator, run, state, state["epoch"])
         return
     for epoch in range(state["epoch"], cfg.epochs):
         batches, weights = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
@@ -797,7 +805,10 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             done = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time(
                 accelerator, state["step"], cfg, state["train_seconds"]
             )
-            if done:  # before a stop request: the run's end validates and saves anyway
+            if done:  # the run's end validates and saves, a stop request or not
+                if stop.agreed(accelerator, state["step"], cfg.log_every):
+                    # saved first: the grace period may not outlast the validation
+                    save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
                 break
             if stop.agreed(accelerator, state["step"], cfg.log_every):
                 save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
@@ -825,7 +836,7 @@ def finished(cfg: TrainConfig, state: dict) -> str | None:
     go on)."""
     if cfg.max_steps and state["step"] >= cfg.max_steps:
         return f"already at max_steps ({cfg.max_steps})"
-    if cfg.max_minutes and state.get("train_seconds", 0.0) >= 60 * cfg.max_minutes:
+    if cfg.max_minutes and state.get("train_seconds", 0.0) > 60 * cfg.max_minutes:
         return f"already trained max_minutes ({cfg.max_minutes})"
     if cfg.patience and state["bad_evals"] >= cfg.patience:
         return f"early stopping ended this run (patience {cfg.patience})"

@@ -59,6 +59,7 @@ def test_trained_tokenizers_collapse_whitespace_and_read_written_specials_as_wor
     assert encode_sources(tok, ["  der  Hund\tsieht die Katze \u3000"]) == plain
     # invisible characters (a BOM inside a file, zero-width ones, controls) are not <unk>s
     assert encode_sources(tok, ["\ufeffder Hund\u200bsieht die\x00 Katze\x85"]) == plain
+    assert encode_sources(tok, ["der\x0cHund\x1fsieht die Katze"]) == plain  # separators
     for encode in (encode_sources, encode_targets):
         (seq,) = encode(tok, ["der </s> Hund <pad> sieht <s>"])
         # only the </s> the tokenizer appends ends the sentence; the written ones are words

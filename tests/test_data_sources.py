@@ -138,6 +138,9 @@ def test_a_rewritten_parquet_file_is_read_anew_even_with_its_old_time(tmp_path, 
     )
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert load_text(str(path), cfg, "train")["src"] == ["two dogs", "x"]
+    # one cached copy per file: the older version's is gone
+    versions = Path(datasets.config.HF_DATASETS_CACHE, "parquet_files").glob("*/*")
+    assert len([v for v in versions if v.is_dir()]) == 1
 
 
 def test_a_stray_csv_quote_is_an_error_not_merged_lines(tmp_path, cfg):
@@ -148,10 +151,18 @@ def test_a_stray_csv_quote_is_an_error_not_merged_lines(tmp_path, cfg):
 
 def test_csv_in_a_dataset_directory_is_refused_for_the_file_itself(tmp_path, cfg):
     # datasets would read it with pandas, whose quoting merged and shifted pairs silently
-    (tmp_path / "d").mkdir()
-    write(tmp_path / "d" / "train.tsv", 'en\tde\n"Stop\tHalt\nGo.\tGeh.\n')
-    with pytest.raises(UserError, match=r"CSV/TSV files in a dataset directory .*/d/train\.tsv"):
-        load_text(str(tmp_path / "d"), cfg, "train")
+    for name in ("train.tsv", "train.csv.gz"):
+        (tmp_path / name).mkdir()
+        write(tmp_path / name / name, 'en\tde\n"Stop\tHalt\nGo.\tGeh.\n')
+        with pytest.raises(UserError, match=f"CSV/TSV files in a dataset directory .*/{name}"):
+            load_text(str(tmp_path / name), cfg, "train")
+    # a CSV beside the data files (scores, notes) is not what datasets reads: no refusal
+    (tmp_path / "p").mkdir()
+    datasets.Dataset.from_dict({"en": EN, "de": DE}).to_parquet(str(tmp_path / "p" / "t.parquet"))
+    write(tmp_path / "p" / "scores.csv", "id,score\n1,0.5\n")
+    assert_pairs(
+        load_text(str(tmp_path / "p"), dataclasses.replace(cfg, dataset_config=None), "train")
+    )
 
 
 def test_a_corrupt_gz_is_one_line_naming_it(tmp_path, cfg):

@@ -86,6 +86,28 @@ def test_a_stop_request_at_the_last_step_still_validates(corpus, tmp_path, monke
     assert [r["step"] for r in logged if "valid_loss" in r] == [2]
 
 
+def test_a_run_whose_end_was_not_validated_validates_on_resume(
+    corpus, tmp_path, monkeypatch, in_process, capsys
+):
+    # killed during the final validation after a save at max_steps (as a stop request saves)
+    out = tmp_path / "run"
+    in_process(argv(corpus, out, "--max_steps", 2))
+    state_file = out / "last" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "validated_step": None}))
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(
+        "".join(x + "\n" for x in metrics.read_text().splitlines() if "valid" not in x)
+    )
+    capsys.readouterr()
+    in_process([*argv(corpus, out, "--max_steps", 2), "--resume"])
+    assert "already at max_steps (2); validating the last step" in capsys.readouterr().out
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in logged if "valid_loss" in r] == [2]
+    in_process([*argv(corpus, out, "--max_steps", 2), "--resume"])  # now there is nothing to do
+    assert "already at max_steps (2); nothing to do" in capsys.readouterr().out
+
+
 def test_too_many_nan_steps_stop_with_a_clear_message(corpus, tmp_path, monkeypatch, in_process):
     nan_on_calls(monkeypatch, set(range(5, 100)))
     with pytest.raises(UserError, match="3 consecutive non-finite losses at step 4"):

@@ -341,7 +341,9 @@ def test_resume_with_another_max_steps_goes_on_with_its_schedule():
 
 def test_wandb_gets_one_project_and_the_run_as_its_name(monkeypatch, tmp_path):
     # accelerate's project_name is TensorBoard's folder but wandb's project: not "tensorboard"
-    assert train.tracker_names("tensorboard", tmp_path / "run") == ("tensorboard", {})
+    assert train.tracker_names("tensorboard", tmp_path / "run") == (
+        "tensorboard", {"tensorboard": {"purge_step": 0}},
+    )  # fmt: skip
     # resumed at step 17: TensorBoard purges the interrupted run's points after it
     assert train.tracker_names("tensorboard", tmp_path / "run", 17) == (
         "tensorboard", {"tensorboard": {"purge_step": 18}},
@@ -1039,7 +1041,7 @@ def test_a_checkpoint_with_non_finite_weights_is_not_kept(tmp_path):
     assert list(out.rglob("*")) == [out / "checkpoints"]  # no step, no last, no best
 
 
-@pytest.mark.parametrize("validated", [True, False])
+@pytest.mark.parametrize("validated", [True, False, None])
 def test_a_resume_keeps_the_validation_its_checkpoint_holds(tmp_path, monkeypatch, validated):
     # step 15 ends an epoch; killed while saving its validated checkpoint, the run resumes from
     # save_every's step-15 checkpoint, saved before that validation, which runs again
@@ -1047,7 +1049,7 @@ def test_a_resume_keeps_the_validation_its_checkpoint_holds(tmp_path, monkeypatc
     ckpt.mkdir(parents=True)
     TrainConfig().save(ckpt / "config.json")
     state = {"step": 15, "epoch": 0 if not validated else 1, "batch_in_epoch": 0}
-    state["validated_step"] = 15 if validated else 10
+    state["validated_step"] = {True: 15, False: 10, None: None}[validated]  # None: no epoch end yet
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
     records = [{"step": 10, "train_loss": 2.0}, {"step": 10, "valid_loss": 3.0},
                {"step": 15, "train_loss": 1.5}, {"step": 15, "valid_loss": 2.5},
