@@ -9,6 +9,7 @@ listed). The checkpoints must be of one model: the same model_config.json and vo
 """
 
 import argparse
+import filecmp
 import json
 import shutil
 import sys
@@ -77,6 +78,18 @@ def average(dirs: list[Path], out: Path) -> None:
         save_file(avg, tmp / WEIGHTS, metadata=meta)
 
 
+def given_twice(dirs: list[Path]) -> list[str]:
+    """Checkpoints given twice, by two paths or as a copy (a run's best/ is one of its steps,
+    copied with its time): weights files of one size and time, and the same bytes (whole
+    seconds, as some archives keep, can tie distinct steps)."""
+    files = [d / WEIGHTS for d in dirs]
+    keys = [(f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return sorted(
+        {str(d) for i, d in enumerate(dirs) for j in range(len(dirs))
+         if i != j and keys[i] == keys[j] and filecmp.cmp(files[i], files[j], shallow=False)}
+    )  # fmt: skip
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="a run's output_dir: average its newest --last checkpoints")
@@ -99,12 +112,7 @@ def main(argv=None):
     for d in dirs:
         if not (d / WEIGHTS).exists():
             raise UserError(f"{d}: no {WEIGHTS}")
-    # one checkpoint twice, by two paths or as a copy (a run's best/ is one of its steps, copied
-    # with its time): the same weights file size and modification time
-    stats = [(d / WEIGHTS).stat() for d in dirs]
-    keys = [(st.st_size, st.st_mtime_ns) for st in stats]
-    twice = sorted({str(d) for d, key in zip(dirs, keys, strict=True) if keys.count(key) > 1})
-    if twice:  # it would weigh double, silently
+    if twice := given_twice(dirs):  # it would weigh double, silently
         raise UserError(f"checkpoint given twice: {', '.join(twice)}")
     check_replaceable(args.out, dirs)
     check_same_model(dirs)

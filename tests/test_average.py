@@ -2,6 +2,7 @@
 
 import functools
 import json
+import os
 import shutil
 
 import pytest
@@ -49,6 +50,11 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
     renamed = checkpoint(tmp_path / "renamed", v=torch.ones(2))
     again = tmp_path / "best"  # a copy of a, as train.py copies a step to best/
     shutil.copytree(a, again, copy_function=shutil.copy2)
+    # other weights of the same size with the same whole-second time (an unpacked archive)
+    st = (a / "model.safetensors").stat()
+    os.utime(b / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert average.given_twice([a, b]) == []
+    assert average.given_twice([a, b, again]) == sorted([str(a), str(again)])
     other_run = tmp_path / "other_run"
     (other_run / "checkpoints").mkdir(parents=True)
     new = str(tmp_path / "new")
