@@ -337,11 +337,15 @@ def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None
         weights = accelerator.get_state_dict(model)  # gathers shards: all processes take part
         if run.get("ema"):  # without FSDP, the state dict holds the parameters themselves
             weights = {k: v.to("cpu", copy=True) for k, v in weights.items()}
-    problem = None
+    finite = accelerator.is_main_process and all(
+        torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()
+    )  # the main process holds the gathered weights: it decides, for every process
+    if accelerator.num_processes > 1:
+        finite = bool(broadcast(torch.tensor([float(finite)], device=accelerator.device))[0])
+    # never let a diverged model replace a good one
+    problem = None if finite else "weights are not finite"
     if accelerator.is_main_process:
-        if not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()):
-            problem = "weights are not finite"  # never let a diverged model replace a good one
-        else:
+        if finite:
             trainer_state = {**state, "scheduler": run["scheduler"].state_dict()}
             problem = _try_write(
                 lambda: write_model_dir(
@@ -492,8 +496,15 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
                 )
             # accelerate skips an unreadable RNG file silently (the resume would not be exact):
             # read it first, with weights_only=True like everything accelerate loads for us
-            safe_load(ckpt / "state" / f"random_states_{accelerator.process_index}.pkl")
+            rng = ckpt / "state" / f"random_states_{accelerator.process_index}.pkl"
+            if rng.exists() or _inside_an_epoch(ckpt):
+                safe_load(rng)
+            else:  # resumed by more processes than saved it, as an epoch's end allows
+                log(f"{ckpt}: no random state for process {accelerator.process_index}: seeded")
             accelerator.load_state(ckpt / "state")
+            # the batches counted for accumulation: every checkpoint ends a step, and a resume
+            # may change grad_accum_steps (at an epoch's end), whose groups start anew
+            accelerator.step = 0
         except UserError as e:
             raise UserError(f"{ckpt}: {e}") from None
         except (Exception, CheckpointException) as e:
@@ -532,6 +543,11 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         tmp.write_text("".join(kept))
         tmp.replace(metrics)
     return state
+
+
+def _inside_an_epoch(ckpt: Path) -> bool:
+    state = ckpt / "trainer_state.json"  # none: not a checkpoint to take liberties with
+    return not state.exists() or json.loads(state.read_text()).get("batch_in_epoch", 0) > 0
 
 
 def main(argv=None):

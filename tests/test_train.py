@@ -1027,7 +1027,7 @@ def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, single_proces
     assert (out / "last").resolve() == out / "checkpoints" / "step-00000006"
 
 
-def test_a_checkpoint_with_non_finite_weights_is_not_kept(tmp_path):
+def test_a_checkpoint_with_non_finite_weights_is_not_kept(tmp_path, monkeypatch):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     logged = []
@@ -1039,6 +1039,16 @@ def test_a_checkpoint_with_non_finite_weights_is_not_kept(tmp_path):
                {"step": 7}, best=True)  # fmt: skip
     assert logged == ["step 7: weights are not finite, checkpoint not kept"]
     assert list(out.rglob("*")) == [out / "checkpoints"]  # no step, no last, no best
+    # another process, which holds no gathered weights, takes the main process's word for it
+    # (it raised "cannot write checkpoint" and the launcher killed the run)
+    monkeypatch.setattr(train, "broadcast", lambda flag: torch.zeros_like(flag))
+    rank1 = SimpleNamespace(
+        is_main_process=False, num_processes=2, device="cpu", wait_for_everyone=lambda: None,
+        get_state_dict=lambda model: {}, reduce=lambda t, how: t + 1.0,  # the other failed too
+    )  # fmt: skip
+    train.save(rank1, None, {"cfg": TrainConfig(output_dir=str(out)), "log": logged.append},
+               {"step": 7})  # fmt: skip
+    assert logged[-1] == "step 7: weights are not finite, checkpoint not kept"
 
 
 @pytest.mark.parametrize("validated", [True, False, None])
@@ -1061,6 +1071,28 @@ def test_a_resume_keeps_the_validation_its_checkpoint_holds(tmp_path, monkeypatc
     train.restore(acc, tmp_path, TrainConfig(), True, lambda _: None)
     kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert kept == (records[:4] if validated else records[:3])
+
+
+@pytest.mark.parametrize("batch_in_epoch", [0, 5])
+def test_more_processes_resume_from_an_epochs_end(tmp_path, monkeypatch, batch_in_epoch):
+    # saved by one process: rank 1 has no RNG file. At an epoch's end (where a resume may
+    # change the number of processes) it starts from the seed; inside an epoch it cannot
+    ckpt = tmp_path / "checkpoints" / "step-00000023"
+    (ckpt / "state").mkdir(parents=True)
+    TrainConfig().save(ckpt / "config.json")
+    state = {"step": 23, "epoch": 1, "batch_in_epoch": batch_in_epoch, "validated_step": 23}
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    monkeypatch.setattr(train, "latest_checkpoint", lambda out: ckpt)
+    rank1 = SimpleNamespace(process_index=1, is_main_process=False, step=23,
+                            load_state=lambda path: None)  # fmt: skip
+    logged = []
+    if batch_in_epoch:
+        with pytest.raises(UserError, match="random_states_1.pkl"):
+            train.restore(rank1, tmp_path, TrainConfig(), True, logged.append)
+        return
+    assert train.restore(rank1, tmp_path, TrainConfig(), True, logged.append)["step"] == 23
+    assert "no random state for process 1: seeded" in logged[0]
+    assert rank1.step == 0  # accumulation groups start anew (grad_accum_steps may change)
 
 
 def test_a_failed_distributed_load_names_the_ranks_error(tmp_path, monkeypatch):
