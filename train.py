@@ -300,7 +300,11 @@ def valid_bleu(model, accelerator, run: dict) -> float:
             cfg.decode_batch_size,
             cfg.max_seq_length,
         )
-    return sacrebleu.corpus_bleu(hyps, [sample["tgt"]]).score
+    score = sacrebleu.corpus_bleu(hyps, [sample["tgt"]]).score
+    if accelerator.num_processes > 1:  # one verdict on best/ and patience for every process
+        score = broadcast(torch.tensor([score], dtype=torch.float64, device=accelerator.device))
+        score = score[0].item()
+    return score
 
 
 @contextmanager

@@ -233,6 +233,25 @@ def test_a_resumed_run_that_a_limit_ended_has_nothing_to_do():
         assert train.finished(TrainConfig(**raised), state) is None
 
 
+def test_every_process_takes_the_main_processs_validation_bleu(monkeypatch):
+    # each decodes the sample; should one decode otherwise (a GPU kernel's nondeterminism),
+    # their best/ and patience decisions, taken before collectives, must still agree
+    from contextlib import nullcontext
+
+    import datasets
+
+    monkeypatch.setattr(train, "translate_texts", lambda *a, **k: ["ein Hund"])
+    monkeypatch.setattr(train, "broadcast", lambda t: torch.full_like(t, 42.5))
+    rank1 = SimpleNamespace(
+        num_processes=2, device="cpu", distributed_type=None, autocast=nullcontext,
+        unwrap_model=lambda m: m,
+    )  # fmt: skip
+    cfg = TrainConfig(valid_bleu_samples=1)
+    texts = datasets.Dataset.from_dict({"src": ["a dog"], "tgt": ["ein Hund"]})
+    run = {"cfg": cfg, "valid": (None, texts), "tokenizer": None, "ids": None}
+    assert train.valid_bleu(None, rank1, run) == 42.5  # its own hypothesis would score 100
+
+
 def test_validation_loss_is_per_target_token_over_every_batch_and_process(monkeypatch):
     # 7 pairs in 3+ batches, split between 2 processes with one process short of a batch: the
     # result must be the plain mean over all target tokens, each counted once
