@@ -83,7 +83,7 @@ def given_twice(dirs: list[Path]) -> list[str]:
     copied with its time): weights files of one size and time, and the same bytes (whole
     seconds, as some archives keep, can tie distinct steps)."""
     files = [d / WEIGHTS for d in dirs]
-    keys = [(f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    keys = [(st.st_size, st.st_mtime_ns) for st in map(Path.stat, files)]
     return sorted(
         {str(d) for i, d in enumerate(dirs) for j in range(len(dirs))
          if i != j and keys[i] == keys[j] and filecmp.cmp(files[i], files[j], shallow=False)}

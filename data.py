@@ -218,7 +218,8 @@ def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
             ds = ds[split]
         return ds
     data_files = (".parquet", ".arrow", ".jsonl", ".json", ".csv", ".tsv", ".txt")
-    files = [f for f in p.rglob("*") if f.is_file() and not any(
+    everything = list(p.rglob("*"))
+    files = [f for f in everything if f.is_file() and not any(
         part.startswith(".") for part in f.relative_to(p).parts)]  # fmt: skip
     delimited = sorted(f for f in files if _suffix(f.name) in (".csv", ".tsv"))
     others = [f for f in files if _suffix(f.name) in (".parquet", ".arrow", ".jsonl", ".json")]
@@ -227,7 +228,7 @@ def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
             f"{path}: CSV/TSV files in a dataset directory are not read (pandas would merge "
             f"or shift lines); give the file itself, e.g. {delimited[0]}"
         )
-    if (p / "README.md").exists() or any(f.suffix in data_files for f in p.rglob("*")):
+    if (p / "README.md").exists() or any(f.suffix in data_files for f in everything):
         return _load_dataset(path, cfg.dataset_config, split, hub=False)  # a dataset repository
     raise UserError(
         f"{path}: not a dataset directory (expected dataset_dict.json or state.json "

@@ -300,11 +300,16 @@ def valid_bleu(model, accelerator, run: dict) -> float:
             cfg.decode_batch_size,
             cfg.max_seq_length,
         )
-    score = sacrebleu.corpus_bleu(hyps, [sample["tgt"]]).score
-    if accelerator.num_processes > 1:  # one verdict on best/ and patience for every process
-        score = broadcast(torch.tensor([score], dtype=torch.float64, device=accelerator.device))
-        score = score[0].item()
-    return score
+    # one verdict on best/ and patience for every process
+    return main_process_value(accelerator, sacrebleu.corpus_bleu(hyps, [sample["tgt"]]).score)
+
+
+def main_process_value(accelerator, value: float) -> float:
+    """The main process's `value`, on every process: one decision for all of them."""
+    if accelerator.num_processes == 1:
+        return value
+    mine = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    return broadcast(mine)[0].item()
 
 
 @contextmanager
@@ -344,8 +349,7 @@ def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None
     finite = accelerator.is_main_process and all(
         torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()
     )  # the main process holds the gathered weights: it decides, for every process
-    if accelerator.num_processes > 1:
-        finite = bool(broadcast(torch.tensor([float(finite)], device=accelerator.device))[0])
+    finite = bool(main_process_value(accelerator, float(finite)))
     # never let a diverged model replace a good one
     problem = None if finite else "weights are not finite"
     if accelerator.is_main_process:
@@ -825,13 +829,12 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             done = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time(
                 accelerator, state["step"], cfg, state["train_seconds"]
             )
-            if done:  # the run's end validates and saves, a stop request or not
-                if stop.agreed(accelerator, state["step"], cfg.log_every):
-                    # saved first: the grace period may not outlast the validation
-                    save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
-                break
-            if stop.agreed(accelerator, state["step"], cfg.log_every):
+            stopping = stop.agreed(accelerator, state["step"], cfg.log_every)
+            if stopping:  # saved now: the grace period may not outlast a validation
                 save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
+            if done:  # the run's end validates and saves, a stop request or not
+                break
+            if stopping:
                 run["log"](f"stopped by signal at step {state['step']}; continue with --resume")
                 return
             if cfg.save_every and state["step"] % cfg.save_every == 0:
@@ -886,12 +889,9 @@ def fit_to_pace(accelerator, run: dict, state: dict, last_step: int) -> TrainCon
     """check_pace at a log step; the run's config, as fit_steps_to_time may have changed it
     (then config.json says so too)."""
     cfg = run["cfg"]
-    if cfg.fit_steps_to_time and accelerator.num_processes > 1:
+    if cfg.fit_steps_to_time:
         # every process must fit the same max_steps: the main process's clock decides
-        seconds = torch.tensor(
-            state["train_seconds"], dtype=torch.float64, device=accelerator.device
-        )
-        state["train_seconds"] = broadcast(seconds).item()
+        state["train_seconds"] = main_process_value(accelerator, state["train_seconds"])
     check_pace(run, state, last_step)
     if run["cfg"] is not cfg and accelerator.is_main_process:
         run["cfg"].save(Path(cfg.output_dir) / "config.json")
@@ -1058,8 +1058,7 @@ class Meter:
     def state(self, accelerator) -> dict:
         """Collective (a checkpoint is): the sums averaged over processes; each process
         restores them, so their sum over processes is what an uninterrupted run would log."""
-        both = torch.stack([self.loss, self.loss.new_tensor(float(self.counted))])
-        loss, counted = accelerator.reduce(both, "mean").tolist()
+        loss, counted = self._sums(accelerator, "mean")
         return {"loss": loss, "counted": counted}
 
     def add(self, loss, tokens: int):
@@ -1078,9 +1077,12 @@ class Meter:
 
     def mean_loss(self, accelerator) -> float:
         """Collective: the loss per target token over every process since the last log."""
-        both = torch.stack([self.loss, self.loss.new_tensor(float(self.counted))])
-        loss, counted = accelerator.reduce(both, "sum").tolist()
+        loss, counted = self._sums(accelerator, "sum")
         return loss / max(counted, 1.0)
+
+    def _sums(self, accelerator, how: str) -> list[float]:
+        both = torch.stack([self.loss, self.loss.new_tensor(float(self.counted))])
+        return accelerator.reduce(both, how).tolist()
 
     def reset(self):
         self.loss.zero_()
