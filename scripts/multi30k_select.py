@@ -36,7 +36,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 PENALTIES = (0.6, 1.0, 1.4, 1.8, 2.2)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="the run to choose from (default runs/multi30k); with "
                    "--ensemble, a new directory for the ensemble's results")  # fmt: skip
@@ -49,7 +49,7 @@ def main():
     p.add_argument("--ensemble", nargs="+", metavar="CKPT",
                    help="choose for the ensemble of these checkpoints instead "
                         "(no averaging)")  # fmt: skip
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if min(args.average) < 1:
         p.error("--average: N must be at least 1")
     if min(args.beams) < 2:

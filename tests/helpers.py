@@ -2,6 +2,7 @@
 a small corpus with its own tokenizer, and a wait for a running training's checkpoint."""
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -22,6 +23,14 @@ def subprocess_env(**extra: str) -> dict:
         "OMP_NUM_THREADS": "1",
         **extra,
     }
+
+
+def free_port() -> int:
+    """A free loopback port for a launch's rendezvous: test files run side by side (-n auto),
+    and two launches on the accelerate config's fixed port would collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_corpus(tmp: Path, seed: int, n_train: int, n_valid: int, vocab_size: int) -> Path:

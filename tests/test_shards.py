@@ -6,7 +6,6 @@ under `accelerate launch`, each doing what train.py does (read, train or load th
 tokenize, batch, shard) and writing the pairs it would train on to a JSON file."""
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 from data import shard, token_batches
-from helpers import ROOT, subprocess_env
+from helpers import ROOT, free_port, subprocess_env
 
 
 def check_epoch(shares: list[list[np.ndarray]], n_pairs: int) -> None:
@@ -90,12 +89,6 @@ WORKER = textwrap.dedent(
     accelerator.wait_for_everyone()
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_under_accelerate_share_each_epoch(tmp_path):
