@@ -28,6 +28,10 @@ from checkpoint import (
 )
 from config import UserError, cli
 
+# dropout rates do not change what the weights compute at inference: a run resumed with another
+# dropout still averages with its earlier checkpoints
+TRAINING_ONLY = {"dropout", "attn_dropout", "act_dropout", "word_dropout"}
+
 
 def check_same_model(dirs: list[Path]) -> None:
     """UserError unless every checkpoint has the first's model config and vocabulary: weights of
@@ -44,7 +48,8 @@ def check_same_model(dirs: list[Path]) -> None:
     first_vocab = checkpoint_tokenizer(dirs[0]).get_vocab()
     for d in dirs[1:]:
         cfg = model_config(d)
-        differ = sorted(k for k in first_cfg.keys() | cfg.keys() if first_cfg.get(k) != cfg.get(k))
+        keys = (first_cfg.keys() | cfg.keys()) - TRAINING_ONLY
+        differ = sorted(k for k in keys if first_cfg.get(k) != cfg.get(k))
         if differ:
             raise UserError(f"{d}: model_config.json differs from {dirs[0]}'s in {differ}")
         if checkpoint_tokenizer(d).get_vocab() != first_vocab:

@@ -119,12 +119,15 @@ def write_model_dir(
         (tmp / name).write_text(text)
 
 
-def copy_model_dir(src: Path, final: Path) -> None:
-    """Copy a checkpoint's model files (not its optimizer state) to `final`, atomically."""
+def copy_model_dir(src: Path, final: Path, extra: dict[str, str] | None = None) -> None:
+    """Copy a checkpoint's model files (not its optimizer state) to `final`, atomically, with
+    `extra` files (name: text)."""
     with staged_dir(final) as tmp:
         for f in src.iterdir():
             if f.is_file() and f.name != "trainer_state.json":
                 shutil.copy2(f, tmp / f.name)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
 
 
 def step_dirs(checkpoints: Path) -> list[Path]:

@@ -307,10 +307,15 @@ def _jsonl_pairs(args: str):
                 f'{{"{src}": ..., "{tgt}": ...}}}}'
             )
         for lang in (src, tgt):
-            if not isinstance(pair.get(lang), str):
+            if lang not in pair:
                 raise UserError(
                     f"{path}, line {n}: no '{lang}' text (keys: {', '.join(pair) or 'none'})"
                 )
+            if not isinstance(pair[lang], str | None):
+                raise UserError(
+                    f"{path}, line {n}: '{lang}' is {type(pair[lang]).__name__}, not text"
+                )
+        # a null is a missing sentence: _nulls_as_empty makes it an empty side, as in Parquet
         yield {"src": pair[src], "tgt": pair[tgt]}
 
 
@@ -618,7 +623,9 @@ class SpecialIds:
 
 
 def encode_sources(tok, texts: list[str]) -> list[list[int]]:
-    return _literal_specials_as_unk(tok, tok(texts, add_special_tokens=True)["input_ids"], False)
+    """Ids with the tokenizer's own additions (</s>); [] for a text blank to the tokenizer."""
+    ids = _literal_specials_as_unk(tok, tok(texts, add_special_tokens=True)["input_ids"], False)
+    return _blank_as_empty(tok, ids)
 
 
 def encode_targets(tok, texts: list[str]) -> list[list[int]]:
@@ -632,7 +639,15 @@ def encode_targets(tok, texts: list[str]) -> list[list[int]]:
     # in, "<s> w ..." out, and decoding, which never emits the start token, would begin off
     # the path it was trained on. The labels are the words and </s> only.
     start = SpecialIds.of(tok).start
-    return [seq[1:] if seq[:1] == [start] else seq for seq in ids]
+    return _blank_as_empty(tok, [seq[1:] if seq[:1] == [start] else seq for seq in ids])
+
+
+def _blank_as_empty(tok, seqs: list[list[int]]) -> list[list[int]]:
+    """A text of zero-width or control characters passes str.strip() but the normalizer removes
+    all of it: its ids are the added </s> alone. That is an empty line, as "" is: [] (training
+    drops the pair with a count, translate.py leaves the line empty), not a sentence."""
+    special = set(tok.all_special_ids) - {tok.unk_token_id}  # <unk> is a word's
+    return [seq if not special.issuperset(seq) else [] for seq in seqs]
 
 
 def _literal_specials_as_unk(tok, seqs: list[list[int]], target: bool) -> list[list[int]]:
@@ -770,8 +785,9 @@ def encode(
     by (text fingerprint, tokenizer files), so the same data and tokenizer are tokenized once."""
     num_proc = default_num_proc(len(ds)) if num_proc is None else num_proc
     # "targets-2": since the labels drop a leading start token (encode_targets); "-3": since
-    # special tokens written out in the text are <unk> (_literal_specials_as_unk)
-    key = Hasher.hash([CACHE_VERSION, "targets-3", ds._fingerprint, tokenizer_fingerprint(tok)])
+    # special tokens written out in the text are <unk> (_literal_specials_as_unk); "-4": since
+    # a text blank to the tokenizer is [] (_blank_as_empty)
+    key = Hasher.hash([CACHE_VERSION, "targets-4", ds._fingerprint, tokenizer_fingerprint(tok)])
     started = time.time()
     # Forked workers each tokenize a shard; Rust threads inside each would oversubscribe the
     # cores (and tokenizers warns about forking after it used threads).
@@ -1076,7 +1092,7 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
 
 def _split_stats(ds: datasets.Dataset, tok, name: str) -> dict:
     """Lengths, hashes and counts of one split, in batches (no Python list of the corpus)."""
-    src_len, tgt_len, src_hash, pair_hash, empty = [], [], [], [], np.zeros(2, np.int64)
+    src_len, tgt_len, src_hash, pair_hash = [], [], [], []
     if tok is not None:
         ids = encode(ds, tok, name, log=lambda _: None).with_format("arrow")[:]
         src_len = [pc.list_value_length(ids.column("src_ids")).to_numpy()]
@@ -1084,7 +1100,6 @@ def _split_stats(ds: datasets.Dataset, tok, name: str) -> dict:
     for batch in ds.iter(10_000):
         src = [s.strip() if s else "" for s in batch["src"]]
         tgt = [t.strip() if t else "" for t in batch["tgt"]]
-        empty += [sum(not s for s in src), sum(not t for t in tgt)]
         src_hash.append(np.fromiter((hash(s) for s in src), np.int64, len(src)))
         pair_hash.append(
             np.fromiter((hash((s, t)) for s, t in zip(src, tgt, strict=True)), np.int64, len(src))
@@ -1093,6 +1108,8 @@ def _split_stats(ds: datasets.Dataset, tok, name: str) -> dict:
             src_len.append(np.fromiter((len(s.split()) for s in src), np.int64, len(src)))
             tgt_len.append(np.fromiter((len(t.split()) for t in tgt), np.int64, len(tgt)))
     src_len, tgt_len = np.concatenate(src_len), np.concatenate(tgt_len)
+    # empty as training sees it: no tokens (a line of zero-width characters has none)
+    empty = [int((src_len == 0).sum()), int((tgt_len == 0).sum())]
     pair_hash = np.concatenate(pair_hash)
     both = (src_len > 0) & (tgt_len > 0)
     longer, shorter = np.maximum(src_len, tgt_len)[both], np.minimum(src_len, tgt_len)[both]
@@ -1107,7 +1124,7 @@ def _split_stats(ds: datasets.Dataset, tok, name: str) -> dict:
 
     return {
         "n": len(ds),
-        "empty": empty.tolist(),
+        "empty": empty,
         "dups": len(pair_hash) - len(np.unique(pair_hash)),
         "pct": (percentiles(src_len), percentiles(tgt_len)),
         "ratio": int((longer > RATIO * shorter).sum()),

@@ -23,9 +23,10 @@ as the baseline: --bootstrap_samples resamples (default 1000), seed $SACREBLEU_S
 For each metric it reports both systems' scores, the bootstrap mean and 95% confidence interval
 of this system, and the p-value of the difference (small p: unlikely to be chance).
 
---json OUT writes every figure, the signatures, the decoding options and, with --checkpoint, the
-checkpoint's training and model configs (with several, the first's, and under "ensemble" each
-checkpoint with its model config).
+--json OUT writes every figure, the signatures, the test set scored ("test_set": the files, or
+test_data and split), the decoding options and, with --checkpoint, the checkpoint's training and
+model configs (with several, the first's, and under "ensemble" each checkpoint with its model
+config).
 """
 
 import argparse
@@ -115,12 +116,16 @@ def paired_bootstrap(
     return out
 
 
-def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list[str] | None]:
-    """(sources, references): from --source/--reference files, else from a test set."""
+def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list[str], dict]:
+    """(sources, references, what was read): from --source/--reference files, else from a
+    test set."""
     sources = read_lines(args.source) if args.source else None
     references = read_lines(args.reference) if args.reference else None
     if references is not None and (sources is not None or not args.checkpoint):
-        return sources, references
+        if args.test_data or args.split:
+            flag = "--test_data" if args.test_data else "--split"
+            raise UserError(f"{flag} chooses a test set, but --reference gives the text to score")
+        return sources, references, {"source": args.source, "reference": args.reference}
     spec = args.test_data or (cfg.test_data if cfg else None)
     if not spec:
         what = "references" if references is None else "sources"
@@ -137,12 +142,19 @@ def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list
         }.items()
         if v is not None
     }
+    one_file = "{lang}" in spec or os.path.isfile(spec)
+    if args.split and one_file:
+        # only a directory or a Hub dataset has splits: a file would be scored as it is, and
+        # "--split validation" would quietly score the test set
+        raise UserError(f"--split {args.split}: test set {spec} is a file, which has no splits")
     test_cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
-    ds = load_text(spec, test_cfg, args.split or test_cfg.test_split)
+    split = args.split or test_cfg.test_split
+    ds = load_text(spec, test_cfg, split)
     # `is None`, not falsiness: an empty --source file must not quietly become the test set
     return (
         list(ds["src"]) if sources is None else sources,
         list(ds["tgt"]) if references is None else references,
+        {"test_data": spec, "split": None if one_file else split},
     )
 
 
@@ -190,7 +202,7 @@ def main(argv=None):
     p.add_argument("--src_lang", help="source language of the test set (default: config's, en)")
     p.add_argument("--tgt_lang", help="target language of the test set (default: config's, de)")
     p.add_argument("--output", help="also write the translations here")
-    add_decoding_args(p)
+    decoding = add_decoding_args(p)
     p.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU, chrF, TER")
     p.add_argument("--compare", metavar="OTHER", help="paired bootstrap against this output")
     p.add_argument("--bootstrap_samples", type=int, default=1000, help="(default 1000)")
@@ -205,6 +217,10 @@ def main(argv=None):
         raise UserError("--source and --reference go together: give both, or neither (test set)")
     if args.output and not args.checkpoint:
         raise UserError("--output writes the translations of --checkpoint: none to write here")
+    if args.hypotheses and (given := [k for k in decoding if getattr(args, k) != p.get_default(k)]):
+        # scored as they are: a --beam 5 here would be reported nowhere and change nothing
+        flags = ", ".join(f"--{k}" for k in given)
+        raise UserError(f"{flags}: decoding options, but --hypotheses are already decoded")
     same = args.output and args.json and args.output != "-"
     if same and os.path.realpath(args.output) == os.path.realpath(args.json):
         raise UserError(f"--output and --json name the same file ({args.output})")
@@ -237,7 +253,7 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
         options = decoding_options(args)
         model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
         keep_freed_memory(args.device)  # as translate.py
-    sources, references = load_test_set(args, cfg)
+    sources, references, report["test_set"] = load_test_set(args, cfg)
     if baseline is not None and len(baseline) != len(references):
         raise UserError(f"--compare: {len(baseline)} lines but {len(references)} references")
     if model is not None:

@@ -334,9 +334,10 @@ def gathered_for_decoding(model, accelerator):
             unit.reshard()
 
 
-def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None:
+def save(accelerator, model, run: dict, state: dict, best: dict | None = None) -> None:
     """Write output_dir/checkpoints/step-N (weights, config, tokenizer, and optimizer, scheduler
-    and RNG state for --resume), point `last` at it, copy it to `best` if asked, keep the newest
+    and RNG state for --resume), point `last` at it, copy it to `best` with the record `best`
+    (best/best.json: its step, epoch and validation) if one is given, keep the newest
     `keep_last`. Each directory appears under its name only when complete, so a kill or a full
     disk never costs the previous checkpoint. Collective: every process must call it."""
     cfg, out = run["cfg"], Path(run["cfg"].output_dir)
@@ -383,7 +384,7 @@ def save(accelerator, model, run: dict, state: dict, best: bool = False) -> None
         )
     if accelerator.is_main_process:
         if best:  # before the step is published: its state records it as the best
-            copy_model_dir(tmp, out / "best")
+            copy_model_dir(tmp, out / "best", {"best.json": json.dumps(best, indent=2) + "\n"})
         replace_dir(tmp, final)
         link = out / "last.tmp"
         link.unlink(missing_ok=True)
@@ -606,6 +607,8 @@ def main(argv=None):
         if created and accelerator.is_main_process and not any(out.iterdir()):
             out.rmdir()  # bad data: leave no empty run directory behind
         raise
+    if why := fit_steps_inactive(cfg):
+        run["log"](f"warning: fit_steps_to_time does nothing in this run: {why}")
     if keep_freed_memory(accelerator.device):  # after the data is prepared
         run["log"]("CPU: freed memory is kept for reuse (glibc mallopt), not given back")
     model = Transformer(run["model_cfg"])
@@ -649,6 +652,8 @@ def main(argv=None):
             model, accelerator, cfg, latest_checkpoint(out) if args.resume else None, run["log"]
         )
     run["cfg"] = cfg = resume_plan(cfg, state, run["log"])
+    if args.resume:
+        log_changed_settings(latest_checkpoint(out), cfg, run["log"])
     check_same_batching(run, state, accelerator)  # before config.json says otherwise
     if "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
@@ -690,12 +695,14 @@ def tracker_names(log_with: str, out: Path, step: int = 0) -> tuple[str, dict]:
     """accelerate's project_name is TensorBoard's folder in output_dir, but wandb's project and
     mlflow's experiment: there, one project for all runs (WANDB_PROJECT if set, as with
     transformers' Trainer), each run named after its output_dir. Resumed at `step`,
-    TensorBoard drops what the interrupted run logged after it (as metrics.jsonl does)."""
+    TensorBoard drops what the interrupted run logged after it (as metrics.jsonl does), also
+    among others ("all")."""
+    tensorboard = {"tensorboard": {"purge_step": step + 1 if step else 0}}
     if log_with == "tensorboard":
-        return "tensorboard", {"tensorboard": {"purge_step": step + 1 if step else 0}}
+        return "tensorboard", tensorboard
     run_name = out.resolve().name
     project = os.environ.get("WANDB_PROJECT", "transformer-mt")
-    return project, {"wandb": {"name": run_name}, "mlflow": {"run_name": run_name}}
+    return project, {"wandb": {"name": run_name}, "mlflow": {"run_name": run_name}, **tensorboard}
 
 
 def unreadable(path: Path, what: str, e: BaseException) -> UserError:
@@ -749,6 +756,19 @@ def resume_plan(cfg: TrainConfig, state: dict, log) -> TrainConfig:
     )
 
 
+def log_changed_settings(ckpt: Path | None, cfg: TrainConfig, log) -> None:
+    """Settings a resume changes (an override added, or one forgotten) take effect silently and
+    the run's config.json is overwritten: the log keeps what the checkpoint was trained with."""
+    try:
+        before = json.loads((ckpt / "config.json").read_text())
+    except (OSError, TypeError, ValueError):  # no checkpoint (a fresh start), or an odd one
+        return
+    now = cfg.to_dict()
+    changed = [f"{k} {before[k]} -> {v}" for k, v in now.items() if before.get(k, v) != v]
+    if changed:
+        log(f"resumed with settings other than {ckpt.name}'s: {', '.join(changed)}")
+
+
 def new_learning_rate(scheduler, lr: float, step: int, log) -> None:
     """A resumed scheduler restores the rate it was built with (base_lrs), and the optimizer
     the rate the old schedule gave the next step. This run's wins: a learning_rate changed for
@@ -787,6 +807,8 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         run["log"](f"{why}; validating the last step")
         end_of_epoch(model, accelerator, run, state, state["epoch"])
         return
+    # one meter for the whole run: a log window that spans an epoch's end loses no step's loss
+    meter = Meter(accelerator, state.pop("meter", None))
     for epoch in range(state["epoch"], cfg.epochs):
         batches, weights = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
         steps = len(batches) // cfg.grad_accum_steps
@@ -797,7 +819,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             dynamic_ncols=True,
             disable=not accelerator.is_local_main_process,
         )
-        meter = Meter(accelerator, state.pop("meter", None))
+        meter.resume()
         model.train()
         first = state["batch_in_epoch"]
         for batch, weight in zip(
@@ -842,9 +864,11 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         bar.close()
         if state["batch_in_epoch"] >= len(batches):
             state.update(epoch=epoch + 1, batch_in_epoch=0)
-        else:  # stopped inside the epoch: a resume with a larger budget logs on from here
-            state["meter"] = meter.state(accelerator)
-        if end_of_epoch(model, accelerator, run, state, epoch) or done:
+        state["meter"] = meter.state(accelerator)  # the epoch end's checkpoint logs on from here
+        meter.pause()
+        ended = end_of_epoch(model, accelerator, run, state, epoch)
+        del state["meter"]
+        if ended or done:
             break
     seconds = time.time() - started
     run["log"](
@@ -943,7 +967,8 @@ def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
     # the validation counts in the run's time, as it would for a run not resumed from here
     state["train_seconds"] = state.get("train_seconds", 0.0) + time.time() - began
     state["validated_step"] = state["step"]
-    save(accelerator, model, run, state, best=is_best or not run["valid"])
+    record = {"step": state["step"], "epoch": epoch + 1, **metrics}  # as logged
+    save(accelerator, model, run, state, best=record if is_best or not run["valid"] else None)
     if cfg.patience and state["bad_evals"] >= cfg.patience:
         run["log"](f"early stopping: no improvement in {cfg.patience} validations")
         return True
@@ -965,6 +990,17 @@ def epochs_end(run: dict, state: dict, epoch: int, steps: int) -> int:
 
 
 PACE_CHECKS = (1 / 20, 1 / 5, 1 / 2)  # fractions of max_minutes; the cooldown starts later
+
+
+def fit_steps_inactive(cfg: TrainConfig) -> str | None:
+    """Why fit_steps_to_time, if on, cannot fit anything: it moves the end of inverse_sqrt's
+    cooldown to where max_minutes will stop the run."""
+    if not cfg.fit_steps_to_time:
+        return None
+    if cfg.lr_schedule != "inverse_sqrt":
+        return f"it fits inverse_sqrt's cooldown, not lr_schedule {cfg.lr_schedule}'s decay"
+    missing = [k for k in ("max_minutes", "max_steps", "cooldown_steps") if not getattr(cfg, k)]
+    return f"it needs {' and '.join(missing)}" if missing else None
 
 
 def check_pace(run: dict, state: dict, last_step: int | None = None) -> None:
@@ -1045,15 +1081,25 @@ def out_of_time(accelerator, step: int, cfg: TrainConfig, seconds: float) -> boo
 class Meter:
     """Loss and token counts since the last log line, kept on device (no sync per step). The
     loss is per target token over all of them, as in fairseq: a batch of 40 tokens weighs a
-    twenty-fifth of one of 1,000. A mid-epoch checkpoint stores the loss not yet logged, so
-    that the first line after a resume averages the same steps as an uninterrupted run would."""
+    twenty-fifth of one of 1,000. One meter lasts the run, so a window that spans an epoch's
+    end loses no step; a checkpoint stores the loss not yet logged, so that the first line after
+    a resume averages the same steps as an uninterrupted run would."""
 
     def __init__(self, accelerator, saved: dict | None = None):
         if not saved or "counted" not in saved:  # none, or an older checkpoint's mean of means
             saved = {"loss": 0.0, "counted": 0.0}
         self.loss = torch.tensor(saved["loss"], device=accelerator.device)  # sum of loss × tokens
         self.counted, self.tokens, self.t0 = saved["counted"], 0, time.time()
+        self.paused = self.t0  # until the first epoch's batches are ready
         self.drop()
+
+    def pause(self):
+        self.paused = time.time()
+
+    def resume(self):
+        """The time since pause() (validation, the next epoch's batches) is not training's:
+        the logged tokens/s leave it out."""
+        self.t0 += time.time() - self.paused
 
     def state(self, accelerator) -> dict:
         """Collective (a checkpoint is): the sums averaged over processes; each process

@@ -347,6 +347,8 @@ def translate_nbest(
     limit = min(max_src_len or model.cfg.max_len, model.cfg.max_len)  # the positional table
     numbers = line_numbers or range(1, len(lines) + 1)
     encoded = _encode(tokenizer, ids, [lines[i] for i in todo], limit, [numbers[i] for i in todo])
+    # a line of zero-width or control characters is blank to the tokenizer: [] (encode_sources)
+    todo, encoded = [i for i, e in zip(todo, encoded, strict=True) if e], [e for e in encoded if e]
     order = sorted(range(len(todo)), key=lambda j: len(encoded[j]))
     banned = banned_ids(ids)
     precision = decoding_autocast(device, mixed_precision)
@@ -506,36 +508,42 @@ def _open_text(path: str, shown: str):
         raise UserError(f"cannot write {shown} ({e.strerror})") from None
 
 
-def add_decoding_args(p: argparse.ArgumentParser) -> None:
-    """Decoding options shared with evaluate.py."""
-    p.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default)")
-    p.add_argument(
-        "--length_penalty",
-        type=float,
-        default=0.6,
-        help="GNMT alpha for beam search: score = logprob / ((5+len)/6)**alpha; "
-        "0 = raw log-probability (default 0.6)",
-    )
-    p.add_argument(
-        "--max_len_a",
-        type=float,
-        default=1.5,
-        help="at most a*source_tokens + b new tokens per sentence (default 1.5)",
-    )
-    p.add_argument("--max_len_b", type=int, default=10, help="see --max_len_a (default 10)")
-    p.add_argument("--batch_size", type=int, default=64, help="sentences per batch (default 64)")
-    p.add_argument(
-        "--mixed_precision",
-        choices=PRECISIONS,
-        default="no",
-        help="bf16: decode in bf16 autocast, for GPUs (SDPA's flash kernel needs it); "
-        "scores stay fp32 (default no: fp32)",
-    )
-    p.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda if available, else cpu)",
-    )
+def add_decoding_args(p: argparse.ArgumentParser) -> list[str]:
+    """Decoding options shared with evaluate.py; their names."""
+    return [
+        p.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default)").dest,
+        p.add_argument(
+            "--length_penalty",
+            type=float,
+            default=0.6,
+            help="GNMT alpha for beam search: score = logprob / ((5+len)/6)**alpha; "
+            "0 = raw log-probability (default 0.6)",
+        ).dest,
+        p.add_argument(
+            "--max_len_a",
+            type=float,
+            default=1.5,
+            help="at most a*source_tokens + b new tokens per sentence (default 1.5)",
+        ).dest,
+        p.add_argument(
+            "--max_len_b", type=int, default=10, help="see --max_len_a (default 10)"
+        ).dest,
+        p.add_argument(
+            "--batch_size", type=int, default=64, help="sentences per batch (default 64)"
+        ).dest,
+        p.add_argument(
+            "--mixed_precision",
+            choices=PRECISIONS,
+            default="no",
+            help="bf16: decode in bf16 autocast, for GPUs (SDPA's flash kernel needs it); "
+            "scores stay fp32 (default no: fp32)",
+        ).dest,
+        p.add_argument(
+            "--device",
+            default="cuda" if torch.cuda.is_available() else "cpu",
+            help="torch device (default: cuda if available, else cpu)",
+        ).dest,
+    ]
 
 
 def decoding_options(args: argparse.Namespace) -> dict:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import average
-from checkpoint import staged_dir
+from checkpoint import checkpoint_tokenizer, staged_dir
 from config import UserError
 from data import train_tokenizer
 from test_translate import make_checkpoint
@@ -115,6 +115,11 @@ def test_checkpoints_of_other_models_are_refused(tmp_path):
     with pytest.raises(UserError, match="tokenizer's vocabulary differs"):
         average.main(["--checkpoints", str(a), str(ids), "--out", str(out)])
     assert not out.exists()
+    # dropout rates are training's, not the model's: a run resumed with others still averages
+    resumed = make_checkpoint(tmp_path / "resumed", tok=checkpoint_tokenizer(a), dropout=0.3,
+                              attn_dropout=0.1, eos_scale=2)  # fmt: skip
+    average.main(["--checkpoints", str(a), str(resumed), "--out", str(out)])
+    shutil.rmtree(out)
     # a run's output_dir stands for its best checkpoint, as in translate.py
     run = tmp_path / "run"
     shutil.copytree(a, run / "best", copy_function=shutil.copy)  # not a copy2 twin of a

@@ -298,15 +298,16 @@ def test_load_tokenizer_trains_and_reuses_on_request(tmp_path):
 
 def test_tokenize_drops_empty_and_long_pairs_and_says_so(tokenizer):
     long = " ".join(["river"] * 40)
-    src = ["the dog sees", "", "a cat", long, "some tree", "the bird"]
-    tgt = ["der Hund", "die Katze", "   ", "ein Vogel", long, "ein Vogel singt"]
+    # the last two are blank to the tokenizer (zero-width, control characters), not to strip()
+    src = ["the dog sees", "", "a cat", long, "some tree", "the bird", "\u200b\x07", "a tree"]
+    tgt = ["der Hund", "die Katze", "   ", "ein Vogel", long, "ein Vogel singt", "ein Baum", "\x00"]
     messages = []
     corpus = tokenize(datasets.Dataset.from_dict({"src": src, "tgt": tgt}), tokenizer, 12, "train",
                       messages.append)  # fmt: skip
     kept = [0, 5]
     assert len(corpus) == len(kept)
     assert len(messages) == 1
-    assert "dropped 2 empty pairs and 2 pairs longer than 12 tokens; 2 of 6 remain" in messages[0]
+    assert "dropped 4 empty pairs and 2 pairs longer than 12 tokens; 2 of 8 remain" in messages[0]
     for i, j in enumerate(kept):
         s, t = corpus.pair(i)
         assert s.tolist() == encode_sources(tokenizer, [src[j]])[0]

@@ -188,6 +188,11 @@ def test_a_null_sentence_reads_as_empty_not_none(tmp_path, cfg):
     named = dataclasses.replace(cfg, src_lang="src", tgt_lang="tgt")
     got = load_text(str(tmp_path / "w.parquet"), named, "validation")
     assert got["src"] == ["the cat", "", "a dog"] and got["tgt"] == ["die Katze", "x", ""]
+    # and in JSON Lines (it was "no 'de' text", though the key is there)
+    rows = [{"translation": {"en": e, "de": d}} for e, d in zip(ds["en"], ds["de"], strict=True)]
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = load_text(str(tmp_path / "v.jsonl"), cfg, "validation")
+    assert got["src"] == ["the cat", "", "a dog"] and got["tgt"] == ["die Katze", "x", ""]
 
 
 def test_saved_dataset_and_dataset_dict(tmp_path, cfg):
@@ -315,7 +320,7 @@ def test_empty_file_is_a_clear_error(tmp_path, cfg, name):
     [
         ("{not json", r"line 2: not JSON \(Expecting property name"),
         ('{"translation": {"en": "x"}}', r"line 2: no 'de' text \(keys: en\)"),
-        ('{"translation": {"en": "x", "de": 5}}', r"line 2: no 'de' text"),
+        ('{"translation": {"en": "x", "de": 5}}', r"line 2: 'de' is int, not text"),
         ('["en", "de"]', r"line 2: expected an object like"),
     ],
 )

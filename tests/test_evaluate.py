@@ -130,6 +130,14 @@ def test_test_set_languages_and_split_can_be_chosen(tmp_path):
     r = evaluate.main(["--hypotheses", hyp_de, "--test_data", str(tmp_path / "saved"),
                        "--split", "valid"])  # fmt: skip
     assert r["bleu"] == 100.0 and r["sentences"] == 5
+    assert r["test_set"] == {"test_data": str(tmp_path / "saved"), "split": "valid"}
+    # a test set that is one file has no splits: "--split valid" would have scored it as it is
+    with pytest.raises(UserError, match=r"--split valid: test set .* is a file"):
+        evaluate.main(["--hypotheses", hyp_de, "--test_data", spec, "--split", "valid"])
+    with pytest.raises(UserError, match="--split chooses a test set, but --reference"):
+        evaluate.main(["--hypotheses", hyp_de, "--reference", hyp_de, "--split", "valid"])
+    r = evaluate.main(["--hypotheses", hyp_en, "--test_data", spec])
+    assert r["test_set"] == {"test_data": spec, "split": None}
 
 
 def test_checkpoint_translates_its_test_data_with_beam(tmp_path):
@@ -168,6 +176,9 @@ def test_usage_errors_are_one_line_user_errors(tmp_path):
                        "--output", hyp, "--json", str(tmp_path / "." / "hyp.de")])  # fmt: skip
     with pytest.raises(UserError, match="either --hypotheses"):
         evaluate.main(["--reference", ref])
+    # decoding options cannot change hypotheses already decoded: said, not ignored
+    with pytest.raises(UserError, match="^--beam, --max_len_b: decoding options, but --hyp"):
+        evaluate.main(["--hypotheses", hyp, "--reference", ref, "--beam", "5", "--max_len_b", "3"])
     with pytest.raises(UserError, match="no references"):
         evaluate.main(["--hypotheses", ref])
     with pytest.raises(UserError, match="--compare"):

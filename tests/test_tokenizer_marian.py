@@ -175,6 +175,7 @@ def test_targets_must_hold_eos(marian):
     class NoEos:  # GPT-2 style: an eos token, never appended
         pad_token_id, eos_token_id, bos_token_id, eos_token = 0, 1, None, "<|endoftext|>"
         unk_token_id = None  # byte-level: no unknown token
+        all_special_ids = [0, 1]
 
         def __call__(self, texts=None, text_target=None, add_special_tokens=True):
             return {"input_ids": [[5, 6] for _ in (text_target or texts)]}

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 import train
 from config import TrainConfig, UserError
 from data import Corpus, SpecialIds, collate
-from helpers import ROOT, subprocess_env, wait_for_checkpoint, write_corpus
+from helpers import ROOT, free_port, subprocess_env, wait_for_checkpoint, write_corpus
 from model import ModelConfig, Transformer
 from train import inverse_sqrt, make_optimizer
 
@@ -48,7 +48,8 @@ def args_for(corpus, out, *extra):
 def run(args, launch=None, timeout=240):
     cmd = [sys.executable, *args]
     if launch:
-        cmd = ["timeout", str(timeout), "accelerate", "launch", "--config_file", launch, *args]
+        cmd = ["timeout", str(timeout), "accelerate", "launch", "--config_file", launch,
+               "--main_process_port", str(free_port()), *args]  # fmt: skip
     proc = subprocess.run(
         cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout + 30
     )
@@ -179,6 +180,42 @@ def test_the_logged_train_loss_is_per_target_token_and_survives_a_mid_log_resume
     assert train.Meter(acc, {"loss": 9.0, "n": 3}).mean_loss(acc) == 0.0  # an older checkpoint
 
 
+def test_a_log_window_across_an_epochs_end_loses_no_steps_loss(corpus, tmp_path, monkeypatch):
+    """log_every 4 with epochs not a multiple of 4 steps long: each line averages the 4 steps
+    before it, the end of one epoch and the start of the next (a meter rebuilt per epoch
+    dropped the end)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    committed, logged = [], []
+
+    class Recording(train.Meter):
+        def commit(self):
+            committed.append(self.pending_counted)
+            super().commit()
+
+        def mean_loss(self, accelerator):
+            logged.append(self.counted)
+            return super().mean_loss(accelerator)
+
+    monkeypatch.setattr(train, "Meter", Recording)
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        train.main(args_for(corpus, out, "--epochs", 2, "--log_every", 4)[1:])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first_epoch = next(r["step"] for r in records if "valid_loss" in r)
+    assert first_epoch % 4, "the epoch ends on a log line: nothing to test"
+    assert len(logged) == len(committed) // 4 >= 2
+    assert logged == [sum(committed[i : i + 4]) for i in range(0, 4 * len(logged), 4)]
+    # best/ says which validation chose it (the first of equals: a later one must beat it)
+    chosen = max((r for r in records if "valid_bleu" in r), key=lambda r: r["valid_bleu"])
+    assert json.loads((out / "best" / "best.json").read_text()) == chosen
+
+
 @pytest.mark.parametrize(
     "metric, best, stops",
     [
@@ -194,7 +231,7 @@ def test_best_and_early_stopping_follow_best_metric(monkeypatch, metric, best, s
     )
     monkeypatch.setattr(train, "write_metrics", lambda *_: None)
     saved = []
-    monkeypatch.setattr(train, "save", lambda *a, best: saved.append(best))
+    monkeypatch.setattr(train, "save", lambda *a, best: saved.append(best is not None))
     cfg = TrainConfig(best_metric=metric, patience=2)
     run = {"cfg": cfg, "valid": object(), "log": lambda _: None}
     state = {"best": None, "bad_evals": 0, "step": 0}
@@ -336,6 +373,26 @@ def test_resume_with_another_learning_rate_goes_on_with_it(schedule):
     assert len(lines) == 1 and opt3.param_groups[0]["lr"] == pytest.approx(0.004 * factor[0])
 
 
+def test_a_resume_logs_the_settings_it_changes(tmp_path):
+    ckpt = tmp_path / "step-00000027"
+    ckpt.mkdir()
+    TrainConfig(dropout=0.1, label_smoothing=0.1, tokenizer={"train": "unigram"}).save(
+        ckpt / "config.json"
+    )
+    logged = []
+    same = TrainConfig(dropout=0.1, label_smoothing=0.1, tokenizer={"train": "unigram"})
+    train.log_changed_settings(ckpt, same, logged.append)
+    assert logged == []
+    changed = dataclasses.replace(same, dropout=0.3, label_smoothing=0.2)
+    train.log_changed_settings(ckpt, changed, logged.append)
+    assert logged == [
+        "resumed with settings other than step-00000027's: dropout 0.1 -> 0.3, "
+        "label_smoothing 0.1 -> 0.2"
+    ]
+    train.log_changed_settings(None, changed, logged.append)  # a fresh start: nothing to say
+    assert len(logged) == 1
+
+
 def test_resume_with_another_max_steps_goes_on_with_its_schedule():
     # linear decay to 0 at step 10, resumed at 10 with max_steps 20: step 11's rate is that of
     # a 20-step schedule at step 10, not the old schedule's 0
@@ -374,8 +431,11 @@ def test_wandb_gets_one_project_and_the_run_as_its_name(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert train.tracker_names("mlflow", Path(".")) == (
         "mine",
-        {"wandb": {"name": tmp_path.name}, "mlflow": {"run_name": tmp_path.name}},
-    )
+        {"wandb": {"name": tmp_path.name}, "mlflow": {"run_name": tmp_path.name},
+         "tensorboard": {"purge_step": 0}},
+    )  # fmt: skip
+    # "all" holds TensorBoard too: it purges as well (it did not, and logged those steps twice)
+    assert train.tracker_names("all", tmp_path, 17)[1]["tensorboard"] == {"purge_step": 18}
 
 
 def test_fsdp_with_16_bit_compute_reduces_gradients_in_fp32(monkeypatch):
@@ -605,6 +665,16 @@ def test_fit_steps_to_time_moves_max_steps_either_way_until_the_cooldown_begins(
     train.check_pace(run_, {"step": 100, "train_seconds": 30.0}, 1234)
     assert (run_["cfg"].max_steps, run_["cfg"].cooldown_steps) == (1234, 246)
     assert "fit max_minutes (10) and epochs: max_steps 500 -> 1,234" in run_["lines"][0]
+
+
+def test_fit_steps_to_time_says_when_it_can_fit_nothing():
+    fitted = TrainConfig(fit_steps_to_time=True, max_minutes=86, max_steps=100, cooldown_steps=20)
+    assert train.fit_steps_inactive(fitted) is None
+    assert train.fit_steps_inactive(dataclasses.replace(fitted, fit_steps_to_time=False)) is None
+    off = dataclasses.replace(fitted, max_minutes=None, cooldown_steps=0)
+    assert train.fit_steps_inactive(off) == "it needs max_minutes and cooldown_steps"
+    linear = dataclasses.replace(fitted, lr_schedule="linear", cooldown_steps=0)
+    assert "not lr_schedule linear's decay" in train.fit_steps_inactive(linear)
 
 
 def test_a_resume_with_another_max_minutes_checks_the_pace_again():
@@ -1055,7 +1125,7 @@ def test_a_checkpoint_with_non_finite_weights_is_not_kept(tmp_path, monkeypatch)
         get_state_dict=lambda model: {"w": torch.tensor([1.0, float("nan")])},
     )  # fmt: skip
     train.save(acc, None, {"cfg": TrainConfig(output_dir=str(out)), "log": logged.append},
-               {"step": 7}, best=True)  # fmt: skip
+               {"step": 7}, best={"step": 7})  # fmt: skip
     assert logged == ["step 7: weights are not finite, checkpoint not kept"]
     assert list(out.rglob("*")) == [out / "checkpoints"]  # no step, no last, no best
     # another process, which holds no gathered weights, takes the main process's word for it

@@ -352,7 +352,9 @@ def test_empty_lines_never_reach_the_model(ckpt, monkeypatch):
         raise AssertionError("the model was run")
 
     monkeypatch.setattr(translate, "greedy", fail)
-    assert translate.translate_texts(model, tok, ids, ["", "  ", "\t"], 8) == ["", "", ""]
+    # zero-width, BOM, directional and control characters: blank to the tokenizer, not to strip()
+    blank = ["", "  ", "\t", "\u200b", "\x07", "\ufeff\u200e \x00"]
+    assert translate.translate_texts(model, tok, ids, blank, 8) == [""] * len(blank)
 
 
 def test_an_unknown_word_in_the_output_is_shown_not_dropped(ckpt, monkeypatch):
