@@ -76,7 +76,8 @@ def average(dirs: list[Path], out: Path) -> None:
                 total[k] += v.double()
     with staged_output(out) as tmp:
         for f in dirs[-1].iterdir():  # config, model_config, tokenizer from the newest one
-            if f.is_file() and f.name not in (WEIGHTS, "trainer_state.json"):
+            # best.json records one checkpoint's step and validation: not the average's
+            if f.is_file() and f.name not in (WEIGHTS, "trainer_state.json", "best.json"):
                 shutil.copy2(f, tmp / f.name)
         avg = {k: (v / len(dirs)).to(torch.float32).contiguous() for k, v in total.items()}
         meta = {"format": "pt", "averaged": " ".join(map(str, dirs))}

@@ -156,6 +156,15 @@ def load_text(spec: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
     return ds
 
 
+def has_splits(spec: str) -> bool:
+    """False for data that is read whole whatever split is asked for: a file, aligned files, a
+    save_to_disk of one Dataset."""
+    if "{lang}" in spec or os.path.isfile(spec):
+        return False
+    p = Path(spec)
+    return not ((p / "state.json").exists() and not (p / "dataset_dict.json").exists())
+
+
 def _looks_like_path(spec: str) -> bool:
     # Hub ids are "name" or "owner/name"; anything else is meant as a local path.
     return (

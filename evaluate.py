@@ -9,9 +9,10 @@
 
 Test set: --source / --reference files (plain or .gz); or --test_data SPEC, any data source
 train.py reads (a Hub dataset, also spelled --hub NAME with --hub_config; "path.{lang}[.gz]";
-JSON Lines; a save_to_disk directory) with --split; by default the checkpoint config's
-test_data and test_split. Languages come from the checkpoint's config (else --src_lang en,
---tgt_lang de).
+JSON Lines; a save_to_disk directory) with --split (refused where there are no splits: a file,
+one saved Dataset); by default the checkpoint config's test_data and test_split. Languages come
+from the checkpoint's config (else --src_lang en, --tgt_lang de). --hypotheses are scored as
+they are: decoding options (--beam, ...) are refused with them.
 
 Scores: corpus BLEU (13a tokenization, exponential smoothing), chrF2 and TER on detokenized
 text, each with its sacreBLEU signature. All three are case-sensitive unless --lowercase (note:
@@ -37,10 +38,11 @@ import os
 import sys
 
 import sacrebleu
+from tqdm.auto import tqdm
 
 from config import TrainConfig, UserError, cli
 from cpu_memory import keep_freed_memory
-from data import load_text, read_lines
+from data import has_splits, load_text, read_lines
 from translate import add_decoding_args, decoding_options, open_output, translate_texts
 
 METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER"}  # our keys -> sacreBLEU's names
@@ -142,11 +144,9 @@ def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list
         }.items()
         if v is not None
     }
-    one_file = "{lang}" in spec or os.path.isfile(spec)
-    if args.split and one_file:
-        # only a directory or a Hub dataset has splits: a file would be scored as it is, and
-        # "--split validation" would quietly score the test set
-        raise UserError(f"--split {args.split}: test set {spec} is a file, which has no splits")
+    if args.split and not has_splits(spec):
+        # read whole whatever the split: "--split validation" would quietly score the test set
+        raise UserError(f"--split {args.split}: test set {spec} is one set, without splits")
     test_cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
     split = args.split or test_cfg.test_split
     ds = load_text(spec, test_cfg, split)
@@ -154,7 +154,11 @@ def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list
     return (
         list(ds["src"]) if sources is None else sources,
         list(ds["tgt"]) if references is None else references,
-        {"test_data": spec, "split": None if one_file else split},
+        {
+            "test_data": spec,
+            "split": split if has_splits(spec) else None,
+            **{k: getattr(test_cfg, k) for k in ("dataset_config", "src_lang", "tgt_lang")},
+        },
     )
 
 
@@ -259,9 +263,12 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
     if model is not None:
         if len(sources) != len(references):  # before hours of decoding, not after
             raise UserError(f"{len(sources)} sources but {len(references)} references")
-        hypotheses = translate_texts(
-            model, tokenizer, ids, sources, args.batch_size, cfg.max_seq_length, **options
-        )
+        # a bar on a terminal only (disable=None), on stderr: the report goes to stdout
+        with tqdm(total=len(sources), desc="translating", unit=" lines", disable=None) as bar:
+            hypotheses = translate_texts(
+                model, tokenizer, ids, sources, args.batch_size, cfg.max_seq_length,
+                progress=bar, **options,
+            )  # fmt: skip
         # the directory decoded (a run's output_dir resolves to its best or last checkpoint)
         paths = [str(resolve(p)) for p in args.checkpoint]
         report["checkpoint"] = paths[0]

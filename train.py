@@ -1088,8 +1088,11 @@ class Meter:
     def __init__(self, accelerator, saved: dict | None = None):
         if not saved or "counted" not in saved:  # none, or an older checkpoint's mean of means
             saved = {"loss": 0.0, "counted": 0.0}
-        self.loss = torch.tensor(saved["loss"], device=accelerator.device)  # sum of loss × tokens
-        self.counted, self.tokens, self.t0 = saved["counted"], 0, time.time()
+        # saved by N processes, restored by each of M (an epoch's end may resume with more):
+        # each takes N/M of the saved mean, so that their sum is the sums saved
+        share = saved.get("processes", accelerator.num_processes) / accelerator.num_processes
+        self.loss = torch.tensor(saved["loss"] * share, device=accelerator.device)  # Σ loss×tokens
+        self.counted, self.tokens, self.t0 = saved["counted"] * share, 0, time.time()
         self.paused = self.t0  # until the first epoch's batches are ready
         self.drop()
 
@@ -1105,7 +1108,7 @@ class Meter:
         """Collective (a checkpoint is): the sums averaged over processes; each process
         restores them, so their sum over processes is what an uninterrupted run would log."""
         loss, counted = self._sums(accelerator, "mean")
-        return {"loss": loss, "counted": counted}
+        return {"loss": loss, "counted": counted, "processes": accelerator.num_processes}
 
     def add(self, loss, tokens: int):
         """A batch of the step under way: counted once the step is known to be finite."""

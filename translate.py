@@ -58,6 +58,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from config import UserError, cli
 from cpu_memory import keep_freed_memory
@@ -330,6 +331,7 @@ def translate_nbest(
     max_len_b: int = 10,
     line_numbers: list[int] | None = None,
     mixed_precision: str = "no",
+    progress=None,
 ) -> list[list[tuple[str, float | None]]]:
     """Lines -> for each line up to `nbest` (text, score) pairs, best first.
 
@@ -337,6 +339,7 @@ def translate_nbest(
     the model. Batches hold sentences of similar length; `line_numbers` (default 1, 2, ...) name
     the lines in truncation warnings. mixed_precision "bf16" decodes in bf16 autocast (on GPUs
     SDPA's flash kernel needs half precision); log-probabilities and scores stay fp32.
+    `progress` (a tqdm bar) counts the lines done, batch by batch.
     """
     if nbest > max(beam, 1):
         raise UserError(f"--nbest {nbest} needs --beam >= {nbest}")
@@ -349,6 +352,8 @@ def translate_nbest(
     encoded = _encode(tokenizer, ids, [lines[i] for i in todo], limit, [numbers[i] for i in todo])
     # a line of zero-width or control characters is blank to the tokenizer: [] (encode_sources)
     todo, encoded = [i for i, e in zip(todo, encoded, strict=True) if e], [e for e in encoded if e]
+    if progress is not None:
+        progress.update(len(lines) - len(todo))  # the empty ones: done
     order = sorted(range(len(todo)), key=lambda j: len(encoded[j]))
     banned = banned_ids(ids)
     precision = decoding_autocast(device, mixed_precision)
@@ -372,6 +377,8 @@ def translate_nbest(
         )
         for (j, _, score), text in zip(flat, texts, strict=True):
             out[todo[j]].append((" ".join(text.split()), score))  # no stray newlines or tabs
+        if progress is not None:
+            progress.update(len(chunk))
     model.train(was_training)
     return out
 
@@ -608,7 +615,9 @@ def main(argv=None):
         raise UserError(f"input file not found: {args.input}")
     model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
     keep_freed_memory(args.device)  # each decoding step's logits reuse the last step's memory
-    with open_output(args.output) as out:
+    # on stderr, and only on a terminal (disable=None): never into a pipe or a log
+    bar = tqdm(desc="translating", unit=" lines", disable=None, file=sys.stderr)
+    with open_output(args.output) as out, bar:
         for first, lines in read_chunks(iter_input(args.input), args.chunk_size):
             found = translate_nbest(
                 model,
@@ -619,6 +628,7 @@ def main(argv=None):
                 cfg.max_seq_length,
                 nbest=args.nbest,
                 line_numbers=range(first, first + len(lines)),
+                progress=bar,
                 **options,
             )
             if args.nbest > 1:

@@ -123,8 +123,10 @@ def test_checkpoints_of_other_models_are_refused(tmp_path):
     # a run's output_dir stands for its best checkpoint, as in translate.py
     run = tmp_path / "run"
     shutil.copytree(a, run / "best", copy_function=shutil.copy)  # not a copy2 twin of a
-    average.main(["--checkpoints", str(run), str(a), "--out", str(out)])
+    (run / "best" / "best.json").write_text('{"step": 7}\n')
+    average.main(["--checkpoints", str(a), str(run), "--out", str(out)])
     assert load_file(out / "model.safetensors").keys() == load_file(a / "model.safetensors").keys()
+    assert not (out / "best.json").exists()  # one checkpoint's record, not the average's
 
 
 def test_an_unwritable_out_is_one_line_and_leaves_nothing(tmp_path):

@@ -130,14 +130,20 @@ def test_test_set_languages_and_split_can_be_chosen(tmp_path):
     r = evaluate.main(["--hypotheses", hyp_de, "--test_data", str(tmp_path / "saved"),
                        "--split", "valid"])  # fmt: skip
     assert r["bleu"] == 100.0 and r["sentences"] == 5
-    assert r["test_set"] == {"test_data": str(tmp_path / "saved"), "split": "valid"}
-    # a test set that is one file has no splits: "--split valid" would have scored it as it is
-    with pytest.raises(UserError, match=r"--split valid: test set .* is a file"):
-        evaluate.main(["--hypotheses", hyp_de, "--test_data", spec, "--split", "valid"])
+    assert r["test_set"] == {
+        "test_data": str(tmp_path / "saved"), "split": "valid", "dataset_config": "de-en",
+        "src_lang": "en", "tgt_lang": "de",
+    }  # fmt: skip
+    # a file, or a saved Dataset (not a DatasetDict), is read whole: "--split valid" would have
+    # scored it as it is
+    datasets.Dataset.from_list(rows).save_to_disk(tmp_path / "one")
+    for one_set in (spec, str(tmp_path / "one")):
+        with pytest.raises(UserError, match=r"--split valid: test set .* is one set, without"):
+            evaluate.main(["--hypotheses", hyp_de, "--test_data", one_set, "--split", "valid"])
     with pytest.raises(UserError, match="--split chooses a test set, but --reference"):
         evaluate.main(["--hypotheses", hyp_de, "--reference", hyp_de, "--split", "valid"])
     r = evaluate.main(["--hypotheses", hyp_en, "--test_data", spec])
-    assert r["test_set"] == {"test_data": spec, "split": None}
+    assert r["test_set"]["test_data"] == spec and r["test_set"]["split"] is None
 
 
 def test_checkpoint_translates_its_test_data_with_beam(tmp_path):

@@ -149,6 +149,10 @@ class SummingProcesses(SimpleNamespace):
     def reduce(self, t, how):
         return t * self.n if how == "sum" else t.clone()
 
+    @property
+    def num_processes(self):
+        return self.n
+
 
 def test_the_logged_train_loss_is_per_target_token_and_survives_a_mid_log_resume():
     acc = SummingProcesses(device="cpu", n=1)
@@ -178,6 +182,16 @@ def test_the_logged_train_loss_is_per_target_token_and_survives_a_mid_log_resume
     resumed.commit()
     assert resumed.mean_loss(three) == pytest.approx(whole)
     assert train.Meter(acc, {"loss": 9.0, "n": 3}).mean_loss(acc) == 0.0  # an older checkpoint
+    # saved by 1 process at an epoch's end, resumed by 2 (each then trains 100 tokens at 1.0):
+    # the 100 tokens at 4.0 before the checkpoint count once, not once per process
+    one, two = SummingProcesses(device="cpu", n=1), SummingProcesses(device="cpu", n=2)
+    meter = train.Meter(one)
+    meter.add(torch.tensor(4.0), 100)
+    meter.commit()
+    resumed = train.Meter(two, meter.state(one))
+    resumed.add(torch.tensor(1.0), 100)
+    resumed.commit()
+    assert resumed.mean_loss(two) == pytest.approx((4 * 100 + 1 * 200) / 300)
 
 
 def test_a_log_window_across_an_epochs_end_loses_no_steps_loss(corpus, tmp_path, monkeypatch):
@@ -199,13 +213,17 @@ def test_a_log_window_across_an_epochs_end_loses_no_steps_loss(corpus, tmp_path,
 
     monkeypatch.setattr(train, "Meter", Recording)
     monkeypatch.chdir(ROOT)
+
+    def main(out, *args):
+        AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton
+        try:
+            train.main(args_for(corpus, out, "--log_every", 4, *args)[1:])
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+
     out = tmp_path / "run"
-    AcceleratorState._reset_state(reset_partial_state=True)
-    try:
-        train.main(args_for(corpus, out, "--epochs", 2, "--log_every", 4)[1:])
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    main(out, "--epochs", 2)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first_epoch = next(r["step"] for r in records if "valid_loss" in r)
     assert first_epoch % 4, "the epoch ends on a log line: nothing to test"
@@ -214,6 +232,10 @@ def test_a_log_window_across_an_epochs_end_loses_no_steps_loss(corpus, tmp_path,
     # best/ says which validation chose it (the first of equals: a later one must beat it)
     chosen = max((r for r in records if "valid_bleu" in r), key=lambda r: r["valid_bleu"])
     assert json.loads((out / "best" / "best.json").read_text()) == chosen
+    # stopped at the first epoch's end and resumed: the window spanning it logs the same loss
+    main(tmp_path / "resumed", "--epochs", 1)
+    main(tmp_path / "resumed", "--epochs", 2, "--resume")
+    assert train_losses(tmp_path / "resumed") == train_losses(out)
 
 
 @pytest.mark.parametrize(

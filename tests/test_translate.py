@@ -345,6 +345,21 @@ def test_texts_in_batches_equal_texts_one_at_a_time(ckpt, beam):
     assert all(len(p) >= 1 for i, p in enumerate(batched) if LINES[i].strip())
 
 
+def test_progress_counts_every_line_once(ckpt):
+    model, tok, ids, cfg = load_model(ckpt)
+
+    class Bar:
+        n, updates = 0, 0
+
+        def update(self, k):
+            self.n, self.updates = self.n + k, self.updates + 1
+
+    bar = Bar()
+    lines = [*LINES, "", "\u200b", *LINES]
+    translate_nbest(model, tok, ids, lines, 2, cfg.max_seq_length, progress=bar)
+    assert bar.n == len(lines) and bar.updates > 2  # batch by batch, the empty ones at once
+
+
 def test_empty_lines_never_reach_the_model(ckpt, monkeypatch):
     model, tok, ids, cfg = load_model(ckpt)
 
@@ -475,6 +490,7 @@ def test_cli_streams_chunks_through_a_pipe(ckpt):
         rest = proc.stdout.read()
         assert proc.wait(timeout=60) == 0, proc.stderr.read()
         assert rest.count("\n") == 1
+        assert proc.stderr.read() == ""  # no progress bar written into a pipe
     finally:
         proc.kill()
 
