@@ -5,9 +5,10 @@
     python translate.py --checkpoint runs/quickstart --beam 5 --nbest 3 < input.en > nbest.tsv
     python translate.py --checkpoint runs/a runs/b --beam 5 < input.en     # an ensemble
 
-Lines: exactly one output line per input line, in input order. An empty (or all-whitespace)
-input line gives an empty output line without running the model. A source longer than the
-checkpoint's max_seq_length tokens is truncated, with a warning on stderr naming its line.
+Lines: exactly one output line per input line, in input order. An empty input line (or one the
+tokenizer reads as nothing: whitespace, zero-width spaces) gives an empty output line without
+running the model. A source longer than the checkpoint's max_seq_length tokens is truncated,
+with a warning on stderr naming its line. On a terminal, stderr shows a bar of lines done.
 
 Streaming: input is read, translated and written in chunks of --chunk_size lines (each chunk is
 sorted by length into batches and put back in input order), and the output is flushed after each
