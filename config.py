@@ -1,8 +1,9 @@
 """TrainConfig: every setting of a run, loaded from JSON and overridable from the command line.
 
 The first eleven keys are the ones our users already know (`model_dim`, `hidden_dims`, ...);
-their paper names are given in the comments. Unknown keys, wrong types and impossible values
-are collected and reported together on one line (UserError -> exit code 2).
+their paper names are given in the comments. Unknown keys, then wrong types, then impossible
+values: the first of these groups found is reported, all of its problems on one line (UserError
+-> exit code 2).
 """
 
 import argparse

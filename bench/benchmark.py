@@ -22,8 +22,8 @@ runtimes in one process halve its speed, see ../shared/notes/peers.md):
           token buckets (data.token_batches) and once as random 64-sentence batches padded to
           their longest sentence, with about the same target tokens per batch
 
-At the defaults it takes about 2 minutes on an idle 2-core CPU (plus about 15 s when
-CTranslate2 is installed, and a one-off 30 s or so to train and cache the tokenizer).
+At the defaults it takes about 3 minutes on an idle 2-core CPU (about 20 s of it CTranslate2's,
+when installed; and a one-off 30 s or so to train and cache the tokenizer).
 """
 
 import argparse
