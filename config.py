@@ -43,7 +43,9 @@ class TrainConfig:
     valid_data: str | None = "wmt/wmt14"  # same forms; None = no validation
     epochs: int = 1  # passes over train_data
     batch_size: int = 128  # max sentences per batch (a cap next to max_tokens)
-    learning_rate: float = 7e-4  # peak LR, reached after warmup_steps
+    # peak LR, reached after warmup_steps. Not the paper's formula d_model^-0.5·warmup^-0.5,
+    # which this default (7e-4) equals only at d_model 512, warmup 4000: set it with the model.
+    learning_rate: float = 7e-4
     model_dim: int = 512  # d_model
     hidden_dims: int = 2048  # d_ff
     num_heads: int = 8  # h
@@ -74,12 +76,14 @@ class TrainConfig:
     bidirectional_epochs: int = 0
     # --- model (beyond the documented keys) ---
     attn_dropout: float = 0.0  # on attention weights (not in the paper; fairseq has it)
-    act_dropout: float = 0.0  # on the feed-forward's hidden activations (fairseq's name)
-    word_dropout: float = 0.0  # whole source tokens' embeddings (Nematus's dropout_source)
+    act_dropout: float = 0.0  # feed-forward's hidden activations (not in the paper; fairseq's)
+    word_dropout: float = 0.0  # whole source tokens (not in the paper; Nematus's dropout_source)
     pre_norm: bool = False  # post-LN as in the paper; pre-LN if True
     # decoder layers when not num_layers (not the paper's): e.g. a deep encoder, shallow decoder
     decoder_layers: int | None = None
-    share_embeddings: bool = True  # source/target/output share one matrix (paper §3.4)
+    # source/target/output share one matrix (paper §3.4); false: a separate source table, the
+    # output layer still tied to the target embedding
+    share_embeddings: bool = True
     # --- optimisation (paper §5.3, §5.4) ---
     warmup_steps: int = 4000
     # "inverse_sqrt" (paper §5.3), or "linear" / "cosine": warmup, then decay to 0 at max_steps
@@ -99,9 +103,12 @@ class TrainConfig:
     # min(ema_decay, (1 + n) / (10 + n)) at the n-th; validation, `best` and every checkpoint's
     # model hold the average (the trained weights stay in the checkpoint's state/). 0 = off.
     ema_decay: float = 0.0
-    # AdamW's decoupled decay, on weight matrices and embeddings only (not LayerNorm, biases).
+    # AdamW's decoupled decay, on weight matrices and embeddings only (not LayerNorm, biases);
+    # not in the paper, whose Adam has none. 0 = Adam.
     weight_decay: float = 0.0
-    clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping
+    # max global gradient norm; 0 = no clipping (not in the paper, which does not clip;
+    # fairseq's --clip-norm)
+    clip_norm: float = 1.0
     grad_accum_steps: int = 1
     # "no", "bf16" or "fp16" autocast (accelerate's mixed_precision; weights and AdamW stay fp32);
     # null = the launcher's (accelerate launch --mixed_precision, ACCELERATE_MIXED_PRECISION).

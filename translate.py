@@ -85,6 +85,7 @@ def length_penalty(length: int, alpha: float) -> float:
 
 def max_new_tokens(src_len, model: Transformer, a: float = 1.5, b: int = 10):
     """Output budget a·src_len + b, within the positional table. int or (B,) tensor in and out.
+    Not the paper's (§6.1: input length + 50): fairseq's form; 1.5·|x| + 10 by default.
 
     Both forms round as fairseq's int(a * src_len + b) in Python floats: the tensor one in
     float64 too (in float32, 1.3 · 90 + 10 came out 126, not 127)."""
@@ -184,7 +185,7 @@ def beam_search(
     src: torch.Tensor,
     ids: SpecialIds,
     max_new,
-    beam: int = 5,
+    beam: int = 5,  # the paper (§6.1): 4, with alpha 0.6
     alpha: float = 0.6,
     nbest: int = 1,
     banned: list[int] = (),

@@ -70,7 +70,7 @@ class MultiHeadAttention(nn.Module):
             # so they attend to it as G·Tq queries of one row, and neither the memory nor its
             # cache is repeated G times.
             x = x.reshape(context.size(0), -1, d)  # (B_mem, G·Tq, D)
-        q = self._split(self.q_proj(x))  # (B, H, Tq, Dh)
+        q = self._split(self.q_proj(x))  # (B, H, Tq, Dh); grouped: (B_mem, H, G·Tq, Dh)
         if context is None:  # self-attention: keys are x, plus the cached past when decoding
             k, v = self._split(self.k_proj(x)), self._split(self.v_proj(x))  # (B, H, Tq, Dh)
             if cache is not None:
@@ -86,18 +86,24 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:  # contiguous, so that every step's matmuls need no copy
                 k, v = k.contiguous(), v.contiguous()
                 cache.k, cache.v = k, v
-        if grouped and not self.training and q.device.type == "cpu":
-            out = grouped_attention(q, k, v, mask)  # (B, H, Tq, Dh)
-        elif q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
             # Half precision on CPU (autocast, or a model cast to bf16): the CPU flash kernel's
             # bf16 backward is slow (on an AMX Xeon a bf16 training step measured 0.6-0.9x fp32
             # with it, 1.1-1.5x without; docs/speed.md), so attention runs in fp32 there while
-            # the projections stay bf16. Not the paper's: a CPU speed measure.
+            # the projections stay bf16 (beam search's grouped attention too: its softmax in
+            # fp32). Not the paper's: a CPU speed measure.
             with torch.autocast("cpu", enabled=False):
-                out = self._sdpa(q.float(), k.float(), v.float(), mask, is_causal).to(q.dtype)
+                out = self._attend(q.float(), k.float(), v.float(), mask, is_causal, grouped)
+            out = out.to(q.dtype)
         else:
-            out = self._sdpa(q, k, v, mask, is_causal)  # (B, H, Tq, Dh)
-        return self.out_proj(out.transpose(1, 2).reshape(b, tq, d))  # (B, Tq, D)
+            out = self._attend(q, k, v, mask, is_causal, grouped)  # (B, H, Tq, Dh)
+        out = out.transpose(1, 2)  # (B, Tq, H, Dh); grouped: (B_mem, G·Tq, H, Dh)
+        return self.out_proj(out.reshape(b, tq, d))  # (B, Tq, D)
+
+    def _attend(self, q, k, v, mask, is_causal, grouped):
+        if grouped and not self.training and q.device.type == "cpu":
+            return grouped_attention(q, k, v, mask)  # (B_mem, H, G·Tq, Dh)
+        return self._sdpa(q, k, v, mask, is_causal)  # (B, H, Tq, Dh)
 
     def _sdpa(self, q, k, v, mask, is_causal):
         return F.scaled_dot_product_attention(

@@ -24,7 +24,9 @@ class ModelConfig:
     word_dropout: float = 0.0
     max_len: int = 1024  # longest sequence the positional table covers
     pre_norm: bool = False  # False: post-LN as in the paper; True: pre-LN (more stable when deep)
-    share_embeddings: bool = True  # one table for source, target and output (paper §3.4)
+    # one table for source, target and output (paper §3.4); False: a separate source table, the
+    # output layer still tied to the target embedding
+    share_embeddings: bool = True
 
     def __post_init__(self):
         if self.d_model % self.n_heads:

@@ -1,4 +1,6 @@
-"""All attention masks are built here.
+"""All attention masks are built here, but for the decoder's causal mask in training and
+one-pass decoding: SDPA builds that one from is_causal=True (layers.py), which lets it pick a
+flash kernel; causal_mask() is its reference, for the tests.
 
 Polarity: boolean, True = "may attend", broadcastable to (B, H, Tq, Tk). This is what
 `F.scaled_dot_product_attention` takes. `nn.MultiheadAttention` uses the OPPOSITE polarity

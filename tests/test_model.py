@@ -154,6 +154,21 @@ def test_cpu_autocast_runs_attention_in_fp32(monkeypatch, causal):
     assert_close(attn.q_proj.weight.grad, reference, atol=3e-2, rtol=3e-2)
 
 
+def test_cpu_autocast_runs_the_beams_grouped_attention_in_fp32(monkeypatch):
+    """Beam search's grouped attention (a written-out softmax) under CPU bf16 autocast gets
+    fp32 q, k, v as SDPA does: a softmax in bf16 keeps 3 significant digits."""
+    seen, real = [], attention.grouped_attention
+    spy = lambda q, k, v, m: seen.append((q.dtype, k.dtype, v.dtype)) or real(q, k, v, m)  # noqa: E731
+    monkeypatch.setattr(attention, "grouped_attention", spy)
+    attn = MultiHeadAttention(16, 4).eval()
+    x, memory = torch.randn(6, 1, 16), torch.randn(2, 7, 16)
+    expected = attn(x, context=memory.repeat_interleave(3, 0))  # SDPA: not grouped
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attn(x, context=memory)
+    assert seen == [(torch.float32,) * 3] and got.dtype == torch.bfloat16
+    assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Norm placement (layers.py): post-LN x = LN(x + f(x)); pre-LN x = x + f(LN(x))
 
