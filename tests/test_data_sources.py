@@ -474,9 +474,13 @@ def test_tokenize_with_worker_processes_matches_one_process(tmp_path, cfg, token
     assert np.array_equal(one.src, two.src) and np.array_equal(one.tgt_off, two.tgt_off)
 
 
-def test_default_num_proc():
-    assert data.default_num_proc(29_000) == 1
-    assert 1 <= data.default_num_proc(4_500_000) <= 4
+def test_default_num_proc(monkeypatch):
+    # worker processes only for big corpora (starting them costs seconds), at most 4, at most
+    # one per core this process may use
+    for cores, big in ((8, 4), (2, 2), (1, 1)):
+        monkeypatch.setattr(data.os, "sched_getaffinity", lambda _, n=cores: set(range(n)))
+        assert data.default_num_proc(199_999) == 1
+        assert data.default_num_proc(200_000) == data.default_num_proc(4_500_000) == big
 
 
 def test_tokenize_builds_the_corpus_chunk_by_chunk(tokenizer):

@@ -89,8 +89,13 @@ def test_the_shortest_positional_table_bounds_the_output(tiny_cfg):
     ensemble = Ensemble([models[0], short])
     assert ensemble.cfg.max_len == 12 and not ensemble.training
     assert translate.max_new_tokens(30, ensemble) == 11  # the table's last position: 11
-    out = greedy(ensemble, src, ids, translate.max_new_tokens(30, ensemble), [PAD])
-    assert out.size(1) <= 11  # decoding more positions would index past short's table
+    assert translate.max_new_tokens(30, models[0]) > 11  # the longer member alone allows more
+    # </s> banned, so every row runs to its limit: 11 tokens decode through short's table...
+    out = greedy(ensemble, src, ids, translate.max_new_tokens(30, ensemble), [PAD, ids.eos])
+    assert out.size(1) == 11
+    # ...and a budget past it would index beyond the table
+    with pytest.raises(ValueError, match="exceeds max_len 12"):
+        greedy(ensemble, src, ids, 13, [PAD, ids.eos])
 
 
 def test_models_with_other_vocabularies_are_refused(tiny_cfg):

@@ -198,15 +198,15 @@ def test_usage_errors_are_one_line_user_errors(tmp_path):
 def test_checkpoint_decoding_keeps_freed_memory_on_cpu(tmp_path, monkeypatch):
     """evaluate.py --checkpoint decodes as translate.py does: glibc keeps freed memory."""
     calls = []
-    monkeypatch.setattr(evaluate, "keep_freed_memory", lambda device: calls.append(1) or True)
+    monkeypatch.setattr(evaluate, "keep_freed_memory", lambda device: calls.append(device) or True)
     src = write(tmp_path / "s.en", ["the dog sees the cat"])
     ref = write(tmp_path / "r.de", ["der hund sieht die katze"])
     ckpt = make_checkpoint(tmp_path / "ckpt")
     evaluate.main(["--checkpoint", str(ckpt), "--source", src, "--reference", ref,
                    "--device", "cpu"])  # fmt: skip
-    assert calls == [1]
+    assert calls == ["cpu"]
     evaluate.main(["--hypotheses", ref, "--reference", ref])  # scoring alone decodes nothing
-    assert calls == [1]
+    assert calls == ["cpu"]
 
 
 def test_output_paths_are_checked_before_decoding(tmp_path, monkeypatch):

@@ -121,9 +121,11 @@ def test_generate_greedy_equals_our_greedy(exported):
 
 
 def test_tokenizer_and_generation_defaults_are_translate_pys(exported):
-    """Plain `generate` and `tok(..., truncation=True)` do what translate.py does: its budget,
-    its cut at max_seq_length, no token_type_ids (the model takes none), a class name
-    transformers 4 knows too."""
+    """Plain `generate` and `tok(..., truncation=True)` do what translate.py does, or as close
+    as a generation config can say: a budget of the positional table (max_len - 1; translate.py's
+    a·|x| + b depends on the source, which a GenerationConfig cannot express), its cut at
+    max_seq_length, no token_type_ids (the model takes none), a class name transformers 4 knows
+    too."""
     from transformers import GenerationConfig
 
     ckpt, out = exported[True]
@@ -136,7 +138,10 @@ def test_tokenizer_and_generation_defaults_are_translate_pys(exported):
     assert set(batch) == {"input_ids", "attention_mask"}
     assert batch["input_ids"].shape[1] == min(cfg.max_seq_length, model.cfg.max_len)
     hf = MarianMTModel.from_pretrained(out).eval()
-    hf.generate(**batch)  # a source cut to the positional table decodes
+    # a source cut to the positional table decodes (it crashed), as our greedy does with it
+    got = hf.generate(**batch)[0, 1:].tolist()  # after the decoder start token
+    ours = greedy(model, batch["input_ids"], ids, model.cfg.max_len - 1, banned_ids(ids))
+    assert got == [t for t in ours[0].tolist() if t != ids.pad]
 
 
 def test_translates_a_sentence_with_transformers_alone(exported, tmp_path):

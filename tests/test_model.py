@@ -449,13 +449,21 @@ def test_model_config_rejects_shared_embeddings_with_two_vocabularies():
 
 
 @pytest.mark.parametrize("kind", ["dropout", "attn_dropout", "act_dropout", "word_dropout"])
-def test_each_dropout_acts_alone_and_only_in_train_mode(tiny_cfg, kind):
+def test_each_dropout_acts_alone_and_only_in_train_mode(tiny_cfg, kind, monkeypatch):
     off = dict(dropout=0.0, attn_dropout=0.0, act_dropout=0.0, word_dropout=0.0)
     model = Transformer(dataclasses.replace(tiny_cfg, **{**off, kind: 0.5}))
     src = torch.randint(3, tiny_cfg.src_vocab_size, (2, 5))
     tgt = torch.randint(3, tiny_cfg.tgt_vocab_size, (2, 4))
+    rates, sdpa = [], F.scaled_dot_product_attention  # attention's dropout goes to SDPA
+
+    def spy(*args, dropout_p=0.0, **kw):
+        rates.append(dropout_p)
+        return sdpa(*args, dropout_p=dropout_p, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     model.train()
     assert not torch.allclose(model(src, tgt), model(src, tgt))
+    assert set(rates) == {0.5 if kind == "attn_dropout" else 0.0}  # only attn_dropout's there
     model.eval()
     assert_close(model(src, tgt), model(src, tgt), atol=0, rtol=0)
 
