@@ -144,7 +144,8 @@ def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list
         }.items()
         if v is not None
     }
-    if args.split and not has_splits(spec):
+    whole = not has_splits(spec)
+    if args.split and whole:
         # read whole whatever the split: "--split validation" would quietly score the test set
         raise UserError(f"--split {args.split}: test set {spec} is one set, without splits")
     test_cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
@@ -156,7 +157,7 @@ def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list
         list(ds["tgt"]) if references is None else references,
         {
             "test_data": spec,
-            "split": split if has_splits(spec) else None,
+            "split": None if whole else split,
             **{k: getattr(test_cfg, k) for k in ("dataset_config", "src_lang", "tgt_lang")},
         },
     )

@@ -647,13 +647,11 @@ def main(argv=None):
         # and the tied output layer) would be gathered again for backward, twice a step
         model.set_reshard_after_forward(False, recurse=False)
     state = restore(accelerator, out, cfg, args.resume, run["log"])
+    resumed_from = latest_checkpoint(out) if args.resume else None
     if cfg.ema_decay:
-        run["ema"] = start_ema(
-            model, accelerator, cfg, latest_checkpoint(out) if args.resume else None, run["log"]
-        )
+        run["ema"] = start_ema(model, accelerator, cfg, resumed_from, run["log"])
     run["cfg"] = cfg = resume_plan(cfg, state, run["log"])
-    if args.resume:
-        log_changed_settings(latest_checkpoint(out), cfg, run["log"])
+    log_changed_settings(resumed_from, cfg, run["log"])
     check_same_batching(run, state, accelerator)  # before config.json says otherwise
     if "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
@@ -759,9 +757,11 @@ def resume_plan(cfg: TrainConfig, state: dict, log) -> TrainConfig:
 def log_changed_settings(ckpt: Path | None, cfg: TrainConfig, log) -> None:
     """Settings a resume changes (an override added, or one forgotten) take effect silently and
     the run's config.json is overwritten: the log keeps what the checkpoint was trained with."""
+    if ckpt is None:  # a fresh start
+        return
     try:
         before = json.loads((ckpt / "config.json").read_text())
-    except (OSError, TypeError, ValueError):  # no checkpoint (a fresh start), or an odd one
+    except (OSError, ValueError):  # an odd checkpoint: restore() has read the rest of it
         return
     now = cfg.to_dict()
     changed = [f"{k} {before[k]} -> {v}" for k, v in now.items() if before.get(k, v) != v]
@@ -1033,7 +1033,7 @@ def check_pace(run: dict, state: dict, last_step: int | None = None) -> None:
         return
     per_minute = (step - since_step) / (seconds - since_s) * 60
     reach = int(step + per_minute * (limit - seconds) / 60)
-    fitting = cfg.fit_steps_to_time and cfg.cooldown_steps  # inverse_sqrt's cooldown only
+    fitting = cfg.fit_steps_to_time and not fit_steps_inactive(cfg)
     # 5 % off, rounded down to hundreds
     fit = reach * 95 // 10_000 * 100
     if fitting and last_step:
