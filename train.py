@@ -797,36 +797,24 @@ def distribution(accelerator) -> str:
 
 
 def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> None:
-    cfg, ids, stop = run["cfg"], run["ids"], StopSignal()
-    done, started = False, time.time() - state.get("train_seconds", 0.0)
-    if why := finished(cfg, state):  # resumed a run that was complete
-        if state.get("validated_step") == state["step"]:
-            run["log"](f"{why}; nothing to do")
-            return
-        # its last checkpoint was saved before the run's end had validated: do that now
-        run["log"](f"{why}; validating the last step")
-        end_of_epoch(model, accelerator, run, state, state["epoch"])
+    cfg, ids = run["cfg"], run["ids"]
+    run["started"] = time.time() - state.get("train_seconds", 0.0)  # a resume's clock goes on
+    if finish_resumed(model, accelerator, run, state):
         return
     # one meter for the whole run: a log window that spans an epoch's end loses no step's loss
-    meter = Meter(accelerator, state.pop("meter", None))
+    meter = run["meter"] = Meter(accelerator, state.pop("meter", None))
+    run["stop"], outcome = StopSignal(), None
     for epoch in range(state["epoch"], cfg.epochs):
         batches, weights = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
-        steps = len(batches) // cfg.grad_accum_steps
-        bar = tqdm(
-            total=steps,
-            initial=state["batch_in_epoch"] // cfg.grad_accum_steps,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            dynamic_ncols=True,
-            disable=not accelerator.is_local_main_process,
-        )
+        steps, first = len(batches) // cfg.grad_accum_steps, state["batch_in_epoch"]
+        bar = epoch_bar(accelerator, epoch, cfg.epochs, steps, first // cfg.grad_accum_steps)
         meter.resume()
         model.train()
-        first = state["batch_in_epoch"]
         for batch, weight in zip(
             batch_iter(run["train"], batches[first:], ids, accelerator.device), weights[first:]
         ):
             with accelerator.accumulate(model):
-                loss = train_loss(model, batch, cfg, ids.pad)
+                loss = train_loss(model, batch, run["cfg"], ids.pad)
                 accelerator.backward(loss if weight == 1.0 else loss * weight)
                 if accelerator.sync_gradients:
                     finite = optimizer_step(model, optimizer, accelerator, run)
@@ -837,45 +825,80 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                 continue
             if not finite:
                 meter.drop()  # the skipped step's loss is not logged (NaN would be)
-                check_bad_step(state, cfg, run["log"])
+                check_bad_step(state, run["cfg"], run["log"])
                 continue
             meter.commit()
             state["bad_steps"] = 0
             scheduler.step()
             state["step"] += 1
-            state["train_seconds"] = time.time() - started
             bar.update(1)
-            if state["step"] % cfg.log_every == 0:
-                log_train(accelerator, bar, meter, scheduler, state, epoch, run)
-                cfg = fit_to_pace(accelerator, run, state, epochs_end(run, state, epoch, steps))
-            done = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time(
-                accelerator, state["step"], cfg, state["train_seconds"]
-            )
-            stopping = stop.agreed(accelerator, state["step"], cfg.log_every)
-            if stopping:  # saved now: the grace period may not outlast a validation
-                save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
-            if done:  # the run's end validates and saves, a stop request or not
+            if outcome := after_step(model, accelerator, scheduler, run, state, epoch, steps, bar):
                 break
-            if stopping:
-                run["log"](f"stopped by signal at step {state['step']}; continue with --resume")
-                return
-            if cfg.save_every and state["step"] % cfg.save_every == 0:
-                save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
         bar.close()
+        if outcome == "stopped":
+            return
         if state["batch_in_epoch"] >= len(batches):
             state.update(epoch=epoch + 1, batch_in_epoch=0)
         state["meter"] = meter.state(accelerator)  # the epoch end's checkpoint logs on from here
         meter.pause()
         ended = end_of_epoch(model, accelerator, run, state, epoch)
         del state["meter"]
-        if ended or done:
+        if ended or outcome == "done":
             break
-    seconds = time.time() - started
+    seconds = time.time() - run["started"]
     run["log"](
         f"done: step {state['step']}, checkpoints in {cfg.output_dir}; "
         f"{state['target_tokens'] / 1e6:.2f}M target tokens in {seconds / 60:.1f} min, "
         f"{state['target_tokens'] / seconds:.0f} tokens/s end to end (with validation and saves)"
     )
+
+
+def finish_resumed(model, accelerator, run: dict, state: dict) -> bool:
+    """True if a resumed run was already complete (its end validated now if its last
+    checkpoint was saved before that validation)."""
+    if not (why := finished(run["cfg"], state)):
+        return False
+    if state.get("validated_step") == state["step"]:
+        run["log"](f"{why}; nothing to do")
+    else:
+        run["log"](f"{why}; validating the last step")
+        end_of_epoch(model, accelerator, run, state, state["epoch"])
+    return True
+
+
+def epoch_bar(accelerator, epoch: int, epochs: int, steps: int, done: int):
+    return tqdm(
+        total=steps,
+        initial=done,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        dynamic_ncols=True,
+        disable=not accelerator.is_local_main_process,
+    )
+
+
+def after_step(model, accelerator, scheduler, run, state, epoch, steps, bar) -> str | None:
+    """A step's bookkeeping: log, fit the steps to the pace, save on schedule or when stopped.
+    "done" at the run's end (the epoch's end then validates and saves), "stopped" on a signal
+    (saved here), else None."""
+    state["train_seconds"] = time.time() - run["started"]
+    meter, cfg = run["meter"], run["cfg"]
+    if state["step"] % cfg.log_every == 0:
+        log_train(accelerator, bar, meter, scheduler, state, epoch, run)
+        cfg = fit_to_pace(accelerator, run, state, epochs_end(run, state, epoch, steps))
+    done = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time(
+        accelerator, state["step"], cfg, state["train_seconds"]
+    )
+    stopping = run["stop"].agreed(accelerator, state["step"], cfg.log_every)
+    if stopping:  # saved now: the grace period may not outlast a validation
+        save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
+    if done:  # the run's end validates and saves, a stop request or not
+        return "done"
+    if stopping:
+        run["log"](f"stopped by signal at step {state['step']}; continue with --resume")
+        return "stopped"
+    if cfg.save_every and state["step"] % cfg.save_every == 0:
+        save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
+    return None
 
 
 def finished(cfg: TrainConfig, state: dict) -> str | None:
