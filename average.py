@@ -28,9 +28,11 @@ from checkpoint import (
 )
 from config import UserError, cli
 
-# dropout rates do not change what the weights compute at inference: a run resumed with another
-# dropout still averages with its earlier checkpoints
-TRAINING_ONLY = {"dropout", "attn_dropout", "act_dropout", "word_dropout"}
+# settings that do not change what the weights compute: dropout rates (a run resumed with
+# another dropout still averages with its earlier checkpoints) and max_len, which only sizes the
+# sinusoidal table, not saved (a resume at an epoch's end may change max_seq_length); the
+# average takes the newest checkpoint's
+TRAINING_ONLY = {"dropout", "attn_dropout", "act_dropout", "word_dropout", "max_len"}
 
 
 def check_same_model(dirs: list[Path]) -> None:
@@ -85,14 +87,14 @@ def average(dirs: list[Path], out: Path) -> None:
 
 
 def given_twice(dirs: list[Path]) -> list[str]:
-    """Checkpoints given twice, by two paths or as a copy (a run's best/ is one of its steps,
-    copied with its time): weights files of one size and time, and the same bytes (whole
-    seconds, as some archives keep, can tie distinct steps)."""
+    """Checkpoints given twice, by two paths or as a copy (a run's best/ is one of its steps):
+    weights files of the same bytes. A copy may have a new time, so only the size screens;
+    other checkpoints of one model differ within the first tensor, where the comparison stops."""
     files = [d / WEIGHTS for d in dirs]
-    keys = [(st.st_size, st.st_mtime_ns) for st in map(Path.stat, files)]
+    sizes = [f.stat().st_size for f in files]
     return sorted(
         {str(d) for i, d in enumerate(dirs) for j in range(len(dirs))
-         if i != j and keys[i] == keys[j] and filecmp.cmp(files[i], files[j], shallow=False)}
+         if i != j and sizes[i] == sizes[j] and filecmp.cmp(files[i], files[j], shallow=False)}
     )  # fmt: skip
 
 
@@ -101,7 +103,11 @@ def main(argv=None):
     p.add_argument("--run", help="a run's output_dir: average its newest --last checkpoints")
     p.add_argument("--last", type=int, default=5, help="(default 5)")
     p.add_argument("--checkpoints", nargs="+", help="checkpoint directories to average")
-    p.add_argument("--out", required=True, help="the new checkpoint (replaced if it exists)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="the new checkpoint (an earlier model there is replaced; any other folder refused)",
+    )
     args = p.parse_args(argv)
     if bool(args.run) == bool(args.checkpoints):
         raise UserError("give either --run (with --last) or --checkpoints")
@@ -118,10 +124,10 @@ def main(argv=None):
     for d in dirs:
         if not (d / WEIGHTS).exists():
             raise UserError(f"{d}: no {WEIGHTS}")
-    if twice := given_twice(dirs):  # it would weigh double, silently
-        raise UserError(f"checkpoint given twice: {', '.join(twice)}")
     check_replaceable(args.out, dirs)
     check_same_model(dirs)
+    if twice := given_twice(dirs):  # it would weigh double, silently
+        raise UserError(f"checkpoint given twice: {', '.join(twice)}")
     average(dirs, Path(args.out))
     print(f"averaged {len(dirs)} checkpoints ({dirs[0].name} ... {dirs[-1].name}) into {args.out}")
 

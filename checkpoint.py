@@ -72,8 +72,9 @@ def staged_output(final: str | Path):
 
 
 def check_replaceable(out: str | Path, inputs: list[Path]) -> None:
-    """UserError unless `out` can be replaced whole: not an input nor a folder holding one, and
-    not a training run's output_dir or its checkpoints/ (replacing it would delete them)."""
+    """UserError unless `out` can be replaced whole: not an input nor a folder holding one, not a
+    training run's output_dir or its checkpoints/ (replacing it would delete them), and if it
+    exists, a model directory (an earlier output, rewritten) or empty."""
     if Path(out).name in ("", ".", ".."):
         raise UserError(f"--out {out}: give the new directory's name")
     out = Path(out).resolve()
@@ -83,6 +84,23 @@ def check_replaceable(out: str | Path, inputs: list[Path]) -> None:
             raise UserError(f"--out {out} would replace {d}, which it is made from")
     if (out / "checkpoints").is_dir() or step_dirs(out):
         raise UserError(f"--out {out} holds a training run's checkpoints; name a new one")
+    if out.exists() and not is_model_dir(out):
+        raise UserError(
+            f"--out {out} exists and is not a model directory (replacing it would delete what "
+            "it holds); name a new one"
+        )
+
+
+def is_model_dir(path: Path) -> bool:
+    """Empty, or one model as our tools write it: a weights file, no folders (a folder that
+    holds other models or anything else is not replaced whole)."""
+    if not path.is_dir():
+        return False
+    entries = list(path.iterdir())
+    model_files = ("model.safetensors", "model.bin")  # ours and Hugging Face's; CTranslate2's
+    return not entries or (
+        any(e.name in model_files for e in entries) and not any(e.is_dir() for e in entries)
+    )
 
 
 def save_model_dir(

@@ -261,7 +261,11 @@ def main(argv=None):
         epilog=__doc__[__doc__.index("The directory") :],
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint dir or a run's output_dir")
-    p.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="directory to write (an earlier model there is replaced; any other folder refused)",
+    )
     p.add_argument("--ct2", help="also convert the export to a CTranslate2 model here")
     args = p.parse_args(argv)
     if args.ct2:

@@ -55,6 +55,18 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
     os.utime(b / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
     assert average.given_twice([a, b]) == []
     assert average.given_twice([a, b, again]) == sorted([str(a), str(again)])
+    fresh = tmp_path / "fresh"  # a copy with a new time (cp -r without -p) is a copy too
+    shutil.copytree(a, fresh, copy_function=shutil.copy)
+    os.utime(fresh / "model.safetensors", ns=(1, 1))
+    assert average.given_twice([a, b, fresh]) == sorted([str(a), str(fresh)])
+    shutil.rmtree(fresh)
+    # --out names a folder that is not one model: replacing it would delete what it holds
+    models = tmp_path / "models"  # a model with other models in folders beside it
+    shutil.copytree(a, models / "a")
+    shutil.copy(a / "model.safetensors", models)
+    (models / "notes.txt").write_text("keep me\n")
+    notes = tmp_path / "notes"  # no model at all
+    shutil.copytree(models, notes, ignore=shutil.ignore_patterns("a", "*.safetensors"))
     other_run = tmp_path / "other_run"
     (other_run / "checkpoints").mkdir(parents=True)
     new = str(tmp_path / "new")
@@ -64,6 +76,9 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
         (["--checkpoints", a, b, "--out", b], "would replace .*step-2"),
         (["--checkpoints", a, "--out", other_run], "holds a training run's checkpoints"),
         (["--checkpoints", wide, "--out", run / "checkpoints"], "holds a training run's"),
+        (["--checkpoints", a, "--out", models], "models exists and is not a model directory"),
+        (["--checkpoints", a, "--out", notes], "notes exists and is not a model directory"),
+        (["--checkpoints", a, "--out", models / "notes.txt"], "is not a model directory"),
         (["--checkpoints", a, wide, "--out", new], r"w has shape \(3,\), \(2,\) in"),
         (["--checkpoints", a, renamed, "--out", new], "renamed: its weights do not match .*step-1"),
         (["--run", run, "--checkpoints", a, "--out", new], "give either --run .* or --checkpoints"),
@@ -78,8 +93,15 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
         with pytest.raises(UserError, match=match):
             average.main([str(x) for x in argv])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best", "other_run", "renamed", "run", "wide",
+        "best", "models", "notes", "other_run", "renamed", "run", "wide",
     ]  # fmt: skip
+    assert (models / "notes.txt").read_text() == "keep me\n" and (models / "a").is_dir()
+    # an earlier output, or an empty folder, is replaced
+    average.main(["--checkpoints", str(a), str(b), "--out", str(models / "a")])
+    (tmp_path / "empty").mkdir()
+    average.main(["--checkpoints", str(a), str(b), "--out", str(tmp_path / "empty")])
+    for out in (models / "a", tmp_path / "empty"):
+        assert torch.equal(load_file(out / "model.safetensors")["w"], torch.full((2,), 0.5))
     assert torch.equal(load_file(b / "model.safetensors")["w"], torch.ones(2))
 
 
@@ -104,7 +126,7 @@ def test_checkpoints_of_other_models_are_refused(tmp_path):
     a = make_checkpoint(tmp_path / "a", n_heads=2)
     heads = make_checkpoint(tmp_path / "heads", n_heads=4)  # the same shapes at d_model 16
     ids = tmp_path / "ids"
-    shutil.copytree(a, ids, copy_function=shutil.copy)  # new files, not a copy2 twin of a
+    shutil.copytree(a, ids)  # the same weights: the vocabulary is checked first
     tok = json.loads((ids / "tokenizer.json").read_text())
     pieces = tok["model"]["vocab"]
     pieces[10], pieces[11] = pieces[11], pieces[10]  # two pieces swap ids
@@ -115,18 +137,21 @@ def test_checkpoints_of_other_models_are_refused(tmp_path):
     with pytest.raises(UserError, match="tokenizer's vocabulary differs"):
         average.main(["--checkpoints", str(a), str(ids), "--out", str(out)])
     assert not out.exists()
-    # dropout rates are training's, not the model's: a run resumed with others still averages
+    # dropout rates are training's, not the model's, and max_len only sizes the sinusoidal
+    # table: a run resumed with others still averages
     resumed = make_checkpoint(tmp_path / "resumed", tok=checkpoint_tokenizer(a), dropout=0.3,
-                              attn_dropout=0.1, eos_scale=2)  # fmt: skip
+                              attn_dropout=0.1, max_len=144, eos_scale=2)  # fmt: skip
     average.main(["--checkpoints", str(a), str(resumed), "--out", str(out)])
     shutil.rmtree(out)
     # a run's output_dir stands for its best checkpoint, as in translate.py
     run = tmp_path / "run"
-    shutil.copytree(a, run / "best", copy_function=shutil.copy)  # not a copy2 twin of a
+    shutil.copytree(a, run / "best")
+    want = load_file(a / "model.safetensors")
+    save_file({k: 3 * v for k, v in want.items()}, run / "best" / "model.safetensors")
     (run / "best" / "best.json").write_text('{"step": 7}\n')
     average.main(["--checkpoints", str(a), str(run), "--out", str(out)])
-    got, want = load_file(out / "model.safetensors"), load_file(a / "model.safetensors")
-    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    got = load_file(out / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], 2 * want[k]) for k in want)
     assert not (out / "best.json").exists()  # one checkpoint's record, not the average's
 
 
