@@ -43,7 +43,13 @@ from tqdm.auto import tqdm
 from config import TrainConfig, UserError, cli
 from cpu_memory import keep_freed_memory
 from data import has_splits, load_text, read_lines
-from translate import add_decoding_args, decoding_options, open_output, translate_texts
+from translate import (
+    add_decoding_args,
+    check_not_an_input,
+    decoding_options,
+    open_output,
+    translate_texts,
+)
 
 METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER"}  # our keys -> sacreBLEU's names
 
@@ -229,6 +235,9 @@ def main(argv=None):
     same = args.output and args.json and args.output != "-"
     if same and os.path.realpath(args.output) == os.path.realpath(args.json):
         raise UserError(f"--output and --json name the same file ({args.output})")
+    inputs = {f"--{k}": getattr(args, k) for k in ("source", "reference", "hypotheses", "compare")}
+    for flag in ("output", "json"):
+        check_not_an_input(f"--{flag}", getattr(args, flag), inputs)
     if args.compare and args.bootstrap_samples < 1:
         raise UserError("--bootstrap_samples must be >= 1")
     # read before any decoding, so that a missing file stops us now, not hours later

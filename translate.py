@@ -442,6 +442,16 @@ def read_lines(path: str | None) -> list[str]:
 _OUTPUTS = itertools.count()  # numbers the temporary files of one process's outputs
 
 
+def check_not_an_input(flag: str, path: str | None, inputs: dict[str, str | None]) -> None:
+    """UserError if the output `path` is one of the `inputs` ({flag: path}): written over when
+    done, it would replace what it was made from."""
+    if path in (None, "-") or not os.path.isfile(path):
+        return
+    for name, given in inputs.items():
+        if given not in (None, "-") and os.path.isfile(given) and os.path.samefile(path, given):
+            raise UserError(f"{flag} {path} is the {name} file: it would be replaced; name another")
+
+
 @contextlib.contextmanager
 def open_output(path: str | None):
     """A UTF-8 text stream with "\\n" line ends to a file, or to stdout (left open after).
@@ -615,6 +625,7 @@ def main(argv=None):
         raise UserError("--chunk_size must be >= 1")
     if args.input not in (None, "-") and not os.path.exists(args.input):
         raise UserError(f"input file not found: {args.input}")
+    check_not_an_input("--output", args.output, {"--input": args.input})
     model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
     keep_freed_memory(args.device)  # each decoding step's logits reuse the last step's memory
     # on stderr, and only on a terminal (disable=None): never into a pipe or a log

@@ -493,6 +493,15 @@ def test_translate_checks_its_options_before_decoding(
     assert list(tmp_path.iterdir()) == []  # nothing written, no new_dir made
 
 
+def test_translate_refuses_to_write_over_its_input(trained, corpus, tmp_path, capsys):
+    source = tmp_path / "test.en"
+    shutil.copy(corpus / "test.en", source)
+    argv = ["--checkpoint", trained, "--input", source, "--output", tmp_path / "." / "test.en"]
+    code, err = run_cli(translate.main, argv, capsys)
+    assert_one_line_error(code, err, "test.en is the --input file: it would be replaced")
+    assert source.read_text() == (corpus / "test.en").read_text()
+
+
 def test_a_budget_past_int64_is_the_longest_output_not_one_token(trained):
     import torch
 

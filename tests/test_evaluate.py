@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 import random
 
 import pytest
@@ -180,6 +181,15 @@ def test_usage_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="--output and --json name the same file"):
         evaluate.main(["--checkpoint", "c", "--source", ref, "--reference", ref,
                        "--output", hyp, "--json", str(tmp_path / "." / "hyp.de")])  # fmt: skip
+    # an output that is an input would be written over it when done
+    with pytest.raises(UserError, match=r"^--output .*ref.de is the --reference file"):
+        evaluate.main(["--checkpoint", "c", "--source", hyp, "--reference", ref, "--output", ref])
+    os.symlink(hyp, tmp_path / "link.de")  # the same file by another name
+    with pytest.raises(UserError, match=r"^--json .*link.de is the --hypotheses file"):
+        evaluate.main(
+            ["--hypotheses", hyp, "--reference", ref, "--json", str(tmp_path / "link.de")]
+        )
+    assert (tmp_path / "hyp.de").read_text() == (tmp_path / "ref.de").read_text()  # untouched
     with pytest.raises(UserError, match="either --hypotheses"):
         evaluate.main(["--reference", ref])
     # decoding options cannot change hypotheses already decoded: said, not ignored
