@@ -292,7 +292,10 @@ def _type_error(cfg: TrainConfig, f: dataclasses.Field) -> str | None:
     if isinstance(value, bool) and bool not in allowed:  # bool is an int in Python: refuse it
         return f"{f.name} must be {_type_name(f.type)} (got {value!r})"
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-        object.__setattr__(cfg, f.name, float(value))  # 1 is a fine learning rate
+        try:
+            object.__setattr__(cfg, f.name, float(value))  # 1 is a fine learning rate
+        except OverflowError:
+            return f"{f.name} must be {_type_name(f.type)} (got an integer too large for one)"
         return None
     if not isinstance(value, allowed):
         return f"{f.name} must be {_type_name(f.type)} (got {value!r})"
@@ -309,18 +312,31 @@ def _type_name(tp) -> str:
     return " or ".join("null" if a is type(None) else a.__name__ for a in _allowed_types(tp))
 
 
+class _Repeated(Exception):
+    pass
+
+
+def _no_repeats(pairs: list[tuple]) -> dict:
+    keys = [k for k, _ in pairs]
+    if repeated := next((k for k in keys if keys.count(k) > 1), None):
+        raise _Repeated(repeated)
+    return dict(pairs)
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """JSON file (optional) + overrides -> validated TrainConfig."""
     values = {}
     if path is not None:
         try:
-            values = json.loads(Path(path).read_text())
+            values = json.loads(Path(path).read_text(), object_pairs_hook=_no_repeats)
         except FileNotFoundError:
             raise UserError(f"config file not found: {path}") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
         except UnicodeDecodeError as e:
             raise UserError(f"{path}: not UTF-8 ({e.reason})") from None
+        except _Repeated as e:  # json would keep the last silently
+            raise UserError(f"{path}: {e.args[0]!r} is given twice") from None
         except OSError as e:  # a directory (a checkpoint's, not its config.json), no permission
             raise UserError(f"cannot read config {path!r} ({e.strerror})") from None
         if not isinstance(values, dict):

@@ -60,6 +60,11 @@ def test_wrong_type_in_file_is_named(tmp_path):
         load_config(path)
 
 
+def test_an_integer_too_large_for_a_float_setting_is_named():
+    with pytest.raises(UserError, match=r"max_minutes must be float or null \(got an integer too"):
+        from_cli("--max_minutes", "9" * 400)
+
+
 def test_optional_field_names_null_in_its_type():
     with pytest.raises(UserError, match=r"max_tokens must be int or null \(got 'lots'\)"):
         TrainConfig(max_tokens="lots")
@@ -204,6 +209,17 @@ def test_bad_json_names_file_and_line(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('{\n  "epochs": 2,\n  "dropout": ,\n  "seed": 1\n}\n')
     with pytest.raises(UserError, match=r"broken\.json: not valid JSON \(line 3"):
+        load_config(path)
+
+
+def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
+    # JSON keeps the last silently: which one the user meant is not ours to guess
+    path = tmp_path / "twice.json"
+    path.write_text('{"epochs": 3, "dropout": 0.1, "epochs": 1}')
+    with pytest.raises(UserError, match=r"twice\.json: 'epochs' is given twice"):
+        load_config(path)
+    path.write_text('{"tokenizer": {"train": "bpe", "train": "unigram"}}')
+    with pytest.raises(UserError, match=r"twice\.json: 'train' is given twice"):
         load_config(path)
 
 
