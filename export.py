@@ -38,7 +38,8 @@ CTranslate2: its stock Marian converter (ct2-transformers-converter) assumes Mar
 vocabulary layout: it drops the last vocabulary row, taking it for the <pad> transformers
 appends, and starts decoding from a zero embedding instead of the start token's. Our
 tokenizers have no such row and decode from SpecialIds.start, so --ct2 converts with that
-loader minus those two Marian conventions: every row kept, decoding from our start token.
+loader minus those two Marian conventions: every row kept, decoding from our start token; and
+it adds an output bias of -1e4 on padding and the start token, which translate.py bans.
 Refused (one-line error, exit 2): pre_norm models (Marian is post-LN only). Training-only
 settings (dropout, attn_dropout, act_dropout) are copied as they are and do not affect inference;
 word_dropout is not written: MarianConfig has no field for it (Marian's own --dropout-src is
@@ -237,6 +238,17 @@ def to_ctranslate2(exported: str | Path, out: str | Path) -> Path:
 
         def set_decoder(self, spec, decoder):  # from the start token's embedding, not zeros
             ct2.BartLoader.set_decoder(self, spec, decoder)
+
+        def get_model_spec(self, model):
+            spec = super().get_model_spec(model)
+            # translate.py never emits padding or the start token, nor does the Hugging Face
+            # export (suppress_tokens); CTranslate2 keeps no such setting with a model, so the
+            # ban is an output bias (-1e4: far below any logit, and finite in fp16)
+            c = model.config
+            bias = torch.zeros(c.decoder_vocab_size or c.vocab_size)
+            bias[sorted({c.pad_token_id, c.decoder_start_token_id} - {c.eos_token_id})] = -1e4
+            spec.decoder.projection.bias = bias
+            return spec
 
         def set_config(self, config, model, tokenizer):
             super().set_config(config, model, tokenizer)

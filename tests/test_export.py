@@ -227,13 +227,11 @@ def test_ctranslate2_conversion_decodes_our_greedy_tokens(exported, tmp_path, wh
     model, tok, ids, _ = load_model(ckpt)
     src = tok(TEXTS[:4])["input_ids"]
     translator = ctranslate2.Translator(str(tmp_path / "ct2"))
-    banned = [[t] for t in tok.convert_ids_to_tokens(banned_ids(ids))]
-    result = translator.translate_batch(
+    result = translator.translate_batch(  # no suppress_sequences: the model bans them
         [tok.convert_ids_to_tokens(s) for s in src],
         beam_size=1,
         max_decoding_length=24,
         min_decoding_length=0,  # CTranslate2's default 1 forbids </s> first; we do not
-        suppress_sequences=banned,
     )
     for s, r in zip(src, result, strict=True):
         ours = greedy(model, torch.tensor([s]), ids, 24, banned_ids(ids))[0].tolist()
