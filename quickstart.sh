@@ -10,6 +10,10 @@ case " $* " in *" --output_dir"*|*" --config"*)  # translate and evaluate read r
         "run train.py yourself for another config or output_dir" >&2
     exit 2 ;;
 esac
+case " $* " in *" --help "*|*" -h "*) exec python train.py --help ;; esac
+# the arguments are checked before the last run is deleted below: a typo must not cost it
+python -c 'import sys; from config import cli, config_from_argv
+cli(lambda: config_from_argv(["--config", "configs/quickstart.json", *sys.argv[1:]], ""))' "$@"
 python quickstart_data.py --out data/quickstart
 # train.py will not start a fresh run over a run's checkpoints: the demo starts over each time
 case " $* " in *" --resume "*) ;; *) rm -rf runs/quickstart ;; esac

@@ -123,6 +123,23 @@ def test_default_config_without_hub_says_how_to_run_offline():
     assert "Traceback" not in proc.stderr
 
 
+def test_quickstart_checks_its_arguments_before_deleting_the_last_run(tmp_path):
+    # a copy of the script, so that the repository's own runs/quickstart is never at risk
+    import shutil
+
+    for name in ("quickstart.sh", "config.py", "configs/quickstart.json"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / "quickstart_data.py").write_text("")  # makes no data: the test needs none
+    (tmp_path / "runs" / "quickstart").mkdir(parents=True)
+    (tmp_path / "runs" / "quickstart" / "test.hyp.de").write_text("the last run's\n")
+    proc = subprocess.run(["bash", str(tmp_path / "quickstart.sh"), "--epochs", "two"],
+                          capture_output=True, text=True, env=subprocess_env())  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: config: epochs must be int (got 'two')"
+    assert (tmp_path / "runs" / "quickstart" / "test.hyp.de").read_text() == "the last run's\n"
+
+
 def test_bad_checkpoint_is_one_line_error(tmp_path):
     proc = run("translate.py", "--checkpoint", tmp_path / "nope", input="x\n", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: checkpoint not found")
