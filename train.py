@@ -497,6 +497,7 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
         try:
+            check_same_model(ckpt, cfg)
             saved = json.loads((ckpt / "config.json").read_text()).get("weight_decay", 0.0)
             if (saved > 0) != (cfg.weight_decay > 0):  # checked here: FSDP's loader fails first
                 raise UserError(
@@ -552,6 +553,28 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         tmp.write_text("".join(kept))
         tmp.replace(metrics)
     return state
+
+
+# the settings that shape the model's weights: a resume cannot change them
+MODEL_SHAPE = ("model_dim", "hidden_dims", "num_heads", "num_layers", "decoder_layers",
+               "pre_norm", "share_embeddings")  # fmt: skip
+
+
+def check_same_model(ckpt: Path, cfg: TrainConfig) -> None:
+    """UserError naming the model settings a resume changed (the weights would not load, and
+    the error from load_state_dict names tensors, not settings)."""
+    saved = json.loads((ckpt / "config.json").read_text())
+    fields = TrainConfig.__dataclass_fields__
+    changed = [
+        f"{k} {saved.get(k, fields[k].default)} -> {getattr(cfg, k)}"
+        for k in MODEL_SHAPE
+        if saved.get(k, fields[k].default) != getattr(cfg, k)
+    ]
+    if changed:
+        raise UserError(
+            f"resumed with {', '.join(changed)}: a resume trains the checkpoint's model, whose "
+            "shape these settings fix; drop them, or train a new model in another output_dir"
+        )
 
 
 def _inside_an_epoch(ckpt: Path) -> bool:

@@ -1103,6 +1103,23 @@ def test_resume_refuses_weight_decay_switched_off(corpus, tmp_path, single_proce
     assert "saved with weight_decay 20, this run has 0" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_resume_names_the_model_settings_it_cannot_change(corpus, tmp_path, single_process_run):
+    # load_state_dict's own error names tensors, cut to its first line, and the advice to
+    # delete the checkpoint as unreadable was wrong: it was fine
+    out = tmp_path / "run"
+    shutil.copytree(single_process_run, out)
+    before = (out / "config.json").read_text()
+    args = [*args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2), "--hidden_dims", "48",
+            "--num_layers", "2", "--resume"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "resumed with hidden_dims 64 -> 48, num_layers 1 -> 2: a resume trains" in last
+    assert (out / "config.json").read_text() == before
+
+
 def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, single_process_run):
     out = tmp_path / "run"
     shutil.copytree(single_process_run, out, symlinks=True)
