@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
@@ -451,14 +452,15 @@ def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
     # training split itself (not an iterator) lets a trained tokenizer be cached by the data.
     with accelerator.main_process_first():
         train_text = load_text(cfg.train_data, cfg, cfg.train_split)
+        # read now, so that a bad valid_data stops the run before the tokenizing of train
+        valid_text = load_text(cfg.valid_data, cfg, cfg.valid_split) if cfg.valid_data else None
         tokenizer = load_tokenizer(
             cfg, out, train_text, reuse=resume or not accelerator.is_main_process, log=log
         )
         check_targets_hold_eos(tokenizer, cfg.tokenizer)  # before tokenizing it all
         train = tokenize(train_text, tokenizer, cfg.max_seq_length, "train", log)
         valid = None
-        if cfg.valid_data:
-            valid_text = load_text(cfg.valid_data, cfg, cfg.valid_split)
+        if valid_text is not None:
             valid = (tokenize(valid_text, tokenizer, cfg.max_seq_length, "valid", log), valid_text)
     ids = SpecialIds.of(tokenizer)
     run = {
@@ -615,8 +617,8 @@ def main(argv=None):
         project_dir=out,
         fsdp_plugin=fsdp_plugin(cfg),
     )
-    if not accelerator.is_local_main_process:
-        datasets.disable_progress_bars()  # one set of bars, not one per process
+    if not accelerator.is_local_main_process or not sys.stderr.isatty():
+        datasets.disable_progress_bars()  # one set of bars, not one per process; none in a log
     set_seed(cfg.seed)
     try:
         if accelerator.mixed_precision == "fp16" and not accelerator.native_amp:
@@ -626,9 +628,9 @@ def main(argv=None):
                 "by accelerate (it would train in fp32): use bf16 or no"
             )
         run = setup(cfg, accelerator, args.resume)
-    except UserError:
-        if created and accelerator.is_main_process and not any(out.iterdir()):
-            out.rmdir()  # bad data: leave no empty run directory behind
+    except BaseException:  # bad data, Ctrl-C: a run directory made just now holds no run yet
+        if created and accelerator.is_main_process:
+            shutil.rmtree(out, ignore_errors=True)
         raise
     if why := fit_steps_inactive(cfg):
         run["log"](f"warning: fit_steps_to_time does nothing in this run: {why}")
@@ -830,7 +832,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
     for epoch in range(state["epoch"], cfg.epochs):
         batches, weights = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
         steps, first = len(batches) // cfg.grad_accum_steps, state["batch_in_epoch"]
-        bar = epoch_bar(accelerator, epoch, cfg.epochs, steps, first // cfg.grad_accum_steps)
+        bar = epoch_bar(accelerator, epoch, run, state, steps, first // cfg.grad_accum_steps)
         meter.resume()
         model.train()
         for batch, weight in zip(
@@ -889,13 +891,18 @@ def finish_resumed(model, accelerator, run: dict, state: dict) -> bool:
     return True
 
 
-def epoch_bar(accelerator, epoch: int, epochs: int, steps: int, done: int):
+def epoch_bar(accelerator, epoch: int, run: dict, state: dict, steps: int, done: int):
+    """The epoch's progress bar, up to max_steps if that comes first; on a terminal only (not
+    into a log file: log_train prints a line instead, as fairseq's "simple" format)."""
+    cfg = run["cfg"]
+    if cfg.max_steps:
+        steps = min(steps, done + max(cfg.max_steps - state["step"], 0))
     return tqdm(
         total=steps,
         initial=done,
-        desc=f"epoch {epoch + 1}/{epochs}",
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
         dynamic_ncols=True,
-        disable=not accelerator.is_local_main_process,
+        disable=None if accelerator.is_local_main_process else True,  # None: a terminal only
     )
 
 
@@ -1190,6 +1197,11 @@ def log_train(accelerator, bar, meter: Meter, scheduler, state, epoch, run):
     tok_s = meter.tokens * accelerator.num_processes / (time.time() - meter.t0)
     lr = scheduler.get_last_lr()[0]
     bar.set_postfix(step=state["step"], loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
+    if bar.disable:  # no terminal: a line for the log (printed by the main process only)
+        run["log"](
+            f"epoch {epoch + 1}: step {state['step']} train_loss {loss:.3f} lr {lr:.2e} "
+            f"tok_s {tok_s:.0f}"
+        )
     write_metrics(
         accelerator,
         {"epoch": epoch + 1, "step": state["step"], "train_loss": loss, "lr": lr, "tok_s": tok_s},

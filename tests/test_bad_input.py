@@ -107,6 +107,23 @@ def test_train_py_missing_data_file(corpus, tmp_path):
     )
 
 
+def test_train_py_missing_valid_file_stops_before_the_work_and_leaves_nothing(corpus, tmp_path):
+    # it was found after the tokenizer was trained and train tokenized (minutes on WMT14), and
+    # the new output_dir kept the tokenizer
+    out = tmp_path / "run"
+    argv = train_argv(corpus, out, "--max_steps", 1)
+    argv[argv.index("--valid_data") + 1] = f"{tmp_path}/nowhere/valid.{{lang}}"
+    argv[argv.index("--tokenizer") + 1] = '{"train": "unigram", "vocab_size": 100}'
+    proc = run(*argv)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err[-2000:]
+    assert (
+        err.strip().splitlines()[-1] == f"error: data file not found: {tmp_path}/nowhere/valid.en"
+    )
+    assert "tokenized" not in proc.stdout.decode() + err
+    assert not out.exists()
+
+
 def test_train_py_output_dir_that_cannot_be_made(corpus, tmp_path, monkeypatch, capsys):
     import train  # in this process: the check comes before accelerate is set up
 

@@ -1058,6 +1058,22 @@ SIX_STEPS = (
 )  # fmt: skip
 
 
+def test_a_log_file_gets_a_line_per_log_step_and_no_progress_bar(corpus, tmp_path):
+    # tqdm's carriage-return redraws made a log file of 52 KB for 392 steps, and the bar is
+    # where the loss was shown: without a terminal, lines take its place (fairseq's "simple")
+    proc = run(args_for(corpus, tmp_path / "run", "--max_steps", 4, "--log_every", 2))
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr[-2000:]
+    logged = re.findall(r"^epoch 1: step (\d+) train_loss [\d.]+ lr \S+ tok_s \d+$",
+                        proc.stdout, re.M)  # fmt: skip
+    assert logged == ["2", "4"]
+    # on a terminal, the bar counts to max_steps when that ends the run first
+    acc = SimpleNamespace(is_local_main_process=True)
+    cfg = TrainConfig(max_steps=5, epochs=3)
+    bar = train.epoch_bar(acc, 0, {"cfg": cfg}, {"step": 3}, steps=100, done=3)
+    assert (bar.total, bar.n) == (5, 3)
+    bar.close()
+
+
 @pytest.fixture(scope="module")
 def single_process_run(corpus, tmp_path_factory):
     """The reference: 1 process accumulating 2 batches per step = 2 processes x 1 batch."""
