@@ -534,9 +534,8 @@ def add_decoding_args(p: argparse.ArgumentParser) -> list[str]:
         p.add_argument(
             "--length_penalty",
             type=float,
-            default=0.6,
             help="GNMT alpha for beam search: score = logprob / ((5+len)/6)**alpha; "
-            "0 = raw log-probability (default 0.6)",
+            "0 = raw log-probability (default 0.6 with --beam > 1)",
         ).dest,
         p.add_argument(
             "--max_len_a",
@@ -571,8 +570,13 @@ def decoding_options(args: argparse.Namespace) -> dict:
         raise UserError("--beam and --batch_size must be >= 1")
     if not (0 <= args.max_len_a < math.inf) or args.max_len_b < 0:  # NaN fails too
         raise UserError("--max_len_a and --max_len_b must be finite and >= 0")
-    if not math.isfinite(args.length_penalty):  # NaN scores would rank hypotheses at random
-        raise UserError(f"--length_penalty must be finite (got {args.length_penalty})")
+    alpha = args.length_penalty
+    if alpha is not None and not math.isfinite(alpha):  # NaN would rank hypotheses at random
+        raise UserError(f"--length_penalty must be finite (got {alpha})")
+    if alpha is not None and args.beam == 1:  # ignored, and recorded as if it had counted
+        raise UserError(
+            "--length_penalty applies to beam search only: add --beam N (greedy ignores it)"
+        )
     try:  # before loading anything: a misspelled device or no CUDA is one line, not a traceback
         if torch.empty(0, device=args.device).device.type == "meta":
             raise RuntimeError("tensors without data cannot be decoded")
@@ -580,7 +584,7 @@ def decoding_options(args: argparse.Namespace) -> dict:
         raise UserError(f"--device {args.device}: not usable here ({_first_line(e)})") from None
     return {
         "beam": args.beam,
-        "alpha": args.length_penalty,
+        "alpha": None if args.beam == 1 else 0.6 if alpha is None else alpha,  # greedy: none
         "max_len_a": args.max_len_a,
         "max_len_b": args.max_len_b,
         "mixed_precision": args.mixed_precision,

@@ -487,6 +487,7 @@ def test_evaluate_checks_its_options_before_decoding(
         (["--max_len_a", "inf"], "--max_len_a and --max_len_b must be finite and >= 0"),
         (["--max_len_a", "nan"], "--max_len_a and --max_len_b must be finite and >= 0"),
         (["--length_penalty", "nan"], "--length_penalty must be finite (got nan)"),
+        (["--length_penalty", "1.0"], "--length_penalty applies to beam search only: add --beam"),
         (["--device", "meta"], "--device meta: not usable here"),
         (["--output", ""], "cannot write '': not a file name"),
         (["--output", "new_dir/"], "cannot write 'new_dir/': not a file name"),

@@ -170,6 +170,11 @@ def test_checkpoint_translates_its_test_data_with_beam(tmp_path):
     ref = write(tmp_path / "other.de", ["wir essen einen apfel"])
     r = evaluate.main(["--checkpoint", str(ckpt), "--source", src, "--reference", ref])
     assert r["sentences"] == 1
+    assert r["decoding"]["beam"] == 1 and r["decoding"]["alpha"] is None  # greedy has none
+    r = evaluate.main(
+        ["--checkpoint", str(ckpt), "--source", src, "--reference", ref, "--beam", "2"]
+    )
+    assert r["decoding"]["alpha"] == 0.6  # beam search's default
 
 
 def test_usage_errors_are_one_line_user_errors(tmp_path):
