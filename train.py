@@ -526,7 +526,9 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
         # older checkpoints did not say: take their validation at this step as theirs
         state.update({"validated_step": trainer_state["step"], **trainer_state})
-        log(f"resumed from {ckpt}: epoch {state['epoch'] + 1}, step {state['step']}")
+        epoch = state["epoch"]  # the epoch under way, or the next one at an epoch's end
+        where = f"inside epoch {epoch + 1}" if state["batch_in_epoch"] else f"after epoch {epoch}"
+        log(f"resumed from {ckpt}: step {state['step']}, {where}")
     elif resume:
         log(f"nothing to resume in {out}; starting fresh")
     if accelerator.is_main_process:  # drop metrics logged after the checkpoint we resume from
@@ -936,6 +938,8 @@ def finished(cfg: TrainConfig, state: dict) -> str | None:
     go on)."""
     if cfg.max_steps and state["step"] >= cfg.max_steps:
         return f"already at max_steps ({cfg.max_steps})"
+    if state["epoch"] >= cfg.epochs:
+        return f"already trained {cfg.epochs} epoch{'s' * (cfg.epochs > 1)} (more with --epochs)"
     if cfg.max_minutes and state.get("train_seconds", 0.0) > 60 * cfg.max_minutes:
         return f"already trained max_minutes ({cfg.max_minutes})"
     if cfg.patience and state["bad_evals"] >= cfg.patience:

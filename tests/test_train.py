@@ -279,17 +279,20 @@ def test_the_epoch_ends_validation_counts_in_the_training_time(monkeypatch):
 
 
 def test_a_resumed_run_that_a_limit_ended_has_nothing_to_do():
-    state = {"step": 80, "train_seconds": 121.0, "bad_evals": 2}
+    state = {"step": 80, "epoch": 2, "train_seconds": 121.0, "bad_evals": 2}
     assert train.finished(TrainConfig(max_steps=80), state) == "already at max_steps (80)"
-    assert train.finished(TrainConfig(max_minutes=2.0), state) == (
+    assert train.finished(TrainConfig(epochs=2), state) == (
+        "already trained 2 epochs (more with --epochs)"
+    )  # it said "resumed ...: epoch 3" of 2, then "done"
+    assert train.finished(TrainConfig(max_minutes=2.0, epochs=3), state) == (
         "already trained max_minutes (2.0)"
     )
-    assert train.finished(TrainConfig(patience=2), state) == (
+    assert train.finished(TrainConfig(patience=2, epochs=3), state) == (
         "early stopping ended this run (patience 2)"
     )
     # each limit raised for the resume lets the run go on
-    for raised in (dict(max_steps=90), dict(max_minutes=3.0), dict(patience=3)):
-        assert train.finished(TrainConfig(**raised), state) is None
+    for raised in (dict(max_steps=90), dict(max_minutes=3.0), dict(patience=3), dict(epochs=3)):
+        assert train.finished(TrainConfig(**{"epochs": 3, **raised}), state) is None
 
 
 def test_every_process_takes_the_main_processs_validation_bleu(monkeypatch):
