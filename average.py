@@ -102,9 +102,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="a run's output_dir: average its newest --last checkpoints")
     p.add_argument("--last", type=int, default=5, help="(default 5)")
-    p.add_argument("--checkpoints", nargs="+", help="checkpoint directories to average")
+    p.add_argument(
+        "--checkpoints",
+        "--checkpoint",  # the other scripts' spelling (it was taken as an abbreviation anyway)
+        nargs="+",
+        help="checkpoint directories to average (two or more)",
+    )
     p.add_argument(
         "--out",
+        "--output",
         required=True,
         help="the new checkpoint (an earlier model there is replaced; any other folder refused)",
     )
@@ -116,11 +122,16 @@ def main(argv=None):
     dirs = [resolve(d) for d in args.checkpoints] if args.checkpoints else None
     if args.run:
         dirs = step_dirs(Path(args.run) / "checkpoints")[-args.last :]
-        if len(dirs) < args.last:
+        if 0 < len(dirs) < args.last:
             warn = f"warning: only {len(dirs)} checkpoints in {args.run}/checkpoints"
             print(warn, file=sys.stderr)
     if not dirs:
         raise UserError("no checkpoints to average")
+    if args.checkpoints and len(dirs) == 1:  # a copy of it, as said nowhere
+        raise UserError(
+            "--checkpoints: one checkpoint, nothing to average (a run's newest N: --run DIR "
+            "--last N)"
+        )
     for d in dirs:
         if not (d / WEIGHTS).exists():
             raise UserError(f"{d}: no {WEIGHTS}")
@@ -129,7 +140,8 @@ def main(argv=None):
     if twice := given_twice(dirs):  # it would weigh double, silently
         raise UserError(f"checkpoint given twice: {', '.join(twice)}")
     average(dirs, Path(args.out))
-    print(f"averaged {len(dirs)} checkpoints ({dirs[0].name} ... {dirs[-1].name}) into {args.out}")
+    n = f"{len(dirs)} checkpoint{'s' * (len(dirs) > 1)}"
+    print(f"averaged {n} ({dirs[0].name} ... {dirs[-1].name}) into {args.out}")
 
 
 if __name__ == "__main__":

@@ -208,7 +208,9 @@ def main(argv=None):
     p.add_argument("--reference", help="reference translations (.gz ok)")
     p.add_argument("--source", help="source sentences (.gz ok), with --checkpoint")
     p.add_argument("--test_data", "--hub", help="test set, any data source form (see below)")
-    p.add_argument("--hub_config", help="dataset config of a Hub test set (e.g. de-en)")
+    p.add_argument(
+        "--hub_config", "--dataset_config", help="dataset config of a Hub test set (e.g. de-en)"
+    )
     p.add_argument("--split", help="split of the test set (default: the config's test_split)")
     p.add_argument("--src_lang", help="source language of the test set (default: config's, en)")
     p.add_argument("--tgt_lang", help="target language of the test set (default: config's, de)")

@@ -275,6 +275,7 @@ def main(argv=None):
     p.add_argument("--checkpoint", required=True, help="checkpoint dir or a run's output_dir")
     p.add_argument(
         "--out",
+        "--output",
         required=True,
         help="directory to write (an earlier model there is replaced; any other folder refused)",
     )

@@ -74,11 +74,12 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
         (["--run", run, "--last", 0, "--out", new], "--last must be >= 1"),
         (["--run", run, "--out", run], "would replace .*run/checkpoints/step-1"),
         (["--checkpoints", a, b, "--out", b], "would replace .*step-2"),
-        (["--checkpoints", a, "--out", other_run], "holds a training run's checkpoints"),
-        (["--checkpoints", wide, "--out", run / "checkpoints"], "holds a training run's"),
-        (["--checkpoints", a, "--out", models], "models exists and is not a model directory"),
-        (["--checkpoints", a, "--out", notes], "notes exists and is not a model directory"),
-        (["--checkpoints", a, "--out", models / "notes.txt"], "is not a model directory"),
+        (["--checkpoints", a, b, "--out", other_run], "holds a training run's checkpoints"),
+        (["--checkpoints", wide, renamed, "--out", run / "checkpoints"], "holds a training run's"),
+        (["--checkpoints", a, b, "--out", models], "models exists and is not a model directory"),
+        (["--checkpoints", a, b, "--out", notes], "notes exists and is not a model directory"),
+        (["--checkpoints", a, b, "--out", models / "notes.txt"], "is not a model directory"),
+        (["--checkpoint", a, "--out", new], "one checkpoint, nothing to average .*--run DIR"),
         (["--checkpoints", a, wide, "--out", new], r"w has shape \(3,\), \(2,\) in"),
         (["--checkpoints", a, renamed, "--out", new], "renamed: its weights do not match .*step-1"),
         (["--run", run, "--checkpoints", a, "--out", new], "give either --run .* or --checkpoints"),
@@ -157,9 +158,10 @@ def test_checkpoints_of_other_models_are_refused(tmp_path):
 
 def test_an_unwritable_out_is_one_line_and_leaves_nothing(tmp_path):
     a = checkpoint(tmp_path / "a", w=torch.zeros(2))
+    b = checkpoint(tmp_path / "b", w=torch.ones(2))
     (tmp_path / "file").write_text("not a directory\n")
     with pytest.raises(UserError, match=r"cannot write .*file/avg \(Not a directory\)"):
-        average.main(["--checkpoints", str(a), "--out", str(tmp_path / "file" / "avg")])
+        average.main(["--checkpoints", str(a), str(b), "--out", str(tmp_path / "file" / "avg")])
     with pytest.raises(UserError, match="--out .: give the new directory's name"):
-        average.main(["--checkpoints", str(a), "--out", "."])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "file"]
+        average.main(["--checkpoints", str(a), str(b), "--output", "."])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "file"]
