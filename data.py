@@ -165,6 +165,15 @@ def has_splits(spec: str) -> bool:
     return not ((p / "state.json").exists() and not (p / "dataset_dict.json").exists())
 
 
+def takes_config(spec: str) -> bool:
+    """Whether dataset_config applies: a Hub dataset or a local dataset repository, not a file,
+    aligned files or a save_to_disk directory."""
+    if "{lang}" in spec or os.path.isfile(spec):
+        return False
+    p = Path(spec)
+    return not ((p / "state.json").exists() or (p / "dataset_dict.json").exists())
+
+
 def _looks_like_path(spec: str) -> bool:
     # Hub ids are "name" or "owner/name"; anything else is meant as a local path.
     return (

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from config import TrainConfig, UserError, cli
 from cpu_memory import keep_freed_memory
-from data import has_splits, load_text, read_lines
+from data import has_splits, load_text, read_lines, takes_config
 from translate import (
     add_decoding_args,
     check_not_an_input,
@@ -164,12 +164,21 @@ def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list
         {
             "test_data": spec,
             "split": None if whole else split,
-            **{k: getattr(test_cfg, k) for k in ("dataset_config", "src_lang", "tgt_lang")},
+            "dataset_config": test_cfg.dataset_config if takes_config(spec) else None,
+            **{k: getattr(test_cfg, k) for k in ("src_lang", "tgt_lang")},
         },
     )
 
 
 def print_report(report: dict) -> None:
+    # what was scored, as the JSON report says: a run's output_dir resolves to best/ or last/
+    if "checkpoint" in report:
+        members = [m["checkpoint"] for m in report.get("ensemble", [])] or [report["checkpoint"]]
+        d = report["decoding"]
+        how = "greedy" if d["beam"] == 1 else f"beam {d['beam']}, length penalty {d['alpha']}"
+        print(f"translated by {' + '.join(members)} ({how})")
+    t = {k: v for k, v in report["test_set"].items() if v is not None}
+    print("test set: " + ", ".join(f"{k} {v}" for k, v in t.items()))
     print(report["bleu_detail"])
     print(report["chrf_detail"])
     print(report["ter_detail"])

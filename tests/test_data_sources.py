@@ -632,3 +632,20 @@ def test_audit_command_line_on_text_files(tmp_path):
         timeout=120,
     )
     assert bad.returncode == 2 and bad.stderr.strip() == "error: data file not found: nope.en"
+
+
+def test_dataset_config_applies_to_the_hub_and_dataset_repositories_only(tmp_path):
+    from data import has_splits, takes_config
+
+    (tmp_path / "test.en").write_text("a\n")
+    repo = tmp_path / "repo"  # a dataset repository (a clone of the Hub's): configs, splits
+    repo.mkdir()
+    (repo / "README.md").write_text("---\n---\n")
+    datasets.DatasetDict({"test": datasets.Dataset.from_list([{"x": 1}])}).save_to_disk(
+        tmp_path / "dict"
+    )
+    datasets.Dataset.from_list([{"x": 1}]).save_to_disk(tmp_path / "one")
+    specs = ["wmt/wmt14", str(repo), str(tmp_path / "dict"), str(tmp_path / "one"),
+             str(tmp_path / "test.{lang}"), str(tmp_path / "test.en")]  # fmt: skip
+    assert [takes_config(s) for s in specs] == [True, True, False, False, False, False]
+    assert [has_splits(s) for s in specs] == [True, True, True, False, False, False]

@@ -132,7 +132,7 @@ def test_test_set_languages_and_split_can_be_chosen(tmp_path):
                        "--split", "valid"])  # fmt: skip
     assert r["bleu"] == 100.0 and r["sentences"] == 5
     assert r["test_set"] == {
-        "test_data": str(tmp_path / "saved"), "split": "valid", "dataset_config": "de-en",
+        "test_data": str(tmp_path / "saved"), "split": "valid", "dataset_config": None,
         "src_lang": "en", "tgt_lang": "de",
     }  # fmt: skip
     # a file, or a saved Dataset (not a DatasetDict), is read whole: "--split valid" would have
@@ -147,7 +147,7 @@ def test_test_set_languages_and_split_can_be_chosen(tmp_path):
     assert r["test_set"]["test_data"] == spec and r["test_set"]["split"] is None
 
 
-def test_checkpoint_translates_its_test_data_with_beam(tmp_path):
+def test_checkpoint_translates_its_test_data_with_beam(tmp_path, capsys):
     write(tmp_path / "test.en", ["the dog sees the cat", "", "a man reads a book"])
     write(tmp_path / "test.de", ["der hund sieht die katze", "", "ein mann liest ein buch"])
     ckpt = make_checkpoint(tmp_path / "ckpt", test_data=f"{tmp_path}/test.{{lang}}")
@@ -156,6 +156,12 @@ def test_checkpoint_translates_its_test_data_with_beam(tmp_path):
                    "--output", str(hyps), "--json", str(out)])  # fmt: skip
     r = json.loads(out.read_text())
     assert r["sentences"] == 3 and r["decoding"]["beam"] == 2 and r["decoding"]["alpha"] == 1.0
+    # the printed report says what it scored too, not only the JSON
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == [
+        f"translated by {ckpt} (beam 2, length penalty 1.0)",
+        f"test set: test_data {tmp_path}/test.{{lang}}, src_lang en, tgt_lang de",
+    ]
     assert r["config"]["test_data"] == f"{tmp_path}/test.{{lang}}"
     assert r["model_config"]["d_model"] == 16
     assert hyps.read_text().split("\n")[1] == ""  # the empty source stays empty
