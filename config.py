@@ -252,7 +252,8 @@ class TrainConfig:
         elif self.cooldown_steps and not (self.max_steps and self.cooldown_steps < self.max_steps):
             bad.append(
                 f"cooldown_steps ({self.cooldown_steps}) falls to 0 at max_steps: "
-                f"set max_steps above it (got {self.max_steps})"
+                f"set max_steps above it (got {self.max_steps}), or cooldown_steps 0 for a "
+                "trial run"
             )
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):
             bad.append(
