@@ -25,7 +25,7 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, LoggerType, broadcast, set_seed
+from accelerate.utils import DistributedType, LoggerType, broadcast, gather_object, set_seed
 from accelerate.utils.other import load as safe_load
 from tqdm.auto import tqdm
 
@@ -289,18 +289,22 @@ def evaluate(model, accelerator, run: dict) -> dict:
 
 def valid_bleu(model, accelerator, run: dict) -> float:
     """Greedy sacreBLEU on the first valid_bleu_samples pairs, decoded in the run's precision:
-    encode/decode bypass the forward that accelerate wraps in autocast, so wrap them here."""
-    cfg = run["cfg"]
+    encode/decode bypass the forward that accelerate wraps in autocast, so wrap them here. Each
+    process decodes every N-th sentence; the main process scores them all."""
+    cfg, n, rank = run["cfg"], accelerator.num_processes, accelerator.process_index
     sample = run["valid"][1][: cfg.valid_bleu_samples]  # run["valid"]: (token corpus, texts)
     with accelerator.autocast(), gathered_for_decoding(model, accelerator):
         hyps = translate_texts(
             accelerator.unwrap_model(model),
             run["tokenizer"],
             run["ids"],
-            sample["src"],
+            sample["src"][rank::n],
             cfg.decode_batch_size,
             cfg.max_seq_length,
         )
+    if n > 1:
+        shards = gather_object([hyps])  # one list per process, in process order
+        hyps = [shards[i % n][i // n] for i in range(len(sample["src"]))]
     # one verdict on best/ and patience for every process
     return main_process_value(accelerator, sacrebleu.corpus_bleu(hyps, [sample["tgt"]]).score)
 
@@ -316,8 +320,10 @@ def main_process_value(accelerator, value: float) -> float:
 @contextmanager
 def gathered_for_decoding(model, accelerator):
     """Under FSDP2, each decoding step is a forward, which gathers every unit's weights and
-    shards them again: 20 steps, 20 all-gathers of each layer. Keep them gathered while the
-    validation sample decodes (the whole model's weights at once), then shard them again."""
+    shards them again: 20 steps, 20 all-gathers of each layer. Gather them all here, on every
+    process at once (an all-gather is a collective), and keep them while the validation sample
+    decodes: then each process decodes its own sentences, in as many steps as they take, with
+    no collective in between. Shard them again after."""
     if accelerator.distributed_type != DistributedType.FSDP:
         yield
         return
@@ -326,6 +332,7 @@ def gathered_for_decoding(model, accelerator):
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()  # in the same order on every process
     try:
         yield
     finally:

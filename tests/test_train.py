@@ -295,23 +295,36 @@ def test_a_resumed_run_that_a_limit_ended_has_nothing_to_do():
         assert train.finished(TrainConfig(**{"epochs": 3, **raised}), state) is None
 
 
-def test_every_process_takes_the_main_processs_validation_bleu(monkeypatch):
-    # each decodes the sample; should one decode otherwise (a GPU kernel's nondeterminism),
-    # their best/ and patience decisions, taken before collectives, must still agree
+def test_each_process_decodes_its_share_and_all_take_the_main_processs_bleu(monkeypatch):
+    # process 1 of 2 decodes sentences 1 and 3 of 5 and scores all five in their order; should
+    # one process decode otherwise (a GPU kernel's nondeterminism), their best/ and patience
+    # decisions, taken before collectives, must still agree: all take the main process's
     from contextlib import nullcontext
 
     import datasets
 
-    monkeypatch.setattr(train, "translate_texts", lambda *a, **k: ["ein Hund"])
+    src = [f"s{i}" for i in range(5)]
+    decoded, scored = [], []
+
+    def translate(model, tok, ids, lines, *args):
+        decoded.append(lines)
+        return [x.upper() for x in lines]
+
+    monkeypatch.setattr(train, "translate_texts", translate)
+    monkeypatch.setattr(train, "gather_object", lambda obj: [["S0", "S2", "S4"], *obj])
+    monkeypatch.setattr(
+        train.sacrebleu, "corpus_bleu", lambda h, refs: scored.append(h) or SimpleNamespace(score=1)
+    )
     monkeypatch.setattr(train, "broadcast", lambda t: torch.full_like(t, 42.5))
     rank1 = SimpleNamespace(
-        num_processes=2, device="cpu", distributed_type=None, autocast=nullcontext,
-        unwrap_model=lambda m: m,
+        num_processes=2, process_index=1, device="cpu", distributed_type=None,
+        autocast=nullcontext, unwrap_model=lambda m: m,
     )  # fmt: skip
-    cfg = TrainConfig(valid_bleu_samples=1)
-    texts = datasets.Dataset.from_dict({"src": ["a dog"], "tgt": ["ein Hund"]})
+    cfg = TrainConfig(valid_bleu_samples=5)
+    texts = datasets.Dataset.from_dict({"src": src, "tgt": src})
     run = {"cfg": cfg, "valid": (None, texts), "tokenizer": None, "ids": None}
-    assert train.valid_bleu(None, rank1, run) == 42.5  # its own hypothesis would score 100
+    assert train.valid_bleu(None, rank1, run) == 42.5  # its own score would be 1
+    assert decoded == [["s1", "s3"]] and scored == [["S0", "S1", "S2", "S3", "S4"]]
 
 
 def test_validation_loss_is_per_target_token_over_every_batch_and_process(monkeypatch):
@@ -1101,12 +1114,28 @@ def assert_same_losses(got_run, ref_run):
 
 def test_fsdp_matches_one_process(single_process_run, fsdp_run):
     assert_same_losses(fsdp_run, single_process_run)
+    # validation too, where each of the 2 processes decoded half the BLEU sample (with no
+    # collective between its decoding steps: a hang would fail the run)
+    got, ref = ([r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                 if "valid_bleu" in r] for run in (fsdp_run, single_process_run))  # fmt: skip
+    assert len(got) == len(ref) == 1 and got[0]["valid_bleu"] == ref[0]["valid_bleu"]
+    assert got[0]["valid_loss"] == pytest.approx(ref[0]["valid_loss"], rel=1e-4)
     # and the same weights: LayerNorm gains and biases not decayed in the shards either (the key
     # biases get no gradient, softmax being shift-invariant: Adam steps them by rounding noise)
     ws, wf = weights(single_process_run), weights(fsdp_run)
     for k in ws:
         atol = 1e-3 if k.endswith("k_proj.bias") else 1e-6
         torch.testing.assert_close(wf[k], ws[k], rtol=1e-5, atol=atol, msg=k)
+
+
+def test_fsdp_validates_a_sample_smaller_than_the_processes(corpus, tmp_path):
+    # process 1 decodes no sentence: its weights are gathered all the same, or process 0's
+    # first decoding step would wait for it forever
+    out = tmp_path / "run"
+    run(
+        args_for(corpus, out, "--max_steps", 2, "--valid_bleu_samples", 1), launch=FSDP, timeout=120
+    )
+    assert "valid_bleu" in (out / "metrics.jsonl").read_text()
 
 
 def test_resume_refuses_weight_decay_switched_off(corpus, tmp_path, single_process_run):
