@@ -92,15 +92,15 @@ def check_replaceable(out: str | Path, inputs: list[Path]) -> None:
 
 
 def is_model_dir(path: Path) -> bool:
-    """Empty, or one model as our tools write it: a weights file, no folders (a folder that
-    holds other models or anything else is not replaced whole)."""
+    """Empty, or one model as our tools write it: a weights file, no folders but hidden ones
+    (a cache that Hugging Face's upload or download tools leave); a folder that holds other
+    models or anything else is not replaced whole."""
     if not path.is_dir():
         return False
     entries = list(path.iterdir())
     model_files = ("model.safetensors", "model.bin")  # ours and Hugging Face's; CTranslate2's
-    return not entries or (
-        any(e.name in model_files for e in entries) and not any(e.is_dir() for e in entries)
-    )
+    folders = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
+    return not entries or (any(e.name in model_files for e in entries) and not folders)
 
 
 def save_model_dir(

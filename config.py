@@ -403,6 +403,7 @@ def config_from_argv(
     parser = argparse.ArgumentParser(
         description=description,
         epilog="Any config key can be overridden: --epochs 2 --output_dir runs/x",
+        allow_abbrev=False,  # --resum must not pass as --resume, nor --conf as --config
     )
     parser.add_argument(
         "--config", default="config.json", help="JSON config (default: config.json)"

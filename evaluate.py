@@ -279,6 +279,13 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
         model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
         keep_freed_memory(args.device)  # as translate.py
     sources, references, report["test_set"] = load_test_set(args, cfg)
+    if spec := report["test_set"].get("test_data"):  # its files are inputs too
+        t = report["test_set"]
+        files = {
+            f"test set's {t[k]}": spec.replace("{lang}", t[k]) for k in ("src_lang", "tgt_lang")
+        }
+        for flag in ("output", "json"):
+            check_not_an_input(f"--{flag}", getattr(args, flag), files)
     if baseline is not None and len(baseline) != len(references):
         raise UserError(f"--compare: {len(baseline)} lines but {len(references)} references")
     if model is not None:

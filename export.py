@@ -287,6 +287,8 @@ def main(argv=None):
     check_replaceable(args.out, [source])
     if args.ct2:
         check_replaceable(args.ct2, [source, Path(args.out)])
+        if Path(args.out).resolve() in Path(args.ct2).resolve().parents:
+            raise UserError(f"--ct2 {args.ct2} is inside --out {args.out}, which is replaced whole")
     out = export(args.checkpoint, args.out)
     print(f"wrote {out} (MarianMTModel; logits checked against the checkpoint)")
     if args.ct2:

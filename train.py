@@ -506,7 +506,6 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
         try:
-            check_same_model(ckpt, cfg)
             saved = json.loads((ckpt / "config.json").read_text()).get("weight_decay", 0.0)
             if (saved > 0) != (cfg.weight_decay > 0):  # checked here: FSDP's loader fails first
                 raise UserError(
@@ -574,17 +573,21 @@ MODEL_SHAPE = ("model_dim", "hidden_dims", "num_heads", "num_layers", "decoder_l
 def check_same_model(ckpt: Path, cfg: TrainConfig) -> None:
     """UserError naming the model settings a resume changed (the weights would not load, and
     the error from load_state_dict names tensors, not settings)."""
-    saved = json.loads((ckpt / "config.json").read_text())
+    try:
+        saved = json.loads((ckpt / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise unreadable(ckpt, "config.json", e) from None
     fields = TrainConfig.__dataclass_fields__
-    changed = [
-        f"{k} {saved.get(k, fields[k].default)} -> {getattr(cfg, k)}"
-        for k in MODEL_SHAPE
-        if saved.get(k, fields[k].default) != getattr(cfg, k)
-    ]
+    was = {k: saved.get(k, fields[k].default) for k in MODEL_SHAPE}
+    now = {k: getattr(cfg, k) for k in MODEL_SHAPE}
+    for shape in (was, now):  # null: as many decoder layers as encoder layers
+        shape["decoder_layers"] = shape["decoder_layers"] or shape["num_layers"]
+    changed = [f"{k} {was[k]} -> {now[k]}" for k in MODEL_SHAPE if was[k] != now[k]]
     if changed:
         raise UserError(
-            f"resumed with {', '.join(changed)}: a resume trains the checkpoint's model, whose "
-            "shape these settings fix; drop them, or train a new model in another output_dir"
+            f"{ckpt}: resumed with {', '.join(changed)}: a resume trains the checkpoint's "
+            "model, whose shape these settings fix; drop them, or train a new model in another "
+            "output_dir"
         )
 
 
@@ -594,6 +597,8 @@ def _inside_an_epoch(ckpt: Path) -> bool:
 
 
 def main(argv=None):
+    # log lines reach a log file (or a pipe to tee) as they are written, not 8 KB at a time
+    sys.stdout.reconfigure(line_buffering=True)
     args, cfg = config_from_argv(argv, "Train a Transformer for translation.")
     setup_cpu_launch()
     out = Path(cfg.output_dir)
@@ -606,6 +611,8 @@ def main(argv=None):
         raise UserError(
             'best_metric "bleu" needs valid_bleu_samples above 0 (or best_metric "loss")'
         )
+    if args.resume and (ckpt := latest_checkpoint(out)):
+        check_same_model(ckpt, cfg)  # before the data is prepared: minutes on WMT14
     earlier = step_dirs(out / "checkpoints")
     if earlier and not args.resume:  # a fresh run would prune and mix with them, or delete them
         raise UserError(
@@ -833,11 +840,11 @@ def distribution(accelerator) -> str:
 def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> None:
     cfg, ids = run["cfg"], run["ids"]
     run["started"] = time.time() - state.get("train_seconds", 0.0)  # a resume's clock goes on
+    run["stop"], outcome = StopSignal(), None  # from here a signal waits for a save
     if finish_resumed(model, accelerator, run, state):
         return
     # one meter for the whole run: a log window that spans an epoch's end loses no step's loss
     meter = run["meter"] = Meter(accelerator, state.pop("meter", None))
-    run["stop"], outcome = StopSignal(), None
     for epoch in range(state["epoch"], cfg.epochs):
         batches, weights = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
         steps, first = len(batches) // cfg.grad_accum_steps, state["batch_in_epoch"]

@@ -97,7 +97,9 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
         "best", "models", "notes", "other_run", "renamed", "run", "wide",
     ]  # fmt: skip
     assert (models / "notes.txt").read_text() == "keep me\n" and (models / "a").is_dir()
-    # an earlier output, or an empty folder, is replaced
+    # an earlier output (with a hidden cache folder, as Hugging Face's tools leave), or an empty
+    # folder, is replaced
+    (models / "a" / ".cache" / "huggingface").mkdir(parents=True)
     average.main(["--checkpoints", str(a), str(b), "--out", str(models / "a")])
     (tmp_path / "empty").mkdir()
     average.main(["--checkpoints", str(a), str(b), "--out", str(tmp_path / "empty")])

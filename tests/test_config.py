@@ -287,6 +287,11 @@ def test_overrides_beat_the_file(tmp_path):
     path = write_json(tmp_path / "run.json", {"epochs": 2, "seed": 7})
     args, cfg = config_from_argv(["--config", str(path), "--epochs", "5", "--resume"], "test")
     assert args.resume and (cfg.epochs, cfg.seed) == (5, 7)
+    # no abbreviations: "--resum" passed as --resume where quickstart.sh, matching the whole
+    # word, took it for a fresh start and deleted the last run
+    for typo, key in (("--resum", "resum"), ("--conf", "conf")):
+        with pytest.raises(UserError, match=f"unknown config key: {key} "):
+            config_from_argv(["--config", str(path), typo, *(["x"] * (typo == "--conf"))], "t")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,6 +156,12 @@ def test_checkpoint_translates_its_test_data_with_beam(tmp_path, capsys):
                    "--output", str(hyps), "--json", str(out)])  # fmt: skip
     r = json.loads(out.read_text())
     assert r["sentences"] == 3 and r["decoding"]["beam"] == 2 and r["decoding"]["alpha"] == 1.0
+    # the test set's own files are inputs too: writing over them is refused
+    with pytest.raises(UserError, match=r"^--output .*test.de is the test set's de file"):
+        evaluate.main(["--checkpoint", str(ckpt), "--output", str(tmp_path / "test.de")])
+    assert (
+        tmp_path / "test.de"
+    ).read_text() == "der hund sieht die katze\n\nein mann liest ein buch\n"
     # the printed report says what it scored too, not only the JSON
     printed = capsys.readouterr().out.splitlines()
     assert printed[:2] == [

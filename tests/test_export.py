@@ -204,6 +204,10 @@ def test_out_that_would_replace_the_checkpoint_is_refused(tmp_path):
         with pytest.raises(UserError, match="which it is made from"):
             export.main(["--checkpoint", str(ckpt), "--out", str(out)])
     assert (ckpt / "model.safetensors").exists()
+    # --ct2 inside --out: writing --out would delete it (a second run of the same command did)
+    with pytest.raises(UserError, match="--ct2 .*hf/ct2 is inside --out .*hf, which is replaced"):
+        export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "hf"), "--ct2",
+                     str(tmp_path / "hf" / "ct2")])  # fmt: skip
 
 
 def test_an_unwritable_out_is_one_line(tmp_path, capsys):

@@ -1164,8 +1164,16 @@ def test_resume_names_the_model_settings_it_cannot_change(corpus, tmp_path, sing
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert "resumed with hidden_dims 64 -> 48, num_layers 1 -> 2: a resume trains" in last
+    assert "with hidden_dims 64 -> 48, num_layers 1 -> 2, decoder_layers 1 -> 2: a resume" in last
+    assert "tokeniz" not in proc.stdout + proc.stderr  # said before the data is prepared
     assert (out / "config.json").read_text() == before
+    # decoder_layers null is num_layers: the same model, said either way
+    ckpt = out / "last"
+    same = {"num_layers": 2, "decoder_layers": None}
+    (ckpt / "config.json").write_text(json.dumps(same))
+    train.check_same_model(ckpt, TrainConfig(num_layers=2, decoder_layers=2))
+    (ckpt / "config.json").write_text(json.dumps({**same, "decoder_layers": 2}))
+    train.check_same_model(ckpt, TrainConfig(num_layers=2))
 
 
 def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, single_process_run):
