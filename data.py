@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import zlib
@@ -41,6 +42,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from datasets.fingerprint import Hasher
 
@@ -140,17 +142,19 @@ def _require_content(path: str) -> None:
 def load_text(spec: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
     """Any supported source -> datasets.Dataset with string columns "src" and "tgt"."""
     src, tgt = cfg.src_lang, cfg.tgt_lang
+    read = True  # our readers (aligned files, JSONL, CSV) give "src", "tgt" by language already
     if "{lang}" in spec:
         ds = _text_pairs(spec, src, tgt)
     elif os.path.isdir(spec):
-        ds = _directory(spec, cfg, split)
+        ds, read = _directory(spec, cfg, split), False
     elif os.path.isfile(spec):
-        ds = _file(spec, src, tgt)
+        ds, read = _file(spec, src, tgt), _suffix(spec) != ".parquet"
     elif _looks_like_path(spec):
         raise UserError(f"data {'file' if _suffix(spec) else 'path'} not found: {spec}")
     else:
-        ds = _load_hub(spec, cfg.dataset_config, split)
-    ds = _as_pairs(ds, spec, src, tgt)
+        ds, read = _load_hub(spec, cfg.dataset_config, split), False
+    # anything else names its languages (columns "src"/"tgt" would say nothing of direction)
+    ds = _nulls_as_empty(ds) if read else _as_pairs(ds, spec, src, tgt)
     if len(ds) == 0:
         raise UserError(f"{spec}: no sentence pairs")
     return ds
@@ -210,7 +214,11 @@ def _file(path: str, src: str, tgt: str) -> datasets.Dataset:
                 shutil.rmtree(old, ignore_errors=True)
         cache = cache / stamp
         try:
+            if pq.ParquetFile(path).metadata.num_rows == 0:  # datasets' error would not say so
+                raise UserError(f"{path}: no sentence pairs")
             return datasets.Dataset.from_parquet(path, cache_dir=str(cache))
+        except UserError:
+            raise
         except Exception as e:
             raise UserError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
     if kind in ("", ".txt", ".gz", f".{src}", f".{tgt}"):
@@ -226,7 +234,10 @@ def _file(path: str, src: str, tgt: str) -> datasets.Dataset:
 def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
     p = Path(path)
     if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
-        ds = datasets.load_from_disk(path)
+        try:
+            ds = datasets.load_from_disk(path)
+        except Exception as e:  # a file missing or cut short: not ours to trace back
+            raise UserError(f"{path}: cannot load the saved dataset ({_first_line(e)})") from None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise UserError(
@@ -339,6 +350,7 @@ def _jsonl_pairs(args: str):
 
 def _delimited_pairs(args: str):
     path, src, tgt = args.split("\t")
+    csv.field_size_limit(sys.maxsize)  # a long line is filtered by max_seq_length, with a count
     tsv = _suffix(path) == ".tsv"
     lines = iter_lines(path)
     # TSV: fields are never quoted (sentences contain quotes); CSV: standard quoting.
@@ -372,8 +384,6 @@ def _delimited_pairs(args: str):
 
 def _as_pairs(ds: datasets.Dataset, spec: str, src: str, tgt: str) -> datasets.Dataset:
     """A `translation` column or one column per language -> "src", "tgt" (no copy)."""
-    if ds.column_names == ["src", "tgt"] and ds.features == TEXT_FEATURES:
-        return _nulls_as_empty(ds)
     if "translation" in ds.column_names:
         ds = ds.flatten()
         columns = [f"translation.{src}", f"translation.{tgt}"]
@@ -471,7 +481,9 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     if not isinstance(cfg.tokenizer, dict):
-        return load_pretrained_tokenizer(cfg.tokenizer)
+        tok = load_pretrained_tokenizer(cfg.tokenizer)
+        check_direction(tok, cfg)
+        return tok
     saved = Path(out_dir) / "tokenizer" if out_dir else None
     if reuse and saved and (saved / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(saved)
@@ -499,6 +511,25 @@ def load_tokenizer(
     if saved:
         tok.save_pretrained(saved)
     return tok
+
+
+def check_direction(tok, cfg: TrainConfig) -> None:
+    """UserError for a Marian tokenizer that does not fit this run: separate source and target
+    vocabularies (the model has one), or one made for the other direction (each side would be
+    cut by the other language's SentencePiece model)."""
+    name = cfg.tokenizer
+    if getattr(tok, "separate_vocabs", False):
+        raise UserError(
+            f"tokenizer {name}: separate source and target vocabularies (separate_vocabs) are not "
+            "supported: the model has one vocabulary for both sides"
+        )
+    pair = getattr(tok, "source_lang", None), getattr(tok, "target_lang", None)
+    if pair == (cfg.tgt_lang, cfg.src_lang):
+        raise UserError(
+            f"tokenizer {name} is for {pair[0]}->{pair[1]} (a SentencePiece model per side), "
+            f"this run translates {cfg.src_lang}->{cfg.tgt_lang}: use a tokenizer for that "
+            f"direction (e.g. Helsinki-NLP/opus-mt-{cfg.src_lang}-{cfg.tgt_lang}'s)"
+        )
 
 
 def _texts(ds: datasets.Dataset):
@@ -1143,7 +1174,7 @@ def _split_stats(ds: datasets.Dataset, tok, name: str) -> dict:
     return {
         "n": len(ds),
         "empty": empty,
-        "dups": len(pair_hash) - len(np.unique(pair_hash)),
+        "dups": int(both.sum()) - len(np.unique(pair_hash[both])),  # empty ones count as empty
         "pct": (percentiles(src_len), percentiles(tgt_len)),
         "ratio": int((longer > RATIO * shorter).sum()),
         "src_len": src_len,

@@ -372,17 +372,27 @@ def translate_nbest(
         with precision:
             found = _decode(model, src, ids, max_new, beam, alpha, nbest, banned)
         flat = [(j, t, s) for j, pairs in zip(chunk, found, strict=True) for t, s in pairs]
-        # strip_special cuts at </s> and drops padding, and the start token is never emitted:
-        # the one special token left is <unk>, shown as fairseq and Marian do, not dropped
-        texts = tokenizer.batch_decode(
-            [strip_special(t, ids) for _, t, _ in flat], skip_special_tokens=False
-        )
+        texts = detokenize(tokenizer, [t for _, t, _ in flat], ids)
         for (j, _, score), text in zip(flat, texts, strict=True):
-            out[todo[j]].append((" ".join(text.split()), score))  # no stray newlines or tabs
+            out[todo[j]].append((text, score))
         if progress is not None:
             progress.update(len(chunk))
     model.train(was_training)
     return out
+
+
+def detokenize(tokenizer, outputs: list[list[int]], ids: SpecialIds) -> list[str]:
+    """Decoded token ids -> text, one line each (no stray newlines or tabs)."""
+    # strip_special cuts at </s> and drops padding, and the start token is never emitted: the
+    # one special token left is <unk>, shown as fairseq and Marian do, not dropped.
+    # use_source_tokenizer=False: a Marian tokenizer with one vocabulary (opus-mt-en-de's)
+    # would otherwise detokenize with its source SentencePiece model
+    texts = tokenizer.batch_decode(
+        [strip_special(t, ids) for t in outputs],
+        skip_special_tokens=False,
+        use_source_tokenizer=False,
+    )
+    return [" ".join(text.split()) for text in texts]
 
 
 def translate_texts(

@@ -101,6 +101,32 @@ def test_parquet(tmp_path, cfg, translation_column):
     assert_pairs(load_text(str(tmp_path / "t.parquet"), cfg, "train"))
 
 
+def test_columns_that_do_not_name_their_languages_are_refused(tmp_path, cfg):
+    # "src"/"tgt" say nothing of direction: a de->en run read them as en->de
+    datasets.Dataset.from_dict({"src": EN, "tgt": DE}).to_parquet(str(tmp_path / "t.parquet"))
+    datasets.Dataset.from_dict({"src": EN, "tgt": DE}).save_to_disk(str(tmp_path / "saved"))
+    for spec in ("t.parquet", "saved"):
+        with pytest.raises(UserError, match=r"expected a 'translation' column .*\['src', 'tgt'\]"):
+            load_text(str(tmp_path / spec), cfg, "train")
+
+
+def test_empty_or_damaged_parquet_and_saved_datasets_are_one_line(tmp_path, cfg):
+    datasets.Dataset.from_dict({"en": [], "de": []}).to_parquet(str(tmp_path / "empty.parquet"))
+    with pytest.raises(UserError, match=r"empty\.parquet: no sentence pairs$"):
+        load_text(str(tmp_path / "empty.parquet"), cfg, "train")
+    translation_dataset().save_to_disk(str(tmp_path / "saved"))
+    for arrow in (tmp_path / "saved").glob("*.arrow"):
+        arrow.unlink()
+    with pytest.raises(UserError, match=r"saved: cannot load the saved dataset \("):
+        load_text(str(tmp_path / "saved"), cfg, "train")
+
+
+def test_a_csv_field_past_csvs_default_limit_is_read(tmp_path, cfg):
+    # csv refuses fields over 131,072 characters by default: the whole load stopped
+    write(tmp_path / "t.tsv", f"en\tde\n{'a ' * 70_000}\tb\nx\ty\n")
+    assert [len(s) for s in load_text(str(tmp_path / "t.tsv"), cfg, "train")["src"]] == [140_000, 1]
+
+
 @pytest.mark.parametrize("name", ["t.csv", "t.tsv", "t.csv.gz"])
 def test_csv_and_tsv_keep_text_as_written(tmp_path, cfg, name):
     # "NA" and "null" stay strings, quotes and commas survive, columns are found by name.
@@ -553,8 +579,9 @@ def audit_table(out: str) -> dict[str, list[str]]:
 
 
 def test_audit_counts(tmp_path, capsys):
-    train_en = ["a b c", "a b c", "", "one two three four five six seven", "x y", "p q r"]
-    train_de = ["A B C", "A B C", "leer", "eins", "X Y", "P Q R"]
+    # the two blank pairs are empty lines, not duplicates
+    train_en = ["a b c", "a b c", "", "one two three four five six seven", "x y", "p q r", "", ""]
+    train_de = ["A B C", "A B C", "leer", "eins", "X Y", "P Q R", "", ""]
     write(tmp_path / "train.en", lines(train_en))
     write(tmp_path / "train.de", lines(train_de))
     write(tmp_path / "valid.en", lines(["x y", "", " a b c "]))
@@ -570,8 +597,8 @@ def test_audit_counts(tmp_path, capsys):
     assert out.startswith("lengths: whitespace-separated words\n")
     assert f"train: {tmp_path / 'train.{lang}'}" in out
     table = audit_table(out)
-    assert table["pairs"] == ["6", "3"]
-    assert table["empty lines en / de"] == ["1 / 0", "1 / 0"]
+    assert table["pairs"] == ["8", "3"]
+    assert table["empty lines en / de"] == ["3 / 2", "1 / 0"]
     assert table["duplicate pairs"] == ["1", "0"]
     assert table["en length p50/p90/p99/max"] == ["3/7/7/7", "3/3/3/3"]
     assert table["length ratio > 3"] == ["1", "0"]  # seven words against one

@@ -9,8 +9,10 @@ MarianTokenizer. A German sentence is then cut differently by the two models, so
 encoded with the wrong model shows up as different ids.
 """
 
+import dataclasses
 import io
 import json
+import shutil
 import warnings
 
 import datasets
@@ -40,12 +42,12 @@ DE = [
 ]
 
 
-def train_spm(lines: list[str]) -> bytes:
+def train_spm(lines: list[str], **options) -> bytes:
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines * 20),
         model_writer=model,
-        vocab_size=60,
+        **{"vocab_size": 60, **options},
         model_type="unigram",
         character_coverage=1.0,
         hard_vocab_limit=False,
@@ -57,8 +59,11 @@ def train_spm(lines: list[str]) -> bytes:
 @pytest.fixture(scope="module")
 def marian_dir(tmp_path_factory):
     """A MarianTokenizer directory laid out like Helsinki-NLP/opus-mt-en-de."""
-    out = tmp_path_factory.mktemp("opus-mt-en-de")
-    models = {"source.spm": train_spm(EN), "target.spm": train_spm(DE)}
+    return build_marian_dir(tmp_path_factory.mktemp("opus-mt-en-de"))
+
+
+def build_marian_dir(out, target_options=None):
+    models = {"source.spm": train_spm(EN), "target.spm": train_spm(DE, **(target_options or {}))}
     vocab = {"</s>": 0, "<unk>": 1}  # Marian's layout: eos 0, unk 1, ..., pad last
     for name, model in models.items():
         (out / name).write_bytes(model)
@@ -202,3 +207,30 @@ def test_a_checkpoint_with_a_marian_tokenizer_exports_it_loadable(marian, tmp_pa
         loaded = AutoTokenizer.from_pretrained(out)
     assert isinstance(loaded, MarianTokenizer)
     assert loaded(text_target=DE)["input_ids"] == marian(text_target=DE)["input_ids"]
+
+
+def test_hypotheses_are_detokenized_with_the_target_model(tmp_path):
+    # MarianTokenizer decodes with its source model unless told otherwise: with byte fallback
+    # in the German model only, "Café" came out as "<0x43>af<0xC3><0xA9>"
+    from translate import detokenize
+
+    tok = load_marian(build_marian_dir(tmp_path, {"byte_fallback": True, "vocab_size": 320}))
+    ids = SpecialIds.of(tok)
+    texts = ["der Hund trinkt Café", "Grüße"]
+    assert detokenize(tok, encode_targets(tok, texts), ids) == texts
+
+
+def test_a_tokenizer_for_the_other_direction_or_two_vocabularies_is_refused(marian_dir, tmp_path):
+    cfg = TrainConfig(tokenizer=str(marian_dir), src_lang="de", tgt_lang="en")
+    with pytest.raises(data.UserError, match=r"is for en->de .*this run translates de->en"):
+        data.load_tokenizer(cfg)
+    data.load_tokenizer(dataclasses.replace(cfg, src_lang="en", tgt_lang="de"))  # its own
+    # separate vocabularies: target ids past the one vocabulary the model has
+    sep = tmp_path / "sep"
+    shutil.copytree(marian_dir, sep)
+    shutil.copy(sep / "vocab.json", sep / "target_vocab.json")
+    config = json.loads((sep / "tokenizer_config.json").read_text())
+    config.update(separate_vocabs=True, target_vocab_file="target_vocab.json")
+    (sep / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(data.UserError, match=r"separate source and target vocabularies"):
+        data.load_tokenizer(TrainConfig(tokenizer=str(sep)))
