@@ -536,7 +536,7 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         where = f"inside epoch {epoch + 1}" if state["batch_in_epoch"] else f"after epoch {epoch}"
         log(f"resumed from {ckpt}: step {state['step']}, {where}")
     elif resume:
-        log(f"nothing to resume in {out}; starting fresh")
+        log(f"warning: nothing to resume in {out} (no checkpoint); starting fresh")
     if accelerator.is_main_process:  # drop metrics logged after the checkpoint we resume from
         if not ckpt:  # and a fresh run samples its own segmentations
             shutil.rmtree(out / "subword", ignore_errors=True)

@@ -220,6 +220,7 @@ def test_hypotheses_are_detokenized_with_the_target_model(tmp_path):
     assert detokenize(tok, encode_targets(tok, texts), ids) == texts
 
 
+@pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
 def test_a_tokenizer_for_the_other_direction_or_two_vocabularies_is_refused(marian_dir, tmp_path):
     cfg = TrainConfig(tokenizer=str(marian_dir), src_lang="de", tgt_lang="en")
     with pytest.raises(data.UserError, match=r"is for en->de .*this run translates de->en"):
