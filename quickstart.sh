@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-case " $* " in *" --output_dir"*|*" --config"*)  # translate and evaluate read runs/quickstart
+case " $* " in *" --output_dir"*|*" --output-dir"*|*" --config"*)  # translate, evaluate read runs/quickstart
     echo "error: quickstart.sh trains configs/quickstart.json into runs/quickstart;" \
         "run train.py yourself for another config or output_dir" >&2
     exit 2 ;;
