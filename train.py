@@ -429,7 +429,9 @@ def _all_ok(accelerator, ok: bool) -> bool:
 
 
 class StopSignal:
-    """SIGTERM/SIGINT (preemption, Ctrl-C): finish the step, save, exit 0. A second one aborts."""
+    """SIGTERM/SIGINT (preemption, Ctrl-C): finish the step, save, exit 0. A second Ctrl-C
+    aborts; a second SIGTERM does not: job systems and the scripts that start a run (e.g.
+    scripts/multi30k_pair.sh) may each send one, and the save must not be cut short."""
 
     def __init__(self):
         self.requested = False
@@ -437,7 +439,7 @@ class StopSignal:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
 

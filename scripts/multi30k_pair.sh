@@ -73,7 +73,9 @@ wait_both() {
         log=${runs[$pid]%.err}.log
         unset "runs[$pid]"
         if [[ $what == members && $(tail -n 1 "$log") == "stopped by signal"* ]]; then
-            ((${#runs[@]} == 0)) || kill -INT "${!runs[@]}" 2>/dev/null || true
+            # TERM, not INT: a member that had the signal too goes on saving (a second SIGINT
+            # would abort it)
+            ((${#runs[@]} == 0)) || kill -TERM "${!runs[@]}" 2>/dev/null || true
             wait
             echo "stopped: ${log%.log} was stopped by a signal; to continue, run again with" \
                 "--resume" >&2

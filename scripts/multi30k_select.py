@@ -6,10 +6,12 @@
 1. averages the newest N checkpoints into RUN/avgN for each N (default 5 and 10; paper §6.1:
    the last 5, written at 10-minute intervals). The recipe writes one every save_every steps
    and at each epoch's end, so 10 of them span the last 2-3 epochs. N is capped at the number
-   of checkpoints saved, and the directory is named after the count averaged;
+   of checkpoints saved, and the directory is named after the count averaged; averages left
+   by an earlier selection (RUN/avgM for another M) are removed, as they may be of older
+   checkpoints;
 2. decodes val with `best` and each average, greedy and beams 5 and 10 (`--beams`) with
-   length penalties 0.6/1.0/1.4/1.8/2.2, and keeps the setting with the highest val BLEU (the
-   test set is not looked at);
+   length penalties 0.6/1.0/1.4/1.8/2.2, and keeps the setting with the highest val BLEU,
+   unrounded (the first tried wins an exact tie; the test set is not looked at);
 3. translates test_2016_flickr once with that setting and reports sacreBLEU (cased and
    lowercased BLEU, chrF) with signatures, into RUN/results.json.
 With --ensemble, steps 2 and 3 run for the ensemble of the checkpoints given (ensemble.py)
@@ -18,9 +20,13 @@ instead, and RUN is only where the results go.
 
 import argparse
 import json
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
+
+import sacrebleu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from average import average  # noqa: E402
@@ -76,7 +82,12 @@ def main(argv=None):
         names, saved = ["best"], step_dirs(run / "checkpoints")
         if not saved:
             raise UserError(f"nothing to average: 0 checkpoints in {run}/checkpoints")
-        for n in sorted({min(n, len(saved)) for n in args.average}):  # fewer saved: all of them
+        counts = sorted({min(n, len(saved)) for n in args.average})  # fewer saved: all of them
+        for old in run.glob("avg*"):  # e.g. an avg20 of the checkpoints of a run started over
+            if re.fullmatch(r"avg\d+", old.name) and int(old.name[3:]) not in counts:
+                shutil.rmtree(old)
+                print(f"removed {old}: an earlier selection's average", flush=True)
+        for n in counts:
             average(saved[-n:], run / f"avg{n}")
             names.append(f"avg{n}")
         loaded = {name: load_model(run / name) for name in names}
@@ -85,14 +96,17 @@ def main(argv=None):
         for setting in settings:
             t0 = time.time()
             hyps = translate_texts(model, tok, ids, val_src, 64, cfg.max_seq_length, **setting)
+            exact = sacrebleu.BLEU().corpus_score(hyps, [val_ref]).score  # score() rounds
             bleu = score(hyps, val_ref)["bleu"]
-            results.append({"checkpoint": name, **setting, "val_bleu": bleu})
+            results.append({"checkpoint": name, **setting, "val_bleu": bleu, "exact": exact})
             print(
                 f"val  {name:5s} {setting}: BLEU {bleu:.2f} "
                 f"({len(val_src) / (time.time() - t0):.0f} sentences/s)",
                 flush=True,
             )
-    chosen = max(results, key=lambda r: r["val_bleu"])
+    chosen = max(results, key=lambda r: r["exact"])  # rounded, a near-tie went to the first
+    for r in results:
+        del r["exact"]
     setting = {k: v for k, v in chosen.items() if k in ("beam", "alpha")}
     model, tok, ids, cfg = loaded[chosen["checkpoint"]]
     hyps = translate_texts(model, tok, ids, test_src, 64, cfg.max_seq_length, **setting)

@@ -313,7 +313,9 @@ def test_each_process_decodes_its_share_and_all_take_the_main_processs_bleu(monk
     monkeypatch.setattr(train, "translate_texts", translate)
     monkeypatch.setattr(train, "gather_object", lambda obj: [["S0", "S2", "S4"], *obj])
     monkeypatch.setattr(
-        train.sacrebleu, "corpus_bleu", lambda h, refs: scored.append(h) or SimpleNamespace(score=1)
+        train.sacrebleu,
+        "corpus_bleu",
+        lambda h, refs: scored.append((h, refs)) or SimpleNamespace(score=1),
     )
     monkeypatch.setattr(train, "broadcast", lambda t: torch.full_like(t, 42.5))
     rank1 = SimpleNamespace(
@@ -321,10 +323,11 @@ def test_each_process_decodes_its_share_and_all_take_the_main_processs_bleu(monk
         autocast=nullcontext, unwrap_model=lambda m: m,
     )  # fmt: skip
     cfg = TrainConfig(valid_bleu_samples=5)
-    texts = datasets.Dataset.from_dict({"src": src, "tgt": src})
+    texts = datasets.Dataset.from_dict({"src": src, "tgt": [f"t{i}" for i in range(5)]})
     run = {"cfg": cfg, "valid": (None, texts), "tokenizer": None, "ids": None}
     assert train.valid_bleu(None, rank1, run) == 42.5  # its own score would be 1
-    assert decoded == [["s1", "s3"]] and scored == [["S0", "S1", "S2", "S3", "S4"]]
+    assert decoded == [["s1", "s3"]]
+    assert scored == [(["S0", "S1", "S2", "S3", "S4"], [[f"t{i}" for i in range(5)]])]
 
 
 def test_validation_loss_is_per_target_token_over_every_batch_and_process(monkeypatch):
@@ -1028,6 +1031,24 @@ def test_validation_decodes_in_the_runs_precision(monkeypatch, precision):
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
     assert seen == [torch.bfloat16 if precision == "bf16" else False]
+
+
+def test_a_second_sigterm_does_not_abort_the_save_a_second_ctrl_c_does():
+    # a job system and the script that started the run (multi30k_pair.sh) may each send one
+    import os
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop = train.StopSignal()
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def test_sigterm_saves_and_exits_zero(corpus, tmp_path):
