@@ -722,14 +722,16 @@ def fsdp_plugin(cfg: TrainConfig):
     The rest of the plugin comes from the launch's settings, as without it."""
     launched = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     precision = cfg.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if not launched or precision not in ("bf16", "fp16"):
+    fsdp2 = os.environ.get("FSDP_VERSION", "1") == "2"  # FSDP1 is refused, with its reason, later
+    if not launched or not fsdp2 or precision not in ("bf16", "fp16"):
         return None
     from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return FullyShardedDataParallelPlugin(
-        mixed_precision_policy={"param_dtype": dtype, "reduce_dtype": torch.float32}
-    )
+    # the policy itself, not a dict: accelerate 1.6-1.15 wanted a dict to name output_dtype too
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    return FullyShardedDataParallelPlugin(mixed_precision_policy=policy)
 
 
 def tracker_names(log_with: str, out: Path, step: int = 0) -> tuple[str, dict]:

@@ -487,6 +487,8 @@ def test_fsdp_with_16_bit_compute_reduces_gradients_in_fp32(monkeypatch):
     policy = plugin.mixed_precision_policy
     assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
     assert train.fsdp_plugin(TrainConfig(mixed_precision="no")) is None  # fp32: nothing to add
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    assert train.fsdp_plugin(TrainConfig(mixed_precision="bf16")) is None  # refused later
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
     assert train.fsdp_plugin(TrainConfig(mixed_precision="bf16")) is None  # not an FSDP launch
 
