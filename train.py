@@ -457,9 +457,11 @@ def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
     """Data, tokenizer, model config: everything a run needs besides the model itself."""
     out, log = Path(cfg.output_dir), accelerator.print
     # The main process reads the data, trains (or loads) the tokenizer and tokenizes first,
-    # filling datasets' cache; the other processes then find all of it there. Passing the
-    # training split itself (not an iterator) lets a trained tokenizer be cached by the data.
-    with accelerator.main_process_first():
+    # filling datasets' cache; the other processes then find all of it there (on another
+    # machine with a cache of its own, its first process fills it for the others there).
+    # Passing the training split itself (not an iterator) lets a trained tokenizer be cached by
+    # the data.
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
         train_text = load_text(cfg.train_data, cfg, cfg.train_split)
         # read now, so that a bad valid_data stops the run before the tokenizing of train
         valid_text = load_text(cfg.valid_data, cfg, cfg.valid_split) if cfg.valid_data else None
@@ -762,6 +764,13 @@ def start_ema(model, accelerator, cfg: TrainConfig, ckpt: Path | None, log) -> E
     ema = EMA(model, cfg.ema_decay)
     path = None
     if ckpt and accelerator.distributed_type == DistributedType.FSDP:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        saved = state.get("batching", {}).get("processes", accelerator.num_processes)
+        if saved != accelerator.num_processes:  # each would find other shards, or none
+            raise UserError(
+                f"{ckpt}: its moving average is sharded over {saved} processes; under FSDP "
+                f"resume it with {saved}, not {accelerator.num_processes}"
+            )
         path = ema_file(ckpt, accelerator)  # this process's own shards
     elif ckpt:  # every process holds the same whole average: rank 0's file serves all (a run
         path = ckpt / "state" / "ema_0.pt"  # resumed with more processes has none for the new)

@@ -80,3 +80,17 @@ def test_without_fsdp_every_process_resumes_rank_0s_moving_average(tmp_path):
     rank1 = SimpleNamespace(process_index=1, distributed_type=DistributedType.MULTI_CPU)
     ema = train.start_ema(model, rank1, TrainConfig(ema_decay=0.9), tmp_path, pytest.fail)
     assert ema.updates == 1 and torch.equal(ema.shadow[0], saved.shadow[0])
+
+
+def test_a_resume_under_fsdp_with_other_process_counts_is_refused(tmp_path):
+    # each process holds its own shards of the average: with another count the old processes
+    # found shards of other shapes and failed, the new ones found none and started afresh
+    import json
+
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"batching": {"processes": 2}}))
+    fsdp4 = SimpleNamespace(distributed_type=DistributedType.FSDP, num_processes=4,
+                            process_index=0)  # fmt: skip
+    with pytest.raises(
+        train.UserError, match="sharded over 2 processes; .* resume it with 2, not 4"
+    ):
+        train.start_ema(torch.nn.Linear(3, 2), fsdp4, TrainConfig(ema_decay=0.9), tmp_path, print)
