@@ -126,7 +126,8 @@ def test_cached_decoding_under_fsdp_in_bf16_equals_teacher_forcing(tmp_path):
     try:
         model, batches = model_and_batches()
         batch = next(batches)
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16)  # as accelerate sets it for bf16
+        # bf16 compute, as train.py's policy (which reduces gradients in fp32: none here)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16)
         for layer in [*model.encoder.layers, *model.decoder.layers]:
             fully_shard(layer, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
