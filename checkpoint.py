@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from config import TrainConfig, UserError
-from data import SpecialIds, _first_line
+from data import SpecialIds, _first_line, open_tokenizer
 from model import ModelConfig, Transformer
 
 WEIGHTS = "model.safetensors"
@@ -238,10 +238,8 @@ def load_model(
 
 def checkpoint_tokenizer(path: Path):
     """The tokenizer saved in a checkpoint directory; a clear error if it is missing."""
-    from transformers import AutoTokenizer
-
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return open_tokenizer(path)
     except Exception as e:
         raise UserError(
             f"{path}: cannot load the tokenizer saved with the checkpoint ({_first_line(e)}); "

@@ -34,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,9 +51,10 @@ from config import TrainConfig, UserError, cli, load_config, parse_overrides
 from model import shift_right
 
 OFFLINE_HINT = (
-    "To work offline, run the quick start (bash quickstart.sh) or point train_data/valid_data at "
-    "local files (e.g. --train_data '../shared/data/multi30k/train.{lang}.gz') and use a local "
-    'or trained tokenizer (--tokenizer \'{"train": "unigram", "vocab_size": 8000}\').'
+    "To work offline, run the quick start (bash quickstart.sh) or point train_data/valid_data "
+    "(and test_data) at local files (e.g. --train_data '../shared/data/multi30k/train.{lang}.gz') "
+    'and use a local or trained tokenizer (--tokenizer \'{"train": "unigram", "vocab_size": '
+    "8000}')."
 )
 CACHE_VERSION = "tmt-1"  # part of every cache key: change it when a cached format changes
 TEXT_FEATURES = datasets.Features(
@@ -478,7 +480,6 @@ def load_tokenizer(
     out_dir/tokenizer, a directory AutoTokenizer loads; with `reuse` (a resumed run, a process
     other than the main one) the one already saved there is loaded instead.
     """
-    from transformers import AutoTokenizer
 
     if not isinstance(cfg.tokenizer, dict):
         tok = load_pretrained_tokenizer(cfg.tokenizer)
@@ -486,7 +487,7 @@ def load_tokenizer(
         return tok
     saved = Path(out_dir) / "tokenizer" if out_dir else None
     if reuse and saved and (saved / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(saved)
+        return open_tokenizer(saved)
     kind, vocab_size = cfg.tokenizer["train"], cfg.tokenizer.get("vocab_size", 8000)
     cached = None
     if isinstance(train_texts, datasets.Dataset) and train_texts.cache_files:
@@ -495,7 +496,7 @@ def load_tokenizer(
         key = Hasher.hash([CACHE_VERSION, "ids-4", train_texts._fingerprint, kind, vocab_size])
         cached = Path(datasets.config.HF_DATASETS_CACHE) / "trained_tokenizers" / key
     if cached and (cached / "tokenizer.json").exists():
-        tok = AutoTokenizer.from_pretrained(cached)
+        tok = open_tokenizer(cached)
         log(f"tokenizer: {kind} {vocab_size} trained earlier on the same data ({cached})")
     else:
         texts = _texts(train_texts) if isinstance(train_texts, datasets.Dataset) else train_texts()
@@ -538,18 +539,31 @@ def _texts(ds: datasets.Dataset):
 
 
 def load_pretrained_tokenizer(name: str):
-    from transformers import AutoTokenizer
 
     _quiet_hub()
     if not os.path.exists(name) and _looks_like_path(name):  # not a Hub id: do not blame the Hub
         raise UserError(f"tokenizer directory not found: {name}")
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return open_tokenizer(name)
     except Exception as e:
         where = "local directory" if os.path.isdir(name) else "Hugging Face Hub"
         raise UserError(
             f"cannot load tokenizer '{name}' from the {where}: {_first_line(e)}. {OFFLINE_HINT}"
         ) from None
+
+
+def open_tokenizer(name: str | Path):
+    """AutoTokenizer.from_pretrained without transformers' warnings that do not apply here:
+    Marian's advice to install sacremoses (used by its own pre-processing only), and "sequence
+    longer than the model's maximum" (train.py drops such pairs and translate.py truncates
+    them, each with its own count or warning)."""
+    from transformers import AutoTokenizer
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
+        tok = AutoTokenizer.from_pretrained(str(name))
+    tok.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+    return tok
 
 
 def train_tokenizer(texts, kind: str, vocab_size: int):

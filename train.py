@@ -46,10 +46,12 @@ from data import (
     batch_iter,
     both_ways,
     check_targets_hold_eos,
+    has_splits,
     load_text,
     load_tokenizer,
     sample_segmentations,
     shard,
+    takes_config,
     token_batches,
     tokenize,
 )
@@ -590,8 +592,9 @@ def check_same_model(ckpt: Path, cfg: TrainConfig) -> None:
     if changed:
         raise UserError(
             f"{ckpt}: resumed with {', '.join(changed)}: a resume trains the checkpoint's "
-            "model, whose shape these settings fix; drop them, or train a new model in another "
-            "output_dir"
+            "model, whose shape these settings fix; drop them (--config "
+            f"{ckpt.parent.parent / 'config.json'} repeats the run's), or train a new model in "
+            "another output_dir"
         )
 
 
@@ -1008,19 +1011,26 @@ def fit_to_pace(accelerator, run: dict, state: dict, last_step: int) -> TrainCon
 
 # what an epoch's batches are cut from: a resume inside an epoch skips the batches already
 # trained, which is only right if they are the same batches
-BATCHING = ("train_data", "max_seq_length", "max_tokens", "batch_size", "grad_accum_steps", "seed",
-            "subword_alpha", "bidirectional_epochs")  # fmt: skip
+BATCHING = ("train_data", "train_split", "dataset_config", "max_seq_length", "max_tokens",
+            "batch_size", "grad_accum_steps", "seed", "subword_alpha",
+            "bidirectional_epochs")  # fmt: skip
 
 
 def check_same_batching(run: dict, state: dict, accelerator) -> None:
     """Refuse a resume inside an epoch with other batching settings: it would skip pairs and
     repeat others (max_tokens 1,024 -> 512 halfway through Multi30k left 13 % unseen and 37 %
     seen twice). Otherwise record them, for every checkpoint of this run."""
-    now = {k: getattr(run["cfg"], k) for k in BATCHING}
+    cfg = run["cfg"]
+    now = {k: getattr(cfg, k) for k in BATCHING}
+    if not has_splits(cfg.train_data):  # files are read whole: their split names nothing
+        now["train_split"] = None
+    if not takes_config(cfg.train_data):
+        now["dataset_config"] = None
     now.update(processes=accelerator.num_processes, pairs=len(run["train_fwd"]))
-    saved, epoch = state.get("batching"), state["epoch"]
-    if state["batch_in_epoch"] and saved and saved != now:
-        diff = [f"{k} {saved.get(k)} -> {v}" for k, v in now.items() if saved.get(k) != v]
+    saved, epoch = state.get("batching") or {}, state["epoch"]
+    # a key an older checkpoint did not record is not held against it
+    diff = [f"{k} {saved[k]} -> {v}" for k, v in now.items() if k in saved and saved[k] != v]
+    if state["batch_in_epoch"] and diff:
         changed = ", ".join(diff)
         raise UserError(
             f"resumed inside epoch {epoch + 1} with {changed}: its batches would differ from the "

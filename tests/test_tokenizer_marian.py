@@ -235,3 +235,15 @@ def test_a_tokenizer_for_the_other_direction_or_two_vocabularies_is_refused(mari
     (sep / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(data.UserError, match=r"separate source and target vocabularies"):
         data.load_tokenizer(TrainConfig(tokenizer=str(sep)))
+
+
+def test_loading_and_encoding_long_lines_say_nothing_of_transformers(marian_dir, capsys):
+    # Marian's "pip install sacremoses" (for its own pre-processing, unused here) and "sequence
+    # longer than the model's maximum" (train.py drops such pairs, translate.py truncates
+    # them, each saying so) printed next to our own lines
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tok = data.load_pretrained_tokenizer(str(marian_dir))
+    assert not [w for w in caught if "sacremoses" in str(w.message)]
+    encode_sources(tok, [" ".join(EN) * 20])
+    assert "Token indices sequence length" not in capsys.readouterr().err

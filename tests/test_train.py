@@ -836,6 +836,28 @@ def test_a_kill_once_a_best_checkpoint_is_published_leaves_best_up_to_date(
     ).read_bytes()
 
 
+def test_a_resume_inside_an_epoch_with_another_split_of_the_data_is_refused():
+    # a Hub dataset's train_split or dataset_config picks other pairs; for files, read whole,
+    # they name nothing; a key an older checkpoint did not record is not held against it
+    one = SimpleNamespace(num_processes=1)
+    for spec, refused in (("wmt/wmt14", True), ("data/train.{lang}", False)):
+        cfg = TrainConfig(train_data=spec)
+        first = {"batch_in_epoch": 0, "epoch": 0}
+        train.check_same_batching({"cfg": cfg, "train_fwd": range(10)}, first, one)
+        for change in ({"train_split": "validation"}, {"dataset_config": "fr-en"}):
+            run = {"cfg": dataclasses.replace(cfg, **change), "train_fwd": range(10)}
+            state = {"batch_in_epoch": 3, "epoch": 0, "batching": first["batching"]}
+            if refused:
+                with pytest.raises(
+                    UserError, match="resumed inside epoch 1 with (train_split|dat)"
+                ):
+                    train.check_same_batching(run, state, one)
+            else:
+                train.check_same_batching(run, state, one)
+            older = {k: v for k, v in first["batching"].items() if k not in change}
+            train.check_same_batching(run, {**state, "batching": older}, one)
+
+
 def test_a_resume_inside_an_epoch_with_other_batching_is_refused(corpus, tmp_path, monkeypatch):
     """Its batches would be cut anew: the ones left after the stop are not those the interrupted
     run had left, so some pairs would be skipped and others repeated."""
