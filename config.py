@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import types
 import typing
 from dataclasses import dataclass
@@ -400,9 +401,17 @@ def config_from_argv(
     argv: list[str] | None, description: str
 ) -> tuple[argparse.Namespace, TrainConfig]:
     """`--config FILE` and `--resume`, then any config key as `--key value`."""
+    keys = " ".join(f"{f.name}={json.dumps(f.default)}" for f in dataclasses.fields(TrainConfig))
     parser = argparse.ArgumentParser(
         description=description,
-        epilog="Any config key can be overridden: --epochs 2 --output_dir runs/x",
+        epilog=textwrap.fill(
+            "Any config key can be overridden: --epochs 2 --output_dir runs/x. The keys, with "
+            "their defaults (--config's file sets its own; config.py says what each does):",
+            96,
+        )
+        + "\n"
+        + textwrap.fill(keys, 96, initial_indent="  ", subsequent_indent="  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # --resum must not pass as --resume, nor --conf as --config
     )
     parser.add_argument(

@@ -1,6 +1,7 @@
 """Tests for config.py: unknown keys, wrong types and impossible values are rejected by name;
 the config round-trips through JSON; command-line overrides get the right types."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -362,3 +363,11 @@ def test_bidirectional_epochs_is_checked(extra, problem):
     with pytest.raises(UserError, match=problem):
         TrainConfig(**{**settings, **extra})
     TrainConfig(**{**settings, "tokenizer": {"train": "bpe"}})  # allowed
+
+
+def test_help_lists_every_config_key_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        config_from_argv(["--help"], "t")
+    shown = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(TrainConfig):
+        assert f"{f.name}={json.dumps(f.default)}" in shown, f.name
