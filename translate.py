@@ -55,6 +55,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -602,6 +603,7 @@ def decoding_options(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None):
+    from checkpoint import resolve
     from ensemble import load_models
 
     p = argparse.ArgumentParser(
@@ -641,6 +643,9 @@ def main(argv=None):
         raise UserError(f"input file not found: {args.input}")
     check_not_an_input("--output", args.output, {"--input": args.input})
     model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
+    for given in args.checkpoint:  # a run's output_dir: say which of its checkpoints decodes
+        if (found := resolve(given)) != Path(given):
+            print(f"{given}: decoding with {found}", file=sys.stderr)
     keep_freed_memory(args.device)  # each decoding step's logits reuse the last step's memory
     # on stderr, and only on a terminal (disable=None): never into a pipe or a log
     bar = tqdm(desc="translating", unit=" lines", disable=None, file=sys.stderr)

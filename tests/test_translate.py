@@ -470,6 +470,18 @@ def test_cli_nbest_length_penalty_and_budget_reach_the_search(ckpt, tmp_path):
     assert short != cli()
 
 
+def test_cli_says_which_checkpoint_of_a_run_decodes(ckpt, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(ckpt, tmp_path / "run" / "best")
+    src = tmp_path / "in.en"
+    src.write_text("the dog sees the cat\n")
+    for given, said in ((tmp_path / "run", f"decoding with {tmp_path}/run/best"), (ckpt, "")):
+        translate.main(["--checkpoint", str(given), "--input", str(src), "--output",
+                        str(tmp_path / "out.de")])  # fmt: skip
+        assert capsys.readouterr().err.strip() == (f"{given}: {said}" if said else "")
+
+
 def max_new_tokens_of(ckpt, text: str, a: float, b: int) -> int:
     model, tok, _, _ = load_model(ckpt)
     return min(int(a * len(encode_sources(tok, [text])[0]) + b), model.cfg.max_len - 1)
