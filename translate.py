@@ -643,9 +643,6 @@ def main(argv=None):
         raise UserError(f"input file not found: {args.input}")
     check_not_an_input("--output", args.output, {"--input": args.input})
     model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
-    for given in args.checkpoint:  # a run's output_dir: say which of its checkpoints decodes
-        if (found := resolve(given)) != Path(given):
-            print(f"{given}: decoding with {found}", file=sys.stderr)
     keep_freed_memory(args.device)  # each decoding step's logits reuse the last step's memory
     # on stderr, and only on a terminal (disable=None): never into a pipe or a log
     bar = tqdm(desc="translating", unit=" lines", disable=None, file=sys.stderr)
@@ -668,6 +665,9 @@ def main(argv=None):
             else:
                 out.writelines((pairs[0][0] if pairs else "") + "\n" for pairs in found)
             out.flush()
+    for given in args.checkpoint:  # a run's output_dir: which of its checkpoints decoded
+        if (used := resolve(given)) != Path(given):  # (after the work: an error stays one line)
+            print(f"{given}: decoded with {used}", file=sys.stderr)
 
 
 if __name__ == "__main__":

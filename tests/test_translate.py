@@ -476,7 +476,7 @@ def test_cli_says_which_checkpoint_of_a_run_decodes(ckpt, tmp_path, capsys):
     shutil.copytree(ckpt, tmp_path / "run" / "best")
     src = tmp_path / "in.en"
     src.write_text("the dog sees the cat\n")
-    for given, said in ((tmp_path / "run", f"decoding with {tmp_path}/run/best"), (ckpt, "")):
+    for given, said in ((tmp_path / "run", f"decoded with {tmp_path}/run/best"), (ckpt, "")):
         translate.main(["--checkpoint", str(given), "--input", str(src), "--output",
                         str(tmp_path / "out.de")])  # fmt: skip
         assert capsys.readouterr().err.strip() == (f"{given}: {said}" if said else "")
