@@ -244,7 +244,7 @@ def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
             if split not in ds:
                 raise UserError(
                     f"{path}: no split '{split}' (it has {', '.join(ds)}); set "
-                    f"train_split/valid_split/test_split"
+                    f"train_split/valid_split/test_split (evaluate.py: --split)"
                 )
             ds = ds[split]
         return ds
@@ -439,7 +439,8 @@ def _load_dataset(name: str, config: str | None, split: str, hub: bool) -> datas
         if re.match(r"(BuilderConfig .* not found|Unknown split)", str(e)):
             raise UserError(
                 f"dataset {shown}, config {config!r}, split {split!r}: "
-                f"{_first_line(e)} (set dataset_config / *_split)"
+                f"{_first_line(e)} (train.py: dataset_config, *_split; evaluate.py: --hub_config, "
+                "--split)"
             ) from None
         if not hub:
             raise UserError(f"{name}: {_first_line(e)}") from None

@@ -258,7 +258,10 @@ def test_dataset_repository_with_config_and_split_names(wmt14_repo, cfg):
 
 
 def test_dataset_repository_wrong_config_or_split(wmt14_repo, cfg):
-    with pytest.raises(UserError, match=r"split 'valid'.*Unknown split.*\*_split"):
+    with pytest.raises(
+        UserError,
+        match=r"split 'valid'.*Unknown split.*\*_split; evaluate.py: --hub_config, --split\)$",
+    ):
         load_text(str(wmt14_repo), cfg, "valid")
     bad = TrainConfig(src_lang="en", tgt_lang="de", dataset_config="fr-en")
     with pytest.raises(UserError, match=r"config 'fr-en'.*not found.*dataset_config"):
