@@ -144,19 +144,19 @@ def _require_content(path: str) -> None:
 def load_text(spec: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
     """Any supported source -> datasets.Dataset with string columns "src" and "tgt"."""
     src, tgt = cfg.src_lang, cfg.tgt_lang
-    read = True  # our readers (aligned files, JSONL, CSV) give "src", "tgt" by language already
+    # our readers (aligned files, JSONL, CSV) give "src"/"tgt" by language; data that is not
+    # ours goes through _as_pairs, which wants its languages named
     if "{lang}" in spec:
         ds = _text_pairs(spec, src, tgt)
     elif os.path.isdir(spec):
-        ds, read = _directory(spec, cfg, split), False
+        ds = _as_pairs(_directory(spec, cfg, split), spec, src, tgt)
     elif os.path.isfile(spec):
-        ds, read = _file(spec, src, tgt), _suffix(spec) != ".parquet"
+        ds = _file(spec, src, tgt)
     elif _looks_like_path(spec):
         raise UserError(f"data {'file' if _suffix(spec) else 'path'} not found: {spec}")
     else:
-        ds, read = _load_hub(spec, cfg.dataset_config, split), False
-    # anything else names its languages (columns "src"/"tgt" would say nothing of direction)
-    ds = _nulls_as_empty(ds) if read else _as_pairs(ds, spec, src, tgt)
+        ds = _as_pairs(_load_hub(spec, cfg.dataset_config, split), spec, src, tgt)
+    ds = _nulls_as_empty(ds)
     if len(ds) == 0:
         raise UserError(f"{spec}: no sentence pairs")
     return ds
@@ -218,11 +218,12 @@ def _file(path: str, src: str, tgt: str) -> datasets.Dataset:
         try:
             if pq.ParquetFile(path).metadata.num_rows == 0:  # datasets' error would not say so
                 raise UserError(f"{path}: no sentence pairs")
-            return datasets.Dataset.from_parquet(path, cache_dir=str(cache))
+            ds = datasets.Dataset.from_parquet(path, cache_dir=str(cache))
         except UserError:
             raise
         except Exception as e:
             raise UserError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+        return _as_pairs(ds, path, src, tgt)
     if kind in ("", ".txt", ".gz", f".{src}", f".{tgt}"):
         example = re.sub(rf"\.({src}|{tgt})(?=(\.gz)?$)", ".{lang}", path)
         example = example if "{lang}" in example else "data/train.{lang}.gz"
@@ -402,7 +403,7 @@ def _as_pairs(ds: datasets.Dataset, spec: str, src: str, tgt: str) -> datasets.D
         raise UserError(
             f"{spec}: the '{src}'/'{tgt}' columns must hold text, found {dict(ds.features)}"
         )
-    return _nulls_as_empty(ds)
+    return ds  # load_text then reads its nulls as empty sides
 
 
 def _nulls_as_empty(ds: datasets.Dataset) -> datasets.Dataset:

@@ -245,8 +245,9 @@ def to_ctranslate2(exported: str | Path, out: str | Path) -> Path:
             # export (suppress_tokens); CTranslate2 keeps no such setting with a model, so the
             # ban is an output bias (-1e4: far below any logit, and finite in fp16)
             c = model.config
+            ids = SpecialIds(pad=c.pad_token_id, eos=c.eos_token_id, start=c.decoder_start_token_id)
             bias = torch.zeros(c.decoder_vocab_size or c.vocab_size)
-            bias[sorted({c.pad_token_id, c.decoder_start_token_id} - {c.eos_token_id})] = -1e4
+            bias[banned_ids(ids)] = -1e4
             spec.decoder.projection.bias = bias
             return spec
 

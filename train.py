@@ -618,8 +618,9 @@ def main(argv=None):
         raise UserError(
             'best_metric "bleu" needs valid_bleu_samples above 0 (or best_metric "loss")'
         )
-    if args.resume and (ckpt := latest_checkpoint(out)):
-        check_same_model(ckpt, cfg)  # before the data is prepared: minutes on WMT14
+    resumed_from = latest_checkpoint(out) if args.resume else None
+    if resumed_from:
+        check_same_model(resumed_from, cfg)  # before the data is prepared: minutes on WMT14
     earlier = step_dirs(out / "checkpoints")
     if earlier and not args.resume:  # a fresh run would prune and mix with them, or delete them
         raise UserError(
@@ -695,7 +696,6 @@ def main(argv=None):
         # and the tied output layer) would be gathered again for backward, twice a step
         model.set_reshard_after_forward(False, recurse=False)
     state = restore(accelerator, out, cfg, args.resume, run["log"])
-    resumed_from = latest_checkpoint(out) if args.resume else None
     if cfg.ema_decay:
         run["ema"] = start_ema(model, accelerator, cfg, resumed_from, run["log"])
     run["cfg"] = cfg = resume_plan(cfg, state, run["log"])

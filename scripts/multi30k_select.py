@@ -96,8 +96,8 @@ def main(argv=None):
         for setting in settings:
             t0 = time.time()
             hyps = translate_texts(model, tok, ids, val_src, 64, cfg.max_seq_length, **setting)
-            exact = sacrebleu.BLEU().corpus_score(hyps, [val_ref]).score  # score() rounds
-            bleu = score(hyps, val_ref)["bleu"]
+            exact = sacrebleu.BLEU().corpus_score(hyps, [val_ref]).score  # cased, as score()'s
+            bleu = round(exact, 2)  # as score() reports it
             results.append({"checkpoint": name, **setting, "val_bleu": bleu, "exact": exact})
             print(
                 f"val  {name:5s} {setting}: BLEU {bleu:.2f} "
