@@ -99,7 +99,7 @@ def given_twice(dirs: list[Path]) -> list[str]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--run", help="a run's output_dir: average its newest --last checkpoints")
     p.add_argument("--last", type=int, default=5, help="(default 5)")
     p.add_argument(

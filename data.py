@@ -1235,6 +1235,7 @@ def main(argv=None):
         prog="python data.py",
         description="Inspect or prepare the data of a config.",
         epilog="Any config key can be overridden: --train_data 'data/train.{lang}.gz'",
+        allow_abbrev=False,
     )
     parser.add_argument(
         "command",

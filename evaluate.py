@@ -207,6 +207,7 @@ def main(argv=None):
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__[__doc__.index("Test set:") :],
+        allow_abbrev=False,
     )
     p.add_argument("--hypotheses", help="system output to score (.gz ok)")
     p.add_argument(

@@ -272,6 +272,7 @@ def main(argv=None):
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__[__doc__.index("The directory") :],
+        allow_abbrev=False,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint dir or a run's output_dir")
     p.add_argument(

@@ -604,7 +604,8 @@ def write_splits(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Write the synthetic English->German quick-start corpus."
+        description="Write the synthetic English->German quick-start corpus.",
+        allow_abbrev=False,
     )
     parser.add_argument("--out", required=True, help="output directory, e.g. data/quickstart")
     parser.add_argument("--seed", type=int, default=1234)

@@ -610,6 +610,7 @@ def main(argv=None):
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__[__doc__.index("Lines:") :],
+        allow_abbrev=False,
     )
     p.add_argument(
         "--checkpoint",

@@ -43,7 +43,7 @@ PENALTIES = (0.6, 1.0, 1.4, 1.8, 2.2)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--run", help="the run to choose from (default runs/multi30k); with "
                    "--ensemble, a new directory for the ensemble's results")  # fmt: skip
     p.add_argument("--data", default=str(DATA))

@@ -59,7 +59,7 @@ def writing(out: Path) -> frozenset:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--kills", type=int, default=10)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)

@@ -15,6 +15,7 @@ Only what no other test file covers is here. Covered elsewhere:
 """
 
 import gzip
+import importlib
 import io
 import json
 import shutil
@@ -92,6 +93,33 @@ def trained(corpus, tmp_path_factory) -> Path:
     proc = run(*train_argv(corpus, out, "--max_steps", 2))
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# command lines
+
+
+@pytest.mark.parametrize(
+    "tool, argv, abbreviation",
+    [
+        ("translate", ["--checkpoint", "nowhere", "--batch", "8"], "--batch"),
+        ("evaluate", ["--checkpoint", "nowhere", "--lower"], "--lower"),
+        ("average", ["--checkpoints", "a", "b", "--out", "c", "--las", "3"], "--las"),
+        ("export", ["--checkpoint", "nowhere", "--out", "c", "--ct", "c2"], "--ct"),
+        ("data", ["audit", "--conf", "nowhere.json"], "unknown config key: conf"),
+    ],
+)
+def test_option_abbreviations_are_refused(tool, argv, abbreviation, capsys):
+    # argparse takes a unique prefix for an option by default: "--ct" passed as --ct2 and
+    # "--checkpoint" as average.py's --checkpoints (one checkpoint averaged), not as typos
+    main = importlib.import_module(tool).main
+    with pytest.raises(SystemExit) as e:
+        cli(lambda: main(argv))
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert e.value.code == 2 and abbreviation in last, err
+    assert "unrecognized arguments" in last or tool == "data", err
+    assert "nowhere" not in err  # refused before anything was looked up
 
 
 # ---------------------------------------------------------------------------------------------
