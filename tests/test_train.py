@@ -6,8 +6,10 @@ Multi-process tests launch `accelerate launch` on loopback with a timeout, so a 
 import dataclasses
 import json
 import math
+import os
 import platform
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -1078,16 +1080,24 @@ def test_a_second_sigterm_does_not_abort_the_save_a_second_ctrl_c_does():
 def test_sigterm_saves_and_exits_zero(corpus, tmp_path):
     out = tmp_path / "t"
     proc = subprocess.Popen(
-        [sys.executable, *args_for(corpus, out, "--epochs", 1000, "--save_every", 2)],
+        [sys.executable, *args_for(corpus, out, "--epochs", 1000, "--save_every", 2,
+                                   "--log_every", 2)],
         cwd=ROOT,
-        env=ENV,
+        env={k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"},  # as a user's shell
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
     wait_for_checkpoint(out, 2, proc)
+    # the log reaches a pipe or file as it is written, line by line, not in blocks of 8 KB
+    early = (
+        os.read(proc.stdout.fileno(), 1 << 16)
+        if select.select([proc.stdout], [], [], 30)[0]
+        else b""
+    )
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
+    assert b"epoch 1: step 2 " in early and early.endswith(b"\n") and len(early) < 8000, early
     assert proc.returncode == 0, stderr[-2000:]
     assert "stopped by signal" in stdout + stderr
     state = json.loads((out / "last" / "trainer_state.json").read_text())
