@@ -643,7 +643,7 @@ def canonical_unigram(tok, specials: list[str]):
     HF tokenizers' Unigram training is not deterministic, even on one thread: on the same text
     its runs here gave the same pieces, but scores that differ in their last bits (pieces whose
     scores nearly tie then swap ids), and the rare characters at the end in another order
-    (README: Caches). Runs of one config got different ids, so their checkpoints could not
+    (docs/data.md: Caches). Runs of one config got different ids, so their checkpoints could not
     decode as an ensemble. With the scores rounded to 8 decimals (far below what segmentation
     notices), the pieces ordered by score, then piece, and those last characters in character
     order, the same pieces get the same ids (unless noise crosses a rounding boundary: rare, and

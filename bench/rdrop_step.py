@@ -1,4 +1,4 @@
-"""What one R-Drop training step costs (README, Training: R-Drop).
+"""What one R-Drop training step costs (docs/training.md: R-Drop).
 
     python bench/rdrop_step.py
 

@@ -7,7 +7,7 @@ beam 4, fp32, freed memory kept (as translate.py keeps it on CPU). The split sid
 sentences to each of two forked one-thread workers (a multiprocessing pool started once, the
 model inherited through fork) and waits for both. Runs interleave (bench/mkl_packed.py's
 medians_s); prints sentences/s of each side, the ratio, and whether the outputs are identical.
-Training gains from such a split (README: Several processes); this measures whether decoding
+Training gains from such a split (docs/distributed.md); this measures whether decoding
 would.
 """
 
