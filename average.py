@@ -106,6 +106,7 @@ def main(argv=None):
         "--checkpoints",
         "--checkpoint",  # the other scripts' spelling (it was taken as an abbreviation anyway)
         nargs="+",
+        action="extend",  # given twice: both, not the last alone
         help="checkpoint directories to average (two or more)",
     )
     p.add_argument(

@@ -71,22 +71,22 @@ def staged_output(final: str | Path):
         raise UserError(f"cannot write {final} ({e.strerror or e})") from None
 
 
-def check_replaceable(out: str | Path, inputs: list[Path]) -> None:
+def check_replaceable(out: str | Path, inputs: list[Path], flag: str = "--out") -> None:
     """UserError unless `out` can be replaced whole: not an input nor a folder holding one, not a
     training run's output_dir or its checkpoints/ (replacing it would delete them), and if it
     exists, a model directory (an earlier output, rewritten) or empty."""
     if Path(out).name in ("", ".", ".."):
-        raise UserError(f"--out {out}: give the new directory's name")
+        raise UserError(f"{flag} {out}: give the new directory's name")
     out = Path(out).resolve()
     for d in inputs:
         d = Path(d).resolve()
         if out == d or out in d.parents:
-            raise UserError(f"--out {out} would replace {d}, which it is made from")
+            raise UserError(f"{flag} {out} would replace {d}, which it is made from")
     if (out / "checkpoints").is_dir() or step_dirs(out):
-        raise UserError(f"--out {out} holds a training run's checkpoints; name a new one")
+        raise UserError(f"{flag} {out} holds a training run's checkpoints; name a new one")
     if out.exists() and not is_model_dir(out):
         raise UserError(
-            f"--out {out} exists and is not a model directory (replacing it would delete what "
+            f"{flag} {out} exists and is not a model directory (replacing it would delete what "
             "it holds); name a new one"
         )
 

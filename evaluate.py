@@ -213,6 +213,7 @@ def main(argv=None):
     p.add_argument(
         "--checkpoint",
         nargs="+",
+        action="extend",  # given twice: both, not the last alone
         help="translate the test set's sources with this checkpoint (several: their ensemble)",
     )
     p.add_argument("--reference", help="reference translations (.gz ok)")

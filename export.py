@@ -288,7 +288,7 @@ def main(argv=None):
     source = resolve(args.checkpoint)
     check_replaceable(args.out, [source])
     if args.ct2:
-        check_replaceable(args.ct2, [source, Path(args.out)])
+        check_replaceable(args.ct2, [source, Path(args.out)], "--ct2")
         if Path(args.out).resolve() in Path(args.ct2).resolve().parents:
             raise UserError(f"--ct2 {args.ct2} is inside --out {args.out}, which is replaced whole")
     out = export(args.checkpoint, args.out)

@@ -12,8 +12,10 @@ with a warning on stderr naming its line. On a terminal, stderr shows a bar of l
 
 Streaming: input is read, translated and written in chunks of --chunk_size lines (each chunk is
 sorted by length into batches and put back in input order), and the output is flushed after each
-chunk, so a pipe over a large file holds one chunk in memory. An --output file appears only
-once complete: a run that fails midway (e.g. a line that is not UTF-8) leaves none.
+chunk, so a pipe over a large file holds one chunk in memory. A chunk from stdin also ends where
+the input pauses, so a line typed, or fed by a program that waits for its answer, is translated
+at once. An --output file appears only once complete: a run that fails midway (e.g. a line that
+is not UTF-8) leaves none.
 
 Decoding (both encode once and feed one new token per step through the key/value cache):
   greedy       the default (--beam 1): the most probable token at each step.
@@ -52,6 +54,7 @@ import io
 import itertools
 import math
 import os
+import select
 import signal
 import sys
 import threading
@@ -90,6 +93,7 @@ def max_new_tokens(src_len, model: Transformer, a: float = 1.5, b: int = 10):
 
     Both forms round as fairseq's int(a * src_len + b) in Python floats: the tensor one in
     float64 too (in float32, 1.3 · 90 + 10 came out 126, not 127)."""
+    b = min(b, model.cfg.max_len)  # the budget stops there anyway; a huge b is no int64
     if torch.is_tensor(src_len):
         # clamped before the cast: a budget past int64 would wrap around to 1 token
         return (src_len.double() * a + b).clamp(1, model.cfg.max_len - 1).long()
@@ -422,7 +426,7 @@ def format_nbest(pairs: list[tuple[str, float | None]]) -> str:
 # Command line
 
 
-def iter_input(path: str | None):
+def iter_input(path: str | None, stdin: "Stdin | None" = None):
     """(line number, text) for each line of a file (.gz ok) or of stdin ("-"), read lazily.
 
     The same rules as data.iter_lines: UTF-8, only "\\n" ends a line, a leading BOM is dropped.
@@ -430,7 +434,7 @@ def iter_input(path: str | None):
     if path not in (None, "-"):
         yield from iter_lines(path)
         return
-    for n, raw in enumerate(sys.stdin.buffer, 1):
+    for n, raw in enumerate(stdin or Stdin(), 1):
         try:
             line = raw.rstrip(b"\r\n").decode("utf-8")
         except UnicodeDecodeError as e:
@@ -438,10 +442,50 @@ def iter_input(path: str | None):
         yield n, line.lstrip("\ufeff") if n == 1 else line
 
 
-def read_chunks(numbered_lines, size: int):
-    """(number, line) pairs -> (number of the chunk's first line, its lines), `size` at a time."""
-    it = iter(numbered_lines)
-    while chunk := list(itertools.islice(it, size)):
+class Stdin:
+    """stdin's lines (bytes) as they arrive, and whether input has paused: no further line is
+    there yet. translate.py ends a chunk at a pause, so that a line typed, or fed by a program
+    waiting for its answer, is translated at once (as fairseq-interactive answers each line),
+    while a file or a busy pipe still fills whole chunks."""
+
+    def __init__(self):
+        if sys.stdin is None:  # started with stdin closed (`<&-`)
+            raise UserError("no input: stdin is closed; give --input FILE")
+        self.buffer = sys.stdin.buffer
+        try:
+            self.fd = self.buffer.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (tests replace sys.stdin)
+            self.fd = None
+        self.pending, self.eof = b"", False
+
+    def __iter__(self):
+        while True:
+            while b"\n" not in self.pending and not self.eof:
+                data = os.read(self.fd, 1 << 16) if self.fd is not None else self.buffer.read()
+                self.eof = not data or self.fd is None
+                self.pending += data
+            if not self.pending:
+                return
+            end = self.pending.find(b"\n") + 1 or len(self.pending)
+            line, self.pending = self.pending[:end], self.pending[end:]
+            yield line
+
+    def paused(self) -> bool:
+        if self.eof or self.pending:  # a part line: the rest is on its way
+            return False
+        return not select.select([self.fd], [], [], 0)[0]
+
+
+def read_chunks(numbered_lines, size: int, paused=None):
+    """(number, line) pairs -> (number of the chunk's first line, its lines), `size` at a time,
+    or fewer where `paused()` says that no more input is there yet."""
+    chunk = []
+    for item in numbered_lines:
+        chunk.append(item)
+        if len(chunk) == size or (paused is not None and paused()):
+            yield chunk[0][0], [line for _, line in chunk]
+            chunk = []
+    if chunk:
         yield chunk[0][0], [line for _, line in chunk]
 
 
@@ -616,6 +660,7 @@ def main(argv=None):
         "--checkpoint",
         required=True,
         nargs="+",
+        action="extend",  # given twice: both, not the last alone
         help="checkpoint dir or a run's output_dir; several: decode with their ensemble (the "
         "mean of their next-token probabilities; they must share one vocabulary)",
     )
@@ -632,7 +677,7 @@ def main(argv=None):
         "--chunk_size",
         type=int,
         default=2000,
-        help="lines read, translated and written at a time (default 2000)",
+        help="lines read, translated and written at a time (default 2000; fewer when stdin pauses)",
     )
     args = p.parse_args(argv)
     options = decoding_options(args)
@@ -643,12 +688,14 @@ def main(argv=None):
     if args.input not in (None, "-") and not os.path.exists(args.input):
         raise UserError(f"input file not found: {args.input}")
     check_not_an_input("--output", args.output, {"--input": args.input})
+    stdin = Stdin() if args.input in (None, "-") else None
     model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
     keep_freed_memory(args.device)  # each decoding step's logits reuse the last step's memory
     # on stderr, and only on a terminal (disable=None): never into a pipe or a log
     bar = tqdm(desc="translating", unit=" lines", disable=None, file=sys.stderr)
     with open_output(args.output) as out, bar:
-        for first, lines in read_chunks(iter_input(args.input), args.chunk_size):
+        numbered = iter_input(args.input, stdin)
+        for first, lines in read_chunks(numbered, args.chunk_size, stdin and stdin.paused):
             found = translate_nbest(
                 model,
                 tokenizer,

@@ -354,6 +354,41 @@ def test_positional_table_smaller_than_max_seq_length_truncates(trained, tmp_pat
     assert (tmp_path / "o").read_text().count("\n") == 1
 
 
+def test_translate_py_with_stdin_closed_is_one_line(trained, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", None)  # `python translate.py ... <&-`
+    code, err = run_cli(translate.main, ["--checkpoint", trained], capsys)
+    assert_one_line_error(code, err, "no input: stdin is closed; give --input")
+
+
+def test_a_huge_output_budget_is_the_positional_table(trained, tmp_path):
+    # --max_len_b past int64 raised OverflowError in the budget's tensor; the table caps it
+    src = tmp_path / "in.en"
+    src.write_text("the dog\n")
+    for b in ("100000000000000000000", "1000000"):
+        translate.main(["--checkpoint", str(trained), "--input", str(src), "--output",
+                        str(tmp_path / f"{len(b)}.de"), "--max_len_b", b])  # fmt: skip
+    assert (tmp_path / "21.de").read_text() == (tmp_path / "7.de").read_text()
+
+
+@pytest.mark.parametrize("tool", ["translate", "evaluate"])
+def test_checkpoint_given_twice_means_both(tool, monkeypatch, capsys):
+    # argparse kept the last --checkpoint alone: one model decoded, unsaid
+    import ensemble
+
+    given = []
+    monkeypatch.setattr(ensemble, "load_models", lambda dirs, *_: given.append(dirs) or cli_stop())
+    argv = ["--checkpoint", "a", "--checkpoint", "b", "c"]
+    if tool == "evaluate":
+        argv += ["--source", __file__, "--reference", __file__]
+    with pytest.raises(UserError, match="stop"):
+        importlib.import_module(tool).main(argv)
+    assert given == [["a", "b", "c"]]
+
+
+def cli_stop():
+    raise UserError("stop")
+
+
 # ---------------------------------------------------------------------------------------------
 # translate input: one output line per input line, whatever the line holds
 

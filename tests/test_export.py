@@ -208,6 +208,10 @@ def test_out_that_would_replace_the_checkpoint_is_refused(tmp_path):
     with pytest.raises(UserError, match="--ct2 .*hf/ct2 is inside --out .*hf, which is replaced"):
         export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "hf"), "--ct2",
                      str(tmp_path / "hf" / "ct2")])  # fmt: skip
+    # --ct2 over --out's folder: named as --ct2's doing, not --out's
+    with pytest.raises(UserError, match=f"^--ct2 {tmp_path} would replace .*, which it is"):
+        export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "hf"), "--ct2",
+                     str(tmp_path)])  # fmt: skip
 
 
 def test_an_unwritable_out_is_one_line(tmp_path, capsys):

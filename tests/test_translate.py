@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -488,26 +489,47 @@ def max_new_tokens_of(ckpt, text: str, a: float, b: int) -> int:
 
 
 def test_cli_streams_chunks_through_a_pipe(ckpt):
-    """The first chunk's translations come out before the input is closed."""
+    """Output comes before the input is closed: a full chunk, and then, with the default chunk of
+    2,000 lines, a line that nothing follows yet (typed, or fed by a program that waits for its
+    answer: it waited for the end of the input, or for 2,000 lines, before)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "translate.py", "--checkpoint", str(ckpt), "--chunk_size", "2"],
-        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        proc.stdin.write("the dog sees the cat\n\n")
-        proc.stdin.flush()
-        first = [proc.stdout.readline(), proc.stdout.readline()]  # blocks unless streamed
-        assert first[1] == "\n" and first[0].endswith("\n")
-        proc.stdin.write("a man reads a book\n")
-        proc.stdin.close()
-        rest = proc.stdout.read()
-        assert proc.wait(timeout=60) == 0, proc.stderr.read()
-        assert rest.count("\n") == 1
-        assert proc.stderr.read() == ""  # no progress bar written into a pipe
-    finally:
-        proc.kill()
+
+    def read_lines(proc, n: int) -> list[str]:  # within a minute, or fail (never hang)
+        got = b""
+        while got.count(b"\n") < n:
+            assert select.select([proc.stdout], [], [], 60)[0], f"no output yet: {got!r}"
+            got += os.read(proc.stdout.fileno(), 1 << 16)
+        return got.decode().splitlines(keepends=True)
+
+    for chunk in (["--chunk_size", "2"], []):
+        proc = subprocess.Popen(
+            [sys.executable, "translate.py", "--checkpoint", str(ckpt), *chunk],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, bufsize=0,
+        )  # fmt: skip
+        try:
+            proc.stdin.write(b"the dog sees the cat\n\n")
+            first = read_lines(proc, 2)
+            assert len(first) == 2 and first[1] == "\n", first
+            proc.stdin.write(b"a man reads a book\n")
+            assert len(read_lines(proc, 1)) == 1
+            proc.stdin.write(b"a man\n")
+            proc.stdin.close()
+            rest = proc.stdout.read()
+            assert proc.wait(timeout=60) == 0, proc.stderr.read()
+            assert rest.count(b"\n") == 1
+            assert proc.stderr.read() == b""  # no progress bar written into a pipe
+        finally:
+            proc.kill()
+
+
+def test_chunks_end_where_stdin_pauses():
+    """A pipe or file delivering lines faster than they translate fills whole chunks."""
+    lines = [(n, f"s{n}") for n in range(1, 8)]
+    assert [first for first, _ in translate.read_chunks(lines, 3)] == [1, 4, 7]
+    pauses = iter([False, True, False, False, False, False, False])
+    got = list(translate.read_chunks(lines, 3, lambda: next(pauses)))
+    assert got == [(1, ["s1", "s2"]), (3, ["s3", "s4", "s5"]), (6, ["s6", "s7"])]
 
 
 def test_cli_keeps_freed_memory_on_cpu(ckpt, tmp_path, monkeypatch):
