@@ -6,6 +6,8 @@
     python evaluate.py --checkpoint runs/wmt14 --hub wmt/wmt14 --hub_config de-en --split test
     # score existing output, and compare it with another system's
     python evaluate.py --hypotheses hyp.de --reference test.de --compare other.de --json r.json
+    python translate.py --checkpoint runs/multi30k < test.en | python evaluate.py \\
+        --hypotheses - --reference test.de
 
 Test set: --source / --reference files (plain or .gz); or --test_data SPEC, any data source
 train.py reads (a Hub dataset, also spelled --hub NAME with --hub_config; "path.{lang}[.gz]";
@@ -37,6 +39,7 @@ import json
 import os
 import sys
 
+import datasets
 import sacrebleu
 from tqdm.auto import tqdm
 
@@ -47,6 +50,7 @@ from translate import (
     add_decoding_args,
     check_not_an_input,
     decoding_options,
+    iter_input,
     open_output,
     translate_texts,
 )
@@ -209,7 +213,7 @@ def main(argv=None):
         epilog=__doc__[__doc__.index("Test set:") :],
         allow_abbrev=False,
     )
-    p.add_argument("--hypotheses", help="system output to score (.gz ok)")
+    p.add_argument("--hypotheses", help="system output to score (.gz ok; - reads stdin)")
     p.add_argument(
         "--checkpoint",
         nargs="+",
@@ -232,6 +236,8 @@ def main(argv=None):
     p.add_argument("--bootstrap_samples", type=int, default=1000, help="(default 1000)")
     p.add_argument("--json", help="write the report as JSON")
     args = p.parse_args(argv)
+    if not sys.stderr.isatty():  # datasets' "Generating train split" bars: none in a pipe or log
+        datasets.disable_progress_bars()
     if bool(args.hypotheses) == bool(args.checkpoint):
         raise UserError("give either --hypotheses, or --checkpoint (with --source or a test set)")
     if args.source and not args.checkpoint:
@@ -315,7 +321,7 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
             out.writelines(h + "\n" for h in hypotheses)
             out.flush()  # before the report, when both go to stdout
     else:
-        hypotheses = read_lines(args.hypotheses)
+        hypotheses = [line for _, line in iter_input(args.hypotheses)]  # "-": stdin
     report = {**score(hypotheses, references, args.lowercase), **report}
     if args.compare:
         report["compare_with"] = args.compare

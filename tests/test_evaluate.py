@@ -4,12 +4,16 @@ import gzip
 import json
 import os
 import random
+import subprocess
+import sys
 
 import pytest
+import sacrebleu
 
 import evaluate
 from checkpoint import load_model
 from config import UserError
+from helpers import ROOT
 from test_translate import make_checkpoint
 from translate import translate_texts
 
@@ -90,6 +94,45 @@ def test_cli_scores_gz_files_compares_and_writes_json(tmp_path, capsys):
         assert key in r
     assert r["compare"]["bleu"]["delta"] > 0 and 0 < r["compare"]["bleu"]["p_value"] <= 1
     assert r["compare_with"] == other and r["compare_samples"] == 100
+
+
+def test_scores_are_sacrebleus_for_hypotheses_against_references():
+    # sacreBLEU itself, the hypotheses in their place: BLEU and chrF are not symmetric (brevity
+    # penalty, recall), so references scored against hypotheses would differ
+    refs = corpus(40)
+    hyps = corrupt(refs)
+    r = evaluate.score(hyps, refs)
+    assert r["bleu"] == round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
+    assert r["chrf"] == round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)
+    assert r["bleu"] != round(sacrebleu.corpus_bleu(refs, [hyps]).score, 2)
+    assert r["bleu_bp"] < 1 and r["hyp_len"] < r["ref_len"]
+
+
+def test_compare_with_lowercase_compares_case_blind(tmp_path):
+    refs = corpus(30)
+    ref = write(tmp_path / "ref.de", refs)
+    upper = write(tmp_path / "upper.de", [r.upper() for r in refs])
+    lower = write(tmp_path / "lower.de", [r.lower() for r in refs])
+    r = evaluate.main(["--hypotheses", upper, "--reference", ref, "--compare", lower,
+                       "--bootstrap_samples", "10", "--lowercase"])  # fmt: skip
+    for key in ("bleu", "chrf", "ter"):
+        assert r["compare"][key]["delta"] == 0, (key, r["compare"][key])
+        assert "case:lc" in r["compare"][key]["signature"]
+
+
+def test_hypotheses_from_a_pipe(tmp_path):
+    # translate.py ... | evaluate.py --hypotheses - ; and no datasets progress bar in a pipe
+    refs = corpus(20)
+    write(tmp_path / "test.en", [f"source {i}" for i in range(20)])
+    write(tmp_path / "test.de", refs)
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", "--hypotheses", "-", "--test_data",
+         f"{tmp_path}/test.{{lang}}", "--json", "-"],
+        input="".join(r + "\n" for r in refs), capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert "BLEU = 100.00" in proc.stdout
 
 
 def test_lowercase_scores_case_blind(tmp_path):
