@@ -191,6 +191,25 @@ def test_encoder_layer_norm_placement(tiny_cfg, pre_norm):
     assert_close(layer(x, mask), expected)
 
 
+def test_pre_ln_stacks_end_with_a_layer_norm(tiny_cfg):
+    # pre-LN layers leave the residual stream unnormalised, so each stack ends with a LayerNorm
+    # (the encoder's memory and what the output layer reads): with gain g and bias b, every
+    # position's (h - b) / g has mean 0 and variance 1 over d_model
+    model = model_for(dataclasses.replace(tiny_cfg, pre_norm=True))
+    for stack in (model.encoder, model.decoder):
+        nn.init.uniform_(stack.final_norm.weight, 0.5, 2.0)
+        nn.init.normal_(stack.final_norm.bias)
+    seen = []
+    model.out_proj.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    src = pad_batch(random_seqs([5, 5], 24))
+    memory = model.encode(src, None)
+    model.decode(pad_batch(random_seqs([4, 4], 24)), memory, None)
+    for h, stack in ((memory, model.encoder), (seen[0], model.decoder)):
+        z = (h - stack.final_norm.bias) / stack.final_norm.weight
+        assert_close(z.mean(-1), torch.zeros(z.shape[:-1]), atol=1e-4, rtol=0)
+        assert_close(z.var(-1, unbiased=False), torch.ones(z.shape[:-1]), atol=1e-3, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Masking, causality, batching
 

@@ -263,26 +263,58 @@ def test_early_stopping_never_changes_the_result(tiny_cfg, alpha):
     assert [[h.tokens for h in f] for f in early] == [[h.tokens for h in f] for f in full]
 
 
+class Table(nn.Module):
+    """A model whose next-token distribution is a fixed table: P(next | last token) = probs[last],
+    whatever the source."""
+
+    def __init__(self, probs):
+        super().__init__()
+        v = len(probs)
+        self.logp, self.cfg = torch.tensor(probs).log(), ModelConfig(v, v, 0, 4, 1, 4, 1)
+
+    def src_mask(self, src):
+        return (src != 0)[:, None, None, :]
+
+    def encode(self, src, src_mask):
+        return torch.zeros(src.size(0), src.size(1), 4)
+
+    def new_cache(self):
+        return []
+
+    def decode(self, tgt, memory, src_mask, cache=None):
+        return self.logp[tgt]  # (B, 1, V)
+
+
+def test_length_penalty_is_gnmts():
+    # lp(L) = ((5 + L) / 6) ** alpha, worked out by hand: 1 at length 1, (12 / 6) ** alpha at 7
+    for alpha in (0.0, 0.6, -0.5, 2.0):
+        assert length_penalty(1, alpha) == 1.0
+    assert length_penalty(7, 1.0) == 2.0 and length_penalty(7, 0.5) == pytest.approx(2**0.5)
+    assert length_penalty(7, 0.0) == 1.0
+
+
+def test_early_stopping_with_a_negative_alpha_waits_for_a_live_beam_that_can_still_win():
+    # alpha < 0 favours short output, so lp is largest at the next length, not at the limit:
+    # a bound taken at the limit gave up on "a c" while it could still (and does) beat the worst
+    # finished hypothesis. ids: 0 pad, 1 start, 2 eos, 3 a, 4 b, 5 c.
+    e = 1e-9
+    probs = [
+        [1 / 6] * 6,
+        [e, e, 0.3, 0.6, 0.1, e],  # start: eos 0.3 (finished first), a 0.6, b 0.1
+        [1 / 6] * 6,
+        [e, e, 0.05, e, e, 0.95],  # a: c
+        [e, e, 0.99, e, e, 0.01],  # b: eos (the worst finished: "b eos", score -2.70)
+        [e, e, 0.99, 0.01, e, e],  # c: eos ("a c eos": -0.76, the best)
+    ]
+    model, ids = Table(probs), SpecialIds(pad=0, eos=2, start=1)
+    src = torch.tensor([[3, 2]])
+    found = [beam_search(model, src, ids, 60, beam=2, alpha=-1.0, nbest=2, banned=[0, 1],
+                         early_stop=early)[0] for early in (True, False)]  # fmt: skip
+    assert [[h.tokens for h in f] for f in found] == [[[3, 5, 2], [2]]] * 2
+
+
 def test_beam_search_finds_the_best_path_of_a_known_distribution():
-    """A model whose next-token distribution is a fixed table: greedy is fooled, beam is not."""
-
-    class Table(nn.Module):  # P(next | last token), independent of the source
-        def __init__(self, probs):
-            super().__init__()
-            self.logp, self.cfg = torch.tensor(probs).log(), ModelConfig(4, 4, 0, 4, 1, 4, 1)
-
-        def src_mask(self, src):
-            return (src != 0)[:, None, None, :]
-
-        def encode(self, src, src_mask):
-            return torch.zeros(src.size(0), src.size(1), 4)
-
-        def new_cache(self):
-            return []
-
-        def decode(self, tgt, memory, src_mask, cache=None):
-            return self.logp[tgt]  # (B, 1, V)
-
+    """Greedy is fooled, beam is not."""
     # ids: 0 pad, 1 start, 2 eos, 3 "a". From start: eos 0.4, a 0.6; after a: eos 0.5, a 0.5.
     # Greedy: a, then a tie... -> "a eos" = 0.3; best is "eos" = 0.4.
     probs = [[0.25] * 4, [1e-9, 1e-9, 0.4, 0.6], [0.25] * 4, [1e-9, 1e-9, 0.5, 0.5]]
@@ -397,6 +429,16 @@ def test_translate_texts_keeps_train_py_signature(ckpt):
     assert len(out) == len(LINES) and out[1] == "" and all("\n" not in o for o in out)
     beam = translate.translate_texts(model, tok, ids, LINES, 3, cfg.max_seq_length, beam=2)
     assert len(beam) == len(LINES)
+
+
+def test_a_source_of_exactly_the_limit_is_not_truncated(ckpt, capsys):
+    _, tok, ids, _ = load_model(ckpt)
+    encoded = encode_sources(tok, ["the children play in the garden"])[0]
+    n = len(encoded)
+    assert translate._encode(tok, ids, ["the children play in the garden"], n, [1]) == [encoded]
+    assert capsys.readouterr().err == ""
+    cut = translate._encode(tok, ids, ["the children play in the garden"], n - 1, [1])[0]
+    assert cut == encoded[: n - 2] + [ids.eos] and "truncated to" in capsys.readouterr().err
 
 
 def test_long_input_is_truncated_with_a_warning_naming_the_line(ckpt, tmp_path, capsys):
