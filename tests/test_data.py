@@ -314,6 +314,16 @@ def test_tokenize_drops_empty_and_long_pairs_and_says_so(tokenizer):
         assert t.tolist() == encode_targets(tokenizer, [tgt[j]])[0]
 
 
+def test_pairs_of_exactly_max_seq_length_tokens_are_kept(tokenizer):
+    long = "the dog sees the bird in the garden"
+    for src, tgt in ((long, "ein Hund"), ("a dog", long)):  # the source, then the target, longer
+        n = max(len(encode_sources(tokenizer, [src])[0]), len(encode_targets(tokenizer, [tgt])[0]))
+        data = datasets.Dataset.from_dict({"src": [src], "tgt": [tgt]})
+        assert len(tokenize(data, tokenizer, n, "train", print)) == 1
+        with pytest.raises(UserError, match="no usable sentence pairs"):
+            tokenize(data, tokenizer, n - 1, "train", print)
+
+
 def test_tokenize_is_quiet_when_nothing_is_dropped(tokenizer):
     messages = []
     corpus = tokenize(datasets.Dataset.from_dict({"src": EN, "tgt": DE}), tokenizer, 64, "valid",

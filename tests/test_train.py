@@ -342,14 +342,17 @@ def test_validation_loss_is_per_target_token_over_every_batch_and_process(monkey
     ids = SpecialIds(pad=0, eos=1, start=2)
     cfg = TrainConfig(max_tokens=24, max_seq_length=16, valid_bleu_samples=0)
     torch.manual_seed(0)
+    # dropout on, the model in training mode: validation must switch it off (and back on)
     model = Transformer(ModelConfig(20, 20, pad_id=0, d_model=16, n_heads=2, d_ff=32, n_layers=1,
-                                    dropout=0.0))  # fmt: skip
+                                    dropout=0.3))  # fmt: skip
     run = {"cfg": cfg, "ids": ids, "valid": (corpus, None)}
     batches = data_batches(corpus, cfg)
     assert len(batches) % 2 == 1  # the second process has one batch fewer, and runs a spare
     with torch.no_grad():
         whole = collate(corpus, np.arange(7), ids)
+        model.eval()
         want = train.loss_fn(model(whole["src"], whole["tgt_in"]), whole["labels"], 0).item()
+        model.train()
 
     class TwoProcesses(SimpleNamespace):
         """Each rank's evaluate() runs in turn; reduce() sums what both ranks passed."""
@@ -371,6 +374,54 @@ def test_validation_loss_is_per_target_token_over_every_batch_and_process(monkey
         assert train.evaluate(model, acc, run)["valid_loss"] == pytest.approx(want, rel=1e-5)
     one = SummingProcesses(device="cpu", n=1, process_index=0, num_processes=1)
     assert train.evaluate(model, one, run)["valid_loss"] == pytest.approx(want, rel=1e-5)
+    assert model.training
+
+
+def test_a_run_keeps_its_newest_keep_last_checkpoints(corpus, tmp_path):
+    out = tmp_path / "run"
+    run(args_for(corpus, out, "--max_steps", 6, "--save_every", 1, "--keep_last", 2))
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step-00000005", "step-00000006"]
+    assert (out / "last").resolve() == (out / "checkpoints" / "step-00000006").resolve()
+
+
+def test_label_smoothed_loss_is_the_mixture_over_non_padding_tokens():
+    # paper §5.4 as torch smooths: (1 - eps) NLL + eps mean_v(-log p_v), per non-padding token
+    torch.manual_seed(0)
+    logits, eps = torch.randn(2, 3, 7), 0.1
+    labels = torch.tensor([[4, 2, 0], [1, 5, 6]])  # 0: padding
+    logp = logits.log_softmax(-1)
+    nll = -logp.gather(-1, labels[..., None]).squeeze(-1)
+    want = ((1 - eps) * nll + eps * -logp.mean(-1))[labels != 0].mean()
+    torch.testing.assert_close(train.loss_fn(logits, labels, 0, eps), want)
+    batch = {"src": None, "tgt_in": None, "labels": labels}
+    got = train.train_loss(lambda src, tgt_in: logits, batch, TrainConfig(label_smoothing=eps), 0)
+    torch.testing.assert_close(got, want)
+    assert train.loss_fn(logits, labels, 0) < want  # smoothing costs a confident model
+
+
+def test_max_minutes_counts_training_seconds():
+    acc = SimpleNamespace(device="cpu", reduce=lambda t, how: t)
+    cfg = TrainConfig(max_minutes=2, log_every=5)
+    assert not train.out_of_time(acc, 10, cfg, 119.0)
+    assert train.out_of_time(acc, 10, cfg, 121.0)
+    assert not train.out_of_time(acc, 11, cfg, 121.0)  # processes decide at log steps only
+    assert not train.out_of_time(acc, 10, TrainConfig(log_every=5), 1e9)  # no limit
+
+
+@pytest.mark.parametrize("clip_norm", [1.0, 0.0])
+def test_optimizer_step_clips_the_gradient_norm(clip_norm):
+    layer = torch.nn.Linear(4, 4)
+    before = [p.detach().clone() for p in layer.parameters()]
+    (1000 * sum(p.sum() for p in layer.parameters())).backward()  # a gradient norm of 4,472
+    acc = SimpleNamespace(clip_grad_norm_=torch.nn.utils.clip_grad_norm_, scaler=None)
+    sgd = torch.optim.SGD(layer.parameters(), lr=1.0)  # the step is the (clipped) gradient
+    assert train.optimizer_step(layer, sgd, acc, {"cfg": TrainConfig(clip_norm=clip_norm)})
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, layer.parameters())])
+    if clip_norm:
+        assert step.norm() == pytest.approx(1.0, rel=1e-5)
+    else:  # 0: no clipping
+        assert step.norm() == pytest.approx(1000 * 20**0.5, rel=1e-5)
 
 
 def data_batches(corpus, cfg):
