@@ -5,7 +5,8 @@
     from transformers import AutoTokenizer, MarianMTModel
     tokenizer = AutoTokenizer.from_pretrained("exported/quickstart")
     model = MarianMTModel.from_pretrained("exported/quickstart")
-    out = model.generate(**tokenizer(["The dog sees the cat."], return_tensors="pt"))
+    batch = tokenizer(["The dog sees the cat."], return_tensors="pt", truncation=True)
+    out = model.generate(**batch)  # greedy; num_beams=5 for beam search (see below)
     print(tokenizer.batch_decode(out, skip_special_tokens=True))
 
     # CTranslate2 (pip install ctranslate2), converted from the exported directory:
@@ -40,6 +41,10 @@ appends, and starts decoding from a zero embedding instead of the start token's.
 tokenizers have no such row and decode from SpecialIds.start, so --ct2 converts with that
 loader minus those two Marian conventions: every row kept, decoding from our start token; and
 it adds an output bias of -1e4 on padding and the start token, which translate.py bans.
+Not the same search as translate.py: transformers' and CTranslate2's beam search divide a
+hypothesis's log-probability by length ** length_penalty, not by GNMT's ((5 + L) / 6) ** alpha,
+so one alpha ranks otherwise; their output budget is the positional table, not translate.py's
+1.5 |x| + 10; and a source longer than the table needs truncation=True (above).
 Refused (one-line error, exit 2): pre_norm models (Marian is post-LN only). Training-only
 settings (dropout, attn_dropout, act_dropout) are copied as they are and do not affect inference;
 word_dropout is not written: MarianConfig has no field for it (Marian's own --dropout-src is
