@@ -321,7 +321,7 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
             out.writelines(h + "\n" for h in hypotheses)
             out.flush()  # before the report, when both go to stdout
     else:
-        hypotheses = [line for _, line in iter_input(args.hypotheses)]  # "-": stdin
+        hypotheses = [line for _, line in iter_input(args.hypotheses, flag="--hypotheses")]
     report = {**score(hypotheses, references, args.lowercase), **report}
     if args.compare:
         report["compare_with"] = args.compare

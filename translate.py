@@ -48,6 +48,7 @@ gives an empty line (no pairs). To parse a line:
 """
 
 import argparse
+import collections
 import contextlib
 import gzip
 import io
@@ -97,7 +98,7 @@ def max_new_tokens(src_len, model: Transformer, a: float = 1.5, b: int = 10):
     if torch.is_tensor(src_len):
         # clamped before the cast: a budget past int64 would wrap around to 1 token
         return (src_len.double() * a + b).clamp(1, model.cfg.max_len - 1).long()
-    return max(1, min(int(a * src_len + b), model.cfg.max_len - 1))
+    return max(1, int(min(a * src_len + b, model.cfg.max_len - 1)))
 
 
 def _limits(max_new, batch: int, device) -> torch.Tensor:
@@ -426,7 +427,7 @@ def format_nbest(pairs: list[tuple[str, float | None]]) -> str:
 # Command line
 
 
-def iter_input(path: str | None, stdin: "Stdin | None" = None):
+def iter_input(path: str | None, stdin: "Stdin | None" = None, flag: str = "--input"):
     """(line number, text) for each line of a file (.gz ok) or of stdin ("-"), read lazily.
 
     The same rules as data.iter_lines: UTF-8, only "\\n" ends a line, a leading BOM is dropped.
@@ -434,7 +435,7 @@ def iter_input(path: str | None, stdin: "Stdin | None" = None):
     if path not in (None, "-"):
         yield from iter_lines(path)
         return
-    for n, raw in enumerate(stdin or Stdin(), 1):
+    for n, raw in enumerate(stdin or Stdin(flag), 1):
         try:
             line = raw.rstrip(b"\r\n").decode("utf-8")
         except UnicodeDecodeError as e:
@@ -443,37 +444,48 @@ def iter_input(path: str | None, stdin: "Stdin | None" = None):
 
 
 class Stdin:
-    """stdin's lines (bytes) as they arrive, and whether input has paused: no further line is
-    there yet. translate.py ends a chunk at a pause, so that a line typed, or fed by a program
-    waiting for its answer, is translated at once (as fairseq-interactive answers each line),
-    while a file or a busy pipe still fills whole chunks."""
+    """stdin's lines (bytes) as they arrive, and whether input has paused: no complete line is
+    waiting, and none comes within `grace` seconds. translate.py ends a chunk at a pause, so
+    that a line typed, or fed by a program waiting for its answer, is translated at once (as
+    fairseq-interactive answers each line), while a file or a pipe fed without such waits
+    still fills whole chunks."""
 
-    def __init__(self):
+    def __init__(self, flag: str = "--input", grace: float = 0.05):
         if sys.stdin is None:  # started with stdin closed (`<&-`)
-            raise UserError("no input: stdin is closed; give --input FILE")
-        self.buffer = sys.stdin.buffer
+            raise UserError(f"no input: stdin is closed; give {flag} FILE")
+        self.buffer, self.grace = sys.stdin.buffer, grace
         try:
             self.fd = self.buffer.fileno()
         except (AttributeError, OSError, ValueError):  # not a file (tests replace sys.stdin)
             self.fd = None
-        self.pending, self.eof = b"", False
+        self.tty = self.fd is not None and os.isatty(self.fd)
+        self.lines, self.part, self.eof = collections.deque(), [], False  # part: of a line
 
     def __iter__(self):
         while True:
-            while b"\n" not in self.pending and not self.eof:
-                data = os.read(self.fd, 1 << 16) if self.fd is not None else self.buffer.read()
+            while not self.lines and not self.eof:
+                # read1: what the buffer holds first (stdin read earlier), else one read
+                data = self.buffer.read1(1 << 16) if self.fd is not None else self.buffer.read()
                 self.eof = not data or self.fd is None
-                self.pending += data
-            if not self.pending:
+                *ended, rest = data.split(b"\n")
+                if ended:
+                    ended[0] = b"".join(self.part) + ended[0]
+                    self.lines.extend(line + b"\n" for line in ended)
+                    self.part = []
+                if rest:
+                    self.part.append(rest)
+            if self.lines:
+                yield self.lines.popleft()
+            elif self.part:  # the last line, without a line end
+                line, self.part = b"".join(self.part), []
+                yield line
+            else:
                 return
-            end = self.pending.find(b"\n") + 1 or len(self.pending)
-            line, self.pending = self.pending[:end], self.pending[end:]
-            yield line
 
     def paused(self) -> bool:
-        if self.eof or self.pending:  # a part line: the rest is on its way
+        if self.eof or self.lines:
             return False
-        return not select.select([self.fd], [], [], 0)[0]
+        return not select.select([self.fd], [], [], self.grace)[0]
 
 
 def read_chunks(numbered_lines, size: int, paused=None):
@@ -692,7 +704,9 @@ def main(argv=None):
     model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
     keep_freed_memory(args.device)  # each decoding step's logits reuse the last step's memory
     # on stderr, and only on a terminal (disable=None): never into a pipe or a log
-    bar = tqdm(desc="translating", unit=" lines", disable=None, file=sys.stderr)
+    # (nor while the user types: the bar would share the line being typed)
+    typed = stdin is not None and stdin.tty
+    bar = tqdm(desc="translating", unit=" lines", disable=True if typed else None, file=sys.stderr)
     with open_output(args.output) as out, bar:
         numbered = iter_input(args.input, stdin)
         for first, lines in read_chunks(numbered, args.chunk_size, stdin and stdin.paused):

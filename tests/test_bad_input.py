@@ -354,10 +354,15 @@ def test_positional_table_smaller_than_max_seq_length_truncates(trained, tmp_pat
     assert (tmp_path / "o").read_text().count("\n") == 1
 
 
-def test_translate_py_with_stdin_closed_is_one_line(trained, monkeypatch, capsys):
+def test_stdin_closed_is_one_line(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", None)  # `python translate.py ... <&-`
     code, err = run_cli(translate.main, ["--checkpoint", trained], capsys)
     assert_one_line_error(code, err, "no input: stdin is closed; give --input")
+    reference = tmp_path / "ref.de"
+    reference.write_text("der Hund\n")
+    argv = ["--hypotheses", "-", "--reference", reference]
+    code, err = run_cli(evaluate.main, argv, capsys)
+    assert_one_line_error(code, err, "no input: stdin is closed; give --hypotheses")
 
 
 def test_a_huge_output_budget_is_the_positional_table(trained, tmp_path):

@@ -129,7 +129,7 @@ def test_hypotheses_from_a_pipe(tmp_path):
         [sys.executable, "evaluate.py", "--hypotheses", "-", "--test_data",
          f"{tmp_path}/test.{{lang}}", "--json", "-"],
         input="".join(r + "\n" for r in refs), capture_output=True, text=True, cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
     assert "BLEU = 100.00" in proc.stdout

@@ -6,6 +6,7 @@ import select
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -536,10 +537,10 @@ def test_cli_streams_chunks_through_a_pipe(ckpt):
     answer: it waited for the end of the input, or for 2,000 lines, before)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
-    def read_lines(proc, n: int) -> list[str]:  # within a minute, or fail (never hang)
+    def read_lines(proc, n: int) -> list[str]:  # within 5 minutes, or fail (never hang)
         got = b""
         while got.count(b"\n") < n:
-            assert select.select([proc.stdout], [], [], 60)[0], f"no output yet: {got!r}"
+            assert select.select([proc.stdout], [], [], 300)[0], f"no output yet: {got!r}"
             got += os.read(proc.stdout.fileno(), 1 << 16)
         return got.decode().splitlines(keepends=True)
 
@@ -563,6 +564,31 @@ def test_cli_streams_chunks_through_a_pipe(ckpt):
             assert proc.stderr.read() == b""  # no progress bar written into a pipe
         finally:
             proc.kill()
+
+
+def test_stdin_pauses_when_no_complete_line_is_waiting(monkeypatch):
+    r, w = os.pipe()
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=os.fdopen(r, "rb")))
+    stdin = translate.Stdin(grace=0.01)
+    lines = iter(stdin)
+    os.write(w, b"one\ntwo\nthr")  # two lines and the start of a third
+    assert next(lines) == b"one\n" and not stdin.paused()  # "two" is waiting
+    assert next(lines) == b"two\n" and stdin.paused()  # "thr" is no line yet: answer "two"
+    os.write(w, b"ee\r\nfour")
+    assert next(lines) == b"three\r\n" and stdin.paused()
+    os.close(w)
+    assert not stdin.paused()  # the end: no wait
+    assert list(lines) == [b"four"]  # the last line, without a line end
+
+
+def test_stdin_read_earlier_is_not_lost(monkeypatch):
+    r, w = os.pipe()
+    os.write(w, b"header\nthe dog\nthe cat\n")
+    os.close(w)
+    buffer = os.fdopen(r, "rb")
+    assert buffer.readline() == b"header\n"  # the buffer now holds the other lines too
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=buffer))
+    assert list(translate.Stdin()) == [b"the dog\n", b"the cat\n"]
 
 
 def test_chunks_end_where_stdin_pauses():
