@@ -42,6 +42,35 @@ def test_average_is_the_mean_with_the_newest_checkpoints_files(tmp_path):
     assert (tmp_path / "avg" / "config.json").read_text() == '{"newest": 1}\n'
 
 
+def test_average_sums_in_float64(tmp_path):
+    # 2**24 + 1 + 1 in fp32 is 2**24 (each 1 is lost in rounding): the mean would be off by 0.5
+    values = [[2.0**24, 0.0], [1.0, 1.0], [1.0, 2.0]]  # (the second entry: no two alike)
+    dirs = [checkpoint(tmp_path / f"c{i}", w=torch.tensor(v)) for i, v in enumerate(values)]
+    average.main(["--checkpoints", *map(str, dirs), "--out", str(tmp_path / "avg")])
+    assert load_file(tmp_path / "avg" / "model.safetensors")["w"][0].item() == (2**24 + 2) / 3
+
+
+def test_replacing_a_directory_keeps_the_old_one_until_the_new_is_in_place(tmp_path, monkeypatch):
+    from checkpoint import replace_dir
+
+    final, new = tmp_path / "avg", tmp_path / "avg.tmp"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    new.mkdir()
+    real_rename = type(final).rename
+
+    def failing(self, target):  # the new directory cannot be moved into place
+        if self == new:
+            raise OSError("disk gone")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(final), "rename", failing)
+    with pytest.raises(OSError):
+        replace_dir(new, final)
+    kept = [d for d in (final, tmp_path / "avg.old") if (d / "old.txt").exists()]
+    assert kept, "the old directory was deleted before the new one was in place"
+
+
 def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
     run = tmp_path / "run"
     a = checkpoint(run / "checkpoints" / "step-1", w=torch.zeros(2))

@@ -78,7 +78,8 @@ def test_num_heads_must_divide_model_dim():
 
 @pytest.mark.parametrize("value", [1.0, -0.1, 1.5])
 @pytest.mark.parametrize(
-    "key", ["dropout", "attn_dropout", "act_dropout", "word_dropout", "label_smoothing"]
+    "key",
+    ["dropout", "attn_dropout", "act_dropout", "word_dropout", "label_smoothing", "ema_decay"],
 )
 def test_probabilities_must_be_in_unit_interval(key, value):
     with pytest.raises(UserError, match=rf"{key} must be in \[0, 1\) \(got {value}\)"):
@@ -89,11 +90,22 @@ def test_probabilities_must_be_in_unit_interval(key, value):
 @pytest.mark.parametrize(
     "key",
     ["epochs", "batch_size", "model_dim", "hidden_dims", "num_heads", "num_layers",
-     "max_seq_length", "grad_accum_steps", "max_tokens", "max_steps", "decoder_layers"],
+     "max_seq_length", "grad_accum_steps", "max_tokens", "max_steps", "decoder_layers",
+     "log_every", "decode_batch_size", "save_every", "patience", "max_minutes"],
 )  # fmt: skip
 def test_sizes_must_be_positive(key, value):
     with pytest.raises(UserError, match=rf"{key} must be > 0"):
         TrainConfig(**{key: value})
+
+
+@pytest.mark.parametrize(
+    "key", ["warmup_steps", "weight_decay", "clip_norm", "valid_bleu_samples", "keep_last",
+            "max_bad_steps", "rdrop_alpha"],
+)  # fmt: skip
+def test_counts_and_weights_must_not_be_negative(key):
+    with pytest.raises(UserError, match=rf"{key} must be >= 0 \(got -1(\.0)?\)"):
+        TrainConfig(**{key: -1})
+    TrainConfig(**{key: 0})  # 0 is fine: off, or none
 
 
 def test_learning_rate_must_be_positive():
@@ -160,6 +172,7 @@ def test_all_problems_are_reported_together():
 def test_max_tokens_must_hold_the_longest_pair():
     with pytest.raises(UserError, match=r"max_tokens \(100\) must be >= max_seq_length \(256\)"):
         TrainConfig(max_tokens=100, max_seq_length=256)
+    TrainConfig(max_tokens=256, max_seq_length=256)  # the longest pair fits exactly
 
 
 def test_languages_must_differ():

@@ -463,6 +463,26 @@ def test_shard_fewer_batches_than_processes_keeps_counts_equal():
     assert counts[0] == counts[1]
 
 
+def test_shard_cuts_the_leftover_batches_into_even_pieces_that_cover_them():
+    # 2 leftover batches (10 and 2 pairs) for 3 processes: the big one is cut, not the small
+    pieces = [shard([np.arange(10), np.arange(10, 12)], r, 3)[-1] for r in range(3)]
+    assert sorted(len(p) for p in pieces) == [2, 5, 5]
+    assert sorted(np.concatenate(pieces).tolist()) == list(range(12))
+    # fewer leftover pairs than processes: each gets one, every pair is trained
+    pieces = [shard([np.array([7, 8])], r, 3)[-1].tolist() for r in range(3)]
+    assert all(len(p) == 1 for p in pieces) and {p[0] for p in pieces} == {7, 8}
+
+
+def test_token_batches_are_shuffled_and_regrouped_each_epoch():
+    lengths = np.arange(1, 301) % 30 + 1  # many pairs of each length
+    epochs = [token_batches(lengths, 200, 64, seed=0, epoch=e) for e in range(2)]
+    for batches in epochs:  # batch order shuffled, not by length
+        longest = [int(lengths[b].max()) for b in batches]
+        assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+    # pairs of equal length are grouped anew (their ties broken at random per epoch)
+    assert {frozenset(b.tolist()) for b in epochs[0]} != {frozenset(b.tolist()) for b in epochs[1]}
+
+
 # ---------------------------------------------------------------------------------------------
 # Collation
 

@@ -30,6 +30,16 @@ def test_update_follows_the_ramped_recurrence():
     assert ema.updates == 12
 
 
+def test_the_average_starts_from_the_weights_it_is_given():
+    model = torch.nn.Linear(3, 2)
+    w0 = model.weight.detach().clone()
+    ema = EMA(model, 0.9)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # the first update weighs the start 2 / 11 (the ramp at k = 1)
+    torch.testing.assert_close(ema.shadow[0], 2 / 11 * w0 + 9 / 11 * (w0 + 1.0))
+
+
 def test_swapped_shows_the_average_then_restores_the_trained_weights_even_on_error():
     model = torch.nn.Linear(3, 2)
     ema = EMA(model, 0.9)

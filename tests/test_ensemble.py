@@ -54,6 +54,14 @@ def test_greedy_follows_the_mean_of_the_models_distributions(tiny_cfg):
         assert logp.argmax(-1).tolist() == tokens
 
 
+def test_decode_gives_the_log_of_the_mean_distribution(tiny_cfg):
+    models, src, ids = two_models(tiny_cfg)
+    ens, tgt = Ensemble(models), torch.full((src.size(0), 1), ids.start)
+    logp = ens.decode(tgt, ens.encode(src, None), None)
+    want = torch.stack([F.softmax(m.decode(tgt, m.encode(src, None), None), -1) for m in models])
+    torch.testing.assert_close(logp.exp(), want.mean(0))  # a distribution: it sums to 1
+
+
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_beam_scores_are_the_ensembles_log_probabilities(tiny_cfg, alpha):
     models, src, ids = two_models(tiny_cfg)
@@ -148,11 +156,14 @@ def test_the_same_pieces_under_other_ids_are_re_indexed(pair, tmp_path, capsys):
     model, tok, ids, cfg = load_model(pair[0])
     state = json.loads((pair[0] / "tokenizer.json").read_text())
     pieces = state["model"]["vocab"]
-    pieces[10:20] = pieces[10:20][::-1]  # ids 10..19 reversed
+    # ids 10..19 rotated (not reversed: a reversal is its own inverse, so the inverse
+    # re-indexing would pass too): new id j holds the piece of old id j + 1, id 19 old 10's
+    pieces[10:20] = pieces[11:20] + pieces[10:11]
     moved = shutil.copytree(pair[0], tmp_path / "moved")
     (moved / "tokenizer.json").write_text(json.dumps(state))
     with torch.no_grad():
-        model.src_embed.tokens.weight[10:20] = model.src_embed.tokens.weight[10:20].flip(0)
+        rows = model.src_embed.tokens.weight
+        rows[10:20] = rows[10:20].roll(-1, 0)
     moved_tok = AutoTokenizer.from_pretrained(moved)
     assert moved_tok.get_vocab() != tok.get_vocab()
     save_model_dir(moved, model.state_dict(), cfg, model.cfg, ids, moved_tok)

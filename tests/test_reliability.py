@@ -280,6 +280,23 @@ def test_pruning_keeps_the_newest_and_sweeps_what_a_kill_left(tmp_path):
     prune_checkpoints(ckpts, 2)
     assert sorted(d.name for d in ckpts.iterdir()) == ["step-00000003", "step-00000004"]
     assert [d.name for d in step_dirs(ckpts)] == ["step-00000003", "step-00000004"]
+    prune_checkpoints(ckpts, 0)  # keep_last 0 still keeps the newest: the one just saved
+    assert [d.name for d in ckpts.iterdir()] == ["step-00000004"]
+
+
+def test_resume_takes_the_newest_complete_checkpoint(tmp_path):
+    from checkpoint import latest_checkpoint
+
+    for n, files in (
+        (1, ["trainer_state.json", "state/"]),
+        (2, ["trainer_state.json"]),
+        (3, ["state/"]),
+    ):  # 2 and 3: damaged by hand (each lacks a part)
+        d = tmp_path / "checkpoints" / f"step-{n:08d}"
+        d.mkdir(parents=True)
+        for f in files:
+            (d / f.rstrip("/")).mkdir() if f.endswith("/") else (d / f).write_text("{}")
+    assert latest_checkpoint(tmp_path).name == "step-00000001"
 
 
 def test_pruning_deletes_in_place_when_the_rename_fails(tmp_path, monkeypatch):

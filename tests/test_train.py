@@ -266,6 +266,21 @@ def test_best_and_early_stopping_follow_best_metric(monkeypatch, metric, best, s
     assert state["best"] == (-1.0 if metric == "loss" else 12.0)
 
 
+def test_best_needs_a_finite_strictly_better_score(monkeypatch):
+    # a NaN validation must not become best (nothing finite would beat it), nor an equal one
+    losses = iter([math.nan, 2.0, 2.0, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(train, "evaluate", lambda *_: {"valid_loss": next(losses)})
+    monkeypatch.setattr(train, "write_metrics", lambda *_: None)
+    saved = []
+    monkeypatch.setattr(train, "save", lambda *a, best: saved.append(best is not None))
+    run = {"cfg": TrainConfig(best_metric="loss", patience=2), "valid": object(),
+           "log": lambda _: None}  # fmt: skip
+    state = {"best": None, "bad_evals": 0, "step": 0}
+    stops = [train.end_of_epoch(None, None, run, state, epoch) for epoch in range(6)]
+    assert saved == [False, True, False, True, False, False]
+    assert stops == [False] * 5 + [True] and state["best"] == -1.0
+
+
 def test_the_epoch_ends_validation_counts_in_the_training_time(monkeypatch):
     # saved with the checkpoint, a resume starts its clock from it: max_minutes and the
     # end-to-end speed must see the validation as an uninterrupted run does
@@ -375,6 +390,50 @@ def test_validation_loss_is_per_target_token_over_every_batch_and_process(monkey
     one = SummingProcesses(device="cpu", n=1, process_index=0, num_processes=1)
     assert train.evaluate(model, one, run)["valid_loss"] == pytest.approx(want, rel=1e-5)
     assert model.training
+
+
+def test_accumulated_batches_weigh_by_their_target_tokens(corpus, tmp_path, monkeypatch):
+    # a step's loss is the mean over its target tokens: each batch's mean loss, weighed by its
+    # share of the step's tokens (accelerate then divides by the 2 batches), goes to backward
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    seen = []  # per batch: [its mean loss, its target tokens, what went to backward]
+    real_loss, real_backward = train.train_loss, Accelerator.backward
+
+    def loss(*args):
+        value = real_loss(*args)
+        seen.append([value.item(), int(args[1]["n_tokens"])])
+        return value
+
+    def backward(self, value, **kwargs):
+        seen[-1].append(value.item())
+        return real_backward(self, value, **kwargs)
+
+    monkeypatch.setattr(train, "train_loss", loss)
+    monkeypatch.setattr(Accelerator, "backward", backward)
+    monkeypatch.chdir(ROOT)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        train.main(args_for(corpus, tmp_path / "run", "--grad_accum_steps", 2, "--max_steps", 3,
+                            "--valid_data", "null")[1:])  # fmt: skip
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    assert len(seen) == 6 and any(seen[i][1] != seen[i + 1][1] for i in (0, 2, 4))
+    for (la, na, ba), (lb, nb, bb) in zip(seen[0::2], seen[1::2], strict=True):
+        assert (ba + bb) / 2 == pytest.approx((la * na + lb * nb) / (na + nb), rel=1e-5)
+
+
+def test_a_resume_inside_an_epoch_with_accumulation_continues_exactly(corpus, tmp_path):
+    # the batches' weights are taken from the resumed position, as the batches are
+    extra = ("--grad_accum_steps", 2, "--log_every", 1, "--dropout", 0)
+    run(args_for(corpus, tmp_path / "whole", *extra, "--max_steps", 6))
+    part = tmp_path / "part"
+    run(args_for(corpus, part, *extra, "--max_steps", 3))
+    assert json.loads((part / "last" / "trainer_state.json").read_text())["batch_in_epoch"] > 0
+    run([*args_for(corpus, part, *extra, "--max_steps", 6), "--resume"])
+    assert train_losses(part) == train_losses(tmp_path / "whole")
 
 
 def test_a_run_keeps_its_newest_keep_last_checkpoints(corpus, tmp_path):
@@ -761,6 +820,15 @@ def test_fit_steps_to_time_moves_max_steps_either_way_until_the_cooldown_begins(
     train.check_pace(run_, {"step": 100, "train_seconds": 30.0}, 1234)
     assert (run_["cfg"].max_steps, run_["cfg"].cooldown_steps) == (1234, 246)
     assert "fit max_minutes (10) and epochs: max_steps 500 -> 1,234" in run_["lines"][0]
+
+
+def test_a_fitted_cooldown_never_rounds_to_nothing():
+    # a cooldown of 1 step in 100,000 fitted to 900 steps is still 1 step, not 0 (which would
+    # silently turn it off)
+    cfg = TrainConfig(max_minutes=10, max_steps=100_000, cooldown_steps=1, fit_steps_to_time=True)
+    run_ = pace_run(cfg)
+    train.check_pace(run_, {"step": 100, "train_seconds": 60.0})
+    assert (run_["cfg"].max_steps, run_["cfg"].cooldown_steps) == (900, 1)
 
 
 def test_fit_steps_to_time_says_when_it_can_fit_nothing():
