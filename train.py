@@ -706,7 +706,9 @@ def main(argv=None):
         new_learning_rate(scheduler, cfg.learning_rate, state["step"], run["log"])
     if accelerator.is_main_process:
         cfg.save(out / "config.json")
-    if cfg.log_with:
+    # a finished run resumed writes no new tracker run (an empty TensorBoard log per resume)
+    done = finished(cfg, state) and state.get("validated_step") == state["step"]
+    if cfg.log_with and not done:
         project, kwargs = tracker_names(cfg.log_with, out, state["step"])
         accelerator.init_trackers(
             project,
@@ -849,8 +851,10 @@ def distribution(accelerator) -> str:
     to something else without an error (distributed.py), so the log says it."""
     if accelerator.distributed_type == DistributedType.NO:
         return "1 process"
-    n = accelerator.num_processes
-    return f"{accelerator.distributed_type.value} over {n} process{'es' if n > 1 else ''}"
+    n, kind = accelerator.num_processes, accelerator.distributed_type.value
+    if kind.startswith("MULTI_"):  # accelerate's names for DDP on CPUs, GPUs, ...
+        kind = f"DDP ({kind})"
+    return f"{kind} over {n} process{'es' if n > 1 else ''}"
 
 
 def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> None:

@@ -1354,11 +1354,13 @@ def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, single_proces
     out = tmp_path / "run"
     shutil.copytree(single_process_run, out, symlinks=True)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    proc = run([*args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2), "--resume"])
+    proc = run([*args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2),
+                "--log_with", "tensorboard", "--resume"])  # fmt: skip
     assert "already at max_steps (6); nothing to do" in proc.stdout + proc.stderr
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     changed = [p for p in after if before.get(p) != after[p]]
-    # only the run's config.json is written again; no step trained, no checkpoint or metric
+    # only the run's config.json is written again; no step trained, no checkpoint or metric, no
+    # TensorBoard log
     assert changed == [out / "config.json"]
     assert (out / "last").resolve() == out / "checkpoints" / "step-00000006"
 
@@ -1457,7 +1459,7 @@ def test_a_failed_distributed_load_names_the_ranks_error(tmp_path, monkeypatch):
 
 def test_ddp_matches_one_process(corpus, tmp_path, single_process_run):
     proc = run(args_for(corpus, tmp_path / "run", *SIX_STEPS), launch=DDP)
-    assert "fp32 on cpu, MULTI_CPU over 2 processes" in proc.stdout  # the log says what ran
+    assert "fp32 on cpu, DDP (MULTI_CPU) over 2 processes" in proc.stdout  # what really ran
     assert_same_losses(tmp_path / "run", single_process_run)
 
 
