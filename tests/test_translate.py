@@ -532,9 +532,9 @@ def max_new_tokens_of(ckpt, text: str, a: float, b: int) -> int:
 
 
 def test_cli_streams_chunks_through_a_pipe(ckpt):
-    """Output comes before the input is closed: a full chunk, and then, with the default chunk of
-    2,000 lines, a line that nothing follows yet (typed, or fed by a program that waits for its
-    answer: it waited for the end of the input, or for 2,000 lines, before)."""
+    """Output comes before the input is closed: with the default chunk of 2,000 lines, lines
+    that nothing follows yet (typed, or fed by a program that waits for its answer: it waited
+    for the end of the input, or for 2,000 lines, before)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
     def read_lines(proc, n: int) -> list[str]:  # within 5 minutes, or fail (never hang)
@@ -544,26 +544,25 @@ def test_cli_streams_chunks_through_a_pipe(ckpt):
             got += os.read(proc.stdout.fileno(), 1 << 16)
         return got.decode().splitlines(keepends=True)
 
-    for chunk in (["--chunk_size", "2"], []):
-        proc = subprocess.Popen(
-            [sys.executable, "translate.py", "--checkpoint", str(ckpt), *chunk],
-            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, bufsize=0,
-        )  # fmt: skip
-        try:
-            proc.stdin.write(b"the dog sees the cat\n\n")
-            first = read_lines(proc, 2)
-            assert len(first) == 2 and first[1] == "\n", first
-            proc.stdin.write(b"a man reads a book\n")
-            assert len(read_lines(proc, 1)) == 1
-            proc.stdin.write(b"a man\n")
-            proc.stdin.close()
-            rest = proc.stdout.read()
-            assert proc.wait(timeout=60) == 0, proc.stderr.read()
-            assert rest.count(b"\n") == 1
-            assert proc.stderr.read() == b""  # no progress bar written into a pipe
-        finally:
-            proc.kill()
+    proc = subprocess.Popen(
+        [sys.executable, "translate.py", "--checkpoint", str(ckpt)],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, bufsize=0,
+    )  # fmt: skip
+    try:
+        proc.stdin.write(b"the dog sees the cat\n\n")
+        first = read_lines(proc, 2)
+        assert len(first) == 2 and first[1] == "\n", first
+        proc.stdin.write(b"a man reads a book\n")
+        assert len(read_lines(proc, 1)) == 1
+        proc.stdin.write(b"a man\n")
+        proc.stdin.close()
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+        assert rest.count(b"\n") == 1
+        assert proc.stderr.read() == b""  # no progress bar written into a pipe
+    finally:
+        proc.kill()
 
 
 def test_stdin_pauses_when_no_complete_line_is_waiting(monkeypatch):
