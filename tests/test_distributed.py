@@ -1,0 +1,267 @@
+"""Several processes: FSDP and DDP on CPU match one process, shard, resume; and what a resume
+may change.
+
+Multi-process tests launch `accelerate launch` on loopback with a timeout, so a hang fails.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import train
+from config import TrainConfig, UserError
+from helpers import ROOT, write_corpus
+from test_train import DDP, ENV, FSDP, SIX_STEPS, args_for, run, train_losses, weights
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("train"), 3, 400, 16, 150)  # as test_train.py's
+
+
+def probe(launch, tmp_path):
+    run(["tests/scripts/fsdp_probe.py", str(tmp_path / "probe")], launch=launch, timeout=120)
+    return [json.loads((tmp_path / f"probe.rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_fsdp_on_cpu_really_shards(tmp_path):
+    ranks = probe(FSDP, tmp_path)
+    for r in ranks:
+        assert r["world"] == 2 and r["distributed_type"] == "DistributedType.FSDP"
+        assert r["type"].startswith("FSDP")  # fully_shard swaps in an FSDP subclass
+        assert abs(r["local"] - r["total"] / 2) <= 0.01 * r["total"], r
+    assert sum(r["local"] for r in ranks) == ranks[0]["total"]
+
+
+@pytest.fixture(scope="module")
+def single_process_run(corpus, tmp_path_factory):
+    """The reference: 1 process accumulating 2 batches per step = 2 processes x 1 batch."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    run(args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp") / "run"
+    run(args_for(corpus, out, *SIX_STEPS), launch=FSDP)
+    return out
+
+
+def assert_same_losses(got_run, ref_run):
+    ref, got = train_losses(ref_run), train_losses(got_run)
+    assert sorted(got) == sorted(ref) == list(range(1, 7))
+    for step in ref:
+        assert abs(got[step] - ref[step]) <= 1e-4 * abs(ref[step]), (step, got[step], ref[step])
+
+
+def test_fsdp_matches_one_process(single_process_run, fsdp_run):
+    assert_same_losses(fsdp_run, single_process_run)
+    # validation too, where each of the 2 processes decoded half the BLEU sample (with no
+    # collective between its decoding steps: a hang would fail the run)
+    got, ref = ([r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                 if "valid_bleu" in r] for run in (fsdp_run, single_process_run))  # fmt: skip
+    assert len(got) == len(ref) == 1 and got[0]["valid_bleu"] == ref[0]["valid_bleu"]
+    assert got[0]["valid_loss"] == pytest.approx(ref[0]["valid_loss"], rel=1e-4)
+    # and the same weights: LayerNorm gains and biases not decayed in the shards either (the key
+    # biases get no gradient, softmax being shift-invariant: Adam steps them by rounding noise)
+    ws, wf = weights(single_process_run), weights(fsdp_run)
+    for k in ws:
+        atol = 1e-3 if k.endswith("k_proj.bias") else 1e-6
+        torch.testing.assert_close(wf[k], ws[k], rtol=1e-5, atol=atol, msg=k)
+
+
+def test_fsdp_validates_a_sample_smaller_than_the_processes(corpus, tmp_path):
+    # process 1 decodes no sentence: its weights are gathered all the same, or process 0's
+    # first decoding step would wait for it forever
+    out = tmp_path / "run"
+    run(
+        args_for(corpus, out, "--max_steps", 2, "--valid_bleu_samples", 1), launch=FSDP, timeout=120
+    )
+    assert "valid_bleu" in (out / "metrics.jsonl").read_text()
+
+
+def test_resume_refuses_weight_decay_switched_off(corpus, tmp_path, single_process_run):
+    # checked before loading the state, the same on every backend (FSDP's loader fails earlier
+    # than AdamW's own check, with a traceback)
+    out = tmp_path / "run"
+    shutil.copytree(single_process_run, out)
+    args = [*args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2), "--weight_decay", "0"]
+    proc = subprocess.run(
+        [sys.executable, *args, "--resume"], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "saved with weight_decay 20, this run has 0" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_resume_names_the_model_settings_it_cannot_change(corpus, tmp_path, single_process_run):
+    # load_state_dict's own error names tensors, cut to its first line, and the advice to
+    # delete the checkpoint as unreadable was wrong: it was fine
+    out = tmp_path / "run"
+    shutil.copytree(single_process_run, out)
+    before = (out / "config.json").read_text()
+    args = [*args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2), "--hidden_dims", "48",
+            "--num_layers", "2", "--resume"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "with hidden_dims 64 -> 48, num_layers 1 -> 2, decoder_layers 1 -> 2: a resume" in last
+    assert "tokeniz" not in proc.stdout + proc.stderr  # said before the data is prepared
+    assert (out / "config.json").read_text() == before
+    # decoder_layers null is num_layers: the same model, said either way
+    ckpt = out / "last"
+    same = {"num_layers": 2, "decoder_layers": None}
+    (ckpt / "config.json").write_text(json.dumps(same))
+    train.check_same_model(ckpt, TrainConfig(num_layers=2, decoder_layers=2))
+    (ckpt / "config.json").write_text(json.dumps({**same, "decoder_layers": 2}))
+    train.check_same_model(ckpt, TrainConfig(num_layers=2))
+
+
+def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, single_process_run):
+    out = tmp_path / "run"
+    shutil.copytree(single_process_run, out, symlinks=True)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = run([*args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2),
+                "--log_with", "tensorboard", "--resume"])  # fmt: skip
+    assert "already at max_steps (6); nothing to do" in proc.stdout + proc.stderr
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    changed = [p for p in after if before.get(p) != after[p]]
+    # only the run's config.json is written again; no step trained, no checkpoint or metric, no
+    # TensorBoard log
+    assert changed == [out / "config.json"]
+    assert (out / "last").resolve() == out / "checkpoints" / "step-00000006"
+
+
+def test_a_checkpoint_with_non_finite_weights_is_not_kept(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    logged = []
+    acc = SimpleNamespace(
+        is_main_process=True, num_processes=1, wait_for_everyone=lambda: None,
+        get_state_dict=lambda model: {"w": torch.tensor([1.0, float("nan")])},
+    )  # fmt: skip
+    train.save(acc, None, {"cfg": TrainConfig(output_dir=str(out)), "log": logged.append},
+               {"step": 7}, best={"step": 7})  # fmt: skip
+    assert logged == ["step 7: weights are not finite, checkpoint not kept"]
+    assert list(out.rglob("*")) == [out / "checkpoints"]  # no step, no last, no best
+    # another process, which holds no gathered weights, takes the main process's word for it
+    # (it raised "cannot write checkpoint" and the launcher killed the run)
+    monkeypatch.setattr(train, "broadcast", lambda flag: torch.zeros_like(flag))
+    rank1 = SimpleNamespace(
+        is_main_process=False, num_processes=2, device="cpu", wait_for_everyone=lambda: None,
+        get_state_dict=lambda model: {}, reduce=lambda t, how: t + 1.0,  # the other failed too
+    )  # fmt: skip
+    train.save(rank1, None, {"cfg": TrainConfig(output_dir=str(out)), "log": logged.append},
+               {"step": 7})  # fmt: skip
+    assert logged[-1] == "step 7: weights are not finite, checkpoint not kept"
+
+
+@pytest.mark.parametrize("validated", [True, False, None])
+def test_a_resume_keeps_the_validation_its_checkpoint_holds(tmp_path, monkeypatch, validated):
+    # step 15 ends an epoch; killed while saving its validated checkpoint, the run resumes from
+    # save_every's step-15 checkpoint, saved before that validation, which runs again
+    ckpt = tmp_path / "checkpoints" / "step-00000015"
+    ckpt.mkdir(parents=True)
+    TrainConfig().save(ckpt / "config.json")
+    state = {"step": 15, "epoch": 0 if not validated else 1, "batch_in_epoch": 0}
+    state["validated_step"] = {True: 15, False: 10, None: None}[validated]  # None: no epoch end yet
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    records = [{"step": 10, "train_loss": 2.0}, {"step": 10, "valid_loss": 3.0},
+               {"step": 15, "train_loss": 1.5}, {"step": 15, "valid_loss": 2.5},
+               {"step": 16, "train_loss": 1.4}]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setattr(train, "latest_checkpoint", lambda out: ckpt)
+    monkeypatch.setattr(train, "safe_load", lambda path: None)
+    acc = SimpleNamespace(process_index=0, is_main_process=True, load_state=lambda path: None)
+    train.restore(acc, tmp_path, TrainConfig(), True, lambda _: None)
+    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == (records[:4] if validated else records[:3])
+
+
+@pytest.mark.parametrize("batch_in_epoch", [0, 5])
+def test_more_processes_resume_from_an_epochs_end(tmp_path, monkeypatch, batch_in_epoch):
+    # saved by one process: rank 1 has no RNG file. At an epoch's end (where a resume may
+    # change the number of processes) it starts from the seed; inside an epoch it cannot
+    ckpt = tmp_path / "checkpoints" / "step-00000023"
+    (ckpt / "state").mkdir(parents=True)
+    TrainConfig().save(ckpt / "config.json")
+    state = {"step": 23, "epoch": 1, "batch_in_epoch": batch_in_epoch, "validated_step": 23}
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    monkeypatch.setattr(train, "latest_checkpoint", lambda out: ckpt)
+    rank1 = SimpleNamespace(process_index=1, is_main_process=False, step=23,
+                            load_state=lambda path: None)  # fmt: skip
+    logged = []
+    if batch_in_epoch:
+        with pytest.raises(UserError, match="random_states_1.pkl"):
+            train.restore(rank1, tmp_path, TrainConfig(), True, logged.append)
+        return
+    assert train.restore(rank1, tmp_path, TrainConfig(), True, logged.append)["step"] == 23
+    assert "no random state for process 1: seeded" in logged[0]
+    assert rank1.step == 0  # accumulation groups start anew (grad_accum_steps may change)
+
+
+def test_a_failed_distributed_load_names_the_ranks_error(tmp_path, monkeypatch):
+    # torch.distributed.checkpoint raises a CheckpointException (a BaseException) whose str() is
+    # every rank's traceback: the one-line error must carry the first rank's own message
+    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+
+    ckpt = tmp_path / "checkpoints" / "step-00000003"
+    ckpt.mkdir(parents=True)
+    TrainConfig().save(ckpt / "config.json")
+    cause = _wrap_exception(RuntimeError("Missing key in checkpoint state_dict: x.\nmore"))
+
+    def load_state(path):
+        raise CheckpointException("load failed", {0: cause, 1: cause})
+
+    accelerator = SimpleNamespace(process_index=0, load_state=load_state)
+    monkeypatch.setattr(train, "latest_checkpoint", lambda out: ckpt)
+    monkeypatch.setattr(train, "safe_load", lambda path: None)
+    with pytest.raises(UserError) as e:
+        train.restore(accelerator, tmp_path, TrainConfig(), True, print)
+    assert str(e.value) == (
+        f"{ckpt}: cannot load the training state (RuntimeError: Missing key in checkpoint "
+        "state_dict: x.); remove this checkpoint to resume from an older one"
+    )
+
+
+def test_ddp_matches_one_process(corpus, tmp_path, single_process_run):
+    proc = run(args_for(corpus, tmp_path / "run", *SIX_STEPS), launch=DDP)
+    assert "fp32 on cpu, DDP (MULTI_CPU) over 2 processes" in proc.stdout  # what really ran
+    assert_same_losses(tmp_path / "run", single_process_run)
+
+
+def test_a_resume_inside_an_epoch_with_accumulation_continues_exactly(
+    corpus, tmp_path, single_process_run
+):
+    # steps of 2 batches, each weighed by its target tokens: the weights follow the batches
+    # from the resumed position
+    part, accum = tmp_path / "part", ("--grad_accum_steps", 2)
+    run(args_for(corpus, part, *[a if a != 6 else 3 for a in SIX_STEPS], *accum))
+    assert json.loads((part / "last" / "trainer_state.json").read_text())["batch_in_epoch"] > 0
+    run([*args_for(corpus, part, *SIX_STEPS, *accum), "--resume"])
+    assert train_losses(part) == train_losses(single_process_run)
+
+
+def test_fsdp_resume_continues_exactly(corpus, tmp_path, fsdp_run):
+    part = tmp_path / "part"
+    three = [a if a != 6 else 3 for a in SIX_STEPS]
+    run(args_for(corpus, part, *three), launch=FSDP)
+    proc = run([*args_for(corpus, part, *SIX_STEPS), "--resume"], launch=FSDP)
+    assert "resumed from" in proc.stdout + proc.stderr
+    assert "FSDP over 2 processes" in proc.stdout  # the log says FSDP, not a silent fallback
+    assert_same_losses(part, fsdp_run)
+    wf, wp = weights(fsdp_run), weights(part)
+    for k in wf:
+        torch.testing.assert_close(wp[k], wf[k], rtol=1e-5, atol=1e-6)
+    # the consolidated checkpoint of an FSDP run loads like any other
+    from checkpoint import load_model
+
+    model, _, _, cfg = load_model(part / "last")
+    assert cfg.max_steps == 6 and sum(p.numel() for p in model.parameters()) > 0
