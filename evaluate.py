@@ -50,10 +50,10 @@ from translate import (
     add_decoding_args,
     check_not_an_input,
     decoding_options,
-    iter_input,
     open_output,
     translate_texts,
 )
+from translate import read_lines as read_input  # a file, or stdin for "-"
 
 METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER"}  # our keys -> sacreBLEU's names
 
@@ -321,7 +321,7 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
             out.writelines(h + "\n" for h in hypotheses)
             out.flush()  # before the report, when both go to stdout
     else:
-        hypotheses = [line for _, line in iter_input(args.hypotheses, flag="--hypotheses")]
+        hypotheses = read_input(args.hypotheses, "--hypotheses")  # "-": stdin
     report = {**score(hypotheses, references, args.lowercase), **report}
     if args.compare:
         report["compare_with"] = args.compare

@@ -707,8 +707,7 @@ def main(argv=None):
     if accelerator.is_main_process:
         cfg.save(out / "config.json")
     # a finished run resumed writes no new tracker run (an empty TensorBoard log per resume)
-    done = finished(cfg, state) and state.get("validated_step") == state["step"]
-    if cfg.log_with and not done:
+    if cfg.log_with and not nothing_to_do(cfg, state):
         project, kwargs = tracker_names(cfg.log_with, out, state["step"])
         accelerator.init_trackers(
             project,
@@ -919,7 +918,7 @@ def finish_resumed(model, accelerator, run: dict, state: dict) -> bool:
     checkpoint was saved before that validation)."""
     if not (why := finished(run["cfg"], state)):
         return False
-    if state.get("validated_step") == state["step"]:
+    if nothing_to_do(run["cfg"], state):
         run["log"](f"{why}; nothing to do")
     else:
         run["log"](f"{why}; validating the last step")
@@ -965,6 +964,11 @@ def after_step(model, accelerator, scheduler, run, state, epoch, steps, bar) -> 
     if cfg.save_every and state["step"] % cfg.save_every == 0:
         save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
     return None
+
+
+def nothing_to_do(cfg: TrainConfig, state: dict) -> bool:
+    """A resumed run already complete, its last step validated."""
+    return bool(finished(cfg, state)) and state.get("validated_step") == state["step"]
 
 
 def finished(cfg: TrainConfig, state: dict) -> str | None:

@@ -501,9 +501,9 @@ def read_chunks(numbered_lines, size: int, paused=None):
         yield chunk[0][0], [line for _, line in chunk]
 
 
-def read_lines(path: str | None) -> list[str]:
-    """All lines of a file (.gz ok) or of stdin."""
-    return [line for _, line in iter_input(path)]
+def read_lines(path: str | None, flag: str = "--input") -> list[str]:
+    """All lines of a file (.gz ok) or of stdin (`flag`: the option to name if it is closed)."""
+    return [line for _, line in iter_input(path, flag=flag)]
 
 
 _OUTPUTS = itertools.count()  # numbers the temporary files of one process's outputs
