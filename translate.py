@@ -4,6 +4,7 @@
     python translate.py --checkpoint runs/quickstart --beam 5 --input test.en --output test.de
     python translate.py --checkpoint runs/quickstart --beam 5 --nbest 3 < input.en > nbest.tsv
     python translate.py --checkpoint runs/a runs/b --beam 5 < input.en     # an ensemble
+    python translate.py --checkpoint runs/de-en --sampling --input mono.de  # back-translation
 
 Lines: exactly one output line per input line, in input order. An empty input line (or one the
 tokenizer reads as nothing: whitespace, zero-width spaces) gives an empty output line without
@@ -17,7 +18,7 @@ the input pauses, so a line typed, or fed by a program that waits for its answer
 at once. An --output file appears only once complete: a run that fails midway (e.g. a line that
 is not UTF-8) leaves none.
 
-Decoding (both encode once and feed one new token per step through the key/value cache):
+Decoding (each encodes once and feeds one new token per step through the key/value cache):
   greedy       the default (--beam 1): the most probable token at each step.
   beam search  --beam K: K hypotheses per sentence, ranked by the GNMT length-normalised score
                (Wu et al., 2016, §7)
@@ -26,6 +27,12 @@ Decoding (both encode once and feed one new token per step through the key/value
                output) and |y| counting the output tokens including </s>. A sentence stops once
                it has K finished hypotheses and no live one can still beat the worst of them
                (an exact bound, not fairseq's "stop at K finished").
+  sampling     --sampling: each token drawn from the model's distribution, softened or
+               sharpened by --temperature, optionally cut to the --sampling_topk most probable
+               tokens or the smallest set holding --sampling_topp of the probability (nucleus
+               sampling, Holtzman et al., 2020), renormalised: the back-translation of Edunov
+               et al. (2018). A line's draws come from --seed and its line number alone, so it
+               gets the same translation whatever batch or chunk it is in.
   length       at most a·|x| + b new tokens (--max_len_a, --max_len_b; |x| = source tokens
                including </s>), per sentence, so the output of a sentence does not depend on the
                batch it is in. A hypothesis that reaches the limit ends there without </s>.
@@ -62,6 +69,7 @@ import threading
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -120,13 +128,60 @@ def decoding_mask(model: Transformer, src: torch.Tensor) -> torch.Tensor | None:
     return None if bool(src_mask.all()) else src_mask
 
 
+class Sampler:
+    """Draws each next token from the model's distribution (--sampling), not its argmax.
+
+    The draw is by inverse CDF from one uniform per sentence and step, taken up front from a
+    generator seeded with (seed, the sentence's line number): a line's translation does not
+    depend on the batch it is in, nor on the other lines (one generator for the batch would
+    make it depend on both).
+    """
+
+    def __init__(self, temperature=1.0, topk=0, topp=1.0, seed=0):
+        self.temperature, self.topk, self.topp, self.seed = temperature, topk, topp, seed
+
+    def uniforms(self, lines: list[int], steps: int, device) -> torch.Tensor:
+        """(B, steps) uniforms in [0, 1), row i from (seed, lines[i]) alone."""
+        # numpy's SeedSequence mixes both numbers into the whole state; torch's CPU generator
+        # keeps 32 bits of its seed, so seed * 2**32 + line would ignore the seed
+        rows = [np.random.default_rng([self.seed, line]).random(steps) for line in lines]
+        return torch.from_numpy(np.stack(rows)).to(device)
+
+    def pick(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """logits (B, V) (banned ids at -inf), u (B,) uniforms -> (B,) drawn ids."""
+        logits = logits.float() / self.temperature
+        order = None
+        if self.topk or self.topp < 1:  # in order of probability: cut the tail
+            logits, order = logits.sort(-1, descending=True)
+        probs = logits.softmax(-1).double()  # float64: a long vocabulary's CDF stays exact
+        if self.topk:  # then top-p of what is left, renormalised (as transformers chains them)
+            probs[:, self.topk :] = 0
+            probs /= probs.sum(-1, keepdim=True)
+        if self.topp < 1:  # keep a token while the more probable ones hold less than topp
+            probs = probs.masked_fill(probs.cumsum(-1) - probs >= self.topp, 0)
+        cdf = probs.cumsum(-1)
+        total = cdf[:, -1:]
+        # below the total (u * total may round up to it); right=True: a token of probability 0
+        # (a banned one, a cut one) never holds a cdf step, so it is never drawn
+        x = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+        drawn = torch.searchsorted(cdf, x, right=True).squeeze(1)
+        return drawn if order is None else order.gather(1, drawn[:, None]).squeeze(1)
+
+
 @torch.no_grad()
 def greedy(
-    model: Transformer, src: torch.Tensor, ids: SpecialIds, max_new, banned: list[int] = ()
+    model: Transformer,
+    src: torch.Tensor,
+    ids: SpecialIds,
+    max_new,
+    banned: list[int] = (),
+    sampler: Sampler | None = None,
+    lines: list[int] | None = None,
 ) -> torch.Tensor:
     """src (B, S) -> generated ids (B, <= max(max_new)), eos included, pad after it.
 
     `max_new`: an int, or a (B,) tensor of per-sentence limits. `banned` ids are never chosen.
+    With a `sampler`, each token is drawn (Sampler), row i's draws seeded by `lines[i]`.
     Encodes once; each step feeds only the newest token and reuses cached keys/values. A
     sentence leaves the batch when it ends (its memory, mask and cache rows are dropped, as in
     beam search), so the rest decode on fewer rows: on Multi30k val 1.27-1.45x faster than
@@ -140,11 +195,13 @@ def greedy(
     alive = torch.arange(src.size(0), device=src.device)  # the out row of each batch row
     last = src.new_full((src.size(0), 1), ids.start)
     banned = torch.tensor(banned, dtype=torch.long).to(src.device)  # once, not a copy a step
+    if sampler is not None:
+        u = sampler.uniforms(lines or range(1, src.size(0) + 1), out.size(1), src.device)
     steps = 0
     while steps < out.size(1):
         logits = model.decode(last, memory, src_mask, cache)[:, -1]  # (B_alive, V)
         logits.index_fill_(1, banned, -torch.inf)
-        next_id = logits.argmax(-1)
+        next_id = logits.argmax(-1) if sampler is None else sampler.pick(logits, u[alive, steps])
         out[alive, steps] = next_id
         steps += 1
         done = (next_id == ids.eos) | (limits[alive] <= steps)
@@ -304,10 +361,13 @@ def _encode(
     return encoded
 
 
-def _decode(model, src, ids, max_new, beam, alpha, nbest, banned) -> list[list[tuple]]:
+def _decode(
+    model, src, ids, max_new, beam, alpha, nbest, banned, sampler=None, lines=None
+) -> list[list[tuple]]:
     """One batch -> for each sentence its (tokens, score) pairs, best first."""
     if beam <= 1:
-        return [[(h, None)] for h in greedy(model, src, ids, max_new, banned).tolist()]
+        found = greedy(model, src, ids, max_new, banned, sampler, lines)
+        return [[(h, None)] for h in found.tolist()]
     found = beam_search(model, src, ids, max_new, beam, alpha, nbest, banned)
     return [[(h.tokens, h.score) for h in f] for f in found]
 
@@ -339,6 +399,7 @@ def translate_nbest(
     max_len_b: int = 10,
     line_numbers: list[int] | None = None,
     mixed_precision: str = "no",
+    sampler: Sampler | None = None,
     progress=None,
 ) -> list[list[tuple[str, float | None]]]:
     """Lines -> for each line up to `nbest` (text, score) pairs, best first.
@@ -347,10 +408,13 @@ def translate_nbest(
     the model. Batches hold sentences of similar length; `line_numbers` (default 1, 2, ...) name
     the lines in truncation warnings. mixed_precision "bf16" decodes in bf16 autocast (on GPUs
     SDPA's flash kernel needs half precision); log-probabilities and scores stay fp32.
+    A `sampler` (beam 1 only) draws each token instead, seeded per line by its line number.
     `progress` (a tqdm bar) counts the lines done, batch by batch.
     """
     if nbest > max(beam, 1):
         raise UserError(f"--nbest {nbest} needs --beam >= {nbest}")
+    if sampler is not None and beam > 1:
+        raise UserError("--sampling draws one translation per line: it takes no --beam")
     device = next(model.parameters()).device
     lines = list(lines)  # a list, a datasets column, ...
     out: list[list[tuple[str, float | None]]] = [[] for _ in lines]
@@ -375,8 +439,9 @@ def translate_nbest(
             src[row, : len(encoded[j])] = torch.tensor(encoded[j])
         src = src.to(device)
         max_new = max_new_tokens(lengths.to(device), model, max_len_a, max_len_b)
+        lines_of = [numbers[todo[j]] for j in chunk]
         with precision:
-            found = _decode(model, src, ids, max_new, beam, alpha, nbest, banned)
+            found = _decode(model, src, ids, max_new, beam, alpha, nbest, banned, sampler, lines_of)
         flat = [(j, t, s) for j, pairs in zip(chunk, found, strict=True) for t, s in pairs]
         texts = detokenize(tokenizer, [t for _, t, _ in flat], ids)
         for (j, _, score), text in zip(flat, texts, strict=True):
@@ -658,6 +723,59 @@ def decoding_options(args: argparse.Namespace) -> dict:
     }
 
 
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sampling",
+        action="store_true",
+        help="draw each token from the model's distribution instead of taking the most "
+        "probable (back-translation); without --beam",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help="with --sampling: divide the logits by T; < 1 sharpens, > 1 flattens (default 1)",
+    )
+    p.add_argument(
+        "--sampling_topk",
+        type=int,
+        help="with --sampling: draw from the K most probable tokens only (default: all)",
+    )
+    p.add_argument(
+        "--sampling_topp",
+        type=float,
+        help="with --sampling: draw from the smallest set of most probable tokens holding "
+        "probability P (nucleus sampling; default 1: all)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="with --sampling: a line's draws depend on the seed and its line number alone "
+        "(default 0)",
+    )
+
+
+def sampler_of(args: argparse.Namespace) -> Sampler | None:
+    """The validated --sampling options, or None (greedy or beam search)."""
+    given = [f"--{k}" for k in ("temperature", "sampling_topk", "sampling_topp", "seed")
+             if getattr(args, k) is not None]  # fmt: skip
+    if not args.sampling:
+        if given:  # ignored, and recorded as if it had counted
+            raise UserError(f"{given[0]} applies to --sampling only: add --sampling")
+        return None
+    if args.beam > 1:
+        raise UserError("--sampling draws one translation per line: it takes no --beam")
+    t, k, p, seed = args.temperature, args.sampling_topk, args.sampling_topp, args.seed
+    if t is not None and not (0 < t < math.inf):
+        raise UserError(f"--temperature must be finite and above 0 (got {t})")
+    if k is not None and k < 1:
+        raise UserError(f"--sampling_topk must be >= 1 (got {k})")
+    if p is not None and not (0 < p <= 1):  # NaN fails too
+        raise UserError(f"--sampling_topp must be in (0, 1] (got {p})")
+    if seed is not None and seed < 0:
+        raise UserError(f"--seed must be >= 0 (got {seed})")
+    return Sampler(t or 1.0, k or 0, 1.0 if p is None else p, seed or 0)
+
+
 def main(argv=None):
     from checkpoint import resolve
     from ensemble import load_models
@@ -691,8 +809,10 @@ def main(argv=None):
         default=2000,
         help="lines read, translated and written at a time (default 2000; fewer when stdin pauses)",
     )
+    add_sampling_args(p)
     args = p.parse_args(argv)
     options = decoding_options(args)
+    options["sampler"] = sampler_of(args)
     if args.nbest < 1 or args.nbest > args.beam:
         raise UserError(f"--nbest must be between 1 and --beam ({args.beam})")
     if args.chunk_size < 1:

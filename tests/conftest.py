@@ -29,7 +29,7 @@ from model import ModelConfig
 torch.set_num_threads(1)
 
 
-# The slowest files first (pyproject.toml turns off pytest-xdist's ordering by test count, which
+# The slowest files first (pytest_configure turns off pytest-xdist's ordering by test count, which
 # handed out test_distributed.py and test_end_to_end.py, few tests but minutes, among the last):
 # --dist loadfile gives each worker whole files as it frees up, so a long file started late
 # leaves the other worker idle. Seconds per file, from `--durations=0` on 2 cores: train 150,
@@ -37,6 +37,11 @@ torch.set_num_threads(1)
 # suite took 291 s instead of 312-326.
 SLOW_FILES_FIRST = ["test_train.py", "test_end_to_end.py", "test_distributed.py",
                     "test_reliability.py", "test_bad_input.py"]  # fmt: skip
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's; not an addopts flag, which
+        config.option.loadscopereorder = False  # would fail wherever xdist is not loaded
 
 
 def pytest_collection_modifyitems(items):

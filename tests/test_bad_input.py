@@ -563,6 +563,15 @@ def test_evaluate_checks_its_options_before_decoding(
         (["--beam", "2", "--nbest", "3"], "--nbest must be between 1 and --beam (2)"),
         (["--chunk_size", "0"], "--chunk_size must be >= 1"),
         (["--input", "missing.en"], "input file not found: missing.en"),
+        (["--temperature", "0.5"], "--temperature applies to --sampling only: add --sampling"),
+        (["--seed", "3"], "--seed applies to --sampling only: add --sampling"),
+        (["--sampling", "--beam", "2"], "--sampling draws one translation per line: it takes no"),
+        (["--sampling", "--temperature", "0"], "--temperature must be finite and above 0 (got 0"),
+        (["--sampling", "--temperature", "nan"], "--temperature must be finite and above 0"),
+        (["--sampling", "--sampling_topk", "0"], "--sampling_topk must be >= 1 (got 0)"),
+        (["--sampling", "--sampling_topp", "1.5"], "--sampling_topp must be in (0, 1] (got 1.5)"),
+        (["--sampling", "--sampling_topp", "0"], "--sampling_topp must be in (0, 1] (got 0.0)"),
+        (["--sampling", "--seed", "-1"], "--seed must be >= 0 (got -1)"),
     ],
 )
 def test_translate_checks_its_options_before_decoding(

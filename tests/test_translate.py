@@ -20,7 +20,7 @@ from data import SpecialIds, encode_sources, train_tokenizer
 from helpers import ROOT
 from model import ModelConfig, Transformer
 from model.attention import Cache
-from translate import beam_search, greedy, length_penalty, translate_nbest
+from translate import Sampler, beam_search, greedy, length_penalty, translate_nbest
 
 PAD, START = 0, 1  # tiny_cfg: pad 0; tokens drawn from 3 .. vocab - 1
 TEXTS = [
@@ -286,6 +286,90 @@ class Table(nn.Module):
         return self.logp[tgt]  # (B, 1, V)
 
 
+# ---------------------------------------------------------------------------------------------
+# Sampling (--sampling): one token per sentence drawn from Table's fixed distribution
+
+# ids: 0 pad, 1 start (both banned), 2 eos, 3 a, 4 b, 5 c; the start token's row is the one drawn
+FIRST = [0.05, 0.05, 0.12, 0.40, 0.30, 0.08]
+
+
+def first_tokens(sampler, n=20000):
+    """The first token of n sentences (lines 1..n), each one draw from FIRST."""
+    model, ids = Table([FIRST] * 6), SpecialIds(pad=0, eos=2, start=1)
+    src = torch.full((n, 2), 3)
+    return greedy(model, src, ids, 1, [0, 1], sampler, list(range(1, n + 1)))[:, 0]
+
+
+@pytest.mark.parametrize(
+    ("sampler", "expected"),
+    [
+        # the distribution left after banning pad and start, renormalised
+        (Sampler(), {2: 0.12 / 0.9, 3: 0.40 / 0.9, 4: 0.30 / 0.9, 5: 0.08 / 0.9}),
+        # temperature 0.5: p ** (1 / 0.5), renormalised
+        (Sampler(temperature=0.5), {t: FIRST[t] ** 2 / 0.2708 for t in (2, 3, 4, 5)}),
+        # top 2: a and b
+        (Sampler(topk=2), {3: 0.4 / 0.7, 4: 0.3 / 0.7}),
+        # nucleus 0.8 of the renormalised a .444, b .333, eos .133, c .089: a, b, then eos (a,
+        # b and eos, before c, hold .911 >= .8: c is cut)
+        (Sampler(topp=0.8), {3: 0.40 / 0.82, 4: 0.30 / 0.82, 2: 0.12 / 0.82}),
+        # both: the top 3, renormalised (a .488, b .366, eos .146), then their nucleus 0.85: a
+        # and b hold .854 >= .85, so eos is cut (of the whole distribution they hold .777)
+        (Sampler(topk=3, topp=0.85), {3: 0.4 / 0.7, 4: 0.3 / 0.7}),
+    ],
+)
+def test_sampling_draws_from_the_cut_and_renormalised_distribution(sampler, expected):
+    drawn = first_tokens(sampler)
+    counts = torch.bincount(drawn, minlength=6) / drawn.numel()
+    got = {t: float(c) for t, c in enumerate(counts) if c}
+    assert got.keys() == expected.keys()  # banned and cut tokens never drawn
+    for t, p in expected.items():  # 20,000 draws: a standard error of at most 0.0035
+        assert abs(got[t] - p) < 0.015, (t, got[t], p)
+
+
+def test_a_draw_at_either_end_of_the_unit_interval_is_a_token_that_can_be_drawn():
+    # inverse CDF: u = 0 must not land on a banned token of probability 0 before the first
+    # allowed one, and u * total rounding up to the total must not run past the vocabulary
+    logits = torch.tensor([[-torch.inf, -torch.inf, 0.0, 1.0, -torch.inf]] * 2)
+    drawn = Sampler().pick(logits, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert drawn.tolist() == [2, 3]
+
+
+def test_sampling_never_draws_a_banned_token_however_probable():
+    model, ids = Table([[0.97, 0.02, 0.005, 0.005, 0, 0]] * 6), SpecialIds(0, 2, 1)
+    src = torch.full((2000, 2), 3)
+    out = greedy(model, src, ids, 1, [0, 1], Sampler(temperature=50.0), list(range(2000)))
+    assert set(out[:, 0].tolist()) <= {2, 3, 4, 5}
+
+
+def test_sampling_from_the_top_token_is_greedy(tiny_cfg):
+    model, src, ids = tiny_setup(tiny_cfg)
+    limits = lengths_of(src) + 4
+    lines = list(range(1, src.size(0) + 1))
+    expected = greedy(model, src, ids, limits, [PAD, START])
+    for sampler in (Sampler(topk=1), Sampler(topp=1e-6), Sampler(temperature=1e-4)):
+        got = greedy(model, src, ids, limits, [PAD, START], sampler, lines)
+        assert torch.equal(got, expected)
+
+
+def test_a_lines_sample_depends_on_the_seed_and_its_line_number_alone(tiny_cfg):
+    model, src, ids = tiny_setup(tiny_cfg)
+    limits, lines = lengths_of(src) + 4, [7, 3, 12, 40, 5, 9]
+
+    def sample(seed, rows, numbers):
+        out = greedy(model, src[rows], ids, limits[rows], [PAD, START], Sampler(seed=seed),
+                     numbers)  # fmt: skip
+        return [cut(r, ids.eos) for r in out.tolist()]
+
+    batch = sample(0, list(range(6)), lines)
+    # alone, or in another batch, a line gets the same draws
+    assert [sample(0, [r], [lines[r]])[0] for r in range(6)] == batch
+    assert sample(0, [4, 1], [lines[4], lines[1]]) == [batch[4], batch[1]]
+    # another seed, or the same sentence on other lines, gives other translations
+    assert sample(1, list(range(6)), lines) != batch
+    same = sample(0, [2] * 6, list(range(100, 106)))
+    assert len(set(map(tuple, same))) > 1
+
+
 def test_length_penalty_is_gnmts():
     # lp(L) = ((5 + L) / 6) ** alpha, worked out by hand: 1 at length 1, (12 / 6) ** alpha at 7
     for alpha in (0.0, 0.6, -0.5, 2.0):
@@ -512,6 +596,26 @@ def test_cli_nbest_length_penalty_and_budget_reach_the_search(ckpt, tmp_path):
     short = cli("--max_len_a", "0", "--max_len_b", "2")
     assert short == [searched(ckpt, t, 1, 0.0, 1, 2)[0][0] for t in texts]
     assert short != cli()
+
+
+def test_cli_sampling_options_reach_the_draws_and_a_line_keeps_its_draws(ckpt, tmp_path):
+    src, out = tmp_path / "in.en", tmp_path / "out.de"
+    src.write_text("\n".join(LINES * 3) + "\n")
+
+    def cli(*extra):
+        translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--output", str(out),
+                        *extra])  # fmt: skip
+        return out.read_text().split("\n")[:-1]
+
+    greedy_out = cli()
+    assert cli("--sampling", "--sampling_topk", "1") == greedy_out
+    assert cli("--sampling", "--temperature", "1e-4") == greedy_out
+    drawn = cli("--sampling", "--seed", "5")
+    assert drawn != greedy_out and drawn != cli("--sampling", "--seed", "6")
+    assert drawn[:8] != drawn[8:16]  # the same text on other lines: other draws
+    # in other batches and chunks (the lines numbered across chunks), the same draws
+    assert cli("--sampling", "--seed", "5", "--batch_size", "1", "--chunk_size", "5") == drawn
+    assert cli("--sampling", "--seed", "5", "--sampling_topp", "0.3") != drawn
 
 
 def test_cli_says_which_checkpoint_of_a_run_decodes(ckpt, tmp_path, capsys):
