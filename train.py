@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
+from datetime import timedelta
 from pathlib import Path
 
 import datasets
@@ -25,7 +26,14 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, LoggerType, broadcast, gather_object, set_seed
+from accelerate.utils import (
+    DistributedType,
+    InitProcessGroupKwargs,
+    LoggerType,
+    broadcast,
+    gather_object,
+    set_seed,
+)
 from accelerate.utils.other import load as safe_load
 from tqdm.auto import tqdm
 
@@ -634,13 +642,12 @@ def main(argv=None):
             pass
     except OSError as e:
         raise UserError(f"output_dir {out} is not writable ({e.strerror})") from None
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.grad_accum_steps,
-        log_with=cfg.log_with,
-        project_dir=out,
-        fsdp_plugin=fsdp_plugin(cfg),
-    )
+    try:
+        accelerator = make_accelerator(cfg, out)
+    except UserError:  # before any process could start writing into it
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if not accelerator.is_local_main_process or not sys.stderr.isatty():
         datasets.disable_progress_bars()  # one set of bars, not one per process; none in a log
     set_seed(cfg.seed)
@@ -666,6 +673,14 @@ def main(argv=None):
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"{accelerator.mixed_precision if accelerator.mixed_precision != 'no' else 'fp32'} "
         f"on {accelerator.device.type}, {distribution(accelerator)}"
+    )
+    # each process takes its own batches: N processes make a step N times larger (fairseq's
+    # --max-tokens is per GPU too), so the step's size is said, not left to the arithmetic
+    n, accum = accelerator.num_processes, cfg.grad_accum_steps
+    run["log"](
+        f"step size: batches of up to {cfg.max_tokens:,} padded tokens and {cfg.batch_size:,} "
+        f"pairs, {accum} a step (grad_accum_steps) in each of {n} process{'es' * (n > 1)}: up "
+        f"to {cfg.max_tokens * accum * n:,} padded tokens a step"
     )
     optimizer = make_optimizer(model, cfg, accelerator.device)
     # Not passed to prepare(): accelerate would step it once per process per step.
@@ -843,6 +858,32 @@ def new_learning_rate(scheduler, lr: float, step: int, log) -> None:
             f"learning_rate {lr:g} ({saved:g} before the resume): the schedule goes on from "
             f"step {step} at the new rate"
         )
+
+
+# How long a process waits for the others at a collective. The main process prepares the data
+# first (download, Arrow, tokenizing: minutes for WMT14) while the others wait at a barrier,
+# which NCCL's default of 10 minutes would end with a timeout (`python data.py prepare` first
+# fills the caches, so that every launch after it starts at once).
+PROCESS_GROUP_TIMEOUT = timedelta(hours=1)
+
+
+def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
+    try:
+        return Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum_steps,
+            log_with=cfg.log_with,
+            project_dir=out,
+            fsdp_plugin=fsdp_plugin(cfg),
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)],
+        )
+    except ValueError as e:
+        if "bf16" not in str(e):  # accelerate's check of the device, before anything runs
+            raise
+        raise UserError(
+            f"mixed_precision bf16: {str(e).strip().rstrip('.')} (GPUs before Ampere have "
+            "no bf16): pass --mixed_precision no"
+        ) from None
 
 
 def distribution(accelerator) -> str:

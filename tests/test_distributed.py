@@ -234,6 +234,11 @@ def test_a_failed_distributed_load_names_the_ranks_error(tmp_path, monkeypatch):
 def test_ddp_matches_one_process(corpus, tmp_path, single_process_run):
     proc = run(args_for(corpus, tmp_path / "run", *SIX_STEPS), launch=DDP)
     assert "fp32 on cpu, DDP (MULTI_CPU) over 2 processes" in proc.stdout  # what really ran
+    # each process takes its own batches of max_tokens 400 (tiny.json: at most 32 pairs)
+    assert (
+        "step size: batches of up to 400 padded tokens and 32 pairs, 1 a step (grad_accum_steps) "
+        "in each of 2 processes: up to 800 padded tokens a step" in proc.stdout
+    )
     assert_same_losses(tmp_path / "run", single_process_run)
 
 

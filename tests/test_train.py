@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1134,6 +1135,40 @@ def test_sigkill_then_resume_is_bitwise_identical(corpus, tmp_path):
         assert torch.equal(wa[k], wb[k]), k
     assert train_losses(tmp_path / "a") == train_losses(b)
     assert logged_lrs(tmp_path / "a") == logged_lrs(b) and logged_lrs(b)[24] < logged_lrs(b)[4]
+
+
+def test_processes_wait_an_hour_for_the_main_process_to_prepare_the_data(tmp_path):
+    # NCCL's default of 10 minutes would end a first WMT14 launch while the main process still
+    # tokenizes (the others wait at main_process_first's barrier)
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        accelerator = train.make_accelerator(TrainConfig(), tmp_path)
+        assert accelerator.init_handler.to_kwargs() == {"timeout": timedelta(hours=1)}
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def test_bf16_on_a_device_without_it_is_one_line(monkeypatch, tmp_path):
+    def no_bf16(**kwargs):  # accelerate's check on a GPU before Ampere
+        raise ValueError("bf16 mixed precision requires a supported device.")
+
+    monkeypatch.setattr(train, "Accelerator", no_bf16)
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    with pytest.raises(UserError) as e:  # train.main's argv, up to the Accelerator
+        train.main(["--config", "configs/tiny.json", "--output_dir", str(out),
+                    "--mixed_precision", "bf16"])  # fmt: skip
+    assert not out.exists()  # the run directory it made is gone
+    assert str(e.value) == (
+        "mixed_precision bf16: bf16 mixed precision requires a supported device (GPUs before "
+        "Ampere have no bf16): pass --mixed_precision no"
+    )
+    monkeypatch.setattr(train, "Accelerator", lambda **k: 1 / 0)  # anything else: as it was
+    with pytest.raises(ZeroDivisionError):
+        train.make_accelerator(TrainConfig(), tmp_path)
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
