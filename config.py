@@ -59,6 +59,10 @@ class TrainConfig:
     train_split: str = "train"
     valid_split: str = "validation"
     test_split: str = "test"
+    # Not in the paper: training pairs whose longer side has more than this many times the tokens
+    # of the shorter are dropped and counted (fairseq's WMT14 preparation: 1.5, with Moses'
+    # clean-corpus-n on words; here on tokens, </s> included). null = keep them all.
+    max_length_ratio: float | None = None
     src_lang: str = "en"
     tgt_lang: str = "de"
     # Hub name / local directory of a tokenizer, or {"train": "unigram"|"bpe", "vocab_size": N}
@@ -190,6 +194,8 @@ class TrainConfig:
         for key in (*drops, "label_smoothing", "ema_decay"):
             if not 0 <= getattr(self, key) < 1:
                 bad.append(f"{key} must be in [0, 1) (got {getattr(self, key)})")
+        if self.max_length_ratio is not None and self.max_length_ratio < 1:  # NaN, inf: _type_error
+            bad.append(f"max_length_ratio must be >= 1 or null (got {self.max_length_ratio})")
         if not 0 <= self.subword_alpha <= 1:
             bad.append(f"subword_alpha must be in [0, 1] (got {self.subword_alpha})")
         elif self.subword_alpha and (
@@ -410,7 +416,9 @@ def config_from_argv(
             96,
         )
         + "\n"
-        + textwrap.fill(keys, 96, initial_indent="  ", subsequent_indent="  "),
+        + textwrap.fill(
+            keys, 96, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
+        ),  # a value stays whole
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # --resum must not pass as --resume, nor --conf as --config
     )

@@ -897,8 +897,12 @@ def _env(**values):
                 os.environ[k] = v
 
 
-def tokenize(ds, tok, max_len: int, name: str, log=print, num_proc: int | None = None) -> Corpus:
-    """Tokenize text pairs (cached, see `encode`); drop empty and overlong pairs and say how many.
+def tokenize(
+    ds, tok, max_len: int, name: str, log=print, num_proc: int | None = None, max_ratio=None
+) -> Corpus:
+    """Tokenize text pairs (cached, see `encode`); drop empty and overlong pairs (and, with
+    `max_ratio`, pairs whose longer side has more than max_ratio x the tokens of the shorter)
+    and say how many.
 
     Filtering works on arrays of lengths and the corpus is built chunk by chunk from the Arrow
     cache into flat int32 arrays: memory is the kept token ids, not Python lists of the corpus.
@@ -906,7 +910,7 @@ def tokenize(ds, tok, max_len: int, name: str, log=print, num_proc: int | None =
     table = encode(ds, tok, name, log, num_proc).with_format("arrow")[:]
     src_len = pc.list_value_length(table.column("src_ids")).to_numpy()
     tgt_len = pc.list_value_length(table.column("tgt_ids")).to_numpy()
-    keep, dropped = _usable(src_len, tgt_len, max_len, name)
+    keep, dropped = _usable(src_len, tgt_len, max_len, name, max_ratio)
     if not keep.all():
         log(f"{name}: {dropped}")
     return Corpus(
@@ -915,25 +919,37 @@ def tokenize(ds, tok, max_len: int, name: str, log=print, num_proc: int | None =
     )
 
 
-def _usable(src_len, tgt_len, max_len: int, name: str) -> tuple[np.ndarray, str]:
-    """Pairs to keep (neither side empty nor longer than max_len), and what was dropped."""
+def _usable(
+    src_len, tgt_len, max_len: int, name: str, max_ratio: float | None = None
+) -> tuple[np.ndarray, str]:
+    """Pairs to keep (neither side empty nor longer than max_len, nor with a longer side of
+    more than max_ratio x the tokens of the shorter), and what was dropped (each pair counted
+    once, under the first of these that drops it)."""
     empty = (src_len == 0) | (tgt_len == 0)
-    keep = ~empty & (src_len <= max_len) & (tgt_len <= max_len)
-    n, n_empty, n_kept = len(keep), int(empty.sum()), int(keep.sum())
+    long = ~empty & ((src_len > max_len) | (tgt_len > max_len))
+    keep = ~empty & ~long
+    n, n_empty, n_long = len(keep), int(empty.sum()), int(long.sum())
+    said = f"dropped {n_empty} empty pairs and {n_long} pairs longer than {max_len} tokens"
+    if max_ratio is not None:
+        uneven = keep & (np.maximum(src_len, tgt_len) > max_ratio * np.minimum(src_len, tgt_len))
+        keep &= ~uneven
+        said = (
+            f"dropped {n_empty} empty pairs, {n_long} pairs longer than {max_len} tokens and "
+            f"{int(uneven.sum())} pairs with one side over {max_ratio:g}x the other's tokens"
+        )
+    n_kept = int(keep.sum())
     if n_kept == 0:
         raise UserError(f"{name}: no usable sentence pairs")
-    return keep, (
-        f"dropped {n_empty} empty pairs and {n - n_empty - n_kept} pairs longer than {max_len} "
-        f"tokens; {n_kept} of {n} remain"
-    )
+    return keep, f"{said}; {n_kept} of {n} remain"
 
 
 def sample_segmentations(
-    ds: datasets.Dataset, tok, alpha: float, max_len: int, name: str, log=print
+    ds: datasets.Dataset, tok, alpha: float, max_len: int, name: str, log=print, max_ratio=None
 ) -> Corpus:
     """Subword regularisation (Kudo 2018): every pair of `ds` encoded with a segmentation sampled
     from the Unigram model of `tok` (a tokenizer trained here: one model for both sides), with
-    smoothing `alpha`. Blank and overlong pairs are dropped as in `tokenize`, and counted."""
+    smoothing `alpha`. Blank, overlong (and uneven) pairs are dropped as in `tokenize`, and
+    counted."""
     sampler = copy.deepcopy(tok)  # `tok` keeps the single best segmentation
     model = sampler.backend_tokenizer.model
     if type(model).__name__ != "Unigram":
@@ -947,7 +963,7 @@ def sample_segmentations(
             )
             lengths.setdefault(side, []).append(np.fromiter(map(len, rows), np.int64, len(rows)))
     src_len, tgt_len = (np.concatenate(lengths[side]) for side in ("src_ids", "tgt_ids"))
-    keep, dropped = _usable(src_len, tgt_len, max_len, name)
+    keep, dropped = _usable(src_len, tgt_len, max_len, name, max_ratio)
     arrays = []
     for side, length in (("src_ids", src_len), ("tgt_ids", tgt_len)):
         arrays += [np.concatenate(values[side])[np.repeat(keep, length)], _offsets(length[keep])]
@@ -1213,7 +1229,7 @@ def prepare(cfg: TrainConfig, log=print) -> None:
     t = time.time()
     tok = load_tokenizer(cfg, None, train, log=log)
     log(f"tokenizer ready in {time.time() - t:.1f} s")
-    corpus = tokenize(train, tok, cfg.max_seq_length, "train", log)
+    corpus = tokenize(train, tok, cfg.max_seq_length, "train", log, max_ratio=cfg.max_length_ratio)
     if cfg.valid_data:
         valid = load_text(cfg.valid_data, cfg, cfg.valid_split)
         tokenize(valid, tok, cfg.max_seq_length, "valid", log)

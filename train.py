@@ -247,6 +247,7 @@ def sampled_train(run: dict, accelerator, epoch: int, resumed_inside: bool) -> C
                 cfg.max_seq_length,
                 f"train, epoch {epoch + 1}",
                 run["log"],
+                cfg.max_length_ratio,
             )
             path.parent.mkdir(exist_ok=True)
             corpus.save(path)
@@ -479,7 +480,9 @@ def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
             cfg, out, train_text, reuse=resume or not accelerator.is_main_process, log=log
         )
         check_targets_hold_eos(tokenizer, cfg.tokenizer)  # before tokenizing it all
-        train = tokenize(train_text, tokenizer, cfg.max_seq_length, "train", log)
+        train = tokenize(
+            train_text, tokenizer, cfg.max_seq_length, "train", log, max_ratio=cfg.max_length_ratio
+        )
         valid = None
         if valid_text is not None:
             valid = (tokenize(valid_text, tokenizer, cfg.max_seq_length, "valid", log), valid_text)
@@ -1062,7 +1065,7 @@ def fit_to_pace(accelerator, run: dict, state: dict, last_step: int) -> TrainCon
 # trained, which is only right if they are the same batches
 BATCHING = ("train_data", "train_split", "dataset_config", "max_seq_length", "max_tokens",
             "batch_size", "grad_accum_steps", "seed", "subword_alpha",
-            "bidirectional_epochs")  # fmt: skip
+            "bidirectional_epochs", "max_length_ratio")  # fmt: skip
 
 
 def check_same_batching(run: dict, state: dict, accelerator) -> None:

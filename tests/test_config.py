@@ -207,6 +207,21 @@ def test_subword_alpha_is_checked(tokenizer, alpha, problem):
     TrainConfig(tokenizer={"train": "unigram"}, subword_alpha=0.5)  # the one that is allowed
 
 
+@pytest.mark.parametrize(
+    ("ratio", "problem"),
+    [
+        (0.5, r"max_length_ratio must be >= 1 or null \(got 0.5\)"),
+        (0.999, r"max_length_ratio must be >= 1 or null \(got 0.999\)"),
+        (float("nan"), r"max_length_ratio must be a finite number \(got nan\)"),
+        (float("inf"), r"max_length_ratio must be a finite number \(got inf\)"),
+    ],
+)
+def test_max_length_ratio_is_checked(ratio, problem):
+    with pytest.raises(UserError, match=problem):
+        TrainConfig(max_length_ratio=ratio)
+    assert TrainConfig(max_length_ratio=1).max_length_ratio == 1  # equal lengths only
+
+
 def test_rdrop_alpha_is_checked():
     with pytest.raises(UserError, match=r"rdrop_alpha must be >= 0 \(got -1.0\)"):
         TrainConfig(rdrop_alpha=-1.0)

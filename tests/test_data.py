@@ -314,6 +314,29 @@ def test_tokenize_drops_empty_and_long_pairs_and_says_so(tokenizer):
         assert t.tolist() == encode_targets(tokenizer, [tgt[j]])[0]
 
 
+@pytest.mark.parametrize("ratio", [1.0, 1.5, 2.0, 3.0])
+def test_max_ratio_drops_pairs_with_one_side_over_ratio_times_the_other(tokenizer, ratio):
+    src = ["the dog", "the dog sees the cat in the tree", "a cat", "", "the bird sings", "a"]
+    tgt = ["der Hund sieht die Katze im Baum", "der Hund", "die Katze", "ein Vogel", "ein Vogel",
+           " ".join(["Baum"] * 30)]  # fmt: skip
+    s_len = [len(e) for e in encode_sources(tokenizer, src)]  # </s> included, as in training
+    t_len = [len(e) for e in encode_targets(tokenizer, tgt)]
+    usable = [i for i in range(6) if src[i] and max(s_len[i], t_len[i]) <= 20]  # not "", not 30
+    kept = [i for i in usable if max(s_len[i], t_len[i]) <= ratio * min(s_len[i], t_len[i])]
+    assert 0 < len(kept) < len(usable)  # some dropped for their ratio, or this tests nothing
+    messages = []
+    corpus = tokenize(datasets.Dataset.from_dict({"src": src, "tgt": tgt}), tokenizer, 20, "train",
+                      messages.append, max_ratio=ratio)  # fmt: skip
+    assert [corpus.pair(i)[1].tolist() for i in range(len(corpus))] == [
+        encode_targets(tokenizer, [tgt[i]])[0] for i in kept
+    ]
+    assert messages == [
+        f"train: dropped 1 empty pairs, 1 pairs longer than 20 tokens and "
+        f"{len(usable) - len(kept)} pairs with one side over {ratio:g}x the other's tokens; "
+        f"{len(kept)} of 6 remain"
+    ]
+
+
 def test_pairs_of_exactly_max_seq_length_tokens_are_kept(tokenizer):
     long = "the dog sees the bird in the garden"
     for src, tgt in ((long, "ein Hund"), ("a dog", long)):  # the source, then the target, longer
@@ -385,6 +408,16 @@ def test_sampled_segmentations_vary_but_spell_the_same_text():
         f"dropped 2 empty pairs and 1 pairs longer than {cap} tokens; "
         f"{len(SENTENCES)} of {len(SENTENCES) + 3} remain"
     ) in logged[1]
+    # max_ratio: a pair whose sampled lengths may differ at most by the bound above is kept,
+    # one whose shortest target outgrows its longest source by more is dropped
+    ratio = max((len(t) + len(t.split()) + 1) / (len(t.split()) + 1) for t in SENTENCES)
+    words = " ".join(SENTENCES).split()[: int(3 * ratio) + 1]  # >= 3 * ratio tokens, with </s>
+    uneven = datasets.Dataset.from_dict(
+        {"src": [*SENTENCES, "x"], "tgt": [*SENTENCES, " ".join(words)]}
+    )
+    kept = sample_segmentations(uneven, tok, 0.1, 1000, "train", logged.append, ratio)
+    assert len(kept) == len(SENTENCES)  # "x" has at most 3 tokens: x, a word boundary, </s>
+    assert f"and 1 pairs with one side over {ratio:g}x the other's tokens" in logged[-1]
     with pytest.raises(UserError, match="train: no usable sentence pairs"):
         sample_segmentations(pairs, tok, 0.1, 2, "train")
     with pytest.raises(UserError, match="needs a Unigram tokenizer, not BPE"):

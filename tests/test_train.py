@@ -1137,6 +1137,27 @@ def test_sigkill_then_resume_is_bitwise_identical(corpus, tmp_path):
     assert logged_lrs(tmp_path / "a") == logged_lrs(b) and logged_lrs(b)[24] < logged_lrs(b)[4]
 
 
+def test_max_length_ratio_filters_the_training_pairs(corpus, tmp_path, monkeypatch, capsys):
+    from accelerate.state import AcceleratorState, GradientState
+
+    monkeypatch.chdir(ROOT)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        train.main(args_for(corpus, tmp_path / "run", "--max_steps", 1, "--valid_data", "null",
+                            "--max_length_ratio", 1.05)[1:])  # fmt: skip
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    out = capsys.readouterr().out
+    said = re.search(r"train: dropped 0 empty pairs, 0 pairs longer than 64 tokens and (\d+) "
+                     r"pairs with one side over 1.05x the other's tokens; (\d+) of (\d+) remain",
+                     out)  # fmt: skip
+    assert said, out[-2000:]
+    dropped, kept, total = map(int, said.groups())
+    assert dropped > 0 and dropped + kept == total
+    assert f"\n{kept} training pairs" in out  # what trains
+
+
 def test_processes_wait_an_hour_for_the_main_process_to_prepare_the_data(tmp_path):
     # NCCL's default of 10 minutes would end a first WMT14 launch while the main process still
     # tokenizes (the others wait at main_process_first's barrier)
@@ -1359,7 +1380,8 @@ class Process:
 
 
 def test_sampled_train_keeps_what_a_resume_needs(tmp_path, monkeypatch):
-    cfg = TrainConfig(tokenizer={"train": "unigram"}, subword_alpha=0.5, output_dir=str(tmp_path))
+    cfg = TrainConfig(tokenizer={"train": "unigram"}, subword_alpha=0.5, output_dir=str(tmp_path),
+                      max_length_ratio=1.7)  # fmt: skip
     logged = []
     run = {"cfg": cfg, "log": logged.append, "train_text": None, "tokenizer": None}
     sample = Corpus(*(np.array(a, dtype) for a, dtype in (
@@ -1386,6 +1408,7 @@ def test_sampled_train_keeps_what_a_resume_needs(tmp_path, monkeypatch):
         shutil.copy(folder / "epoch-0003.npz", folder / name)
     got = train.sampled_train(run, Process(True), 4, False)
     assert len(calls) == 1 and np.array_equal(got.tgt_off, sample.tgt_off)
+    assert calls[0][-1] == 1.7  # sampled pairs are filtered as the tokenized ones are
     assert sorted(f.name for f in folder.iterdir()) == ["epoch-0002.npz", "epoch-0005.npz"]
     assert logged == []
     # Resumed inside an epoch whose samples are gone: sampled anew, with a warning.
