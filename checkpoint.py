@@ -11,13 +11,14 @@ leaves a half-written checkpoint under the real name.
 
 import json
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from config import TrainConfig, UserError
+from config import TrainConfig, UserError, signals_unwind
 from data import SpecialIds, _first_line, open_tokenizer
 from model import ModelConfig, Transformer
 
@@ -29,9 +30,10 @@ def tied_keys(cfg: ModelConfig) -> list[str]:
     return ["out_proj.weight"] + (["tgt_embed.tokens.weight"] if cfg.share_embeddings else [])
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished directory into place; the old one is removed only after the rename."""
-    old = final.with_name(final.name + ".old")
+def replace_dir(tmp: Path, final: Path, old: Path | None = None) -> None:
+    """Move a finished directory into place; the old one is removed only after the rename (as
+    `old`, by default `final`.old)."""
+    old = old or final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
@@ -48,24 +50,33 @@ def fresh_tmp(final: str | Path) -> Path:
 
 
 @contextmanager
-def staged_dir(final: str | Path):
+def staged_dir(final: str | Path, private: bool = False):
     """Yield an empty sibling directory to write into; on success it replaces `final`, on any
-    failure it is removed, and `final` stays as it was."""
-    tmp = fresh_tmp(final)
+    failure it is removed, and `final` stays as it was. `private`: a new hidden name of its own
+    for it (and for `final` on its way out), not `final`.tmp and `final`.old, which in a run's
+    checkpoints/ are this code's leftovers to clear, but beside a user's --out may be theirs."""
+    final = Path(final)
+    if private:
+        if not final.parent.exists():  # (a file there: mkdtemp's "Not a directory")
+            final.parent.mkdir(parents=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    else:
+        tmp = fresh_tmp(final)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_dir(tmp, Path(final))
+    replace_dir(tmp, final, tmp.with_suffix(".old") if private else None)
 
 
 @contextmanager
 def staged_output(final: str | Path):
     """staged_dir for the command-line tools (average.py, export.py): a failure to write (no
-    such folder, no permission, a full disk) is a one-line UserError, not a traceback."""
+    such folder, no permission, a full disk) is a one-line UserError, not a traceback, and
+    SIGTERM or SIGHUP removes what was staged."""
     try:
-        with staged_dir(final) as tmp:
+        with signals_unwind(), staged_dir(final, private=True) as tmp:
             yield tmp
     except OSError as e:
         raise UserError(f"cannot write {final} ({e.strerror or e})") from None
@@ -73,15 +84,21 @@ def staged_output(final: str | Path):
 
 def check_replaceable(out: str | Path, inputs: list[Path], flag: str = "--out") -> None:
     """UserError unless `out` can be replaced whole: not an input nor a folder holding one, not a
-    training run's output_dir or its checkpoints/ (replacing it would delete them), and if it
-    exists, a model directory (an earlier output, rewritten) or empty."""
+    training run's output_dir or its checkpoints/ (replacing it would delete them) nor one of
+    the checkpoints train.py writes and reads back (best/, last, a step), and if it exists, a
+    model directory (an earlier output, rewritten) or empty."""
     if Path(out).name in ("", ".", ".."):
         raise UserError(f"{flag} {out}: give the new directory's name")
-    out = Path(out).resolve()
+    given, out = Path(out).absolute(), Path(out).resolve()  # `last` is a link to a step
     for d in inputs:
         d = Path(d).resolve()
         if out == d or out in d.parents:
             raise UserError(f"{flag} {out} would replace {d}, which it is made from")
+    for path in (given, out):  # what train.py writes and reads back: its best/ and last
+        if (path.parent.name == "checkpoints" and path.name.startswith("step-")) or (
+            path.name in ("best", "last") and (path.parent / "checkpoints").is_dir()
+        ):
+            raise UserError(f"{flag} {path} is a training run's checkpoint; name a new one")
     if (out / "checkpoints").is_dir() or step_dirs(out):
         raise UserError(f"{flag} {out} holds a training run's checkpoints; name a new one")
     if out.exists() and not is_model_dir(out):

@@ -8,19 +8,40 @@ values: the first of these groups found is reported, all of its problems on one 
 
 import argparse
 import dataclasses
+import errno
 import json
 import math
 import os
+import signal
 import sys
 import textwrap
+import threading
 import types
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 
 class UserError(Exception):
     """A problem with what the user gave us (config, data, checkpoint): one line, exit 2."""
+
+
+@contextmanager
+def signals_unwind():
+    """SIGTERM (`timeout`, a scheduler) and SIGHUP (the terminal closed) exit 128 + the signal
+    through Python's unwinding while an output is being written, so that its temporary file or
+    folder is removed, not left behind (their default ends the process where it stands)."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal's rule
+        yield
+        return
+    caught = (signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, lambda signum, frame: sys.exit(128 + signum)) for s in caught}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 def cli(main):
@@ -35,6 +56,17 @@ def cli(main):
     except BrokenPipeError:  # the reader went away (`translate.py ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         sys.exit(141)  # 128 + SIGPIPE, what `cat` reports
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:  # anything else is a bug to see whole
+            raise
+        where = f" {e.filename}" if e.filename else ""  # None: stdout, or a stream's buffer
+        print(f"error: cannot write{where}: {e.strerror}", file=sys.stderr)
+        sys.exit(2)
+
+
+# What a full disk, a quota, a read-only or failing device raise on a write (outputs are staged:
+# none is left half-written)
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
 
 @dataclass(frozen=True)

@@ -63,9 +63,7 @@ import itertools
 import math
 import os
 import select
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -74,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from config import UserError, cli
+from config import UserError, cli, signals_unwind
 from cpu_memory import keep_freed_memory
 from data import SpecialIds, _first_line, encode_sources, iter_lines
 from model import Transformer, reorder_cache
@@ -594,6 +592,8 @@ def open_output(path: str | None):
     """
     path = os.fspath(path) if path is not None else None
     if path is None or path == "-":
+        if sys.stdout is None:  # started with stdout closed (`>&-`)
+            raise UserError("no output: stdout is closed; give --output FILE")
         stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n")
         try:
             yield stream
@@ -612,7 +612,7 @@ def open_output(path: str | None):
     # whose file is private, 0600, where an output gets the umask's permissions)
     tmp = _new_temporary(final, path)
     try:
-        with _open_text(tmp, path) as f, _sigterm_unwinds():
+        with _open_text(tmp, path) as f, signals_unwind():
             yield f
         os.replace(tmp, final)
     except BaseException:
@@ -633,20 +633,6 @@ def _new_temporary(final: str, shown: str) -> str:
             continue
         except OSError as e:
             raise UserError(f"cannot write {shown} ({e.strerror})") from None
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds():
-    """SIGTERM (`timeout`, a scheduler) exits 143 through Python's unwinding while an output is
-    being written, so that its temporary file is removed, not left behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _open_text(path: str, shown: str):
@@ -703,8 +689,10 @@ def decoding_options(args: argparse.Namespace) -> dict:
     if not (0 <= args.max_len_a < math.inf) or args.max_len_b < 0:  # NaN fails too
         raise UserError("--max_len_a and --max_len_b must be finite and >= 0")
     alpha = args.length_penalty
-    if alpha is not None and not math.isfinite(alpha):  # NaN would rank hypotheses at random
-        raise UserError(f"--length_penalty must be finite (got {alpha})")
+    # NaN would rank hypotheses at random; past 10, ((5 + L) / 6) ** alpha overflows float32
+    # at a few hundred tokens (fairseq's and transformers' usual values lie within 0-2)
+    if alpha is not None and not -10 <= alpha <= 10:
+        raise UserError(f"--length_penalty must be in [-10, 10] (got {alpha})")
     if alpha is not None and args.beam == 1:  # ignored, and recorded as if it had counted
         raise UserError(
             "--length_penalty applies to beam search only: add --beam N (greedy ignores it)"

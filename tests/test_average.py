@@ -4,6 +4,10 @@ import functools
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ import average
 from checkpoint import checkpoint_tokenizer, staged_dir
 from config import UserError
 from data import train_tokenizer
+from helpers import ROOT
 from test_translate import make_checkpoint
 
 
@@ -98,8 +103,13 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
     shutil.copytree(models, notes, ignore=shutil.ignore_patterns("a", "*.safetensors"))
     other_run = tmp_path / "other_run"
     (other_run / "checkpoints").mkdir(parents=True)
+    shutil.copytree(a, run / "best")  # what train.py writes and reads back: a run's best/,
+    (run / "last").symlink_to(Path("checkpoints") / "step-2")  # last, and step directories
     new = str(tmp_path / "new")
     for argv, match in [
+        (["--checkpoints", wide, renamed, "--out", run / "best"], "is a training run's checkpoint"),
+        (["--checkpoints", wide, renamed, "--out", run / "last"], "is a training run's checkpoint"),
+        (["--checkpoints", a, b, "--out", run / "checkpoints" / "step-3"], "a training run's chec"),
         (["--run", run, "--last", 0, "--out", new], "--last must be >= 1"),
         (["--run", run, "--out", run], "would replace .*run/checkpoints/step-1"),
         (["--checkpoints", a, b, "--out", b], "would replace .*step-2"),
@@ -135,6 +145,34 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
     for out in (models / "a", tmp_path / "empty"):
         assert torch.equal(load_file(out / "model.safetensors")["w"], torch.full((2,), 0.5))
     assert torch.equal(load_file(b / "model.safetensors")["w"], torch.ones(2))
+
+
+def test_staging_beside_out_leaves_the_users_tmp_and_old_folders_alone(tmp_path):
+    # out.tmp and out.old are a checkpoints/ folder's own leftovers to clear, not a user's
+    a = checkpoint(tmp_path / "a", w=torch.zeros(2))
+    b = checkpoint(tmp_path / "b", w=torch.ones(2))
+    for name in ("avg.tmp", "avg.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notes.txt").write_text("keep me\n")
+    for _ in range(2):  # a new --out, then one replaced
+        average.main([str(x) for x in ("--checkpoints", a, b, "--out", tmp_path / "avg")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "avg", "avg.old", "avg.tmp", "b"]
+    assert all((tmp_path / n / "notes.txt").exists() for n in ("avg.tmp", "avg.old"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_staging_an_output_leaves_nothing(tmp_path, signum):
+    code = (
+        "import os, sys; from checkpoint import staged_output\n"
+        "with staged_output(sys.argv[1]) as tmp:\n"
+        "    (tmp / 'model.safetensors').write_text('half')\n"
+        "    os.kill(os.getpid(), int(sys.argv[2]))\n"
+    )
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", code, str(out), str(int(signum))], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 128 + signum, proc.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []  # nothing staged left, no out
 
 
 def test_a_failed_write_leaves_the_old_directory_and_no_temporary(tmp_path):

@@ -18,6 +18,7 @@ import gzip
 import importlib
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -365,6 +366,33 @@ def test_stdin_closed_is_one_line(trained, tmp_path, monkeypatch, capsys):
     assert_one_line_error(code, err, "no input: stdin is closed; give --hypotheses")
 
 
+def test_stdout_closed_is_one_line(trained, tmp_path, monkeypatch, capsys):
+    src = tmp_path / "in.en"
+    src.write_text("the dog\n")
+    monkeypatch.setattr(sys, "stdout", None)  # `python translate.py ... >&-`
+    code, err = run_cli(translate.main, ["--checkpoint", trained, "--input", src], capsys)
+    assert_one_line_error(code, err, "no output: stdout is closed; give --output FILE")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_is_one_line(trained, tmp_path, capsys):
+    # /dev/full: every write fails with ENOSPC, as on a full disk
+    src, ref = tmp_path / "in.en", tmp_path / "ref.de"
+    src.write_text("the dog\n")
+    ref.write_text("der Hund\n")
+    argv = ["--checkpoint", trained, "--input", src, "--output", "/dev/full"]
+    code, err = run_cli(translate.main, argv, capsys)
+    assert_one_line_error(code, err, "cannot write: No space left on device")
+    with open("/dev/full", "w") as full:  # stdout on a full disk: `translate.py > /dev/full`
+        proc = subprocess.run([sys.executable, "translate.py", "--checkpoint", str(trained),
+                               "--input", str(src)], cwd=ROOT, stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120)  # fmt: skip
+    assert_one_line_error(proc.returncode, proc.stderr, "cannot write: No space left on device")
+    argv = ["--hypotheses", ref, "--reference", ref, "--json", "/dev/full"]
+    code, err = run_cli(evaluate.main, argv, capsys)
+    assert_one_line_error(code, err, "cannot write: No space left on device")
+
+
 def test_a_huge_output_budget_is_the_positional_table(trained, tmp_path):
     # --max_len_b past int64 raised OverflowError in the budget's tensor; the table caps it
     src = tmp_path / "in.en"
@@ -554,7 +582,9 @@ def test_evaluate_checks_its_options_before_decoding(
     [
         (["--max_len_a", "inf"], "--max_len_a and --max_len_b must be finite and >= 0"),
         (["--max_len_a", "nan"], "--max_len_a and --max_len_b must be finite and >= 0"),
-        (["--length_penalty", "nan"], "--length_penalty must be finite (got nan)"),
+        (["--length_penalty", "nan"], "--length_penalty must be in [-10, 10] (got nan)"),
+        (["--beam", "2", "--length_penalty", "40"], "--length_penalty must be in [-10, 10] (got"),
+        (["--beam", "2", "--length_penalty=-1e308"], "--length_penalty must be in [-10, 10]"),
         (["--length_penalty", "1.0"], "--length_penalty applies to beam search only: add --beam"),
         (["--device", "meta"], "--device meta: not usable here"),
         (["--output", ""], "cannot write '': not a file name"),
