@@ -29,6 +29,10 @@ class ModelConfig:
     share_embeddings: bool = True
 
     def __post_init__(self):
+        sizes = ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "n_layers",
+                 "max_len")  # fmt: skip
+        if small := [f"{k} {getattr(self, k)}" for k in sizes if getattr(self, k) < 1]:
+            raise ValueError(f"sizes must be >= 1: {', '.join(small)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:

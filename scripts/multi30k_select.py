@@ -75,9 +75,12 @@ def main(argv=None):
     test_src, test_ref = read_aligned(
         f"{data}/test_2016_flickr.en.gz", f"{data}/test_2016_flickr.de.gz"
     )
+    for split, lines in (("val", val_src), ("test_2016_flickr", test_src)):
+        if not lines:  # nothing to choose on, or nothing to score
+            raise UserError(f"{data}/{split}.en.gz: no sentences")
     if args.ensemble:
-        run.mkdir(parents=True, exist_ok=True)
         loaded = {"ensemble": load_models(args.ensemble)}
+        run.mkdir(parents=True, exist_ok=True)  # once they load: a failure leaves no folder
     else:
         names, saved = ["best"], step_dirs(run / "checkpoints")
         if not saved:

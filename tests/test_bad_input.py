@@ -286,6 +286,10 @@ BROKEN = {  # name -> (how to break a copy of best/, what the error says)
         lambda d: edit_json(d / "model_config.json", n_heads=0),
         "model_config.json: unreadable",
     ),
+    "max_len 0": (
+        lambda d: edit_json(d / "model_config.json", max_len=0),
+        "model_config.json: unreadable (sizes must be >= 1: max_len 0)",
+    ),
     "special id out of range": (
         lambda d: edit_json(d / "model_config.json", **{"special_ids.eos": 5000}),
         "do not fit a vocabulary of 120",

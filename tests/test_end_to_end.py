@@ -346,6 +346,11 @@ def test_multi30k_select_bad_input_is_exit_2(tmp_path, capsys, monkeypatch):
     select = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(select)
     monkeypatch.setattr(select, "keep_freed_memory", lambda: None)  # glibc's, process-wide
+    # an ensemble that does not load leaves no new --run folder
+    with pytest.raises(UserError, match="missing"):
+        select.main(["--run", str(tmp_path / "ens"), "--data", str(data), "--ensemble",
+                     str(tmp_path / "missing")])  # fmt: skip
+    assert not (tmp_path / "ens").exists()
     # the data is read and checked first: a misaligned test set fails before any decoding
     # (it used to fail only after the whole val sweep), and so does a missing one
     short = gzip.decompress((data / "test_2016_flickr.de.gz").read_bytes()).splitlines()[:-1]
@@ -356,6 +361,11 @@ def test_multi30k_select_bad_input_is_exit_2(tmp_path, capsys, monkeypatch):
         f"misaligned files: {data}/test_2016_flickr.en.gz has 10 lines, "
         f"{data}/test_2016_flickr.de.gz has 9"
     )
+    (data / "test_2016_flickr.en.gz").write_bytes(gzip.compress(b""))  # empty, both sides
+    (data / "test_2016_flickr.de.gz").write_bytes(gzip.compress(b""))
+    with pytest.raises(UserError) as e:  # not after the val sweep
+        select.main(["--run", str(run_dir), "--data", str(data)])
+    assert str(e.value) == f"{data}/test_2016_flickr.en.gz: no sentences"
     (data / "val.en.gz").unlink()
     with pytest.raises(UserError, match=re.escape(f"{data}/val.en.gz")):
         select.main(["--run", str(run_dir), "--data", str(data)])
