@@ -8,7 +8,6 @@ the files other than the weights come from the newest checkpoint, with --checkpo
 listed). The checkpoints must be of one model: the same model_config.json and vocabulary.
 """
 
-import argparse
 import filecmp
 import json
 import shutil
@@ -26,7 +25,7 @@ from checkpoint import (
     staged_output,
     step_dirs,
 )
-from config import UserError, cli
+from config import ArgumentParser, UserError, cli
 
 # settings that do not change what the weights compute: dropout rates (a run resumed with
 # another dropout still averages with its earlier checkpoints) and max_len, which only sizes the
@@ -99,7 +98,7 @@ def given_twice(dirs: list[Path]) -> list[str]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--run", help="a run's output_dir: average its newest --last checkpoints")
     p.add_argument("--last", type=int, default=5, help="(default 5)")
     p.add_argument(

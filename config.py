@@ -44,6 +44,15 @@ def signals_unwind():
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, with a usage error in one line, exit code 2 (its own prints the usage
+    first)."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def cli(main):
     """Run `main()`; a UserError becomes one line on stderr and exit code 2, not a traceback."""
     try:
@@ -92,8 +101,8 @@ class TrainConfig:
     valid_split: str = "validation"
     test_split: str = "test"
     # Not in the paper: training pairs whose longer side has more than this many times the tokens
-    # of the shorter are dropped and counted (fairseq's WMT14 preparation: 1.5, with Moses'
-    # clean-corpus-n on words; here on tokens, </s> included). null = keep them all.
+    # of the shorter are dropped and counted (fairseq's WMT14 preparation: 1.5, Moses'
+    # clean-corpus-n on its BPE tokens; here </s> counts too). null = keep them all.
     max_length_ratio: float | None = None
     src_lang: str = "en"
     tgt_lang: str = "de"
@@ -440,7 +449,7 @@ def config_from_argv(
 ) -> tuple[argparse.Namespace, TrainConfig]:
     """`--config FILE` and `--resume`, then any config key as `--key value`."""
     keys = " ".join(f"{f.name}={json.dumps(f.default)}" for f in dataclasses.fields(TrainConfig))
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=description,
         epilog=textwrap.fill(
             "Any config key can be overridden: --epochs 2 --output_dir runs/x. The keys, with "

@@ -21,7 +21,6 @@ training split is cached too, so a second run of the same config tokenizes nothi
 save_to_disk directory datasets writes its cache files next to the data.
 """
 
-import argparse
 import copy
 import csv
 import gzip
@@ -47,7 +46,7 @@ import pyarrow.parquet as pq
 import torch
 from datasets.fingerprint import Hasher
 
-from config import TrainConfig, UserError, cli, load_config, parse_overrides
+from config import ArgumentParser, TrainConfig, UserError, cli, load_config, parse_overrides
 from model import shift_right
 
 OFFLINE_HINT = (
@@ -1247,7 +1246,7 @@ def prepare(cfg: TrainConfig, log=print) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python data.py",
         description="Inspect or prepare the data of a config.",
         epilog="Any config key can be overridden: --train_data 'data/train.{lang}.gz'",

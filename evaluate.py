@@ -43,7 +43,7 @@ import datasets
 import sacrebleu
 from tqdm.auto import tqdm
 
-from config import TrainConfig, UserError, cli
+from config import ArgumentParser, TrainConfig, UserError, cli
 from cpu_memory import keep_freed_memory
 from data import has_splits, load_text, read_lines, takes_config
 from translate import (
@@ -207,7 +207,7 @@ def print_report(report: dict) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__[__doc__.index("Test set:") :],

@@ -58,7 +58,7 @@ from pathlib import Path
 import torch
 
 from checkpoint import check_replaceable, load_model, resolve, staged_output
-from config import UserError, cli
+from config import ArgumentParser, UserError, cli
 from data import SpecialIds
 from model import ModelConfig, Transformer
 from translate import banned_ids
@@ -273,7 +273,7 @@ def to_ctranslate2(exported: str | Path, out: str | Path) -> Path:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__[__doc__.index("The directory") :],

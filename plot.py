@@ -3,12 +3,11 @@
 python plot.py runs/multi30k/metrics.jsonl runs/multi30k/curves.png
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from config import UserError, cli
+from config import ArgumentParser, UserError, cli
 
 
 def plot_metrics(metrics: str | Path, png: str | Path) -> None:
@@ -61,7 +60,7 @@ def plot_metrics(metrics: str | Path, png: str | Path) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("metrics", help="a run's metrics.jsonl")
     p.add_argument("png", help="the picture to write")
     args = p.parse_args(argv)

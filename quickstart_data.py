@@ -41,7 +41,6 @@ writes data/quickstart/{train,valid,test}.{en,de}, one sentence per line, aligne
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import random
@@ -51,7 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from config import UserError, cli
+from config import ArgumentParser, UserError, cli
 
 # Probabilities of the optional parts of a sentence.
 PRONOUN_SUBJECT_P = 0.3
@@ -603,7 +602,7 @@ def write_splits(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Write the synthetic English->German quick-start corpus.",
         allow_abbrev=False,
     )

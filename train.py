@@ -866,13 +866,15 @@ def new_learning_rate(scheduler, lr: float, step: int, log) -> None:
 # How long a process waits for the others at a collective. The main process prepares the data
 # first (download, Arrow, tokenizing: minutes for WMT14) while the others wait at a barrier,
 # which NCCL's default of 10 minutes would end with a timeout (`python data.py prepare` first
-# fills the caches, so that every launch after it starts at once).
+# fills the caches, so that every launch after it starts at once). The cost: a process that
+# hangs later in the run is reported after an hour, not ten minutes.
 PROCESS_GROUP_TIMEOUT = timedelta(hours=1)
+NO_BF16 = "(GPUs before Ampere have no bf16): pass --mixed_precision no"
 
 
 def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     try:
-        return Accelerator(
+        accelerator = Accelerator(
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.grad_accum_steps,
             log_with=cfg.log_with,
@@ -883,10 +885,15 @@ def make_accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
     except ValueError as e:
         if "bf16" not in str(e):  # accelerate's check of the device, before anything runs
             raise
-        raise UserError(
-            f"mixed_precision bf16: {str(e).strip().rstrip('.')} (GPUs before Ampere have "
-            "no bf16): pass --mixed_precision no"
-        ) from None
+        raise UserError(f"mixed_precision bf16: {str(e).strip().rstrip('.')} {NO_BF16}") from None
+    # accelerate's check passes where torch can emulate bf16 (a V100, a T4): slowly
+    if (
+        accelerator.mixed_precision == "bf16"
+        and accelerator.device.type == "cuda"
+        and not torch.cuda.is_bf16_supported(including_emulation=False)
+    ):
+        raise UserError(f"mixed_precision bf16: this GPU runs bf16 emulated {NO_BF16}")
+    return accelerator
 
 
 def distribution(accelerator) -> str:

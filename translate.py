@@ -29,10 +29,12 @@ Decoding (each encodes once and feeds one new token per step through the key/val
                (an exact bound, not fairseq's "stop at K finished").
   sampling     --sampling: each token drawn from the model's distribution, softened or
                sharpened by --temperature, optionally cut to the --sampling_topk most probable
-               tokens or the smallest set holding --sampling_topp of the probability (nucleus
-               sampling, Holtzman et al., 2020), renormalised: the back-translation of Edunov
-               et al. (2018). A line's draws come from --seed and its line number alone, so it
-               gets the same translation whatever batch or chunk it is in.
+               tokens, then to the smallest set holding --sampling_topp of the probability
+               (nucleus sampling, Holtzman et al., 2020), renormalised: the back-translation of
+               Edunov et al. (2018). A line's draws come from --seed and its line number alone,
+               so it gets the same translation whatever batch or chunk it is in (on a GPU, up
+               to the rounding that kernels chosen by batch shape differ in). Shards of a
+               corpus translated apart number their lines from 1 each: give each its own --seed.
   length       at most a·|x| + b new tokens (--max_len_a, --max_len_b; |x| = source tokens
                including </s>), per sentence, so the output of a sentence does not depend on the
                batch it is in. A hypothesis that reaches the limit ends there without </s>.
@@ -72,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from config import UserError, cli, signals_unwind
+from config import ArgumentParser, UserError, cli, signals_unwind
 from cpu_memory import keep_freed_memory
 from data import SpecialIds, _first_line, encode_sources, iter_lines
 from model import Transformer, reorder_cache
@@ -132,7 +134,9 @@ class Sampler:
     The draw is by inverse CDF from one uniform per sentence and step, taken up front from a
     generator seeded with (seed, the sentence's line number): a line's translation does not
     depend on the batch it is in, nor on the other lines (one generator for the batch would
-    make it depend on both).
+    make it depend on both). Temperature, then top-k, then top-p of what is left, as
+    transformers chains them (fairseq takes top-p alone when given both). An ensemble's
+    temperature applies to its mean distribution (fairseq's, to each model's logits).
     """
 
     def __init__(self, temperature=1.0, topk=0, topp=1.0, seed=0):
@@ -147,7 +151,8 @@ class Sampler:
 
     def pick(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """logits (B, V) (banned ids at -inf), u (B,) uniforms -> (B,) drawn ids."""
-        logits = logits.float() / self.temperature
+        logits = logits.float()  # less its maximum first: a tiny temperature would overflow
+        logits = (logits - logits.amax(-1, keepdim=True)) / self.temperature
         order = None
         if self.topk or self.topp < 1:  # in order of probability: cut the tail
             logits, order = logits.sort(-1, descending=True)
@@ -768,7 +773,7 @@ def main(argv=None):
     from checkpoint import resolve
     from ensemble import load_models
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__[__doc__.index("Lines:") :],

@@ -13,7 +13,6 @@ each half's best setting scored on the other half against the top hypothesis. Va
 reads test.
 """
 
-import argparse
 import functools
 import math
 import sys
@@ -23,7 +22,7 @@ from sacrebleu.metrics import BLEU, CHRF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import load_model  # noqa: E402
-from config import cli  # noqa: E402
+from config import ArgumentParser, cli  # noqa: E402
 from data import read_aligned  # noqa: E402
 from evaluate import score  # noqa: E402
 from translate import translate_nbest  # noqa: E402
@@ -47,7 +46,7 @@ def mbr_pick(nbest: list[tuple[str, float]], utility, k: int, temperature: float
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--checkpoint", required=True, help="checkpoint dir, e.g. runs/multi30k/avg10")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--beam", type=int, default=10, help="beam size = n-best size (default 10)")

@@ -18,7 +18,6 @@ With --ensemble, steps 2 and 3 run for the ensemble of the checkpoints given (en
 instead, and RUN is only where the results go.
 """
 
-import argparse
 import json
 import re
 import shutil
@@ -31,7 +30,7 @@ import sacrebleu
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from average import average  # noqa: E402
 from checkpoint import load_model, step_dirs  # noqa: E402
-from config import UserError, cli  # noqa: E402
+from config import ArgumentParser, UserError, cli  # noqa: E402
 from cpu_memory import keep_freed_memory  # noqa: E402
 from data import read_aligned  # noqa: E402
 from ensemble import load_models  # noqa: E402
@@ -43,7 +42,7 @@ PENALTIES = (0.6, 1.0, 1.4, 1.8, 2.2)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--run", help="the run to choose from (default runs/multi30k); with "
                    "--ensemble, a new directory for the ensemble's results")  # fmt: skip
     p.add_argument("--data", default=str(DATA))

@@ -1143,8 +1143,8 @@ def test_max_length_ratio_filters_the_training_pairs(corpus, tmp_path, monkeypat
     monkeypatch.chdir(ROOT)
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        train.main(args_for(corpus, tmp_path / "run", "--max_steps", 1, "--valid_data", "null",
-                            "--max_length_ratio", 1.05)[1:])  # fmt: skip
+        args = ("--max_steps", 1, "--valid_bleu_samples", 0, "--best_metric", "loss")
+        train.main(args_for(corpus, tmp_path / "run", *args, "--max_length_ratio", 1.05)[1:])
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
@@ -1156,6 +1156,7 @@ def test_max_length_ratio_filters_the_training_pairs(corpus, tmp_path, monkeypat
     dropped, kept, total = map(int, said.groups())
     assert dropped > 0 and dropped + kept == total
     assert f"\n{kept} training pairs" in out  # what trains
+    assert "valid: dropped" not in out  # validation pairs are never filtered for their ratio
 
 
 def test_processes_wait_an_hour_for_the_main_process_to_prepare_the_data(tmp_path):
@@ -1190,6 +1191,23 @@ def test_bf16_on_a_device_without_it_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(train, "Accelerator", lambda **k: 1 / 0)  # anything else: as it was
     with pytest.raises(ZeroDivisionError):
         train.make_accelerator(TrainConfig(), tmp_path)
+    # a GPU where torch emulates bf16 passes accelerate's check: refused here
+    supported = {}
+
+    def bf16_supported(including_emulation=True):
+        supported["emulation counted"] = including_emulation
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported)
+    gpu = SimpleNamespace(mixed_precision="bf16", device=torch.device("cuda"))
+    monkeypatch.setattr(train, "Accelerator", lambda **k: gpu)
+    with pytest.raises(UserError, match="this GPU runs bf16 emulated .* --mixed_precision no"):
+        train.make_accelerator(TrainConfig(mixed_precision="bf16"), tmp_path)
+    assert supported == {"emulation counted": False}
+    for ok in (SimpleNamespace(mixed_precision="no", device=torch.device("cuda")),
+               SimpleNamespace(mixed_precision="bf16", device=torch.device("cpu"))):  # fmt: skip
+        monkeypatch.setattr(train, "Accelerator", lambda ok=ok, **k: ok)
+        assert train.make_accelerator(TrainConfig(), tmp_path) is ok
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])

@@ -334,6 +334,15 @@ def test_a_draw_at_either_end_of_the_unit_interval_is_a_token_that_can_be_drawn(
     assert drawn.tolist() == [2, 3]
 
 
+def test_a_tiny_temperature_draws_the_most_probable_token_not_past_the_vocabulary():
+    # 5 / 1e-38 overflowed to inf, the softmax to NaN, and the draw ran past the vocabulary
+    logits = torch.tensor([[5.0, 1.0, 1.0, 1.0, 1.0, -torch.inf]] * 3)
+    drawn = Sampler(temperature=1e-38).pick(
+        logits, torch.tensor([0.0, 0.5, 0.999], dtype=torch.float64)
+    )
+    assert drawn.tolist() == [0, 0, 0]
+
+
 def test_sampling_never_draws_a_banned_token_however_probable():
     model, ids = Table([[0.97, 0.02, 0.005, 0.005, 0, 0]] * 6), SpecialIds(0, 2, 1)
     src = torch.full((2000, 2), 3)
