@@ -370,6 +370,14 @@ def test_stdin_closed_is_one_line(trained, tmp_path, monkeypatch, capsys):
     assert_one_line_error(code, err, "no input: stdin is closed; give --hypotheses")
 
 
+@pytest.mark.parametrize("tool", ["translate", "evaluate", "average", "export"])
+def test_a_usage_error_is_one_line(tool, capsys):
+    # argparse printed its usage block before the error
+    main = importlib.import_module(tool).main
+    code, err = run_cli(main, ["--checkpoint", "x", "--beam", "abc", "--bogus"], capsys)
+    assert_one_line_error(code, err, " --help)")  # (see PROG --help): argv[0], here pytest's
+
+
 def test_stdout_closed_is_one_line(trained, tmp_path, monkeypatch, capsys):
     src = tmp_path / "in.en"
     src.write_text("the dog\n")
