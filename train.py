@@ -682,8 +682,8 @@ def main(argv=None):
     n, accum = accelerator.num_processes, cfg.grad_accum_steps
     run["log"](
         f"step size: batches of up to {cfg.max_tokens:,} padded tokens and {cfg.batch_size:,} "
-        f"pairs, {accum} a step (grad_accum_steps) in each of {n} process{'es' * (n > 1)}: up "
-        f"to {cfg.max_tokens * accum * n:,} padded tokens a step"
+        f"pairs, {accum} a step (grad_accum_steps){f' in each of {n} processes' * (n > 1)}: "
+        f"up to {cfg.max_tokens * accum * n:,} padded tokens a step"
     )
     optimizer = make_optimizer(model, cfg, accelerator.device)
     # Not passed to prepare(): accelerate would step it once per process per step.

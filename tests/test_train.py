@@ -1157,6 +1157,10 @@ def test_max_length_ratio_filters_the_training_pairs(corpus, tmp_path, monkeypat
     assert dropped > 0 and dropped + kept == total
     assert f"\n{kept} training pairs" in out  # what trains
     assert "valid: dropped" not in out  # validation pairs are never filtered for their ratio
+    assert (
+        "step size: batches of up to 400 padded tokens and 32 pairs, 1 a step (grad_accum_steps): "
+        "up to 400 padded tokens a step" in out
+    )
 
 
 def test_processes_wait_an_hour_for_the_main_process_to_prepare_the_data(tmp_path):
