@@ -16,9 +16,9 @@ Every source becomes a `datasets.Dataset` with string columns "src" and "tgt".
 Caching: everything is cached in datasets' cache (HF_DATASETS_CACHE, by default
 ~/.cache/huggingface/datasets). Local files are converted once to Arrow, keyed by their paths,
 sizes and modification times; token ids are cached by the text's fingerprint and the tokenizer's
-files (not max_seq_length: filtering happens after the cache); a tokenizer trained on a cached
-training split is cached too, so a second run of the same config tokenizes nothing. For a
-save_to_disk directory datasets writes its cache files next to the data.
+files (not max_seq_length or max_length_ratio: filtering happens after the cache); a tokenizer
+trained on a cached training split is cached too, so a second run of the same config tokenizes
+nothing. For a save_to_disk directory datasets writes its cache files next to the data.
 """
 
 import copy

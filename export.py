@@ -284,7 +284,8 @@ def main(argv=None):
         "--out",
         "--output",
         required=True,
-        help="directory to write (an earlier model there is replaced; any other folder refused)",
+        help="directory to write (an earlier model there is replaced, not a run's best/, last or "
+        "step checkpoints; any other folder refused)",
     )
     p.add_argument("--ct2", help="also convert the export to a CTranslate2 model here")
     args = p.parse_args(argv)

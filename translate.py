@@ -1,4 +1,4 @@
-"""Translate text with a trained checkpoint: greedy or beam search with the KV cache, batched.
+"""Translate text with a trained checkpoint: greedy, beam search or sampling, batched.
 
     python translate.py --checkpoint runs/quickstart < input.en > output.de
     python translate.py --checkpoint runs/quickstart --beam 5 --input test.en --output test.de
