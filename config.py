@@ -35,7 +35,8 @@ def signals_unwind():
     if threading.current_thread() is not threading.main_thread():  # signal.signal's rule
         yield
         return
-    caught = (signal.SIGTERM, signal.SIGHUP)
+    # not a signal the process was started to ignore (`nohup` ignores SIGHUP: the job goes on)
+    caught = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN]
     previous = {s: signal.signal(s, lambda signum, frame: sys.exit(128 + signum)) for s in caught}
     try:
         yield

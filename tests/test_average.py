@@ -173,6 +173,12 @@ def test_a_signal_while_staging_an_output_leaves_nothing(tmp_path, signum):
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 128 + signum, proc.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []  # nothing staged left, no out
+    # a signal the process was started to ignore (`nohup`: SIGHUP) stays ignored: it finishes
+    proc = subprocess.run([sys.executable, "-c", code, str(out), str(int(signum))], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signum, signal.SIG_IGN))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_a_failed_write_leaves_the_old_directory_and_no_temporary(tmp_path):
