@@ -169,8 +169,10 @@ def test_a_signal_while_staging_an_output_leaves_nothing(tmp_path, signum):
         "    os.kill(os.getpid(), int(sys.argv[2]))\n"
     )
     out = tmp_path / "out"
+    # its default action, whatever this process inherited (under nohup, SIGHUP is ignored)
     proc = subprocess.run([sys.executable, "-c", code, str(out), str(int(signum))], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+                          capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))  # fmt: skip
     assert proc.returncode == 128 + signum, proc.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []  # nothing staged left, no out
     # a signal the process was started to ignore (`nohup`: SIGHUP) stays ignored: it finishes
