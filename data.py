@@ -1106,6 +1106,7 @@ def batch_iter(corpus: Corpus, batches: list, ids: SpecialIds, device):
 # Audit and command line: python data.py audit|prepare --config C [--key value ...]
 
 RATIO = 3.0  # a pair is a length-ratio outlier when one side has more than RATIO x the tokens
+# (or max_length_ratio, when the config sets it: then the audit counts what training drops)
 
 
 def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
@@ -1130,12 +1131,15 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
             )
         log(f"lengths: tokens including </s>, tokenizer {name}")
     log("duplicates, overlap: exact match of whitespace-trimmed text")
-    log(f"length ratio: longer side / shorter side > {RATIO:g}, pairs with an empty side left out")
+    ratio = cfg.max_length_ratio or RATIO
+    dropped = " (max_length_ratio: training drops them)" if cfg.max_length_ratio else ""
+    log(f"length ratio: longer side / shorter side > {ratio:g}{dropped}, pairs with an empty side "
+        "left out")  # fmt: skip
     # training drops such a pair as empty, and counts it so
     log(f"longer than {cfg.max_seq_length}: pairs with an empty side left out, as in training")
     for name, (spec, split) in splits.items():
         log(f"{name}: {spec}" + ("" if "{lang}" in spec or os.path.exists(spec) else f" [{split}]"))
-    stats = {name: _split_stats(ds, tok, name) for name, ds in texts.items()}
+    stats = {name: _split_stats(ds, tok, name, ratio) for name, ds in texts.items()}
     train, src, tgt, max_len = stats["train"], cfg.src_lang, cfg.tgt_lang, cfg.max_seq_length
     table = {  # row label -> one cell per split
         "pairs": [f"{s['n']:,}" for s in stats.values()],
@@ -1145,7 +1149,7 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
         "duplicate pairs": [f"{s['dups']:,}" for s in stats.values()],
         f"{src} length p50/p90/p99/max": [s["pct"][0] for s in stats.values()],
         f"{tgt} length p50/p90/p99/max": [s["pct"][1] for s in stats.values()],
-        f"length ratio > {RATIO:g}": [f"{s['ratio']:,}" for s in stats.values()],
+        f"length ratio > {ratio:g}": [f"{s['ratio']:,}" for s in stats.values()],
         f"longer than {max_len} {unit}": [
             f"{int((((s['src_len'] > max_len) | (s['tgt_len'] > max_len)) & s['both']).sum()):,}"
             for s in stats.values()
@@ -1170,7 +1174,7 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
         log(f"{label:{width}}" + "".join(f"{cell:>14}" for cell in cells))
 
 
-def _split_stats(ds: datasets.Dataset, tok, name: str) -> dict:
+def _split_stats(ds: datasets.Dataset, tok, name: str, ratio: float = RATIO) -> dict:
     """Lengths, hashes and counts of one split, in batches (no Python list of the corpus)."""
     src_len, tgt_len, src_hash, pair_hash = [], [], [], []
     if tok is not None:
@@ -1207,7 +1211,7 @@ def _split_stats(ds: datasets.Dataset, tok, name: str) -> dict:
         "empty": empty,
         "dups": int(both.sum()) - len(np.unique(pair_hash[both])),  # empty ones count as empty
         "pct": (percentiles(src_len), percentiles(tgt_len)),
-        "ratio": int((longer > RATIO * shorter).sum()),
+        "ratio": int((longer > ratio * shorter).sum()),
         "src_len": src_len,
         "tgt_len": tgt_len,
         "src_hash": np.concatenate(src_hash),

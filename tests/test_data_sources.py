@@ -609,6 +609,12 @@ def test_audit_counts(tmp_path, capsys):
     # "x y" and " a b c " (trimmed) occur in train; the empty line does not count
     assert table["sources also in train"] == ["-", "2"]
     assert table["pairs also in train"] == ["-", "1"]
+    # with max_length_ratio, the threshold training drops at; at 1.0 every unequal pair: train's
+    # seven words against one, valid's "a b c" against "anders" (an empty side never counts)
+    data.audit(dataclasses.replace(cfg, max_length_ratio=1.0), whitespace=True)
+    out = capsys.readouterr().out
+    assert "> 1 (max_length_ratio: training drops them)" in out
+    assert audit_table(out)["length ratio > 1"] == ["1", "1"]
 
 
 def test_audit_with_the_tokenizer_counts_tokens(tmp_path, capsys):
