@@ -501,7 +501,9 @@ def load_tokenizer(
         log(f"tokenizer: {kind} {vocab_size} trained earlier on the same data ({cached})")
     else:
         texts = _texts(train_texts) if isinstance(train_texts, datasets.Dataset) else train_texts()
+        started = time.time()
         tok = train_tokenizer(texts, kind, vocab_size)
+        log(f"tokenizer: {kind} {vocab_size} trained on train in {time.time() - started:.1f} s")
         if cached:  # written aside and renamed: a reader never sees half a tokenizer
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=cached.parent))
@@ -1271,6 +1273,8 @@ def main(argv=None):
     )
     args, rest = parser.parse_known_args(argv)
     cfg = load_config(args.config, parse_overrides(rest))
+    if not sys.stderr.isatty():  # datasets' bars ("Generating train split"): none in a log
+        datasets.disable_progress_bars()
     if args.command == "audit":
         audit(cfg, args.whitespace)
     else:

@@ -159,6 +159,17 @@ def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list
         # read whole whatever the split: "--split validation" would quietly score the test set
         raise UserError(f"--split {args.split}: test set {spec} is one set, without splits")
     test_cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
+    if (
+        cfg
+        and args.checkpoint
+        and (test_cfg.src_lang, test_cfg.tgt_lang) != (cfg.src_lang, cfg.tgt_lang)
+    ):
+        # not refused: a model trained both ways (bidirectional_epochs) translates either way
+        print(
+            f"warning: the checkpoint was trained {cfg.src_lang}->{cfg.tgt_lang}; decoding "
+            f"{test_cfg.src_lang}->{test_cfg.tgt_lang} (--src_lang / --tgt_lang)",
+            file=sys.stderr,
+        )
     split = args.split or test_cfg.test_split
     ds = load_text(spec, test_cfg, split)
     # `is None`, not falsiness: an empty --source file must not quietly become the test set

@@ -32,9 +32,11 @@ Decoding (each encodes once and feeds one new token per step through the key/val
                tokens, then to the smallest set holding --sampling_topp of the probability
                (nucleus sampling, Holtzman et al., 2020), renormalised: the back-translation of
                Edunov et al. (2018). A line's draws come from --seed and its line number alone,
-               so it gets the same translation whatever batch or chunk it is in (on a GPU, up
-               to the rounding that kernels chosen by batch shape differ in). Shards of a
-               corpus translated apart number their lines from 1 each: give each its own --seed.
+               not from the batch or chunk it is in; its translation can still change with
+               them, rarely, where a batch's other shape rounds the probabilities differently
+               and moves a draw across a token's boundary (1 to 3 lines of 2,000 changed with
+               --batch_size here, on CPU). Shards of a corpus translated apart number their
+               lines from 1 each: give each its own --seed.
   length       at most a·|x| + b new tokens (--max_len_a, --max_len_b; |x| = source tokens
                including </s>), per sentence, so the output of a sentence does not depend on the
                batch it is in. A hypothesis that reaches the limit ends there without </s>.
@@ -132,9 +134,9 @@ class Sampler:
     """Draws each next token from the model's distribution (--sampling), not its argmax.
 
     The draw is by inverse CDF from one uniform per sentence and step, taken up front from a
-    generator seeded with (seed, the sentence's line number): a line's translation does not
-    depend on the batch it is in, nor on the other lines (one generator for the batch would
-    make it depend on both). Temperature, then top-k, then top-p of what is left, as
+    generator seeded with (seed, the sentence's line number): a line's draws do not depend on
+    the batch it is in, nor on the other lines (one generator for the batch would make them
+    depend on both); only rounding that differs between batch shapes can move one. Temperature, then top-k, then top-p of what is left, as
     transformers chains them (fairseq takes top-p alone when given both). An ensemble's
     temperature applies to its mean distribution (fairseq's, to each model's logits).
     """
@@ -154,13 +156,14 @@ class Sampler:
         logits = logits.float()  # less its maximum first: a tiny temperature would overflow
         logits = (logits - logits.amax(-1, keepdim=True)) / self.temperature
         order = None
-        if self.topk or self.topp < 1:  # in order of probability: cut the tail
+        if self.topk:  # the k most probable, in order: their softmax is renormalised already
+            logits, order = logits.topk(min(self.topk, logits.size(-1)), -1)
+        elif self.topp < 1:  # in order of probability: cut the tail
             logits, order = logits.sort(-1, descending=True)
         probs = logits.softmax(-1).double()  # float64: a long vocabulary's CDF stays exact
-        if self.topk:  # then top-p of what is left, renormalised (as transformers chains them)
-            probs[:, self.topk :] = 0
-            probs /= probs.sum(-1, keepdim=True)
-        if self.topp < 1:  # keep a token while the more probable ones hold less than topp
+        # then top-p of what top-k left (as transformers chains them): keep a token while the
+        # more probable ones hold less than topp
+        if self.topp < 1:
             probs = probs.masked_fill(probs.cumsum(-1) - probs >= self.topp, 0)
         cdf = probs.cumsum(-1)
         total = cdf[:, -1:]

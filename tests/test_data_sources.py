@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -470,7 +471,9 @@ def test_trained_tokenizer_is_cached_by_the_data_and_loads_with_autotokenizer(
     write(tmp_path / "t.de", lines(DE * 5))
     ds = load_text(str(tmp_path / "t.{lang}"), cfg, "train")
     tok_cfg = TrainConfig(tokenizer={"train": "unigram", "vocab_size": 60})
-    first = data.load_tokenizer(tok_cfg, tmp_path / "run1", ds, log=lambda _: None)
+    said = []
+    first = data.load_tokenizer(tok_cfg, tmp_path / "run1", ds, log=said.append)
+    assert re.fullmatch(r"tokenizer: unigram 60 trained on train in \d+\.\d s", said[0])  # said
     saved = AutoTokenizer.from_pretrained(tmp_path / "run1" / "tokenizer")
     assert encode_sources(saved, EN) == encode_sources(first, EN)
     assert data.SpecialIds.of(saved) == data.SpecialIds.of(first)
@@ -659,6 +662,7 @@ def test_audit_command_line_on_text_files(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "pairs" in proc.stdout and "duplicate pairs" in proc.stdout
+    assert "Generating" not in proc.stderr and "examples/s" not in proc.stderr  # no bars in a log
     bad = subprocess.run(
         [sys.executable, "data.py", "audit", "--train_data", "nope.{lang}"],
         cwd=ROOT,

@@ -213,6 +213,14 @@ def test_checkpoint_translates_its_test_data_with_beam(tmp_path, capsys):
     ]
     assert r["config"]["test_data"] == f"{tmp_path}/test.{{lang}}"
     assert r["model_config"]["d_model"] == 16
+    assert "warning" not in capsys.readouterr().err
+    # the other direction than the checkpoint's: decoded, with a warning (a model trained both
+    # ways may be asked for either)
+    r = evaluate.main(["--checkpoint", str(ckpt), "--src_lang", "de", "--tgt_lang", "en"])
+    assert r["test_set"]["src_lang"] == "de"
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "warning: the checkpoint was trained en->de; decoding de->en (--src_lang / --tgt_lang)"
+    )
     assert hyps.read_text().split("\n")[1] == ""  # the empty source stays empty
     # the hypotheses are beam 2's, not greedy's (they differ on this model)
     model, tok, ids, cfg = load_model(ckpt)
