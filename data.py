@@ -113,9 +113,6 @@ def read_lines(path: str) -> list[str]:
     return [line for _, line in iter_lines(path)]
 
 
-_read_lines = read_lines  # the name translate.py and evaluate.py import
-
-
 def read_aligned(src: str, ref: str) -> tuple[list[str], list[str]]:
     """The lines of two files that must pair up line by line (sources and references)."""
     a, b = read_lines(src), read_lines(ref)
@@ -929,19 +926,20 @@ def _usable(
     empty = (src_len == 0) | (tgt_len == 0)
     long = ~empty & ((src_len > max_len) | (tgt_len > max_len))
     keep = ~empty & ~long
-    n, n_empty, n_long = len(keep), int(empty.sum()), int(long.sum())
-    said = f"dropped {n_empty} empty pairs and {n_long} pairs longer than {max_len} tokens"
+    counts = [
+        f"{int(empty.sum())} empty pairs",
+        f"{int(long.sum())} pairs longer than {max_len} tokens",
+    ]
     if max_ratio is not None:
         uneven = keep & (np.maximum(src_len, tgt_len) > max_ratio * np.minimum(src_len, tgt_len))
         keep &= ~uneven
-        said = (
-            f"dropped {n_empty} empty pairs, {n_long} pairs longer than {max_len} tokens and "
+        counts.append(
             f"{int(uneven.sum())} pairs with one side over {max_ratio:g}x the other's tokens"
         )
-    n_kept = int(keep.sum())
-    if n_kept == 0:
+    if not keep.any():
         raise UserError(f"{name}: no usable sentence pairs")
-    return keep, f"{said}; {n_kept} of {n} remain"
+    said = ", ".join(counts[:-1]) + " and " + counts[-1]
+    return keep, f"dropped {said}; {int(keep.sum())} of {len(keep)} remain"
 
 
 def sample_segmentations(

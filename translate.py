@@ -130,15 +130,19 @@ def decoding_mask(model: Transformer, src: torch.Tensor) -> torch.Tensor | None:
     return None if bool(src_mask.all()) else src_mask
 
 
+SAMPLING_NO_BEAM = "--sampling draws one translation per line: it takes no --beam"
+
+
 class Sampler:
     """Draws each next token from the model's distribution (--sampling), not its argmax.
 
     The draw is by inverse CDF from one uniform per sentence and step, taken up front from a
     generator seeded with (seed, the sentence's line number): a line's draws do not depend on
     the batch it is in, nor on the other lines (one generator for the batch would make them
-    depend on both); only rounding that differs between batch shapes can move one. Temperature, then top-k, then top-p of what is left, as
-    transformers chains them (fairseq takes top-p alone when given both). An ensemble's
-    temperature applies to its mean distribution (fairseq's, to each model's logits).
+    depend on both); only rounding that differs between batch shapes can move one.
+    Temperature, then top-k, then top-p of what is left, as transformers chains them (fairseq
+    takes top-p alone when given both). An ensemble's temperature applies to its mean
+    distribution (fairseq's, to each model's logits).
     """
 
     def __init__(self, temperature=1.0, topk=0, topp=1.0, seed=0):
@@ -420,7 +424,7 @@ def translate_nbest(
     if nbest > max(beam, 1):
         raise UserError(f"--nbest {nbest} needs --beam >= {nbest}")
     if sampler is not None and beam > 1:
-        raise UserError("--sampling draws one translation per line: it takes no --beam")
+        raise UserError(SAMPLING_NO_BEAM)
     device = next(model.parameters()).device
     lines = list(lines)  # a list, a datasets column, ...
     out: list[list[tuple[str, float | None]]] = [[] for _ in lines]
@@ -759,7 +763,7 @@ def sampler_of(args: argparse.Namespace) -> Sampler | None:
             raise UserError(f"{given[0]} applies to --sampling only: add --sampling")
         return None
     if args.beam > 1:
-        raise UserError("--sampling draws one translation per line: it takes no --beam")
+        raise UserError(SAMPLING_NO_BEAM)
     t, k, p, seed = args.temperature, args.sampling_topk, args.sampling_topp, args.seed
     if t is not None and not (0 < t < math.inf):
         raise UserError(f"--temperature must be finite and above 0 (got {t})")
