@@ -177,6 +177,13 @@ class TrainConfig:
     keep_last: int = 5  # step snapshots kept in output_dir/checkpoints (for `average.py`)
     patience: int | None = None  # stop after this many validations without improvement
     best_metric: str = "bleu"  # "bleu" (valid sacreBLEU, higher is better) or "loss"
+    # Fine-tuning (fairseq's --finetune-from-model): start from this checkpoint's weights (a
+    # model directory, or a run's output_dir: its best, else its last), with its tokenizer and
+    # model shape (model_dim, hidden_dims, num_heads, num_layers, decoder_layers, pre_norm,
+    # share_embeddings: they replace this config's), and a new optimizer, schedule, step count
+    # and best. Dropout and the rest are this config's. A resume continues from the run's own
+    # checkpoint instead.
+    init_from: str | None = None
     # --- logging ---
     seed: int = 1234
     log_every: int = 20  # steps between loss reads (each read is a host sync)
@@ -228,7 +235,8 @@ class TrainConfig:
         if not 0 <= self.seed < 2**32:  # what the generators take (set_seed, numpy)
             bad.append(f"seed must be in [0, 2**32) (got {self.seed})")
         text = ("train_data", "valid_data", "test_data", "train_split", "valid_split",
-                "test_split", "src_lang", "tgt_lang", "output_dir", "tokenizer")  # fmt: skip
+                "test_split", "src_lang", "tgt_lang", "output_dir", "tokenizer",
+                "init_from")  # fmt: skip
         for key in text:  # "" would be the working directory, or no language at all
             if isinstance(getattr(self, key), str) and not getattr(self, key).strip():
                 bad.append(f"{key} must not be empty")

@@ -41,8 +41,10 @@ from checkpoint import (
     copy_model_dir,
     fresh_tmp,
     latest_checkpoint,
+    load_model,
     prune_checkpoints,
     replace_dir,
+    resolve,
     step_dirs,
     write_model_dir,
 )
@@ -464,9 +466,11 @@ class StopSignal:
         return bool(accelerator.reduce(flag, "sum") > 0)
 
 
-def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
-    """Data, tokenizer, model config: everything a run needs besides the model itself."""
+def setup(cfg: TrainConfig, accelerator, resume: bool, tokenizer_from: Path | None) -> dict:
+    """Data, tokenizer, model config: everything a run needs besides the model itself.
+    `tokenizer_from`: a checkpoint whose tokenizer the run takes (init_from), else the config's."""
     out, log = Path(cfg.output_dir), accelerator.print
+    tok_cfg = dataclasses.replace(cfg, tokenizer=str(tokenizer_from)) if tokenizer_from else cfg
     # The main process reads the data, trains (or loads) the tokenizer and tokenizes first,
     # filling datasets' cache; the other processes then find all of it there (on another
     # machine with a cache of its own, its first process fills it for the others there).
@@ -477,9 +481,9 @@ def setup(cfg: TrainConfig, accelerator, resume: bool) -> dict:
         # read now, so that a bad valid_data stops the run before the tokenizing of train
         valid_text = load_text(cfg.valid_data, cfg, cfg.valid_split) if cfg.valid_data else None
         tokenizer = load_tokenizer(
-            cfg, out, train_text, reuse=resume or not accelerator.is_main_process, log=log
+            tok_cfg, out, train_text, reuse=resume or not accelerator.is_main_process, log=log
         )
-        check_targets_hold_eos(tokenizer, cfg.tokenizer)  # before tokenizing it all
+        check_targets_hold_eos(tokenizer, tok_cfg.tokenizer)  # before tokenizing it all
         train = tokenize(
             train_text, tokenizer, cfg.max_seq_length, "train", log, max_ratio=cfg.max_length_ratio
         )
@@ -587,15 +591,20 @@ MODEL_SHAPE = ("model_dim", "hidden_dims", "num_heads", "num_layers", "decoder_l
                "pre_norm", "share_embeddings")  # fmt: skip
 
 
-def check_same_model(ckpt: Path, cfg: TrainConfig) -> None:
-    """UserError naming the model settings a resume changed (the weights would not load, and
-    the error from load_state_dict names tensors, not settings)."""
+def saved_config(ckpt: Path) -> tuple[dict, dict]:
+    """A checkpoint's config.json, and its MODEL_SHAPE settings."""
     try:
         saved = json.loads((ckpt / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise unreadable(ckpt, "config.json", e) from None
     fields = TrainConfig.__dataclass_fields__
-    was = {k: saved.get(k, fields[k].default) for k in MODEL_SHAPE}
+    return saved, {k: saved.get(k, fields[k].default) for k in MODEL_SHAPE}
+
+
+def check_same_model(ckpt: Path, cfg: TrainConfig) -> None:
+    """UserError naming the model settings a resume changed (the weights would not load, and
+    the error from load_state_dict names tensors, not settings)."""
+    was = saved_config(ckpt)[1]
     now = {k: getattr(cfg, k) for k in MODEL_SHAPE}
     for shape in (was, now):  # null: as many decoder layers as encoder layers
         shape["decoder_layers"] = shape["decoder_layers"] or shape["num_layers"]
@@ -607,6 +616,45 @@ def check_same_model(ckpt: Path, cfg: TrainConfig) -> None:
             f"{ckpt.parent.parent / 'config.json'} repeats the run's), or train a new model in "
             "another output_dir"
         )
+
+
+def from_init(cfg: TrainConfig, resumed_from: Path | None):
+    """init_from: (the config with the model shape and tokenizer of the checkpoint it names,
+    that checkpoint, its model, what to log). On a resume the run's own checkpoint holds the
+    weights: its shape and tokenizer, no model, nothing to log."""
+    if resumed_from:
+        saved, shape = saved_config(resumed_from)
+        tokenizer = saved.get("tokenizer", cfg.tokenizer)  # as the run's start recorded it
+        return dataclasses.replace(cfg, **shape, tokenizer=tokenizer), resumed_from, None, ""
+    try:
+        source = resolve(cfg.init_from)
+    except UserError as e:
+        raise UserError(f"init_from: {e}") from None
+    model, _, _, trained = load_model(source)  # checked now, before the data is prepared
+    m = model.cfg  # the shape of the weights themselves
+    shape = dict(model_dim=m.d_model, hidden_dims=m.d_ff, num_heads=m.n_heads,
+                 num_layers=m.n_layers, decoder_layers=m.n_dec_layers, pre_norm=m.pre_norm,
+                 share_embeddings=m.share_embeddings)  # fmt: skip
+    # this config's values were meant for a model trained from scratch: said, not refused
+    changed = [f"{k} {getattr(cfg, k)} -> {v}" for k, v in shape.items() if getattr(cfg, k) != v]
+    note = f"init_from {source}: its weights, tokenizer and model shape"
+    note += f" ({', '.join(changed)})" if changed else ""
+    note += "; a new optimizer, schedule and step count"
+    if (trained.src_lang, trained.tgt_lang) != (cfg.src_lang, cfg.tgt_lang):
+        note += f"; warning: it was trained {trained.src_lang}->{trained.tgt_lang}, this run "
+        note += f"is {cfg.src_lang}->{cfg.tgt_lang}"
+    return dataclasses.replace(cfg, **shape, tokenizer=str(source)), source, model, note
+
+
+def init_weights(model, trained, source: Path) -> None:
+    """Copy the weights of `trained`, the model saved at `source`, into the new run's model."""
+    try:
+        model.load_state_dict(trained.state_dict())
+    except RuntimeError as e:  # a tokenizer other than the one it was trained with
+        last = str(e).strip().splitlines()[-1].strip()
+        raise UserError(
+            f"init_from {source}: its weights do not fit its tokenizer ({last})"
+        ) from None
 
 
 def _inside_an_epoch(ckpt: Path) -> bool:
@@ -630,6 +678,9 @@ def main(argv=None):
             'best_metric "bleu" needs valid_bleu_samples above 0 (or best_metric "loss")'
         )
     resumed_from = latest_checkpoint(out) if args.resume else None
+    source, init, init_note = None, None, ""
+    if cfg.init_from:  # before the data is prepared, as the check below
+        cfg, source, init, init_note = from_init(cfg, resumed_from)
     if resumed_from:
         check_same_model(resumed_from, cfg)  # before the data is prepared: minutes on WMT14
     earlier = step_dirs(out / "checkpoints")
@@ -661,7 +712,10 @@ def main(argv=None):
                 f"mixed_precision fp16 is not supported on {accelerator.device.type} "
                 "by accelerate (it would train in fp32): use bf16 or no"
             )
-        run = setup(cfg, accelerator, args.resume)
+        run = setup(cfg, accelerator, args.resume, source)
+        model = Transformer(run["model_cfg"])
+        if init is not None:
+            init_weights(model, init, source)
     except BaseException:  # bad data, Ctrl-C: a run directory made just now holds no run yet
         if created and accelerator.is_main_process:
             shutil.rmtree(out, ignore_errors=True)
@@ -670,13 +724,14 @@ def main(argv=None):
         run["log"](f"warning: fit_steps_to_time does nothing in this run: {why}")
     if keep_freed_memory(accelerator.device):  # after the data is prepared
         run["log"]("CPU: freed memory is kept for reuse (glibc mallopt), not given back")
-    model = Transformer(run["model_cfg"])
     run["log"](
         f"{len(run['train'])} training pairs, vocabulary {run['model_cfg'].src_vocab_size}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"{accelerator.mixed_precision if accelerator.mixed_precision != 'no' else 'fp32'} "
         f"on {accelerator.device.type}, {distribution(accelerator)}"
     )
+    if init_note:
+        run["log"](init_note)
     # each process takes its own batches: N processes make a step N times larger (fairseq's
     # --max-tokens is per GPU too), so the step's size is said, not left to the arithmetic
     n, accum = accelerator.num_processes, cfg.grad_accum_steps

@@ -315,23 +315,31 @@ BROKEN = {  # name -> (how to break a copy of best/, what the error says)
     [
         (broken, tool)
         for broken in BROKEN
-        for tool in ("translate", "evaluate")
+        for tool in ("translate", "evaluate", "train")
         # translate.py on these two: test_end_to_end.py, test_reliability.py
-        if tool == "evaluate" or broken not in ("missing directory", "truncated weights")
+        if tool != "translate" or broken not in ("missing directory", "truncated weights")
     ],
 )
-def test_broken_checkpoint_is_one_line(trained, corpus, tmp_path, capsys, broken, tool):
+def test_broken_checkpoint_is_one_line(
+    trained, corpus, tmp_path, monkeypatch, capsys, broken, tool
+):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(trained / "best", ckpt)
     damage, message = BROKEN[broken]
     damage(ckpt)
     if tool == "translate":
         argv = ["--checkpoint", ckpt, "--input", corpus / "test.en"]
-    else:
+    elif tool == "evaluate":
         argv = ["--checkpoint", ckpt, "--source", corpus / "test.en"]
         argv += ["--reference", corpus / "test.de"]
-    code, err = run_cli(MAINS[tool], argv, capsys)
+    else:  # fine-tuning from it
+        import train
+
+        monkeypatch.chdir(ROOT)
+        argv = train_argv(corpus, tmp_path / "ft", "--init_from", ckpt, "--max_steps", 1)[1:]
+    code, err = run_cli(train.main if tool == "train" else MAINS[tool], argv, capsys)
     assert_one_line_error(code, err, message)
+    assert not (tmp_path / "ft").exists()  # refused before the run's directory is made
 
 
 def test_evaluate_py_on_a_checkpoint_without_tokenizer(trained, corpus, tmp_path):

@@ -1137,6 +1137,36 @@ def test_sigkill_then_resume_is_bitwise_identical(corpus, tmp_path):
     assert logged_lrs(tmp_path / "a") == logged_lrs(b) and logged_lrs(b)[24] < logged_lrs(b)[4]
 
 
+def test_init_from_starts_from_a_checkpoints_weights_and_tokenizer(corpus, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(args_for(corpus, a, "--max_steps", 4))
+    # a config meant for another model, with a tokenizer of its own to train: init_from's win
+    other = ("--model_dim", 64, "--hidden_dims", 128, "--num_heads", 4, "--dropout", 0.3,
+             "--tokenizer", '{"train": "unigram", "vocab_size": 100}')  # fmt: skip
+    # one step at a learning rate too small to move a weight: the weights stay a's
+    proc = run(args_for(corpus, b, *other, "--init_from", a / "last", "--max_steps", 1,
+                        "--learning_rate", 1e-12, "--save_every", 1))  # fmt: skip
+    assert "init_from" in proc.stdout and "model_dim 64 -> 32" in proc.stdout
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-6)
+    assert (b / "last" / "tokenizer.json").read_bytes() == (
+        a / "last" / "tokenizer.json"
+    ).read_bytes()
+    state = json.loads((b / "last" / "trainer_state.json").read_text())
+    assert state["step"] == 1 and state["epoch"] == 0  # a new step count, not a's 4
+    saved = json.loads((b / "config.json").read_text())
+    assert (saved["model_dim"], saved["dropout"], saved["tokenizer"]) == (32, 0.3, str(a / "last"))
+    # a resume continues b from its own checkpoint, whose shape and tokenizer it keeps, even
+    # with the checkpoint it started from gone
+    shutil.rmtree(a)
+    proc = run([*args_for(corpus, b, *other, "--init_from", a / "last", "--max_steps", 2),
+                "--resume"])  # fmt: skip
+    assert "resumed from" in proc.stdout
+    assert json.loads((b / "last" / "trainer_state.json").read_text())["step"] == 2
+
+
 def test_max_length_ratio_filters_the_training_pairs(corpus, tmp_path, monkeypatch, capsys):
     from accelerate.state import AcceleratorState, GradientState
 
