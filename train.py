@@ -466,7 +466,7 @@ class StopSignal:
         return bool(accelerator.reduce(flag, "sum") > 0)
 
 
-def setup(cfg: TrainConfig, accelerator, resume: bool, tokenizer_from: Path | None) -> dict:
+def setup(cfg: TrainConfig, accelerator, resume: bool, tokenizer_from: Path | None = None) -> dict:
     """Data, tokenizer, model config: everything a run needs besides the model itself.
     `tokenizer_from`: a checkpoint whose tokenizer the run takes (init_from), else the config's."""
     out, log = Path(cfg.output_dir), accelerator.print
@@ -1011,6 +1011,11 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         del state["meter"]
         if ended or outcome == "done":
             break
+        # a signal during the validation (or in the epoch's last steps, before a vote): saved
+        # just now, so stop before the next epoch's batches are made and a step is trained
+        if run["stop"].agreed(accelerator, 0, 1):
+            run["log"](f"stopped by signal at step {state['step']}; continue with --resume")
+            return
     seconds = time.time() - run["started"]
     run["log"](
         f"done: step {state['step']}, checkpoints in {cfg.output_dir}; "

@@ -8,6 +8,9 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -84,6 +87,53 @@ def test_fsdp_validates_a_sample_smaller_than_the_processes(corpus, tmp_path):
         args_for(corpus, out, "--max_steps", 2, "--valid_bleu_samples", 1), launch=FSDP, timeout=120
     )
     assert "valid_bleu" in (out / "metrics.jsonl").read_text()
+
+
+def test_the_first_process_of_each_machine_prepares_the_data_before_the_others_there(
+    monkeypatch,
+):
+    """2 machines of 2 processes, as threads going first as accelerate's PartialState makes
+    processes go first (the barrier is the four threads'): the main process prepares the data
+    alone (the others reuse its tokenizer), then on the other machine, whose cache is its own,
+    its first process fills it before the other process there reads it."""
+    from accelerate.state import PartialState
+
+    barrier, here, events = threading.Barrier(4, timeout=10), threading.local(), []
+
+    class Process:
+        main_process_first = PartialState.main_process_first
+        local_main_process_first = PartialState.local_main_process_first
+        _goes_first = PartialState._goes_first
+
+        def __init__(self, rank):
+            self.is_main_process, self.is_local_main_process = rank == 0, rank % 2 == 0
+            self.wait_for_everyone, self.print = barrier.wait, lambda *_: None
+
+    def load_text(*_):  # setup()'s first data step
+        events.append((here.rank, "starts"))
+
+    def tokenize(*_, **kwargs):  # and its last: a process alongside would start meanwhile
+        time.sleep(0.05)
+        events.append((here.rank, "ends"))
+
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    monkeypatch.setattr(train, "load_text", load_text)
+    monkeypatch.setattr(train, "load_tokenizer", lambda *_, **kwargs: tok)
+    monkeypatch.setattr(train, "check_targets_hold_eos", lambda *_: None)
+    monkeypatch.setattr(train, "tokenize", tokenize)
+    monkeypatch.setattr(train, "model_config", lambda *_: None)
+
+    def process(rank):
+        here.rank = rank
+        train.setup(TrainConfig(valid_data=None), Process(rank), resume=False)
+
+    with ThreadPoolExecutor(4) as pool:
+        for done in [pool.submit(process, rank) for rank in range(4)]:
+            done.result()  # a thread's error, e.g. a barrier that timed out
+    at = {event: i for i, event in enumerate(events)}
+    assert len(at) == 8
+    assert all(at[(0, "ends")] < at[(rank, "starts")] for rank in (1, 2, 3))  # the main first
+    assert at[(2, "ends")] < at[(3, "starts")]  # machine 2: ranks 2 and 3, 2 first
 
 
 def test_resume_refuses_weight_decay_switched_off(corpus, tmp_path, single_process_run):

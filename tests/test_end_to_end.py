@@ -10,8 +10,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from safetensors import safe_open
 
 import quickstart_data
@@ -336,16 +338,56 @@ def test_multi30k_pair_bad_input_is_exit_2(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
 
 
+def select_module(monkeypatch):
+    """scripts/multi30k_select.py imported, to call its main() in this process."""
+    spec = importlib.util.spec_from_file_location("select", ROOT / "scripts/multi30k_select.py")
+    select = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(select)
+    monkeypatch.setattr(select, "keep_freed_memory", lambda: None)  # glibc's, process-wide
+    return select
+
+
+def test_multi30k_select_chooses_on_the_unrounded_val_bleu_the_first_of_a_tie(
+    tmp_path, monkeypatch
+):
+    select, data = select_module(monkeypatch), toy_multi30k(tmp_path)
+    # val BLEU of greedy and beam 2's length penalties: all print as 30.00; beam 2 with 1.0 is
+    # the best unrounded, and 1.4 ties with it exactly
+    bleu = {"1 None": 30.004, "2 0.6": 29.996, "2 1.0": 30.0049, "2 1.4": 30.0049,
+            "2 1.8": 29.9951, "2 2.2": 30.0}  # fmt: skip
+    decoded = []
+
+    def translate_texts(model, tok, ids, src, batch_size, max_len, beam, alpha=None):
+        decoded.append((len(src), beam, alpha))
+        return [f"{beam} {alpha}"] * len(src)  # the setting, for corpus_score to look up
+
+    def corpus_score(hyps, refs):
+        return SimpleNamespace(score=bleu[hyps[0]])
+
+    monkeypatch.setattr(select, "translate_texts", translate_texts)
+    fake_sacrebleu = SimpleNamespace(BLEU=lambda: SimpleNamespace(corpus_score=corpus_score))
+    monkeypatch.setattr(select, "sacrebleu", fake_sacrebleu)  # the script's alone
+    scores = {"bleu": 1.0, "bleu_signature": "", "chrf": 1.0, "chrf_signature": ""}
+    monkeypatch.setattr(select, "score", lambda hyps, refs, lowercase=False: scores)
+    loaded = (torch.nn.Linear(1, 1), None, None, SimpleNamespace(max_seq_length=32))
+    monkeypatch.setattr(select, "load_models", lambda paths: loaded)
+    out = tmp_path / "ens"
+    select.main(["--run", str(out), "--data", str(data), "--beams", "2", "--ensemble", "a", "b"])
+    report = json.loads((out / "results.json").read_text())
+    assert [r["val_bleu"] for r in report["val"]] == [30.0] * 6
+    assert report["chosen_on_val"] == {"checkpoint": "ensemble", "beam": 2, "alpha": 1.0,
+                                       "val_bleu": 30.0}  # fmt: skip
+    # val (12 lines) in every setting, then test (10 lines) once, in the chosen one
+    assert decoded == [(12, 1, None)] + [(12, 2, a) for a in select.PENALTIES] + [(10, 2, 1.0)]
+
+
 def test_multi30k_select_bad_input_is_exit_2(tmp_path, capsys, monkeypatch):
     data, run_dir = toy_multi30k(tmp_path), tmp_path / "run"
     proc = run("scripts/multi30k_select.py", "--run", run_dir, "--data", data, check=False)
     expected = f"error: nothing to average: 0 checkpoints in {run_dir}/checkpoints"
     assert proc.returncode == 2 and proc.stderr.strip() == expected
     # the rest in this process (each a subprocess cost seconds of imports)
-    spec = importlib.util.spec_from_file_location("select", ROOT / "scripts/multi30k_select.py")
-    select = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(select)
-    monkeypatch.setattr(select, "keep_freed_memory", lambda: None)  # glibc's, process-wide
+    select = select_module(monkeypatch)
     # an ensemble that does not load leaves no new --run folder
     with pytest.raises(UserError, match="missing"):
         select.main(["--run", str(tmp_path / "ens"), "--data", str(data), "--ensemble",

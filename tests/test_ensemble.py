@@ -150,29 +150,37 @@ def test_cli_translates_with_an_ensemble_of_checkpoints(pair, tmp_path):
     assert report["bleu"] >= 0 and report["sentences"] == len(LINES)
 
 
-def test_the_same_pieces_under_other_ids_are_re_indexed(pair, tmp_path, capsys):
+@pytest.mark.parametrize("share", [True, False])
+def test_the_same_pieces_under_other_ids_are_re_indexed(pair, tmp_path, capsys, share):
     """A copy of checkpoint a whose tokenizer numbers its pieces otherwise, its embedding rows
-    moved to match (the same model), decodes in an ensemble with a exactly as a alone."""
-    model, tok, ids, cfg = load_model(pair[0])
-    state = json.loads((pair[0] / "tokenizer.json").read_text())
+    moved to match (the same model), decodes in an ensemble with a exactly as a alone; with
+    share_embeddings false, the rows of both tables (the target's tied to the output layer)."""
+    first = pair[0] if share else make_checkpoint(tmp_path / "a", share_embeddings=False)
+    model, tok, ids, cfg = load_model(first)
+    assert model.cfg.share_embeddings == share
+    state = json.loads((first / "tokenizer.json").read_text())
     pieces = state["model"]["vocab"]
     # ids 10..19 rotated (not reversed: a reversal is its own inverse, so the inverse
     # re-indexing would pass too): new id j holds the piece of old id j + 1, id 19 old 10's
     pieces[10:20] = pieces[11:20] + pieces[10:11]
-    moved = shutil.copytree(pair[0], tmp_path / "moved")
+    moved = shutil.copytree(first, tmp_path / "moved")
     (moved / "tokenizer.json").write_text(json.dumps(state))
     with torch.no_grad():
-        rows = model.src_embed.tokens.weight
-        rows[10:20] = rows[10:20].roll(-1, 0)
+        for embed in [model.src_embed] if share else [model.src_embed, model.tgt_embed]:
+            rows = embed.tokens.weight
+            rows[10:20] = rows[10:20].roll(-1, 0)
     moved_tok = AutoTokenizer.from_pretrained(moved)
     assert moved_tok.get_vocab() != tok.get_vocab()
     save_model_dir(moved, model.state_dict(), cfg, model.cfg, ids, moved_tok)
 
     lines = [line for line in LINES if line]
-    alone = translate_texts(load_model(pair[0])[0], tok, ids, lines, beam=2)
+    original = load_model(first)[0]
+    alone = translate_texts(original, tok, ids, lines, beam=2)
     capsys.readouterr()
-    ensemble, *_ = load_models([str(pair[0]), str(moved)])
+    ensemble, *_ = load_models([str(first), str(moved)])
     assert "10 pieces re-indexed" in capsys.readouterr().err
+    re_indexed = ensemble.models[1].state_dict()  # the copy, its rows back where a has them
+    assert [k for k, w in original.state_dict().items() if not torch.equal(re_indexed[k], w)] == []
     assert translate_texts(ensemble, tok, ids, lines, beam=2) == alone
 
 

@@ -1316,6 +1316,73 @@ def test_sigterm_saves_and_exits_zero(corpus, tmp_path):
     assert state["step"] >= 2 and (out / "last" / "state").is_dir()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_a_finished_run_validates_its_last_step_waits_for_the_save(monkeypatch, sig):
+    # resumed from a checkpoint saved at max_steps before the run's end validated it, fit()
+    # validates now; a signal then waits for the save, as during training: the validation is
+    # saved (a resume has nothing left to do) and fit() returns, for main() to exit 0
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def unhandled(signum, frame):  # in place of the defaults, which would end pytest
+        raise AssertionError(f"{signal.Signals(signum).name} not handled")
+
+    def evaluate(*_):
+        os.kill(os.getpid(), sig)
+        return {"valid_loss": 1.0}
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(train, "write_metrics", lambda *_: None)
+    saved = []
+    monkeypatch.setattr(train, "save", lambda acc, model, run, state, best: saved.append(state))
+    logged = []
+    run = {"cfg": TrainConfig(max_steps=80), "ids": None, "valid": object(), "log": logged.append}
+    state = {"epoch": 2, "step": 80, "batch_in_epoch": 7, "best": None, "bad_evals": 0,
+             "validated_step": 60}  # fmt: skip
+    try:
+        for s in handlers:
+            signal.signal(s, unhandled)
+        train.fit(None, None, None, None, run, state)
+        assert run["stop"].requested
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    assert logged == ["already at max_steps (80); validating the last step",
+                      "epoch 3: step 80 valid_loss 1.000 (best)"]  # fmt: skip
+    assert [s["validated_step"] for s in saved] == [80]
+    assert train.nothing_to_do(run["cfg"], saved[0])
+
+
+def test_a_signal_during_an_epochs_validation_stops_once_it_is_saved(corpus, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """SIGTERM while epoch 1 validates: its checkpoint is the stop's, and no step of epoch 2 is
+    trained (the next vote would come after a step, with the next epoch's batches made first,
+    spending a preemption's grace period)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    validate = train.evaluate
+
+    def evaluate(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return validate(*args)
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.chdir(ROOT)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton
+    try:  # log_every 1000: no vote inside an epoch
+        train.main(args_for(corpus, tmp_path, "--epochs", 3, "--log_every", 1000)[1:])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    validated = [r["step"] for r in records if "valid_loss" in r]
+    state = json.loads((tmp_path / "last" / "trainer_state.json").read_text())
+    assert len(validated) == 1 and state["step"] == validated[0]
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 0)  # a resume starts epoch 2
+
+
 FSDP = "configs/accelerate/fsdp_cpu.yaml"
 DDP = "configs/accelerate/cpu_ddp.yaml"
 # Strong weight decay, so that a process that decayed LayerNorm gains (AdamW's no-decay param group
