@@ -709,11 +709,7 @@ def decoding_options(args: argparse.Namespace) -> dict:
         raise UserError(
             "--length_penalty applies to beam search only: add --beam N (greedy ignores it)"
         )
-    try:  # before loading anything: a misspelled device or no CUDA is one line, not a traceback
-        if torch.empty(0, device=args.device).device.type == "meta":
-            raise RuntimeError("tensors without data cannot be decoded")
-    except (RuntimeError, AssertionError) as e:  # AssertionError: torch built without CUDA
-        raise UserError(f"--device {args.device}: not usable here ({_first_line(e)})") from None
+    check_device(args.device)
     return {
         "beam": args.beam,
         "alpha": None if args.beam == 1 else 0.6 if alpha is None else alpha,  # greedy: none
@@ -721,6 +717,15 @@ def decoding_options(args: argparse.Namespace) -> dict:
         "max_len_b": args.max_len_b,
         "mixed_precision": args.mixed_precision,
     }
+
+
+def check_device(device: str) -> None:
+    """Before loading anything: a misspelled device or no CUDA is one line, not a traceback."""
+    try:
+        if torch.empty(0, device=device).device.type == "meta":
+            raise RuntimeError("tensors without data cannot be decoded")
+    except (RuntimeError, AssertionError) as e:  # AssertionError: torch built without CUDA
+        raise UserError(f"--device {device}: not usable here ({_first_line(e)})") from None
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

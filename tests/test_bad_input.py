@@ -107,6 +107,11 @@ def trained(corpus, tmp_path_factory) -> Path:
         ("evaluate", ["--checkpoint", "nowhere", "--lower"], "--lower"),
         ("average", ["--checkpoints", "a", "b", "--out", "c", "--las", "3"], "--las"),
         ("export", ["--checkpoint", "nowhere", "--out", "c", "--ct", "c2"], "--ct"),
+        (
+            "score",
+            ["--checkpoint", "nowhere", "--source", "s", "--target", "t", "--norm"],
+            "--norm",
+        ),  # fmt: skip
         ("data", ["audit", "--conf", "nowhere.json"], "unknown config key: conf"),
     ],
 )
@@ -315,7 +320,7 @@ BROKEN = {  # name -> (how to break a copy of best/, what the error says)
     [
         (broken, tool)
         for broken in BROKEN
-        for tool in ("translate", "evaluate", "train")
+        for tool in ("translate", "evaluate", "train", "score")
         # translate.py on these two: test_end_to_end.py, test_reliability.py
         if tool != "translate" or broken not in ("missing directory", "truncated weights")
     ],
@@ -329,15 +334,16 @@ def test_broken_checkpoint_is_one_line(
     damage(ckpt)
     if tool == "translate":
         argv = ["--checkpoint", ckpt, "--input", corpus / "test.en"]
-    elif tool == "evaluate":
+    elif tool in ("evaluate", "score"):
         argv = ["--checkpoint", ckpt, "--source", corpus / "test.en"]
-        argv += ["--reference", corpus / "test.de"]
+        argv += ["--reference" if tool == "evaluate" else "--target", corpus / "test.de"]
     else:  # fine-tuning from it
         import train
 
         monkeypatch.chdir(ROOT)
         argv = train_argv(corpus, tmp_path / "ft", "--init_from", ckpt, "--max_steps", 1)[1:]
-    code, err = run_cli(train.main if tool == "train" else MAINS[tool], argv, capsys)
+    main = train.main if tool == "train" else importlib.import_module(tool).main
+    code, err = run_cli(main, argv, capsys)
     assert_one_line_error(code, err, message)
     assert not (tmp_path / "ft").exists()  # refused before the run's directory is made
 
@@ -378,7 +384,7 @@ def test_stdin_closed_is_one_line(trained, tmp_path, monkeypatch, capsys):
     assert_one_line_error(code, err, "no input: stdin is closed; give --hypotheses")
 
 
-@pytest.mark.parametrize("tool", ["translate", "evaluate", "average", "export"])
+@pytest.mark.parametrize("tool", ["translate", "evaluate", "average", "export", "score"])
 def test_a_usage_error_is_one_line(tool, capsys):
     # argparse printed its usage block before the error
     main = importlib.import_module(tool).main

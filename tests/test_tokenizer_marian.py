@@ -247,3 +247,20 @@ def test_loading_and_encoding_long_lines_say_nothing_of_transformers(marian_dir,
     assert not [w for w in caught if "sacremoses" in str(w.message)]
     encode_sources(tok, [" ".join(EN) * 20])
     assert "Token indices sequence length" not in capsys.readouterr().err
+
+
+def test_score_py_encodes_targets_with_the_target_model(marian, tmp_path):
+    import torch
+
+    import score
+    from checkpoint import load_model
+    from test_translate import make_checkpoint
+
+    model, tok, ids, cfg = load_model(make_checkpoint(tmp_path / "ckpt", tok=marian))
+    as_targets = encode_targets(tok, DE)
+    assert as_targets != encode_sources(tok, DE)  # the two models cut German apart
+    scored = score.score_pairs(model, tok, ids, EN, DE, cfg.max_seq_length)
+    for (logp, n), en, labels in zip(scored, EN, as_targets, strict=True):
+        src = torch.tensor(encode_sources(tok, [en]))
+        expected = score.score_batch(model, src, torch.tensor([labels]), ids).item()
+        assert n == len(labels) and logp == pytest.approx(expected, abs=1e-4)

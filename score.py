@@ -1,0 +1,173 @@
+"""Score given translations: the log-probability a model gives each target for its source.
+
+    python score.py --checkpoint runs/multi30k --source test.en --target test.de > scores.txt
+    python score.py --checkpoint runs/de-en --source mono.de --target synthetic.en --normalize
+
+Teacher forcing, no search: fairseq-generate's --score-reference, Marian's marian-scorer,
+OpenNMT-py's gold scores. Uses: the perplexity of a test set, reranking n-best lists (with a
+model of the other direction: noisy-channel reranking), filtering synthetic or crawled pairs by
+their scores under both directions (dual conditional cross-entropy, Junczys-Dowmunt 2018).
+
+Output: one line per pair, in input order: log P(target | source) in nats, summed over the
+target's tokens, </s> included (--normalize: the mean per token). The target is encoded as a
+target (Marian tokenizers have a target-side model of their own), exactly as training encodes
+its labels. An empty line (or one the tokenizer reads as nothing) is the empty sentence, </s>
+alone, on either side. A source longer than the checkpoint's max_seq_length tokens is truncated
+with a warning naming its line, as translate.py does; a target longer than the model's
+positional table is refused. stderr ends with the corpus figures: target tokens, nats per token
+and perplexity. Several --checkpoint dirs score with their ensemble (the mean of their
+next-token probabilities, as they decode). An --output file appears only once complete.
+"""
+
+import argparse
+import math
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from config import ArgumentParser, UserError, cli
+from cpu_memory import keep_freed_memory
+from data import SpecialIds, encode_targets, read_aligned, token_batches
+from model import shift_right
+from translate import (
+    PRECISIONS,
+    _encode,
+    check_device,
+    check_not_an_input,
+    decoding_autocast,
+    open_output,
+)
+
+
+@torch.no_grad()
+def score_batch(model, src: torch.Tensor, labels: torch.Tensor, ids: SpecialIds) -> torch.Tensor:
+    """src (B, S), labels (B, T) padded -> log P(labels | src) (B,), summed over real tokens."""
+    src_mask = model.src_mask(src)
+    memory = model.encode(src, src_mask)
+    logits = model.decode(shift_right(labels, ids.start, ids.pad), memory, src_mask)  # (B, T, V)
+    # -cross-entropy is the log-probability of each label; padding gives 0 (ignore_index)
+    logp = -F.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=ids.pad, reduction="none"
+    )  # (B, T)
+    return logp.sum(1)
+
+
+def score_pairs(
+    model,
+    tokenizer,
+    ids: SpecialIds,
+    sources: list[str],
+    targets: list[str],
+    max_src_len: int,
+    batch_size: int = 64,
+    max_tokens: int = 4096,
+    mixed_precision: str = "no",
+    progress=None,
+) -> list[tuple[float, int]]:
+    """Pairs -> (log P(target | source), target tokens) for each, in input order. Batches hold
+    at most `batch_size` pairs and `max_tokens` padded tokens on either side (the logits are
+    batch x length x vocabulary)."""
+    limit = model.cfg.max_len  # the positional table
+    src = _encode(tokenizer, ids, sources, min(max_src_len, limit), range(1, len(sources) + 1))
+    tgt = encode_targets(tokenizer, targets)
+    src, tgt = [s or [ids.eos] for s in src], [t or [ids.eos] for t in tgt]  # empty: </s> alone
+    for n, t in enumerate(tgt, 1):
+        if len(t) > limit:
+            raise UserError(f"target line {n}: {len(t)} tokens, the model's positions {limit}")
+    lengths = np.array([max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)])
+    batches = token_batches(lengths, max_tokens, batch_size, 0, 0, shuffle=False)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(src)
+    for index in batches:
+        pad = {"src": max(len(src[i]) for i in index), "tgt": max(len(tgt[i]) for i in index)}
+        s = torch.full((len(index), pad["src"]), ids.pad, dtype=torch.long)
+        t = torch.full((len(index), pad["tgt"]), ids.pad, dtype=torch.long)
+        for row, i in enumerate(index):
+            s[row, : len(src[i])], t[row, : len(tgt[i])] = (
+                torch.tensor(src[i]),
+                torch.tensor(tgt[i]),
+            )
+        with decoding_autocast(device, mixed_precision):
+            logp = score_batch(model, s.to(device), t.to(device), ids).tolist()
+        for row, i in enumerate(index):
+            out[i] = (logp[row], len(tgt[i]))
+        if progress is not None:
+            progress.update(len(index))
+    model.train(was_training)
+    return out
+
+
+def main(argv=None):
+    from ensemble import load_models
+
+    p = ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__[__doc__.index("Teacher forcing") :],
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="checkpoint dir or a run's output_dir; several: their ensemble",
+    )
+    p.add_argument("--source", required=True, help="source sentences, one per line (.gz ok)")
+    p.add_argument("--target", required=True, help="their translations, line by line (.gz ok)")
+    p.add_argument("--output", help="default stdout")
+    p.add_argument("--normalize", action="store_true", help="the mean per target token")
+    p.add_argument("--batch_size", type=int, default=64, help="pairs per batch (default 64)")
+    p.add_argument(
+        "--max_tokens",
+        type=int,
+        default=4096,
+        help="padded tokens per batch, either side (default 4096)",
+    )
+    p.add_argument("--mixed_precision", choices=PRECISIONS, default="no", help="bf16: autocast")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda if available, else cpu)",
+    )
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.max_tokens < 1:
+        raise UserError("--batch_size and --max_tokens must be >= 1")
+    check_device(args.device)
+    check_not_an_input("--output", args.output, {"--source": args.source, "--target": args.target})
+    sources, targets = read_aligned(args.source, args.target)
+    model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
+    keep_freed_memory(args.device)
+    bar = tqdm(desc="scoring", unit=" pairs", total=len(sources), file=sys.stderr, disable=None)
+    with bar:
+        scored = score_pairs(
+            model,
+            tokenizer,
+            ids,
+            sources,
+            targets,
+            cfg.max_seq_length,
+            args.batch_size,
+            args.max_tokens,
+            args.mixed_precision,
+            progress=bar,
+        )
+    with open_output(args.output) as out:
+        out.writelines(f"{logp / n if args.normalize else logp:.6f}\n" for logp, n in scored)
+    total, tokens = sum(logp for logp, _ in scored), sum(n for _, n in scored)
+    if tokens:
+        nll = -total / tokens
+        print(
+            f"{len(scored):,} pairs, {tokens:,} target tokens (</s> included): "
+            f"{nll:.4f} nats per token, perplexity {math.exp(nll):.2f}",
+            file=sys.stderr,
+        )
+
+
+if __name__ == "__main__":
+    cli(main)
