@@ -248,20 +248,10 @@ class TrainConfig:
             bad.append(f"max_length_ratio must be >= 1 or null (got {self.max_length_ratio})")
         if not 0 <= self.subword_alpha <= 1:
             bad.append(f"subword_alpha must be in [0, 1] (got {self.subword_alpha})")
-        elif self.subword_alpha and (
-            not isinstance(self.tokenizer, dict) or self.tokenizer.get("train") != "unigram"
-        ):
-            bad.append(
-                'subword_alpha needs a tokenizer trained here: {"train": "unigram", ...} '
-                f"(got {self.tokenizer!r})"
-            )
+        if not self.init_from:  # else the checkpoint's tokenizer: train.py checks it then
+            bad += self.tokenizer_errors()
         if self.bidirectional_epochs < 0:
             bad.append(f"bidirectional_epochs must be >= 0 (got {self.bidirectional_epochs})")
-        elif self.bidirectional_epochs and not isinstance(self.tokenizer, dict):
-            bad.append(
-                "bidirectional_epochs needs a joint tokenizer trained here: "
-                f'{{"train": "unigram"|"bpe", ...}} (got {self.tokenizer!r})'
-            )
         elif self.bidirectional_epochs and self.bidirectional_epochs >= self.epochs:
             bad.append(
                 f"bidirectional_epochs ({self.bidirectional_epochs}) must be < epochs "
@@ -331,6 +321,23 @@ class TrainConfig:
                 )
             elif not _positive_int(self.tokenizer.get("vocab_size", 8000)):
                 bad.append("tokenizer.vocab_size must be a positive integer")
+        return bad
+
+    def tokenizer_errors(self) -> list[str]:
+        """What subword_alpha and bidirectional_epochs need of the tokenizer setting."""
+        bad = []
+        if 0 < self.subword_alpha <= 1 and (
+            not isinstance(self.tokenizer, dict) or self.tokenizer.get("train") != "unigram"
+        ):
+            bad.append(
+                'subword_alpha needs a tokenizer trained here: {"train": "unigram", ...} '
+                f"(got {self.tokenizer!r})"
+            )
+        if self.bidirectional_epochs > 0 and not isinstance(self.tokenizer, dict):
+            bad.append(
+                "bidirectional_epochs needs a joint tokenizer trained here: "
+                f'{{"train": "unigram"|"bpe", ...}} (got {self.tokenizer!r})'
+            )
         return bad
 
     def to_dict(self) -> dict:

@@ -469,8 +469,10 @@ def load_tokenizer(
     train_texts=None,
     reuse: bool = False,
     log=print,
+    saved_in: str | Path | None = None,
 ):
-    """The tokenizer named in the config, or one trained on the training split.
+    """The tokenizer named in the config, or one trained on the training split, or the one saved
+    in the checkpoint directory `saved_in` (init_from: the model's ids are its ids).
 
     `train_texts` is the training split (a Dataset with "src"/"tgt": the trained tokenizer is
     then cached by its fingerprint, so the same data and settings train once) or a function
@@ -479,8 +481,8 @@ def load_tokenizer(
     other than the main one) the one already saved there is loaded instead.
     """
 
-    if not isinstance(cfg.tokenizer, dict):
-        tok = load_pretrained_tokenizer(cfg.tokenizer)
+    if saved_in is not None or not isinstance(cfg.tokenizer, dict):
+        tok = load_pretrained_tokenizer(str(saved_in or cfg.tokenizer))
         check_direction(tok, cfg)
         return tok
     saved = Path(out_dir) / "tokenizer" if out_dir else None
@@ -512,6 +514,18 @@ def load_tokenizer(
     if saved:
         tok.save_pretrained(saved)
     return tok
+
+
+def init_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The checkpoint directory init_from names (its tokenizer is the run's), else None."""
+    if not cfg.init_from:
+        return None
+    from checkpoint import resolve  # which imports this module
+
+    try:
+        return resolve(cfg.init_from)
+    except UserError as e:
+        raise UserError(f"init_from: {e}") from None
 
 
 def check_direction(tok, cfg: TrainConfig) -> None:
@@ -1123,9 +1137,10 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
         tok, unit = None, "words"
         log("lengths: whitespace-separated words")
     else:
-        tok, unit = load_tokenizer(cfg, None, texts["train"], log=lambda _: None), "tokens"
-        name = cfg.tokenizer
-        if isinstance(cfg.tokenizer, dict):
+        init = init_checkpoint(cfg)
+        tok = load_tokenizer(cfg, None, texts["train"], log=lambda _: None, saved_in=init)
+        unit, name = "tokens", f"{init}'s (init_from)" if init else cfg.tokenizer
+        if isinstance(name, dict):
             name = (
                 f"{cfg.tokenizer['train']} {cfg.tokenizer.get('vocab_size', 8000)} trained on train"
             )
@@ -1230,7 +1245,7 @@ def prepare(cfg: TrainConfig, log=print) -> None:
     train = load_text(cfg.train_data, cfg, cfg.train_split)
     log(f"train: {len(train):,} pairs read in {time.time() - started:.1f} s")
     t = time.time()
-    tok = load_tokenizer(cfg, None, train, log=log)
+    tok = load_tokenizer(cfg, None, train, log=log, saved_in=init_checkpoint(cfg))
     log(f"tokenizer ready in {time.time() - t:.1f} s")
     corpus = tokenize(train, tok, cfg.max_seq_length, "train", log, max_ratio=cfg.max_length_ratio)
     if cfg.valid_data:

@@ -4,19 +4,21 @@
     python score.py --checkpoint runs/de-en --source mono.de --target synthetic.en --normalize
 
 Teacher forcing, no search: fairseq-generate's --score-reference, Marian's marian-scorer,
-OpenNMT-py's gold scores. Uses: the perplexity of a test set, reranking n-best lists (with a
-model of the other direction: noisy-channel reranking), filtering synthetic or crawled pairs by
-their scores under both directions (dual conditional cross-entropy, Junczys-Dowmunt 2018).
+OpenNMT-py's gold scores. Uses: the perplexity of a test set, reranking hypotheses (an n-best
+list written one pair per line) with a model of the other direction (noisy-channel reranking),
+filtering synthetic or crawled pairs by their scores under both directions (dual conditional
+cross-entropy, Junczys-Dowmunt 2018).
 
-Output: one line per pair, in input order: log P(target | source) in nats, summed over the
-target's tokens, </s> included (--normalize: the mean per token). The target is encoded as a
+Output: one line per pair, in input order: log P(target | source) in nats (natural log),
+summed over the target's tokens, </s> included, as marian-scorer writes it (--normalize: the
+mean per token; fairseq prints that mean in bits, divided by ln 2). The target is encoded as a
 target (Marian tokenizers have a target-side model of their own), exactly as training encodes
 its labels. An empty line (or one the tokenizer reads as nothing) is the empty sentence, </s>
-alone, on either side. A source longer than the checkpoint's max_seq_length tokens is truncated
-with a warning naming its line, as translate.py does; a target longer than the model's
-positional table is refused. stderr ends with the corpus figures: target tokens, nats per token
-and perplexity. Several --checkpoint dirs score with their ensemble (the mean of their
-next-token probabilities, as they decode). An --output file appears only once complete.
+alone, on either side. Sources are scored whole, not cut at max_seq_length as translate.py cuts
+them; a pair with a side longer than the model's positional table gets nan, counted on stderr,
+whose last line gives the corpus figures: target tokens, nats per token and perplexity. Several
+--checkpoint dirs score with their ensemble (the mean of their next-token probabilities, as they
+decode). An --output file appears only once complete.
 """
 
 import argparse
@@ -30,11 +32,10 @@ from tqdm.auto import tqdm
 
 from config import ArgumentParser, UserError, cli
 from cpu_memory import keep_freed_memory
-from data import SpecialIds, encode_targets, read_aligned, token_batches
+from data import SpecialIds, encode_sources, encode_targets, read_aligned, token_batches
 from model import shift_right
 from translate import (
     PRECISIONS,
-    _encode,
     check_device,
     check_not_an_input,
     decoding_autocast,
@@ -61,32 +62,31 @@ def score_pairs(
     ids: SpecialIds,
     sources: list[str],
     targets: list[str],
-    max_src_len: int,
     batch_size: int = 64,
     max_tokens: int = 4096,
     mixed_precision: str = "no",
     progress=None,
 ) -> list[tuple[float, int]]:
-    """Pairs -> (log P(target | source), target tokens) for each, in input order. Batches hold
-    at most `batch_size` pairs and `max_tokens` padded tokens on either side (the logits are
-    batch x length x vocabulary)."""
-    limit = model.cfg.max_len  # the positional table
-    src = _encode(tokenizer, ids, sources, min(max_src_len, limit), range(1, len(sources) + 1))
-    tgt = encode_targets(tokenizer, targets)
+    """Pairs -> (log P(target | source), target tokens) for each, in input order; NaN for a pair
+    with a side longer than the model's positional table. Batches hold at most `batch_size`
+    pairs and `max_tokens` padded tokens on either side (the logits are batch x length x
+    vocabulary)."""
+    if not sources:
+        return []
+    src, tgt = encode_sources(tokenizer, sources), encode_targets(tokenizer, targets)
     src, tgt = [s or [ids.eos] for s in src], [t or [ids.eos] for t in tgt]  # empty: </s> alone
-    for n, t in enumerate(tgt, 1):
-        if len(t) > limit:
-            raise UserError(f"target line {n}: {len(t)} tokens, the model's positions {limit}")
-    lengths = np.array([max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)])
+    out = [(math.nan, len(t)) for t in tgt]
+    fits = [i for i in range(len(src)) if max(len(src[i]), len(tgt[i])) <= model.cfg.max_len]
+    lengths = np.array([max(len(src[i]), len(tgt[i])) for i in fits], dtype=np.int64)
     batches = token_batches(lengths, max_tokens, batch_size, 0, 0, shuffle=False)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(src)
-    for index in batches:
-        pad = {"src": max(len(src[i]) for i in index), "tgt": max(len(tgt[i]) for i in index)}
-        s = torch.full((len(index), pad["src"]), ids.pad, dtype=torch.long)
-        t = torch.full((len(index), pad["tgt"]), ids.pad, dtype=torch.long)
+    if progress is not None:
+        progress.update(len(src) - len(fits))
+    for index in ([fits[j] for j in batch] for batch in batches):
+        s = torch.full((len(index), max(len(src[i]) for i in index)), ids.pad, dtype=torch.long)
+        t = torch.full((len(index), max(len(tgt[i]) for i in index)), ids.pad, dtype=torch.long)
         for row, i in enumerate(index):
             s[row, : len(src[i])], t[row, : len(tgt[i])] = (
                 torch.tensor(src[i]),
@@ -141,7 +141,7 @@ def main(argv=None):
     check_device(args.device)
     check_not_an_input("--output", args.output, {"--source": args.source, "--target": args.target})
     sources, targets = read_aligned(args.source, args.target)
-    model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
+    model, tokenizer, ids, _ = load_models(args.checkpoint, args.device)
     keep_freed_memory(args.device)
     bar = tqdm(desc="scoring", unit=" pairs", total=len(sources), file=sys.stderr, disable=None)
     with bar:
@@ -151,7 +151,6 @@ def main(argv=None):
             ids,
             sources,
             targets,
-            cfg.max_seq_length,
             args.batch_size,
             args.max_tokens,
             args.mixed_precision,
@@ -159,6 +158,13 @@ def main(argv=None):
         )
     with open_output(args.output) as out:
         out.writelines(f"{logp / n if args.normalize else logp:.6f}\n" for logp, n in scored)
+    if skipped := [n for n, (logp, _) in enumerate(scored, 1) if math.isnan(logp)]:
+        print(
+            f"warning: {len(skipped):,} pair(s) not scored (nan), a side longer than the "
+            f"model's {model.cfg.max_len} positions: line {skipped[0]} first",
+            file=sys.stderr,
+        )
+    scored = [(logp, n) for logp, n in scored if not math.isnan(logp)]
     total, tokens = sum(logp for logp, _ in scored), sum(n for _, n in scored)
     if tokens:
         nll = -total / tokens

@@ -44,7 +44,6 @@ from checkpoint import (
     load_model,
     prune_checkpoints,
     replace_dir,
-    resolve,
     step_dirs,
     write_model_dir,
 )
@@ -55,8 +54,10 @@ from data import (
     SpecialIds,
     batch_iter,
     both_ways,
+    check_direction,
     check_targets_hold_eos,
     has_splits,
+    init_checkpoint,
     load_text,
     load_tokenizer,
     sample_segmentations,
@@ -470,7 +471,6 @@ def setup(cfg: TrainConfig, accelerator, resume: bool, tokenizer_from: Path | No
     """Data, tokenizer, model config: everything a run needs besides the model itself.
     `tokenizer_from`: a checkpoint whose tokenizer the run takes (init_from), else the config's."""
     out, log = Path(cfg.output_dir), accelerator.print
-    tok_cfg = dataclasses.replace(cfg, tokenizer=str(tokenizer_from)) if tokenizer_from else cfg
     # The main process reads the data, trains (or loads) the tokenizer and tokenizes first,
     # filling datasets' cache; the other processes then find all of it there (on another
     # machine with a cache of its own, its first process fills it for the others there).
@@ -480,10 +480,9 @@ def setup(cfg: TrainConfig, accelerator, resume: bool, tokenizer_from: Path | No
         train_text = load_text(cfg.train_data, cfg, cfg.train_split)
         # read now, so that a bad valid_data stops the run before the tokenizing of train
         valid_text = load_text(cfg.valid_data, cfg, cfg.valid_split) if cfg.valid_data else None
-        tokenizer = load_tokenizer(
-            tok_cfg, out, train_text, reuse=resume or not accelerator.is_main_process, log=log
-        )
-        check_targets_hold_eos(tokenizer, tok_cfg.tokenizer)  # before tokenizing it all
+        reuse = resume or not accelerator.is_main_process
+        tokenizer = load_tokenizer(cfg, out, train_text, reuse, log, saved_in=tokenizer_from)
+        check_targets_hold_eos(tokenizer, cfg.tokenizer)  # before tokenizing it all
         train = tokenize(
             train_text, tokenizer, cfg.max_seq_length, "train", log, max_ratio=cfg.max_length_ratio
         )
@@ -619,22 +618,28 @@ def check_same_model(ckpt: Path, cfg: TrainConfig) -> None:
 
 
 def from_init(cfg: TrainConfig, resumed_from: Path | None):
-    """init_from: (the config with the model shape and tokenizer of the checkpoint it names,
-    that checkpoint, its model, what to log). On a resume the run's own checkpoint holds the
-    weights: its shape and tokenizer, no model, nothing to log."""
+    """init_from: (the config with the model shape and tokenizer setting of the checkpoint it
+    names, that checkpoint, its model, what to log). On a resume the run's own checkpoint holds
+    the weights: its shape and tokenizer, no model, nothing to log."""
     if resumed_from:
         saved, shape = saved_config(resumed_from)
-        tokenizer = saved.get("tokenizer", cfg.tokenizer)  # as the run's start recorded it
+        tokenizer = saved.get("tokenizer", cfg.tokenizer)
         return dataclasses.replace(cfg, **shape, tokenizer=tokenizer), resumed_from, None, ""
-    try:
-        source = resolve(cfg.init_from)
-    except UserError as e:
-        raise UserError(f"init_from: {e}") from None
-    model, _, _, trained = load_model(source)  # checked now, before the data is prepared
+    source = init_checkpoint(cfg)
+    model, tok, _, trained = load_model(source)  # checked now, before the data is prepared
     m = model.cfg  # the shape of the weights themselves
-    shape = dict(model_dim=m.d_model, hidden_dims=m.d_ff, num_heads=m.n_heads,
-                 num_layers=m.n_layers, decoder_layers=m.n_dec_layers, pre_norm=m.pre_norm,
-                 share_embeddings=m.share_embeddings)  # fmt: skip
+    try:
+        if len(tok) != m.src_vocab_size:  # the new model's vocabulary is its tokenizer's
+            raise UserError(f"its tokenizer has {len(tok)} tokens, its model {m.src_vocab_size}")
+        check_direction(tok, cfg)  # a Marian tokenizer made for the other direction
+        shape = dict(model_dim=m.d_model, hidden_dims=m.d_ff, num_heads=m.n_heads,
+                     num_layers=m.n_layers, decoder_layers=m.n_dec_layers, pre_norm=m.pre_norm,
+                     share_embeddings=m.share_embeddings)  # fmt: skip
+        adopted = dataclasses.replace(cfg, **shape, tokenizer=trained.tokenizer)
+        if bad := adopted.tokenizer_errors():  # was its tokenizer trained in its run?
+            raise UserError("; ".join(bad))
+    except UserError as e:
+        raise UserError(f"init_from {source}: {e}") from None
     # this config's values were meant for a model trained from scratch: said, not refused
     changed = [f"{k} {getattr(cfg, k)} -> {v}" for k, v in shape.items() if getattr(cfg, k) != v]
     note = f"init_from {source}: its weights, tokenizer and model shape"
@@ -643,18 +648,16 @@ def from_init(cfg: TrainConfig, resumed_from: Path | None):
     if (trained.src_lang, trained.tgt_lang) != (cfg.src_lang, cfg.tgt_lang):
         note += f"; warning: it was trained {trained.src_lang}->{trained.tgt_lang}, this run "
         note += f"is {cfg.src_lang}->{cfg.tgt_lang}"
-    return dataclasses.replace(cfg, **shape, tokenizer=str(source)), source, model, note
+    return adopted, source, model, note
 
 
 def init_weights(model, trained, source: Path) -> None:
     """Copy the weights of `trained`, the model saved at `source`, into the new run's model."""
     try:
         model.load_state_dict(trained.state_dict())
-    except RuntimeError as e:  # a tokenizer other than the one it was trained with
+    except RuntimeError as e:  # not expected: from_init checked the shape and vocabulary
         last = str(e).strip().splitlines()[-1].strip()
-        raise UserError(
-            f"init_from {source}: its weights do not fit its tokenizer ({last})"
-        ) from None
+        raise UserError(f"init_from {source}: its weights do not fit ({last})") from None
 
 
 def _inside_an_epoch(ckpt: Path) -> bool:
@@ -678,6 +681,9 @@ def main(argv=None):
             'best_metric "bleu" needs valid_bleu_samples above 0 (or best_metric "loss")'
         )
     resumed_from = latest_checkpoint(out) if args.resume else None
+    if resumed_from and not cfg.init_from:  # a fine-tuning run goes on as it began
+        init_from = saved_config(resumed_from)[0].get("init_from")
+        cfg = dataclasses.replace(cfg, init_from=init_from) if init_from else cfg
     source, init, init_note = None, None, ""
     if cfg.init_from:  # before the data is prepared, as the check below
         cfg, source, init, init_note = from_init(cfg, resumed_from)
@@ -716,6 +722,7 @@ def main(argv=None):
         model = Transformer(run["model_cfg"])
         if init is not None:
             init_weights(model, init, source)
+            init = None  # the checkpoint's copy of the weights, freed
     except BaseException:  # bad data, Ctrl-C: a run directory made just now holds no run yet
         if created and accelerator.is_main_process:
             shutil.rmtree(out, ignore_errors=True)
@@ -1013,7 +1020,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             break
         # a signal during the validation (or in the epoch's last steps, before a vote): saved
         # just now, so stop before the next epoch's batches are made and a step is trained
-        if run["stop"].agreed(accelerator, 0, 1):
+        if epoch + 1 < cfg.epochs and run["stop"].agreed(accelerator, 0, 1):
             run["log"](f"stopped by signal at step {state['step']}; continue with --resume")
             return
     seconds = time.time() - run["started"]

@@ -259,7 +259,7 @@ def test_score_py_encodes_targets_with_the_target_model(marian, tmp_path):
     model, tok, ids, cfg = load_model(make_checkpoint(tmp_path / "ckpt", tok=marian))
     as_targets = encode_targets(tok, DE)
     assert as_targets != encode_sources(tok, DE)  # the two models cut German apart
-    scored = score.score_pairs(model, tok, ids, EN, DE, cfg.max_seq_length)
+    scored = score.score_pairs(model, tok, ids, EN, DE)
     for (logp, n), en, labels in zip(scored, EN, as_targets, strict=True):
         src = torch.tensor(encode_sources(tok, [en]))
         expected = score.score_batch(model, src, torch.tensor([labels]), ids).item()

@@ -23,9 +23,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import data
 import train
 from checkpoint import step_dirs
-from config import TrainConfig, UserError
+from config import TrainConfig, UserError, config_from_argv
 from data import Corpus, SpecialIds, collate
 from helpers import ROOT, free_port, subprocess_env, wait_for_checkpoint, write_corpus
 from model import ModelConfig, Transformer
@@ -1157,14 +1158,45 @@ def test_init_from_starts_from_a_checkpoints_weights_and_tokenizer(corpus, tmp_p
     state = json.loads((b / "last" / "trainer_state.json").read_text())
     assert state["step"] == 1 and state["epoch"] == 0  # a new step count, not a's 4
     saved = json.loads((b / "config.json").read_text())
-    assert (saved["model_dim"], saved["dropout"], saved["tokenizer"]) == (32, 0.3, str(a / "last"))
+    assert (saved["model_dim"], saved["dropout"], saved["tokenizer"]) == (
+        32,
+        0.3,
+        str(corpus / "tok"),
+    )
     # a resume continues b from its own checkpoint, whose shape and tokenizer it keeps, even
-    # with the checkpoint it started from gone
+    # with the checkpoint it started from gone, and with init_from left out
     shutil.rmtree(a)
-    proc = run([*args_for(corpus, b, *other, "--init_from", a / "last", "--max_steps", 2),
-                "--resume"])  # fmt: skip
-    assert "resumed from" in proc.stdout
-    assert json.loads((b / "last" / "trainer_state.json").read_text())["step"] == 2
+    tokenizer = (b / "last" / "tokenizer.json").read_bytes()
+    for step, init in ((2, ("--init_from", a / "last")), (3, ())):
+        proc = run([*args_for(corpus, b, *other, *init, "--max_steps", step), "--resume"])
+        assert "resumed from" in proc.stdout and "trained on train" not in proc.stdout
+        assert json.loads((b / "last" / "trainer_state.json").read_text())["step"] == step
+        assert (b / "last" / "tokenizer.json").read_bytes() == tokenizer
+
+
+def test_init_from_a_run_with_a_tokenizer_trained_there_can_sample_segmentations(
+    corpus, tmp_path, monkeypatch
+):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(args_for(corpus, a, "--tokenizer", '{"train": "unigram", "vocab_size": 100}',
+                 "--max_steps", 1))  # fmt: skip
+    run(args_for(corpus, b, "--init_from", a, "--subword_alpha", 0.5, "--max_steps", 1))
+    assert json.loads((b / "config.json").read_text())["tokenizer"]["train"] == "unigram"
+    # data.py prepare fills the caches train.py will read: a's tokenizer, none trained anew
+    monkeypatch.chdir(ROOT)
+    cfg = config_from_argv(args_for(corpus, b, "--init_from", a, "--tokenizer",
+                                    '{"train": "bpe", "vocab_size": 90}')[1:], "")[1]  # fmt: skip
+    logged = []
+    data.prepare(cfg, log=logged.append)
+    assert not [line for line in logged if "bpe" in line] and "train: 400 pairs" in logged[0]
+    # a checkpoint whose tokenizer was not trained in its run (here a directory) cannot
+    c = tmp_path / "c"
+    shutil.copytree(b / "best", c)
+    saved = json.loads((c / "config.json").read_text())
+    (c / "config.json").write_text(json.dumps({**saved, "tokenizer": str(corpus / "tok")}))
+    with pytest.raises(UserError, match=rf"init_from {c}: subword_alpha needs a tokenizer"):
+        train.main(args_for(corpus, tmp_path / "d", "--init_from", c, "--subword_alpha", 0.5)[1:])
+    assert not (tmp_path / "d").exists()
 
 
 def test_max_length_ratio_filters_the_training_pairs(corpus, tmp_path, monkeypatch, capsys):
@@ -1352,11 +1384,13 @@ def test_a_signal_while_a_finished_run_validates_its_last_step_waits_for_the_sav
     assert train.nothing_to_do(run["cfg"], saved[0])
 
 
-def test_a_signal_during_an_epochs_validation_stops_once_it_is_saved(corpus, tmp_path,
-                                                                     monkeypatch):  # fmt: skip
+@pytest.mark.parametrize("epochs", [3, 1])
+def test_a_signal_during_an_epochs_validation_stops_once_it_is_saved(
+    corpus, tmp_path, monkeypatch, capsys, epochs
+):
     """SIGTERM while epoch 1 validates: its checkpoint is the stop's, and no step of epoch 2 is
     trained (the next vote would come after a step, with the next epoch's batches made first,
-    spending a preemption's grace period)."""
+    spending a preemption's grace period); in the last epoch, the run ends as it would have."""
     from accelerate.state import AcceleratorState, GradientState
 
     validate = train.evaluate
@@ -1370,7 +1404,7 @@ def test_a_signal_during_an_epochs_validation_stops_once_it_is_saved(corpus, tmp
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton
     try:  # log_every 1000: no vote inside an epoch
-        train.main(args_for(corpus, tmp_path, "--epochs", 3, "--log_every", 1000)[1:])
+        train.main(args_for(corpus, tmp_path, "--epochs", epochs, "--log_every", 1000)[1:])
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
@@ -1381,6 +1415,8 @@ def test_a_signal_during_an_epochs_validation_stops_once_it_is_saved(corpus, tmp
     state = json.loads((tmp_path / "last" / "trainer_state.json").read_text())
     assert len(validated) == 1 and state["step"] == validated[0]
     assert (state["epoch"], state["batch_in_epoch"]) == (1, 0)  # a resume starts epoch 2
+    log = capsys.readouterr().out
+    assert ("stopped by signal" in log) == (epochs > 1) and ("done: step" in log) == (epochs == 1)
 
 
 FSDP = "configs/accelerate/fsdp_cpu.yaml"
