@@ -338,11 +338,17 @@ def test_multi30k_pair_bad_input_is_exit_2(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
 
 
+def script(name: str):
+    """scripts/NAME.py imported, to call its functions in this process."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def select_module(monkeypatch):
     """scripts/multi30k_select.py imported, to call its main() in this process."""
-    spec = importlib.util.spec_from_file_location("select", ROOT / "scripts/multi30k_select.py")
-    select = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(select)
+    select = script("multi30k_select")
     monkeypatch.setattr(select, "keep_freed_memory", lambda: None)  # glibc's, process-wide
     return select
 
@@ -379,6 +385,40 @@ def test_multi30k_select_chooses_on_the_unrounded_val_bleu_the_first_of_a_tie(
                                        "val_bleu": 30.0}  # fmt: skip
     # val (12 lines) in every setting, then test (10 lines) once, in the chosen one
     assert decoded == [(12, 1, None)] + [(12, 2, a) for a in select.PENALTIES] + [(10, 2, 1.0)]
+
+
+def test_rerank_weighs_the_reverse_model_and_the_length_as_written():
+    choose = script("rerank").choose
+    # (text, log P(y|x), log P(x|y), |y|)
+    hyps = [[("a", -1.0, -10.0, 3), ("b", -2.0, -1.0, 3), ("c", -2.5, -1.2, 9)], []]
+    assert choose(hyps, 0.0, 0.0) == ["a", ""]  # the forward model alone
+    assert choose(hyps, 1.0, 0.0) == ["b", ""]  # -3.0 against -11.0 and -3.7
+    assert choose(hyps, 1.0, 2.2) == ["c", ""]  # lp(9) = 5.5 against lp(3) = 2.3
+
+
+def test_rerank_chooses_on_val_and_scores_test_once(tmp_path, monkeypatch):
+    from test_translate import make_checkpoint
+
+    rerank, data = script("rerank"), toy_multi30k(tmp_path)
+    monkeypatch.setattr(rerank, "keep_freed_memory", lambda: None)  # glibc's, process-wide
+    forward, reverse = make_checkpoint(tmp_path / "f"), make_checkpoint(tmp_path / "r")
+    cfg = json.loads((reverse / "config.json").read_text())
+    (reverse / "config.json").write_text(json.dumps({**cfg, "src_lang": "de", "tgt_lang": "en"}))
+    decoded = []
+    nbest = rerank.translate_nbest
+    monkeypatch.setattr(
+        rerank, "translate_nbest", lambda *a, **k: decoded.append(len(a[3])) or nbest(*a, **k)
+    )
+    argv = ["--forward", forward, "--reverse", reverse, "--data", data, "--beam", 3]
+    rerank.main([str(a) for a in [*argv, "--run", tmp_path / "out"]])
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(report["val"]) == len(rerank.WEIGHTS) * len(rerank.PENALTIES) == 35
+    assert report["chosen_on_val"]["val_bleu"] == max(r["val_bleu"] for r in report["val"])
+    assert decoded == [12, 10]  # val, then test once
+    assert len((tmp_path / "out" / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
+    with pytest.raises(UserError, match="--reverse: a en->de model, not de->en"):
+        rerank.main([str(a) for a in [*argv[:3], forward, *argv[4:], "--run", tmp_path / "x"]])
+    assert not (tmp_path / "x").exists()
 
 
 def test_multi30k_select_bad_input_is_exit_2(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,124 @@
+"""Rerank a model's n-best lists with a model of the other direction, chosen on val.
+
+    python scripts/rerank.py --forward runs/en-de/avg10 --reverse runs/de-en/avg10 --run DIR
+
+For val and test_2016_flickr (English->German, from --data): beam search with the forward model
+keeps the --beam best hypotheses y of each source x (searched with length penalty 1.0); each is
+scored by both models with score.py (log P(y | x), and log P(x | y) by the reverse model) and
+ranked by
+
+    (log P(y | x) + lam * log P(x | y)) / lp(|y|),   lp(L) = ((5 + L) / 6) ** alpha
+
+the direct model plus the channel model of noisy-channel reranking (Yee et al. 2019, without
+their language model), with GNMT's length penalty; |y| counts target tokens with </s>. lam and
+alpha are chosen on val (cased BLEU, unrounded, the first tried wins a tie: lam = 0 first, the
+forward model alone), then test is reranked once with them. Writes DIR/results.json (the val
+grid, the choice, test's sacreBLEU with signatures) and DIR/test_2016_flickr.hyp.de.
+"""
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import sacrebleu
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from checkpoint import load_model  # noqa: E402
+from config import ArgumentParser, UserError, cli  # noqa: E402
+from cpu_memory import keep_freed_memory  # noqa: E402
+from data import read_aligned  # noqa: E402
+from evaluate import score  # noqa: E402
+from score import score_pairs  # noqa: E402
+from translate import length_penalty, open_output, translate_nbest  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
+PENALTIES = (0.6, 1.0, 1.4, 1.8, 2.2)
+WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # lam: the reverse model's weight
+
+
+def nbest_features(forward, reverse, sources: list[str], beam: int) -> list[list[tuple]]:
+    """For each source, its hypotheses as (text, log P(y|x), log P(x|y), |y|)."""
+    model, tok, ids, cfg = forward
+    found = translate_nbest(model, tok, ids, sources, 64, cfg.max_seq_length, beam=beam,
+                            alpha=1.0, nbest=beam)  # fmt: skip
+    flat = [(i, text) for i, pairs in enumerate(found) for text, _ in pairs]
+    src, hyp = [sources[i] for i, _ in flat], [text for _, text in flat]
+    direct = score_pairs(model, tok, ids, src, hyp)
+    channel = score_pairs(*reverse[:3], hyp, src)  # the hypothesis is the reverse's source
+    out = [[] for _ in sources]
+    for (i, text), (fwd, n), (rev, _) in zip(flat, direct, channel, strict=True):
+        nan = -math.inf  # a side too long for a model's positions: never chosen
+        out[i].append((text, nan if math.isnan(fwd) else fwd, nan if math.isnan(rev) else rev, n))
+    return out
+
+
+def choose(nbest: list[list[tuple]], lam: float, alpha: float) -> list[str]:
+    """Each source's best hypothesis under (log P(y|x) + lam log P(x|y)) / lp(|y|)."""
+    return [
+        max(hyps, key=lambda h: (h[1] + lam * h[2]) / length_penalty(h[3], alpha))[0]
+        if hyps
+        else ""  # an empty source: no hypotheses
+        for hyps in nbest
+    ]
+
+
+def main(argv=None):
+    p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--forward", required=True, help="the en->de checkpoint whose n-best is ranked")
+    p.add_argument("--reverse", required=True, help="a de->en checkpoint: the channel model")
+    p.add_argument("--run", required=True, help="a new directory for the results")
+    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--beam", type=int, default=10, help="hypotheses per sentence (default 10)")
+    args = p.parse_args(argv)
+    if args.beam < 2:
+        p.error("--beam must be at least 2")
+    data, run = Path(args.data), Path(args.run)
+    val_src, val_ref = read_aligned(f"{data}/val.en.gz", f"{data}/val.de.gz")
+    test_src, test_ref = read_aligned(
+        f"{data}/test_2016_flickr.en.gz", f"{data}/test_2016_flickr.de.gz"
+    )
+    for split, lines in (("val", val_src), ("test_2016_flickr", test_src)):
+        if not lines:
+            raise UserError(f"{data}/{split}.en.gz: no sentences")
+    keep_freed_memory()
+    forward, reverse = load_model(args.forward), load_model(args.reverse)
+    for name, (_, _, _, cfg), langs in (("--forward", forward, ("en", "de")),
+                                        ("--reverse", reverse, ("de", "en"))):  # fmt: skip
+        if (cfg.src_lang, cfg.tgt_lang) != langs:
+            raise UserError(
+                f"{name}: a {cfg.src_lang}->{cfg.tgt_lang} model, not {'->'.join(langs)}"
+            )
+    run.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    val = nbest_features(forward, reverse, val_src, args.beam)
+    print(f"val: {args.beam}-best of {len(val_src)} sentences scored in {time.time() - t0:.0f} s")
+    results = []
+    for lam in WEIGHTS:
+        for alpha in PENALTIES:
+            exact = sacrebleu.BLEU().corpus_score(choose(val, lam, alpha), [val_ref]).score
+            results.append(
+                {"lam": lam, "alpha": alpha, "val_bleu": round(exact, 2), "exact": exact}
+            )
+            print(f"val  lam {lam:.1f} alpha {alpha:.1f}: BLEU {exact:.2f}", flush=True)
+    chosen = max(results, key=lambda r: r["exact"])
+    for r in results:
+        del r["exact"]
+    hyps = choose(nbest_features(forward, reverse, test_src, args.beam), chosen["lam"],
+                  chosen["alpha"])  # fmt: skip
+    cased, lower = score(hyps, test_ref), score(hyps, test_ref, lowercase=True)
+    report = {"forward": args.forward, "reverse": args.reverse, "beam": args.beam,
+              "chosen_on_val": chosen, "val": results, "test_cased": cased,
+              "test_lowercased": lower}  # fmt: skip
+    with open_output(run / "results.json") as j, open_output(run / "test_2016_flickr.hyp.de") as f:
+        f.writelines(h + "\n" for h in hyps)
+        j.write(json.dumps(report, indent=2) + "\n")
+    print(f"chosen on val: {chosen}")
+    print(f"test_2016_flickr BLEU lowercased {lower['bleu']:.2f} ({lower['bleu_signature']})")
+    print(f"test_2016_flickr BLEU cased      {cased['bleu']:.2f} ({cased['bleu_signature']})")
+    print(f"test_2016_flickr chrF cased      {cased['chrf']:.2f} ({cased['chrf_signature']})")
+
+
+if __name__ == "__main__":
+    cli(main)
