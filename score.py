@@ -4,9 +4,9 @@
     python score.py --checkpoint runs/de-en --source mono.de --target synthetic.en --normalize
 
 Teacher forcing, no search: fairseq-generate's --score-reference, Marian's marian-scorer,
-OpenNMT-py's gold scores. Uses: the perplexity of a test set, reranking hypotheses (an n-best
-list written one pair per line) with a model of the other direction (noisy-channel reranking),
-filtering synthetic or crawled pairs by their scores under both directions (dual conditional
+OpenNMT-py's gold scores. Uses: the perplexity of a test set; reranking hypotheses with a model
+of the other direction (noisy-channel reranking: scripts/rerank.py, on n-best lists); filtering
+synthetic or crawled pairs by their scores under both directions (dual conditional
 cross-entropy, Junczys-Dowmunt 2018).
 
 Output: one line per pair, in input order: log P(target | source) in nats (natural log),

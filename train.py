@@ -681,8 +681,9 @@ def main(argv=None):
             'best_metric "bleu" needs valid_bleu_samples above 0 (or best_metric "loss")'
         )
     resumed_from = latest_checkpoint(out) if args.resume else None
-    if resumed_from and not cfg.init_from:  # a fine-tuning run goes on as it began
-        init_from = saved_config(resumed_from)[0].get("init_from")
+    if args.resume and not cfg.init_from:  # a fine-tuning run goes on as it began, also one
+        began = resumed_from or (out if (out / "config.json").is_file() else None)  # killed
+        init_from = saved_config(began)[0].get("init_from") if began else None  # before a save
         cfg = dataclasses.replace(cfg, init_from=init_from) if init_from else cfg
     source, init, init_note = None, None, ""
     if cfg.init_from:  # before the data is prepared, as the check below

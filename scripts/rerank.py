@@ -7,13 +7,16 @@ keeps the --beam best hypotheses y of each source x (searched with length penalt
 scored by both models with score.py (log P(y | x), and log P(x | y) by the reverse model) and
 ranked by
 
-    (log P(y | x) + lam * log P(x | y)) / lp(|y|),   lp(L) = ((5 + L) / 6) ** alpha
+    log P(y | x) / lp(|y|) + lam * log P(x | y) / |x|,   lp(L) = ((5 + L) / 6) ** alpha
 
-the direct model plus the channel model of noisy-channel reranking (Yee et al. 2019, without
-their language model), with GNMT's length penalty; |y| counts target tokens with </s>. lam and
-alpha are chosen on val (cased BLEU, unrounded, the first tried wins a tie: lam = 0 first, the
-forward model alone), then test is reranked once with them. Writes DIR/results.json (the val
-grid, the choice, test's sacreBLEU with signatures) and DIR/test_2016_flickr.hyp.de.
+the direct and channel models of noisy-channel reranking (Yee et al. 2019, without their
+language model; the direct model's length normalised by GNMT's penalty instead of |y|); |y| and
+|x| count tokens with </s>. A hypothesis one model cannot score (a side longer than its
+positional table) ranks last. lam and alpha are chosen on val (cased BLEU, unrounded; the first
+tried wins a tie, lam = 0 first: the forward model alone), then test is reranked once with
+them, and once with the best lam = 0 setting on val, the forward model's own ranking, for
+comparison. Writes DIR/results.json (the val grid, the choices, test's sacreBLEU with
+signatures) and DIR/test_2016_flickr.hyp.de; on CPU.
 """
 
 import json
@@ -39,7 +42,7 @@ WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # lam: the reverse model's weight
 
 
 def nbest_features(forward, reverse, sources: list[str], beam: int) -> list[list[tuple]]:
-    """For each source, its hypotheses as (text, log P(y|x), log P(x|y), |y|)."""
+    """For each source x, its hypotheses y as (text, log P(y|x), log P(x|y), |y|, |x|)."""
     model, tok, ids, cfg = forward
     found = translate_nbest(model, tok, ids, sources, 64, cfg.max_seq_length, beam=beam,
                             alpha=1.0, nbest=beam)  # fmt: skip
@@ -48,33 +51,35 @@ def nbest_features(forward, reverse, sources: list[str], beam: int) -> list[list
     direct = score_pairs(model, tok, ids, src, hyp)
     channel = score_pairs(*reverse[:3], hyp, src)  # the hypothesis is the reverse's source
     out = [[] for _ in sources]
-    for (i, text), (fwd, n), (rev, _) in zip(flat, direct, channel, strict=True):
-        nan = -math.inf  # a side too long for a model's positions: never chosen
-        out[i].append((text, nan if math.isnan(fwd) else fwd, nan if math.isnan(rev) else rev, n))
+    for (i, text), (fwd, n), (rev, m) in zip(flat, direct, channel, strict=True):
+        out[i].append((text, fwd, rev, n, m))
     return out
 
 
 def choose(nbest: list[list[tuple]], lam: float, alpha: float) -> list[str]:
-    """Each source's best hypothesis under (log P(y|x) + lam log P(x|y)) / lp(|y|)."""
-    return [
-        max(hyps, key=lambda h: (h[1] + lam * h[2]) / length_penalty(h[3], alpha))[0]
-        if hyps
-        else ""  # an empty source: no hypotheses
-        for hyps in nbest
-    ]
+    """Each source's best hypothesis under log P(y|x) / lp(|y|) + lam log P(x|y) / |x|."""
+
+    def key(h):
+        fwd, rev, n, m = h[1:]
+        value = fwd / length_penalty(n, alpha) + (lam * rev / m if lam else 0.0)
+        return -math.inf if math.isnan(value) else value  # not scored (nan): last
+
+    return [max(hyps, key=key)[0] if hyps else "" for hyps in nbest]  # none: an empty source
 
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--forward", required=True, help="the en->de checkpoint whose n-best is ranked")
     p.add_argument("--reverse", required=True, help="a de->en checkpoint: the channel model")
-    p.add_argument("--run", required=True, help="a new directory for the results")
+    p.add_argument("--run", required=True, help="a directory for the results (replaced)")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--beam", type=int, default=10, help="hypotheses per sentence (default 10)")
     args = p.parse_args(argv)
     if args.beam < 2:
         p.error("--beam must be at least 2")
     data, run = Path(args.data), Path(args.run)
+    if run.exists() and not run.is_dir():
+        raise UserError(f"--run {run}: not a directory")
     val_src, val_ref = read_aligned(f"{data}/val.en.gz", f"{data}/val.de.gz")
     test_src, test_ref = read_aligned(
         f"{data}/test_2016_flickr.en.gz", f"{data}/test_2016_flickr.de.gz"
@@ -90,7 +95,10 @@ def main(argv=None):
             raise UserError(
                 f"{name}: a {cfg.src_lang}->{cfg.tgt_lang} model, not {'->'.join(langs)}"
             )
-    run.mkdir(parents=True, exist_ok=True)
+    try:  # once the models load: a failure leaves no folder
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--run {run}: cannot make it ({e.strerror})") from None
     t0 = time.time()
     val = nbest_features(forward, reverse, val_src, args.beam)
     print(f"val: {args.beam}-best of {len(val_src)} sentences scored in {time.time() - t0:.0f} s")
@@ -103,14 +111,18 @@ def main(argv=None):
             )
             print(f"val  lam {lam:.1f} alpha {alpha:.1f}: BLEU {exact:.2f}", flush=True)
     chosen = max(results, key=lambda r: r["exact"])
+    alone = max((r for r in results if r["lam"] == 0), key=lambda r: r["exact"])
     for r in results:
         del r["exact"]
-    hyps = choose(nbest_features(forward, reverse, test_src, args.beam), chosen["lam"],
-                  chosen["alpha"])  # fmt: skip
+    test = nbest_features(forward, reverse, test_src, args.beam)
+    hyps = choose(test, chosen["lam"], chosen["alpha"])
     cased, lower = score(hyps, test_ref), score(hyps, test_ref, lowercase=True)
+    baseline = choose(test, 0.0, alone["alpha"])
     report = {"forward": args.forward, "reverse": args.reverse, "beam": args.beam,
               "chosen_on_val": chosen, "val": results, "test_cased": cased,
-              "test_lowercased": lower}  # fmt: skip
+              "test_lowercased": lower, "forward_alone_on_val": alone,
+              "forward_alone_test_lowercased": score(baseline, test_ref, lowercase=True)["bleu"],
+              "forward_alone_test_cased": score(baseline, test_ref)["bleu"]}  # fmt: skip
     with open_output(run / "results.json") as j, open_output(run / "test_2016_flickr.hyp.de") as f:
         f.writelines(h + "\n" for h in hyps)
         j.write(json.dumps(report, indent=2) + "\n")
@@ -118,6 +130,9 @@ def main(argv=None):
     print(f"test_2016_flickr BLEU lowercased {lower['bleu']:.2f} ({lower['bleu_signature']})")
     print(f"test_2016_flickr BLEU cased      {cased['bleu']:.2f} ({cased['bleu_signature']})")
     print(f"test_2016_flickr chrF cased      {cased['chrf']:.2f} ({cased['chrf_signature']})")
+    lc, mixed = report["forward_alone_test_lowercased"], report["forward_alone_test_cased"]
+    print(f"the forward model alone (lam 0, alpha {alone['alpha']}): test BLEU lowercased "
+          f"{lc:.2f}, cased {mixed:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import gzip
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -17,7 +18,9 @@ import torch
 from safetensors import safe_open
 
 import quickstart_data
+from checkpoint import load_model
 from config import UserError
+from data import read_lines
 from helpers import ROOT, subprocess_env, wait_for_checkpoint
 
 ENV = subprocess_env()
@@ -388,37 +391,82 @@ def test_multi30k_select_chooses_on_the_unrounded_val_bleu_the_first_of_a_tie(
 
 
 def test_rerank_weighs_the_reverse_model_and_the_length_as_written():
-    choose = script("rerank").choose
-    # (text, log P(y|x), log P(x|y), |y|)
-    hyps = [[("a", -1.0, -10.0, 3), ("b", -2.0, -1.0, 3), ("c", -2.5, -1.2, 9)], []]
+    choose, inf, nan = script("rerank").choose, math.inf, math.nan
+    # (text, log P(y|x), log P(x|y), |y|, |x|)
+    hyps = [[("a", -1.0, -10.0, 3, 1), ("b", -2.0, -1.0, 3, 1), ("c", -2.5, -1.2, 9, 1)], []]
     assert choose(hyps, 0.0, 0.0) == ["a", ""]  # the forward model alone
     assert choose(hyps, 1.0, 0.0) == ["b", ""]  # -3.0 against -11.0 and -3.7
-    assert choose(hyps, 1.0, 2.2) == ["c", ""]  # lp(9) = 5.5 against lp(3) = 2.3
+    assert choose(hyps, 1.0, 2.2) == ["c", ""]  # lp(3) = 1.88, lp(9) = 6.45: -2.06 and -1.59
+    # the channel counts per source token: for a source twice as long, half as much
+    assert choose(hyps[:1], 0.2, 0.0) == ["b"]  # -2.2 against -3.0
+    assert choose([[(t, f, r, n, 2) for t, f, r, n, _ in hyps[0]]], 0.2, 0.0) == ["a"]
+    # a side a model could not score: not chosen, wherever it stands, but for the forward
+    # model alone when only the channel failed
+    for first in (True, False):
+        pair = [("x", -1.0, -inf, 3, 1), ("y", -1.5, -2.0, 3, 1)]
+        pair = pair if first else pair[::-1]
+        assert choose([pair], 0.5, 1.0) == ["y"] and choose([pair], 0.0, 1.0) == ["x"]
+        pair = [("z", nan, -1.0, 3, 1), ("y", -9.0, -9.0, 3, 1)]
+        assert choose([pair if first else pair[::-1]], 0.0, 1.0) == ["y"]
 
 
-def test_rerank_chooses_on_val_and_scores_test_once(tmp_path, monkeypatch):
+def reversed_checkpoint(path):
+    """A de->en checkpoint: another model than make_checkpoint's default."""
+    from test_translate import make_checkpoint
+
+    path = make_checkpoint(path, eos_scale=1.0, n_layers=1)
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "src_lang": "de", "tgt_lang": "en"}))
+    return path
+
+
+def test_rerank_scores_each_hypothesis_with_both_directions(tmp_path):
+    from score import score_pairs
+    from test_translate import make_checkpoint
+
+    forward = load_model(make_checkpoint(tmp_path / "f"))
+    reverse = load_model(reversed_checkpoint(tmp_path / "r"))
+    sources = ["a man reads a book", "the dog sees the cat", ""]
+    found = script("rerank").nbest_features(forward, reverse, sources, 3)
+    assert [len(h) for h in found] == [3, 3, 0]
+    for x, hyps in zip(sources, found):
+        for y, fwd, rev, n, m in hyps:
+            assert (fwd, n) == pytest.approx(score_pairs(*forward[:3], [x], [y])[0])
+            assert (rev, m) == pytest.approx(score_pairs(*reverse[:3], [y], [x])[0])
+
+
+def test_rerank_chooses_on_val_and_reranks_test_once(tmp_path, monkeypatch):
     from test_translate import make_checkpoint
 
     rerank, data = script("rerank"), toy_multi30k(tmp_path)
     monkeypatch.setattr(rerank, "keep_freed_memory", lambda: None)  # glibc's, process-wide
-    forward, reverse = make_checkpoint(tmp_path / "f"), make_checkpoint(tmp_path / "r")
-    cfg = json.loads((reverse / "config.json").read_text())
-    (reverse / "config.json").write_text(json.dumps({**cfg, "src_lang": "de", "tgt_lang": "en"}))
+    refs = {
+        n: read_lines(str(data / f"{split}.de.gz"))
+        for n, split in ((12, "val"), (10, "test_2016_flickr"))
+    }
     decoded = []
-    nbest = rerank.translate_nbest
-    monkeypatch.setattr(
-        rerank, "translate_nbest", lambda *a, **k: decoded.append(len(a[3])) or nbest(*a, **k)
-    )
+
+    def nbest_features(forward, reverse, sources, beam):
+        # the reference wins where 9 lam > 4 / lp(3): first at lam 0.3 with alpha 1.4
+        decoded.append(len(sources))
+        return [[("zzz", -1.0, -10.0, 3, 1), (ref, -5.0, -1.0, 3, 1)] for ref in refs[len(sources)]]
+
+    monkeypatch.setattr(rerank, "nbest_features", nbest_features)
+    forward, reverse = make_checkpoint(tmp_path / "f"), reversed_checkpoint(tmp_path / "r")
     argv = ["--forward", forward, "--reverse", reverse, "--data", data, "--beam", 3]
     rerank.main([str(a) for a in [*argv, "--run", tmp_path / "out"]])
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(report["val"]) == len(rerank.WEIGHTS) * len(rerank.PENALTIES) == 35
-    assert report["chosen_on_val"]["val_bleu"] == max(r["val_bleu"] for r in report["val"])
+    assert {k: report["chosen_on_val"][k] for k in ("lam", "alpha")} == {"lam": 0.3, "alpha": 1.4}
     assert decoded == [12, 10]  # val, then test once
-    assert len((tmp_path / "out" / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
+    assert (tmp_path / "out" / "test_2016_flickr.hyp.de").read_text().splitlines() == refs[10]
+    assert report["test_cased"]["bleu"] == 100 and report["forward_alone_test_cased"] < 5
     with pytest.raises(UserError, match="--reverse: a en->de model, not de->en"):
         rerank.main([str(a) for a in [*argv[:3], forward, *argv[4:], "--run", tmp_path / "x"]])
     assert not (tmp_path / "x").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="--run .*file: not a directory"):
+        rerank.main([str(a) for a in [*argv, "--run", tmp_path / "file"]])
 
 
 def test_multi30k_select_bad_input_is_exit_2(tmp_path, capsys, monkeypatch):

@@ -1143,7 +1143,8 @@ def test_init_from_starts_from_a_checkpoints_weights_and_tokenizer(corpus, tmp_p
     run(args_for(corpus, a, "--max_steps", 4))
     # a config meant for another model, with a tokenizer of its own to train: init_from's win
     other = ("--model_dim", 64, "--hidden_dims", 128, "--num_heads", 4, "--dropout", 0.3,
-             "--tokenizer", '{"train": "unigram", "vocab_size": 100}')  # fmt: skip
+             "--tokenizer", '{"train": "unigram", "vocab_size": 100}',
+             "--ema_decay", 0.5)  # the moving average starts from a's weights too  # fmt: skip
     # one step at a learning rate too small to move a weight: the weights stay a's
     proc = run(args_for(corpus, b, *other, "--init_from", a / "last", "--max_steps", 1,
                         "--learning_rate", 1e-12, "--save_every", 1))  # fmt: skip
@@ -1163,6 +1164,15 @@ def test_init_from_starts_from_a_checkpoints_weights_and_tokenizer(corpus, tmp_p
         0.3,
         str(corpus / "tok"),
     )
+    # killed before its first save and resumed without init_from: it starts from a again
+    c = tmp_path / "c"
+    c.mkdir()
+    shutil.copy(b / "config.json", c / "config.json")  # what a run writes before training
+    proc = run([*args_for(corpus, c, *other, "--max_steps", 1, "--learning_rate", 1e-12),
+                "--resume"])  # fmt: skip
+    assert "nothing to resume" in proc.stdout and f"init_from {a / 'last'}" in proc.stdout
+    for k, w in weights(c).items():
+        torch.testing.assert_close(w, wa[k], rtol=0, atol=1e-6)
     # a resume continues b from its own checkpoint, whose shape and tokenizer it keeps, even
     # with the checkpoint it started from gone, and with init_from left out
     shutil.rmtree(a)
