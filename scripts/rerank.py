@@ -117,12 +117,12 @@ def main(argv=None):
     test = nbest_features(forward, reverse, test_src, args.beam)
     hyps = choose(test, chosen["lam"], chosen["alpha"])
     cased, lower = score(hyps, test_ref), score(hyps, test_ref, lowercase=True)
-    baseline = choose(test, 0.0, alone["alpha"])
+    baseline = choose(test, 0.0, alone["alpha"])  # the forward model's own ranking
     report = {"forward": args.forward, "reverse": args.reverse, "beam": args.beam,
               "chosen_on_val": chosen, "val": results, "test_cased": cased,
               "test_lowercased": lower, "forward_alone_on_val": alone,
-              "forward_alone_test_lowercased": score(baseline, test_ref, lowercase=True)["bleu"],
-              "forward_alone_test_cased": score(baseline, test_ref)["bleu"]}  # fmt: skip
+              "forward_alone_test_cased": score(baseline, test_ref),
+              "forward_alone_test_lowercased": score(baseline, test_ref, True)}  # fmt: skip
     with open_output(run / "results.json") as j, open_output(run / "test_2016_flickr.hyp.de") as f:
         f.writelines(h + "\n" for h in hyps)
         j.write(json.dumps(report, indent=2) + "\n")
@@ -132,7 +132,7 @@ def main(argv=None):
     print(f"test_2016_flickr chrF cased      {cased['chrf']:.2f} ({cased['chrf_signature']})")
     lc, mixed = report["forward_alone_test_lowercased"], report["forward_alone_test_cased"]
     print(f"the forward model alone (lam 0, alpha {alone['alpha']}): test BLEU lowercased "
-          f"{lc:.2f}, cased {mixed:.2f}")  # fmt: skip
+          f"{lc['bleu']:.2f}, cased {mixed['bleu']:.2f}, chrF {mixed['chrf']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

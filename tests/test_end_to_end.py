@@ -460,7 +460,7 @@ def test_rerank_chooses_on_val_and_reranks_test_once(tmp_path, monkeypatch):
     assert {k: report["chosen_on_val"][k] for k in ("lam", "alpha")} == {"lam": 0.3, "alpha": 1.4}
     assert decoded == [12, 10]  # val, then test once
     assert (tmp_path / "out" / "test_2016_flickr.hyp.de").read_text().splitlines() == refs[10]
-    assert report["test_cased"]["bleu"] == 100 and report["forward_alone_test_cased"] < 5
+    assert report["test_cased"]["bleu"] == 100 and report["forward_alone_test_cased"]["bleu"] < 5
     with pytest.raises(UserError, match="--reverse: a en->de model, not de->en"):
         rerank.main([str(a) for a in [*argv[:3], forward, *argv[4:], "--run", tmp_path / "x"]])
     assert not (tmp_path / "x").exists()
