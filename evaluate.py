@@ -185,6 +185,21 @@ def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list
     )
 
 
+def save_selection(run, report: dict, hyps: list[str]) -> None:
+    """What the Multi30k scripts end with: test's hypotheses and report (the choice on val,
+    test's scores) written into `run`, and the test figures printed."""
+    # each written aside and renamed once scored, the hypotheses first, results.json last (a
+    # kill between the two renames leaves new hypotheses beside the old results)
+    with open_output(run / "results.json") as j, open_output(run / "test_2016_flickr.hyp.de") as f:
+        f.writelines(h + "\n" for h in hyps)
+        j.write(json.dumps(report, indent=2) + "\n")
+    cased, lower = report["test_cased"], report["test_lowercased"]
+    print(f"chosen on val: {report['chosen_on_val']}")
+    print(f"test_2016_flickr BLEU lowercased {lower['bleu']:.2f} ({lower['bleu_signature']})")
+    print(f"test_2016_flickr BLEU cased      {cased['bleu']:.2f} ({cased['bleu_signature']})")
+    print(f"test_2016_flickr chrF cased      {cased['chrf']:.2f} ({cased['chrf_signature']})")
+
+
 def print_report(report: dict) -> None:
     # what was scored, as the JSON report says: a run's output_dir resolves to best/ or last/
     if "checkpoint" in report:

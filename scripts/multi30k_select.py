@@ -18,7 +18,6 @@ With --ensemble, steps 2 and 3 run for the ensemble of the checkpoints given (en
 instead, and RUN is only where the results go.
 """
 
-import json
 import re
 import shutil
 import sys
@@ -34,8 +33,8 @@ from config import ArgumentParser, UserError, cli  # noqa: E402
 from cpu_memory import keep_freed_memory  # noqa: E402
 from data import read_aligned  # noqa: E402
 from ensemble import load_models  # noqa: E402
-from evaluate import score  # noqa: E402
-from translate import open_output, translate_texts  # noqa: E402
+from evaluate import save_selection, score  # noqa: E402
+from translate import translate_texts  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 PENALTIES = (0.6, 1.0, 1.4, 1.8, 2.2)
@@ -121,15 +120,7 @@ def main(argv=None):
         "test_lowercased": lower,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    # each written aside and renamed once scored, the hypotheses first, results.json last (a
-    # kill between the two renames leaves new hypotheses beside the old results)
-    with open_output(run / "results.json") as j, open_output(run / "test_2016_flickr.hyp.de") as f:
-        f.writelines(h + "\n" for h in hyps)
-        j.write(json.dumps(report, indent=2) + "\n")
-    print(f"chosen on val: {chosen}")
-    print(f"test_2016_flickr BLEU lowercased {lower['bleu']:.2f} ({lower['bleu_signature']})")
-    print(f"test_2016_flickr BLEU cased      {cased['bleu']:.2f} ({cased['bleu_signature']})")
-    print(f"test_2016_flickr chrF cased      {cased['chrf']:.2f} ({cased['chrf_signature']})")
+    save_selection(run, report, hyps)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ comparison. Writes DIR/results.json (the val grid, the choices, test's sacreBLEU
 signatures) and DIR/test_2016_flickr.hyp.de; on CPU.
 """
 
-import json
 import math
 import sys
 import time
@@ -32,9 +31,9 @@ from checkpoint import load_model  # noqa: E402
 from config import ArgumentParser, UserError, cli  # noqa: E402
 from cpu_memory import keep_freed_memory  # noqa: E402
 from data import read_aligned  # noqa: E402
-from evaluate import score  # noqa: E402
+from evaluate import save_selection, score  # noqa: E402
 from score import score_pairs  # noqa: E402
-from translate import length_penalty, open_output, translate_nbest  # noqa: E402
+from translate import length_penalty, translate_nbest  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 PENALTIES = (0.6, 1.0, 1.4, 1.8, 2.2)
@@ -123,13 +122,7 @@ def main(argv=None):
               "test_lowercased": lower, "forward_alone_on_val": alone,
               "forward_alone_test_cased": score(baseline, test_ref),
               "forward_alone_test_lowercased": score(baseline, test_ref, True)}  # fmt: skip
-    with open_output(run / "results.json") as j, open_output(run / "test_2016_flickr.hyp.de") as f:
-        f.writelines(h + "\n" for h in hyps)
-        j.write(json.dumps(report, indent=2) + "\n")
-    print(f"chosen on val: {chosen}")
-    print(f"test_2016_flickr BLEU lowercased {lower['bleu']:.2f} ({lower['bleu_signature']})")
-    print(f"test_2016_flickr BLEU cased      {cased['bleu']:.2f} ({cased['bleu_signature']})")
-    print(f"test_2016_flickr chrF cased      {cased['chrf']:.2f} ({cased['chrf_signature']})")
+    save_selection(run, report, hyps)
     lc, mixed = report["forward_alone_test_lowercased"], report["forward_alone_test_cased"]
     print(f"the forward model alone (lam 0, alpha {alone['alpha']}): test BLEU lowercased "
           f"{lc['bleu']:.2f}, cased {mixed['bleu']:.2f}, chrF {mixed['chrf']:.2f}")  # fmt: skip
