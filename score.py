@@ -35,7 +35,7 @@ from cpu_memory import keep_freed_memory
 from data import SpecialIds, encode_sources, encode_targets, read_aligned, token_batches
 from model import shift_right
 from translate import (
-    PRECISIONS,
+    add_device_args,
     check_device,
     check_not_an_input,
     decoding_autocast,
@@ -76,8 +76,9 @@ def score_pairs(
     src, tgt = encode_sources(tokenizer, sources), encode_targets(tokenizer, targets)
     src, tgt = [s or [ids.eos] for s in src], [t or [ids.eos] for t in tgt]  # empty: </s> alone
     out = [(math.nan, len(t)) for t in tgt]
-    fits = [i for i in range(len(src)) if max(len(src[i]), len(tgt[i])) <= model.cfg.max_len]
-    lengths = np.array([max(len(src[i]), len(tgt[i])) for i in fits], dtype=np.int64)
+    longer = [max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)]
+    fits = [i for i, n in enumerate(longer) if n <= model.cfg.max_len]
+    lengths = np.array([longer[i] for i in fits], dtype=np.int64)
     batches = token_batches(lengths, max_tokens, batch_size, 0, 0, shuffle=False)
     device = next(model.parameters()).device
     was_training = model.training
@@ -88,10 +89,8 @@ def score_pairs(
         s = torch.full((len(index), max(len(src[i]) for i in index)), ids.pad, dtype=torch.long)
         t = torch.full((len(index), max(len(tgt[i]) for i in index)), ids.pad, dtype=torch.long)
         for row, i in enumerate(index):
-            s[row, : len(src[i])], t[row, : len(tgt[i])] = (
-                torch.tensor(src[i]),
-                torch.tensor(tgt[i]),
-            )
+            s[row, : len(src[i])] = torch.tensor(src[i])
+            t[row, : len(tgt[i])] = torch.tensor(tgt[i])
         with decoding_autocast(device, mixed_precision):
             logp = score_batch(model, s.to(device), t.to(device), ids).tolist()
         for row, i in enumerate(index):
@@ -129,12 +128,7 @@ def main(argv=None):
         default=4096,
         help="padded tokens per batch, either side (default 4096)",
     )
-    p.add_argument("--mixed_precision", choices=PRECISIONS, default="no", help="bf16: autocast")
-    p.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda if available, else cpu)",
-    )
+    add_device_args(p)
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.max_tokens < 1:
         raise UserError("--batch_size and --max_tokens must be >= 1")

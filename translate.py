@@ -679,6 +679,13 @@ def add_decoding_args(p: argparse.ArgumentParser) -> list[str]:
         p.add_argument(
             "--batch_size", type=int, default=64, help="sentences per batch (default 64)"
         ).dest,
+        *add_device_args(p),
+    ]
+
+
+def add_device_args(p: argparse.ArgumentParser) -> list[str]:
+    """--mixed_precision and --device, for every tool that runs a model; their names."""
+    return [
         p.add_argument(
             "--mixed_precision",
             choices=PRECISIONS,
