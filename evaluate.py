@@ -21,6 +21,13 @@ text, each with its sacreBLEU signature. All three are case-sensitive unless --l
 sacreBLEU's own command line scores TER case-insensitively by default; the signatures' `case:`
 field always says which).
 
+--moses: BLEU on Moses-tokenized text too, the form of published Multi30k figures (and of WMT
+ones before sacreBLEU): both sides punctuation-normalised and tokenized by sacremoses (the Moses
+scripts' Python port) for the target language, lowercased first with --lowercase, as the Multi30k
+repository's tok/*.lc.norm.tok.* files were made; then BLEU on those tokens without smoothing
+(multi-bleu.perl's, and fairseq generate's BLEU4). It has no sacreBLEU signature: the figure
+depends on that pre-processing.
+
 --compare OTHER: paired bootstrap resampling (Koehn, 2004; sacreBLEU's --paired-bs) with OTHER
 as the baseline: --bootstrap_samples resamples (default 1000), seed $SACREBLEU_SEED or 12345.
 For each metric it reports both systems' scores, the bootstrap mean and 95% confidence interval
@@ -67,8 +74,14 @@ def metrics(lowercase: bool = False) -> dict:
     }
 
 
-def score(hypotheses: list[str], references: list[str], lowercase: bool = False) -> dict:
-    """Corpus BLEU, chrF and TER on detokenized text, each with its sacreBLEU signature."""
+def score(
+    hypotheses: list[str],
+    references: list[str],
+    lowercase: bool = False,
+    moses_lang: str | None = None,
+) -> dict:
+    """Corpus BLEU, chrF and TER on detokenized text, each with its sacreBLEU signature; with
+    `moses_lang`, BLEU on Moses-tokenized text of that language too (moses_bleu)."""
     if len(hypotheses) != len(references):
         raise UserError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     if not references:
@@ -84,7 +97,51 @@ def score(hypotheses: list[str], references: list[str], lowercase: bool = False)
             report["bleu_bp"] = round(result.bp, 4)
             report["bleu_ratio"] = round(result.ratio, 4)
             report["hyp_len"], report["ref_len"] = result.sys_len, result.ref_len
+    if moses_lang:
+        report.update(moses_bleu(hypotheses, references, moses_lang, lowercase))
     return report
+
+
+def moses_tokenizer(lang: str, lowercase: bool = False):
+    """A line -> its tokens, space-separated, as the Multi30k repository made its tok/ files:
+    lowercased (with `lowercase`), punctuation-normalised and tokenized by Moses' rules for
+    `lang` (sacremoses), with Moses' escapes (" -> &quot;)."""
+    sacremoses = import_sacremoses()
+    normalizer = sacremoses.MosesPunctNormalizer(lang=lang)
+    tokenizer = sacremoses.MosesTokenizer(lang=lang)
+
+    def tokenize(line: str) -> str:
+        line = normalizer.normalize(line.lower() if lowercase else line)
+        return tokenizer.tokenize(line, escape=True, return_str=True)
+
+    return tokenize
+
+
+def moses_bleu(
+    hypotheses: list[str], references: list[str], lang: str, lowercase: bool = False
+) -> dict:
+    """BLEU on Moses-tokenized text (--moses): both sides through moses_tokenizer, then BLEU
+    on those tokens without smoothing, as multi-bleu.perl and fairseq generate's BLEU4."""
+    tokenize = moses_tokenizer(lang, lowercase)
+    # no tokenizer of its own: split on spaces only; force: the text is tokenized, on purpose
+    bleu = sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)
+    result = bleu.corpus_score(
+        [tokenize(h) for h in hypotheses], [[tokenize(r) for r in references]]
+    )
+    version = import_sacremoses().__version__
+    return {
+        "bleu_moses": round(result.score, 2),
+        "bleu_moses_detail": str(result),
+        "bleu_moses_form": f"sacremoses {version}, {lang}, case {'lc' if lowercase else 'mixed'}",
+    }
+
+
+def import_sacremoses():
+    try:
+        import sacremoses
+    except ImportError:
+        raise UserError("--moses needs sacremoses: pip install sacremoses") from None
+    return sacremoses
 
 
 def paired_bootstrap(
@@ -196,6 +253,9 @@ def save_selection(run, report: dict, hyps: list[str]) -> None:
     cased, lower = report["test_cased"], report["test_lowercased"]
     print(f"chosen on val: {report['chosen_on_val']}")
     print(f"test_2016_flickr BLEU lowercased {lower['bleu']:.2f} ({lower['bleu_signature']})")
+    if "bleu_moses" in lower:  # the published figures' form
+        form = lower["bleu_moses_form"]
+        print(f"  on Moses-tokenized text    {lower['bleu_moses']:.2f} ({form})")
     print(f"test_2016_flickr BLEU cased      {cased['bleu']:.2f} ({cased['bleu_signature']})")
     print(f"test_2016_flickr chrF cased      {cased['chrf']:.2f} ({cased['chrf_signature']})")
 
@@ -210,6 +270,9 @@ def print_report(report: dict) -> None:
     t = {k: v for k, v in report["test_set"].items() if v is not None}
     print("test set: " + ", ".join(f"{k} {v}" for k, v in t.items()))
     print(report["bleu_detail"])
+    if "bleu_moses" in report:
+        label = f"BLEU (Moses-tokenized; {report['bleu_moses_form']})"
+        print(report["bleu_moses_detail"].replace("BLEU", label, 1))
     print(report["chrf_detail"])
     print(report["ter_detail"])
     print("signatures:")
@@ -258,6 +321,9 @@ def main(argv=None):
     p.add_argument("--output", help="also write the translations here")
     decoding = add_decoding_args(p)
     p.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU, chrF, TER")
+    p.add_argument(
+        "--moses", action="store_true", help="BLEU on Moses-tokenized text too (see below)"
+    )
     p.add_argument("--compare", metavar="OTHER", help="paired bootstrap against this output")
     p.add_argument("--bootstrap_samples", type=int, default=1000, help="(default 1000)")
     p.add_argument("--json", help="write the report as JSON")
@@ -283,6 +349,8 @@ def main(argv=None):
     inputs = {f"--{k}": getattr(args, k) for k in ("source", "reference", "hypotheses", "compare")}
     for flag in ("output", "json"):
         check_not_an_input(f"--{flag}", getattr(args, flag), inputs)
+    if args.moses:
+        import_sacremoses()  # now, not after the decoding
     if args.compare and args.bootstrap_samples < 1:
         raise UserError("--bootstrap_samples must be >= 1")
     # read before any decoding, so that a missing file stops us now, not hours later
@@ -348,7 +416,11 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
             out.flush()  # before the report, when both go to stdout
     else:
         hypotheses = read_input(args.hypotheses, "--hypotheses")  # "-": stdin
-    report = {**score(hypotheses, references, args.lowercase), **report}
+    moses = None
+    if args.moses:  # the test set's target language: as given, the config's, else de
+        t = report["test_set"]
+        moses = t.get("tgt_lang") or args.tgt_lang or (cfg.tgt_lang if cfg else None) or "de"
+    report = {**score(hypotheses, references, args.lowercase, moses), **report}
     if args.compare:
         report["compare_with"] = args.compare
         report["compare_samples"] = args.bootstrap_samples

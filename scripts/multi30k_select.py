@@ -111,7 +111,7 @@ def main(argv=None):
     setting = {k: v for k, v in chosen.items() if k in ("beam", "alpha")}
     model, tok, ids, cfg = loaded[chosen["checkpoint"]]
     hyps = translate_texts(model, tok, ids, test_src, 64, cfg.max_seq_length, **setting)
-    cased, lower = score(hyps, test_ref), score(hyps, test_ref, lowercase=True)
+    cased, lower = score(hyps, test_ref), score(hyps, test_ref, True, moses_lang="de")
     report = {
         **({"ensemble": args.ensemble} if args.ensemble else {}),
         "chosen_on_val": chosen,

@@ -115,7 +115,7 @@ def main(argv=None):
         del r["exact"]
     test = nbest_features(forward, reverse, test_src, args.beam)
     hyps = choose(test, chosen["lam"], chosen["alpha"])
-    cased, lower = score(hyps, test_ref), score(hyps, test_ref, lowercase=True)
+    cased, lower = score(hyps, test_ref), score(hyps, test_ref, True, moses_lang="de")
     baseline = choose(test, 0.0, alone["alpha"])  # the forward model's own ranking
     report = {"forward": args.forward, "reverse": args.reverse, "beam": args.beam,
               "chosen_on_val": chosen, "val": results, "test_cased": cased,

@@ -212,6 +212,8 @@ def test_multi30k_recipe_smoke(tmp_path, config):
     assert len((out / "test_2016_flickr.hyp.de").read_text().splitlines()) == 10
     assert "case:lc" in report["test_lowercased"]["bleu_signature"]
     assert "case:mixed" in report["test_cased"]["bleu_signature"]
+    # and the published figures' form: Moses-tokenized, lowercased
+    assert report["test_lowercased"]["bleu_moses_form"].endswith(", de, case lc")
     # --ensemble: the same grid and test, for checkpoints decoding as one
     ens = tmp_path / "ens"
     run("scripts/multi30k_select.py", "--run", ens, "--data", data, "--beams", 4,

@@ -320,3 +320,76 @@ def test_the_report_names_the_checkpoint_decoded(tmp_path):
     ref = write(tmp_path / "r.de", ["der hund sieht die katze"])
     r = evaluate.main(["--checkpoint", str(run), "--source", src, "--reference", ref])
     assert r["checkpoint"] == str(run / "best")
+
+
+# Lines of Multi30k's test_2016_flickr.de as released (raw/) and as the Multi30k repository's
+# tok/test_2016_flickr.lc.norm.tok.de has them (lines 2, 226, 361, 403, 457; the last from
+# val.de, line 740, German quotes normalised): the form published Multi30k BLEU is computed on
+MULTI30K_RAW_AND_TOK = [
+    ("Ein Boston Terrier läuft über saftig-grünes Gras vor einem weißen Zaun.",
+     "ein boston terrier läuft über saftig-grünes gras vor einem weißen zaun ."),
+    ('Eine Frau auf einem Boot namens "El Corazon" lässt schwarze Gewichte ins Wasser fallen.',
+     "eine frau auf einem boot namens &quot; el corazon &quot; lässt schwarze gewichte ins "
+     "wasser fallen ."),
+    ("Ein Mann läuft an einem Schild vorbei, auf dem E.S.E. Electronics steht.",
+     "ein mann läuft an einem schild vorbei , auf dem e.s.e. electronics steht ."),
+    ("Ein Mädchen in einem Radio-T-Shirt mit offenem Mund",
+     "ein mädchen in einem radio-t-shirt mit offenem mund"),
+    ('Eine Frau hält einen großen Scheck für "Kids\' Food Basket".',
+     "eine frau hält einen großen scheck für &quot; kids &apos; food basket &quot; ."),
+    ("Eine junge Frau in „Straßenkleidung“ und Stiefeln führt eine Ballettübung an einem See aus.",
+     "eine junge frau in &quot; straßenkleidung &quot; und stiefeln führt eine ballettübung an "
+     "einem see aus ."),
+]  # fmt: skip
+
+
+def test_moses_tokenizer_makes_the_multi30k_tokenized_references():
+    tokenize = evaluate.moses_tokenizer("de", lowercase=True)
+    assert [tokenize(raw) for raw, _ in MULTI30K_RAW_AND_TOK] == [
+        tok for _, tok in MULTI30K_RAW_AND_TOK
+    ]
+    cased = evaluate.moses_tokenizer("de")
+    assert cased(MULTI30K_RAW_AND_TOK[0][0]).startswith("Ein Boston Terrier")
+
+
+def test_moses_bleu_is_unsmoothed_bleu_on_moses_tokens():
+    hyps = ['Ein Mann vor E.S.E. sagt "Hallo" zu einer Frau.', "Zwei Hunde laufen."]
+    refs = ['Ein Mann vor E.S.E. sagt "Hallo" zu der Frau.', "Zwei Hunde rennen."]
+    by_hand = (  # each side lowercased and tokenized as Moses does, by hand (13a: "e . s . e .")
+        ["ein mann vor e.s.e. sagt &quot; hallo &quot; zu einer frau .", "zwei hunde laufen ."],
+        ["ein mann vor e.s.e. sagt &quot; hallo &quot; zu der frau .", "zwei hunde rennen ."],
+    )
+    bleu = sacrebleu.BLEU(tokenize="none", smooth_method="none").corpus_score(
+        by_hand[0], [by_hand[1]]
+    )
+    r = evaluate.moses_bleu(hyps, refs, "de", lowercase=True)
+    assert r["bleu_moses"] == round(bleu.score, 2) and "ref_len = 16" in r["bleu_moses_detail"]
+    assert r["bleu_moses_form"].endswith(", de, case lc")
+    assert r["bleu_moses"] != evaluate.score(hyps, refs, lowercase=True)["bleu"]
+    # without smoothing, as multi-bleu.perl: no 4-gram in common is 0 (sacreBLEU's: above 0)
+    assert evaluate.moses_bleu(hyps[1:], refs[1:], "de")["bleu_moses"] == 0.0
+    assert evaluate.score(hyps[1:], refs[1:])["bleu"] > 0
+    assert evaluate.moses_bleu(refs, refs, "de")["bleu_moses"] == 100.0
+
+
+def test_cli_moses_adds_tokenized_bleu_its_case_from_lowercase(tmp_path, capsys):
+    refs = [raw for raw, _ in MULTI30K_RAW_AND_TOK]
+    ref = write(tmp_path / "ref.de", refs)
+    hyp = write(tmp_path / "hyp.de", [r.upper() for r in corrupt(refs)])
+    lc, mixed = tmp_path / "lc.json", tmp_path / "mixed.json"
+    evaluate.main(["--hypotheses", hyp, "--reference", ref, "--moses", "--lowercase",
+                   "--json", str(lc)])  # fmt: skip
+    assert "BLEU (Moses-tokenized; sacremoses " in capsys.readouterr().out
+    evaluate.main(["--hypotheses", hyp, "--reference", ref, "--moses", "--json", str(mixed)])
+    lc, mixed = json.loads(lc.read_text()), json.loads(mixed.read_text())
+    assert lc["bleu_moses_form"].endswith("case lc") and mixed["bleu_moses_form"].endswith("mixed")
+    assert lc["bleu_moses"] > 20 and mixed["bleu_moses"] == 0.0  # upper-cased: no word matches
+    evaluate.main(["--hypotheses", hyp, "--reference", ref, "--json", str(tmp_path / "r.json")])
+    assert "bleu_moses" not in json.loads((tmp_path / "r.json").read_text())
+
+
+def test_moses_without_sacremoses_is_one_line_before_any_decoding(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sacremoses", None)  # import sacremoses: ImportError
+    with pytest.raises(UserError, match=r"--moses needs sacremoses: pip install sacremoses"):
+        # a checkpoint that is not there: the missing package is said first
+        evaluate.main(["--checkpoint", str(tmp_path / "none"), "--moses"])
