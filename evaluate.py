@@ -133,6 +133,8 @@ def moses_bleu(
         "bleu_moses": round(result.score, 2),
         "bleu_moses_detail": str(result),
         "bleu_moses_form": f"sacremoses {version}, {lang}, case {'lc' if lowercase else 'mixed'}",
+        "bleu_moses_hyp_len": result.sys_len,
+        "bleu_moses_ref_len": result.ref_len,
     }
 
 
@@ -140,7 +142,10 @@ def import_sacremoses():
     try:
         import sacremoses
     except ImportError:
-        raise UserError("--moses needs sacremoses: pip install sacremoses") from None
+        # said before any decoding (evaluate.py --moses, the Multi30k scripts)
+        raise UserError(
+            "BLEU on Moses-tokenized text needs sacremoses: pip install sacremoses"
+        ) from None
     return sacremoses
 
 
@@ -317,7 +322,10 @@ def main(argv=None):
     )
     p.add_argument("--split", help="split of the test set (default: the config's test_split)")
     p.add_argument("--src_lang", help="source language of the test set (default: config's, en)")
-    p.add_argument("--tgt_lang", help="target language of the test set (default: config's, de)")
+    p.add_argument(
+        "--tgt_lang",
+        help="target language of the test set, and --moses's tokenizer's (default: config's, de)",
+    )
     p.add_argument("--output", help="also write the translations here")
     decoding = add_decoding_args(p)
     p.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU, chrF, TER")
@@ -416,11 +424,11 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
             out.flush()  # before the report, when both go to stdout
     else:
         hypotheses = read_input(args.hypotheses, "--hypotheses")  # "-": stdin
-    moses = None
+    moses_lang = None
     if args.moses:  # the test set's target language: as given, the config's, else de
         t = report["test_set"]
-        moses = t.get("tgt_lang") or args.tgt_lang or (cfg.tgt_lang if cfg else None) or "de"
-    report = {**score(hypotheses, references, args.lowercase, moses), **report}
+        moses_lang = t.get("tgt_lang") or args.tgt_lang or (cfg.tgt_lang if cfg else None) or "de"
+    report = {**score(hypotheses, references, args.lowercase, moses_lang), **report}
     if args.compare:
         report["compare_with"] = args.compare
         report["compare_samples"] = args.bootstrap_samples

@@ -33,7 +33,7 @@ from config import ArgumentParser, UserError, cli  # noqa: E402
 from cpu_memory import keep_freed_memory  # noqa: E402
 from data import read_aligned  # noqa: E402
 from ensemble import load_models  # noqa: E402
-from evaluate import save_selection, score  # noqa: E402
+from evaluate import import_sacremoses, save_selection, score  # noqa: E402
 from translate import translate_texts  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
@@ -54,6 +54,7 @@ def main(argv=None):
                    help="choose for the ensemble of these checkpoints instead "
                         "(no averaging)")  # fmt: skip
     args = p.parse_args(argv)
+    import_sacremoses()  # test's published-form BLEU needs it: said now, not after decoding
     if min(args.average) < 1:
         p.error("--average: N must be at least 1")
     if min(args.beams) < 2:
@@ -111,7 +112,7 @@ def main(argv=None):
     setting = {k: v for k, v in chosen.items() if k in ("beam", "alpha")}
     model, tok, ids, cfg = loaded[chosen["checkpoint"]]
     hyps = translate_texts(model, tok, ids, test_src, 64, cfg.max_seq_length, **setting)
-    cased, lower = score(hyps, test_ref), score(hyps, test_ref, True, moses_lang="de")
+    cased, lower = score(hyps, test_ref), score(hyps, test_ref, lowercase=True, moses_lang="de")
     report = {
         **({"ensemble": args.ensemble} if args.ensemble else {}),
         "chosen_on_val": chosen,

@@ -31,7 +31,7 @@ from checkpoint import load_model  # noqa: E402
 from config import ArgumentParser, UserError, cli  # noqa: E402
 from cpu_memory import keep_freed_memory  # noqa: E402
 from data import read_aligned  # noqa: E402
-from evaluate import save_selection, score  # noqa: E402
+from evaluate import import_sacremoses, save_selection, score  # noqa: E402
 from score import score_pairs  # noqa: E402
 from translate import length_penalty, translate_nbest  # noqa: E402
 
@@ -74,6 +74,7 @@ def main(argv=None):
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--beam", type=int, default=10, help="hypotheses per sentence (default 10)")
     args = p.parse_args(argv)
+    import_sacremoses()  # test's published-form BLEU needs it: said now, not after decoding
     if args.beam < 2:
         p.error("--beam must be at least 2")
     data, run = Path(args.data), Path(args.run)
@@ -115,13 +116,13 @@ def main(argv=None):
         del r["exact"]
     test = nbest_features(forward, reverse, test_src, args.beam)
     hyps = choose(test, chosen["lam"], chosen["alpha"])
-    cased, lower = score(hyps, test_ref), score(hyps, test_ref, True, moses_lang="de")
+    cased, lower = score(hyps, test_ref), score(hyps, test_ref, lowercase=True, moses_lang="de")
     baseline = choose(test, 0.0, alone["alpha"])  # the forward model's own ranking
     report = {"forward": args.forward, "reverse": args.reverse, "beam": args.beam,
               "chosen_on_val": chosen, "val": results, "test_cased": cased,
               "test_lowercased": lower, "forward_alone_on_val": alone,
               "forward_alone_test_cased": score(baseline, test_ref),
-              "forward_alone_test_lowercased": score(baseline, test_ref, True)}  # fmt: skip
+              "forward_alone_test_lowercased": score(baseline, test_ref, True, "de")}  # fmt: skip
     save_selection(run, report, hyps)
     lc, mixed = report["forward_alone_test_lowercased"], report["forward_alone_test_cased"]
     print(f"the forward model alone (lam 0, alpha {alone['alpha']}): test BLEU lowercased "

@@ -463,6 +463,8 @@ def test_rerank_chooses_on_val_and_reranks_test_once(tmp_path, monkeypatch):
     assert decoded == [12, 10]  # val, then test once
     assert (tmp_path / "out" / "test_2016_flickr.hyp.de").read_text().splitlines() == refs[10]
     assert report["test_cased"]["bleu"] == 100 and report["forward_alone_test_cased"]["bleu"] < 5
+    moses = report["test_lowercased"]["bleu_moses"], report["forward_alone_test_lowercased"]
+    assert moses[0] == 100 and moses[1]["bleu_moses"] < 5  # both in the published form too
     with pytest.raises(UserError, match="--reverse: a en->de model, not de->en"):
         rerank.main([str(a) for a in [*argv[:3], forward, *argv[4:], "--run", tmp_path / "x"]])
     assert not (tmp_path / "x").exists()
@@ -506,3 +508,12 @@ def test_multi30k_select_bad_input_is_exit_2(tmp_path, capsys, monkeypatch):
         with pytest.raises(SystemExit) as exit_:
             select.main(["--run", str(tmp_path), *args])
         assert exit_.value.code == 2 and error in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["multi30k_select", "rerank"])
+def test_multi30k_scripts_say_a_missing_sacremoses_before_decoding(name, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sacremoses", None)  # import sacremoses: ImportError
+    argv = ["--run", tmp_path / "out", "--data", tmp_path / "none"]  # no data: read after
+    argv += ["--forward", "f", "--reverse", "r"] if name == "rerank" else []
+    with pytest.raises(UserError, match="needs sacremoses: pip install sacremoses"):
+        script(name).main([str(a) for a in argv])
