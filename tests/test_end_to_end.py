@@ -379,7 +379,7 @@ def test_multi30k_select_chooses_on_the_unrounded_val_bleu_the_first_of_a_tie(
     fake_sacrebleu = SimpleNamespace(BLEU=lambda: SimpleNamespace(corpus_score=corpus_score))
     monkeypatch.setattr(select, "sacrebleu", fake_sacrebleu)  # the script's alone
     scores = {"bleu": 1.0, "bleu_signature": "", "chrf": 1.0, "chrf_signature": ""}
-    monkeypatch.setattr(select, "score", lambda hyps, refs, lowercase=False: scores)
+    monkeypatch.setattr(select, "score", lambda *args, **kwargs: scores)
     loaded = (torch.nn.Linear(1, 1), None, None, SimpleNamespace(max_seq_length=32))
     monkeypatch.setattr(select, "load_models", lambda paths: loaded)
     out = tmp_path / "ens"
