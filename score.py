@@ -2,6 +2,8 @@
 
     python score.py --checkpoint runs/multi30k --source test.en --target test.de > scores.txt
     python score.py --checkpoint runs/de-en --source mono.de --target synthetic.en --normalize
+    python translate.py --checkpoint runs/multi30k < test.en | python score.py \\
+        --checkpoint runs/multi30k --source test.en --target -    # a model's own output
 
 Teacher forcing, no search: fairseq-generate's --score-reference, Marian's marian-scorer,
 OpenNMT-py's gold scores. Uses: the perplexity of a test set; reranking hypotheses with a model
@@ -18,7 +20,8 @@ alone, on either side. Sources are scored whole, not cut at max_seq_length as tr
 them; a pair with a side longer than the model's positional table gets nan, counted on stderr,
 whose last line gives the corpus figures: target tokens, nats per token and perplexity. Several
 --checkpoint dirs score with their ensemble (the mean of their next-token probabilities, as they
-decode). An --output file appears only once complete.
+decode). An --output file appears only once complete. Either --source or --target (not both)
+may be "-", stdin.
 """
 
 import argparse
@@ -32,7 +35,7 @@ from tqdm.auto import tqdm
 
 from config import ArgumentParser, UserError, cli
 from cpu_memory import keep_freed_memory
-from data import SpecialIds, encode_sources, encode_targets, read_aligned, token_batches
+from data import SpecialIds, encode_sources, encode_targets, token_batches
 from model import shift_right
 from translate import (
     add_device_args,
@@ -41,6 +44,7 @@ from translate import (
     decoding_autocast,
     open_output,
 )
+from translate import read_lines as read_input  # a file, or stdin for "-"
 
 
 @torch.no_grad()
@@ -117,8 +121,12 @@ def main(argv=None):
         action="extend",
         help="checkpoint dir or a run's output_dir; several: their ensemble",
     )
-    p.add_argument("--source", required=True, help="source sentences, one per line (.gz ok)")
-    p.add_argument("--target", required=True, help="their translations, line by line (.gz ok)")
+    p.add_argument(
+        "--source", required=True, help="source sentences, one per line (.gz ok; - reads stdin)"
+    )
+    p.add_argument(
+        "--target", required=True, help="their translations, line by line (.gz ok; - reads stdin)"
+    )
     p.add_argument("--output", help="default stdout")
     p.add_argument("--normalize", action="store_true", help="the mean per target token")
     p.add_argument("--batch_size", type=int, default=64, help="pairs per batch (default 64)")
@@ -134,7 +142,14 @@ def main(argv=None):
         raise UserError("--batch_size and --max_tokens must be >= 1")
     check_device(args.device)
     check_not_an_input("--output", args.output, {"--source": args.source, "--target": args.target})
-    sources, targets = read_aligned(args.source, args.target)
+    if args.source == args.target == "-":
+        raise UserError("--source - and --target -: only one of them can read stdin")
+    sources, targets = read_input(args.source, "--source"), read_input(args.target, "--target")
+    if len(sources) != len(targets):
+        src, tgt = ("stdin" if f == "-" else f for f in (args.source, args.target))
+        raise UserError(
+            f"misaligned files: {src} has {len(sources)} lines, {tgt} has {len(targets)}"
+        )
     model, tokenizer, ids, _ = load_models(args.checkpoint, args.device)
     keep_freed_memory(args.device)
     bar = tqdm(desc="scoring", unit=" pairs", total=len(sources), file=sys.stderr, disable=None)

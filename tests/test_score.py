@@ -1,6 +1,7 @@
 """score.py: the log-probability of given targets, teacher-forced, against beam search's own
 incremental scores, across batches, ensembles and the command line."""
 
+import io
 import math
 
 import pytest
@@ -155,3 +156,22 @@ def test_bad_input_is_one_line(ckpt, tmp_path, capsys, case, message):
     code, out, err = run_cli(argv, capsys)
     assert code == 2 and out == "" and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_either_side_can_come_from_stdin(ckpt, tmp_path, capsys, monkeypatch):
+    # translate.py ... | score.py --target -: a model's own output, scored as it comes
+    src, tgt = tmp_path / "src.en", tmp_path / "tgt.de"
+    src.write_text("a man\nthe dog\n")
+    tgt.write_text("ein Mann\nder Hund\n")
+    files = run_cli(["--checkpoint", ckpt, "--source", src, "--target", tgt], capsys)
+    for side, path in (("--target", tgt), ("--source", src)):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(path.read_bytes())))
+        argv = ["--checkpoint", ckpt, "--source", src, "--target", tgt]
+        argv[argv.index(side) + 1] = "-"
+        code, out, err = run_cli(argv, capsys)
+        assert (code, out) == (0, files[1]) and out.count("\n") == 2, err
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"ein Mann\n")))
+    code, _, err = run_cli(["--checkpoint", ckpt, "--source", src, "--target", "-"], capsys)
+    assert code == 2 and f"misaligned files: {src} has 2 lines, stdin has 1" in err
+    code, _, err = run_cli(["--checkpoint", ckpt, "--source", "-", "--target", "-"], capsys)
+    assert code == 2 and "only one of them can read stdin" in err
