@@ -116,9 +116,15 @@ def read_lines(path: str) -> list[str]:
 def read_aligned(src: str, ref: str) -> tuple[list[str], list[str]]:
     """The lines of two files that must pair up line by line (sources and references)."""
     a, b = read_lines(src), read_lines(ref)
-    if len(a) != len(b):
-        raise UserError(f"misaligned files: {src} has {len(a)} lines, {ref} has {len(b)}")
+    check_aligned(a, b, src, ref)
     return a, b
+
+
+def check_aligned(a: list[str], b: list[str], src: str, ref: str) -> None:
+    """UserError unless the lines `a` of `src` and `b` of `ref` ("-": stdin) pair up."""
+    if len(a) != len(b):
+        src, ref = ("stdin" if f == "-" else f for f in (src, ref))
+        raise UserError(f"misaligned files: {src} has {len(a)} lines, {ref} has {len(b)}")
 
 
 def _require_content(path: str) -> None:

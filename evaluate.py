@@ -128,7 +128,7 @@ def moses_bleu(
     result = bleu.corpus_score(
         [tokenize(h) for h in hypotheses], [[tokenize(r) for r in references]]
     )
-    version = import_sacremoses().__version__
+    version = import_sacremoses().__version__  # imported already, by moses_tokenizer
     return {
         "bleu_moses": round(result.score, 2),
         "bleu_moses_detail": str(result),

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from config import ArgumentParser, UserError, cli
 from cpu_memory import keep_freed_memory
-from data import SpecialIds, encode_sources, encode_targets, token_batches
+from data import SpecialIds, check_aligned, encode_sources, encode_targets, token_batches
 from model import shift_right
 from translate import (
     add_device_args,
@@ -145,11 +145,7 @@ def main(argv=None):
     if args.source == args.target == "-":
         raise UserError("--source - and --target -: only one of them can read stdin")
     sources, targets = read_input(args.source, "--source"), read_input(args.target, "--target")
-    if len(sources) != len(targets):
-        src, tgt = ("stdin" if f == "-" else f for f in (args.source, args.target))
-        raise UserError(
-            f"misaligned files: {src} has {len(sources)} lines, {tgt} has {len(targets)}"
-        )
+    check_aligned(sources, targets, args.source, args.target)
     model, tokenizer, ids, _ = load_models(args.checkpoint, args.device)
     keep_freed_memory(args.device)
     bar = tqdm(desc="scoring", unit=" pairs", total=len(sources), file=sys.stderr, disable=None)

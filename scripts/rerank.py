@@ -122,7 +122,8 @@ def main(argv=None):
               "chosen_on_val": chosen, "val": results, "test_cased": cased,
               "test_lowercased": lower, "forward_alone_on_val": alone,
               "forward_alone_test_cased": score(baseline, test_ref),
-              "forward_alone_test_lowercased": score(baseline, test_ref, True, "de")}  # fmt: skip
+              "forward_alone_test_lowercased": score(baseline, test_ref, lowercase=True,
+                                                     moses_lang="de")}  # fmt: skip
     save_selection(run, report, hyps)
     lc, mixed = report["forward_alone_test_lowercased"], report["forward_alone_test_cased"]
     print(f"the forward model alone (lam 0, alpha {alone['alpha']}): test BLEU lowercased "
