@@ -38,6 +38,8 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         self.n_heads = n_heads
         self.dropout = dropout
+        # Deviation: the projections have biases, the paper's W^Q, W^K, W^V, W^O none. fairseq
+        # and Marian have them too, and export.py maps them onto MarianMTModel's.
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)

@@ -23,7 +23,7 @@ from model import (
 from model.attention import Cache, MultiHeadAttention
 from model.dropout import Dropout
 from model.embedding import Embedding, sinusoidal_table
-from model.layers import EncoderLayer
+from model.layers import DecoderLayer, EncoderLayer
 from translate import greedy
 
 PAD, START = 0, 1  # tiny_cfg has pad_id 0; real tokens are drawn from 3 .. vocab - 1
@@ -189,6 +189,89 @@ def test_encoder_layer_norm_placement(tiny_cfg, pre_norm):
         h = norm1(x + attn(x))
         expected = norm2(h + ffn(h))
     assert_close(layer(x, mask), expected)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_decoder_layer_norm_placement(tiny_cfg, pre_norm):
+    # Each of the three sub-layers must use its own LayerNorm: with fresh weights every LayerNorm
+    # is the identity, so they are told apart only after randomising them.
+    layer = DecoderLayer(dataclasses.replace(tiny_cfg, pre_norm=pre_norm)).eval()
+    for p in layer.parameters():
+        nn.init.normal_(p, std=0.5)
+    x, memory = torch.randn(2, 4, tiny_cfg.d_model), torch.randn(2, 5, tiny_cfg.d_model)
+    mask = padding_mask(pad_batch([[5] * 5, [5] * 3]), PAD)
+    subs = [
+        (layer.self_attn_layer_norm, lambda h: layer.self_attn(h, is_causal=True)),
+        (layer.cross_attn_layer_norm, lambda h: layer.cross_attn(h, context=memory, mask=mask)),
+        (layer.final_layer_norm, layer.ffn),
+    ]
+    expected = x
+    for norm, f in subs:
+        expected = expected + f(norm(expected)) if pre_norm else norm(expected + f(expected))
+    assert_close(layer(x, memory, mask), expected)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_residual_dropout_acts_on_every_sub_layer_output(tiny_cfg, pre_norm):
+    # Paper §5.4: dropout on each sub-layer's output before the residual add. At p = 1 every
+    # sub-layer's branch is zeroed, so a layer reduces to its LayerNorms (post-LN) or to the
+    # identity (pre-LN); a sub-layer without the dropout would add its output.
+    cfg = dataclasses.replace(tiny_cfg, pre_norm=pre_norm, dropout=1.0)
+    enc, dec = EncoderLayer(cfg).train(), DecoderLayer(cfg).train()
+    for p in [*enc.parameters(), *dec.parameters()]:
+        nn.init.normal_(p, std=0.5)
+    x, memory = torch.randn(2, 4, cfg.d_model), torch.randn(2, 5, cfg.d_model)
+    with torch.no_grad():
+        if pre_norm:
+            assert_close(enc(x, None), x)
+            assert_close(dec(x, memory, None), x)
+        else:
+            assert_close(enc(x, None), enc.final_layer_norm(enc.self_attn_layer_norm(x)))
+            norms = (dec.self_attn_layer_norm, dec.cross_attn_layer_norm, dec.final_layer_norm)
+            assert_close(dec(x, memory, None), norms[2](norms[1](norms[0](x))))
+
+
+def test_embedding_dropout_acts_on_the_sum_of_tokens_and_positions(tiny_cfg):
+    # Paper §5.4: dropout on the sums of the embeddings and the positional encodings. At p = 0.5
+    # each element is 0 or twice the sum; at p = 1 nothing (neither token nor position) is left.
+    ids = torch.randint(3, tiny_cfg.src_vocab_size, (2, 6))
+    emb = Embedding(tiny_cfg.src_vocab_size, tiny_cfg.d_model, 16, dropout=0.5).train()
+    full = emb.tokens(ids) * math.sqrt(tiny_cfg.d_model) + emb.pe[:6]
+    out = emb(ids)
+    dropped = out == 0
+    assert 0 < dropped.float().mean() < 1
+    assert_close(out[~dropped], 2 * full[~dropped])
+    emb.dropout.p = 1.0
+    assert torch.count_nonzero(emb(ids)) == 0
+
+
+def test_initialisation_xavier_linears_zero_biases_normal_embeddings():
+    # Xavier-uniform weight matrices with zero biases (as fairseq's and Marian's transformers),
+    # LayerNorm as the identity, and embeddings N(0, d_model^-1/2) so that the √d_model scale
+    # gives the token vectors unit variance per element. Large enough for the spreads to settle.
+    d, d_ff, vocab = 128, 512, 4000
+    cfg = ModelConfig(
+        src_vocab_size=vocab,
+        tgt_vocab_size=vocab,
+        pad_id=0,
+        d_model=d,
+        n_heads=4,
+        d_ff=d_ff,
+        n_layers=1,
+    )
+    model = Transformer(cfg)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not model.out_proj]
+    assert len(linears) == 6 + 10  # encoder 4 + 2, decoder 8 + 2 (out_proj is the embedding)
+    for m in linears:
+        fan_out, fan_in = m.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert m.weight.abs().max() <= bound
+        assert abs(m.weight.std().item() / (bound / math.sqrt(3)) - 1) < 0.05
+        assert torch.count_nonzero(m.bias) == 0
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            assert torch.all(m.weight == 1) and torch.count_nonzero(m.bias) == 0
+    assert abs(model.src_embed.tokens.weight.std().item() * math.sqrt(d) - 1) < 0.02
 
 
 def test_pre_ln_stacks_end_with_a_layer_norm(tiny_cfg):
