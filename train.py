@@ -209,6 +209,20 @@ def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> t
     return batches, weights
 
 
+def check_whole_steps(run: dict, n_processes: int) -> None:
+    """UserError if an epoch holds fewer batches than one step accumulates: epoch_batches would
+    leave them all out, and the run would validate an untrained model epoch after epoch."""
+    cfg = run["cfg"]
+    every = token_batches(run["train"].lengths(), cfg.max_tokens, cfg.batch_size, cfg.seed, 0)
+    have = math.ceil(len(every) / n_processes)  # each process's share (shard)
+    if have < cfg.grad_accum_steps:
+        each = f" on each of {n_processes} processes" if n_processes > 1 else ""
+        raise UserError(
+            f"grad_accum_steps {cfg.grad_accum_steps} is more than the {have} batches of an "
+            f"epoch{each}: no step would be taken; lower it, or max_tokens and batch_size"
+        )
+
+
 def step_weights(every: list, corpus: Corpus, accelerator, accum: int, n: int) -> list[float]:
     """What this process's batch i weighs in its step's loss, so that a step's gradient is the
     mean over all its target tokens, on every process and in every accumulated batch, as in
@@ -467,9 +481,10 @@ class StopSignal:
         return bool(accelerator.reduce(flag, "sum") > 0)
 
 
-def setup(cfg: TrainConfig, accelerator, resume: bool, tokenizer_from: Path | None = None) -> dict:
+def setup(cfg: TrainConfig, accelerator, tokenizer_from: Path | None = None) -> dict:
     """Data, tokenizer, model config: everything a run needs besides the model itself.
-    `tokenizer_from`: a checkpoint whose tokenizer the run takes (init_from), else the config's."""
+    `tokenizer_from`: a checkpoint whose tokenizer the run takes (the one it resumes, or
+    init_from's), else the config's (trained now: the other processes load the main one's)."""
     out, log = Path(cfg.output_dir), accelerator.print
     # The main process reads the data, trains (or loads) the tokenizer and tokenizes first,
     # filling datasets' cache; the other processes then find all of it there (on another
@@ -480,7 +495,7 @@ def setup(cfg: TrainConfig, accelerator, resume: bool, tokenizer_from: Path | No
         train_text = load_text(cfg.train_data, cfg, cfg.train_split)
         # read now, so that a bad valid_data stops the run before the tokenizing of train
         valid_text = load_text(cfg.valid_data, cfg, cfg.valid_split) if cfg.valid_data else None
-        reuse = resume or not accelerator.is_main_process
+        reuse = not accelerator.is_main_process
         tokenizer = load_tokenizer(cfg, out, train_text, reuse, log, saved_in=tokenizer_from)
         check_targets_hold_eos(tokenizer, cfg.tokenizer)  # before tokenizing it all
         train = tokenize(
@@ -552,6 +567,13 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
         # older checkpoints did not say: take their validation at this step as theirs
         state.update({"validated_step": trainer_state["step"], **trainer_state})
+        was = saved_config(ckpt)[0].get("best_metric", "bleu")  # the metric "best" is in
+        if was != cfg.best_metric and state["best"] is not None:
+            log(
+                f"best_metric {was} -> {cfg.best_metric}: the best so far and the patience "
+                f"count start again (best/ holds the {was} best until the next validation)"
+            )
+            state["best"], state["bad_evals"] = None, 0
         epoch = state["epoch"]  # the epoch under way, or the next one at an epoch's end
         where = f"inside epoch {epoch + 1}" if state["batch_in_epoch"] else f"after epoch {epoch}"
         log(f"resumed from {ckpt}: step {state['step']}, {where}")
@@ -603,15 +625,20 @@ def saved_config(ckpt: Path) -> tuple[dict, dict]:
 def check_same_model(ckpt: Path, cfg: TrainConfig) -> None:
     """UserError naming the model settings a resume changed (the weights would not load, and
     the error from load_state_dict names tensors, not settings)."""
-    was = saved_config(ckpt)[1]
+    saved, was = saved_config(ckpt)
     now = {k: getattr(cfg, k) for k in MODEL_SHAPE}
     for shape in (was, now):  # null: as many decoder layers as encoder layers
         shape["decoder_layers"] = shape["decoder_layers"] or shape["num_layers"]
     changed = [f"{k} {was[k]} -> {now[k]}" for k in MODEL_SHAPE if was[k] != now[k]]
+    # the tokenizer too: the embeddings' rows are its ids (another one of the same size would
+    # load, and train on ids that mean other pieces)
+    was_tok = saved.get("tokenizer", TrainConfig.__dataclass_fields__["tokenizer"].default)
+    if was_tok != cfg.tokenizer:
+        changed.append(f"tokenizer {json.dumps(was_tok)} -> {json.dumps(cfg.tokenizer)}")
     if changed:
         raise UserError(
             f"{ckpt}: resumed with {', '.join(changed)}: a resume trains the checkpoint's "
-            "model, whose shape these settings fix; drop them (--config "
+            "model, whose shape and vocabulary these settings fix; drop them (--config "
             f"{ckpt.parent.parent / 'config.json'} repeats the run's), or train a new model in "
             "another output_dir"
         )
@@ -719,7 +746,8 @@ def main(argv=None):
                 f"mixed_precision fp16 is not supported on {accelerator.device.type} "
                 "by accelerate (it would train in fp32): use bf16 or no"
             )
-        run = setup(cfg, accelerator, args.resume, source)
+        run = setup(cfg, accelerator, source or resumed_from)
+        check_whole_steps(run, accelerator.num_processes)
         model = Transformer(run["model_cfg"])
         if init is not None:
             init_weights(model, init, source)
@@ -743,10 +771,13 @@ def main(argv=None):
     # each process takes its own batches: N processes make a step N times larger (fairseq's
     # --max-tokens is per GPU too), so the step's size is said, not left to the arithmetic
     n, accum = accelerator.num_processes, cfg.grad_accum_steps
+    cap, size = f"{cfg.batch_size:,} pairs", f"{cfg.batch_size * accum * n:,} pairs"
+    if cfg.max_tokens:  # null: batches are capped by batch_size alone
+        cap = f"{cfg.max_tokens:,} padded tokens and {cap}"
+        size = f"{cfg.max_tokens * accum * n:,} padded tokens"
     run["log"](
-        f"step size: batches of up to {cfg.max_tokens:,} padded tokens and {cfg.batch_size:,} "
-        f"pairs, {accum} a step (grad_accum_steps){f' in each of {n} processes' * (n > 1)}: "
-        f"up to {cfg.max_tokens * accum * n:,} padded tokens a step"
+        f"step size: batches of up to {cap}, {accum} a step (grad_accum_steps)"
+        f"{f' in each of {n} processes' * (n > 1)}: up to {size} a step"
     )
     optimizer = make_optimizer(model, cfg, accelerator.device)
     # Not passed to prepare(): accelerate would step it once per process per step.

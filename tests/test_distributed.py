@@ -125,7 +125,7 @@ def test_the_first_process_of_each_machine_prepares_the_data_before_the_others_t
 
     def process(rank):
         here.rank = rank
-        train.setup(TrainConfig(valid_data=None), Process(rank), resume=False)
+        train.setup(TrainConfig(valid_data=None), Process(rank))
 
     with ThreadPoolExecutor(4) as pool:
         for done in [pool.submit(process, rank) for rank in range(4)]:
@@ -172,6 +172,37 @@ def test_resume_names_the_model_settings_it_cannot_change(corpus, tmp_path, sing
     train.check_same_model(ckpt, TrainConfig(num_layers=2, decoder_layers=2))
     (ckpt / "config.json").write_text(json.dumps({**same, "decoder_layers": 2}))
     train.check_same_model(ckpt, TrainConfig(num_layers=2))
+
+
+def test_resume_refuses_another_tokenizer(corpus, tmp_path, single_process_run):
+    # the embeddings' rows are the checkpoint tokenizer's ids: another tokenizer of the same
+    # size would load, and the run would go on training on ids that stand for other pieces
+    out = tmp_path / "run"
+    shutil.copytree(single_process_run, out)
+    other = write_corpus(tmp_path / "other", 5, 400, 16, 150) / "tok"
+    args = [*args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2), "--max_steps", "9",
+            "--tokenizer", str(other), "--resume"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f'resumed with tokenizer "{corpus / "tok"}" -> "{other}": a resume' in proc.stderr
+    assert "tokeniz" not in proc.stdout  # said before the data is prepared
+
+
+def test_a_resume_with_another_best_metric_starts_the_best_again(
+    corpus, tmp_path, single_process_run
+):
+    # the saved best was a BLEU; compared with -loss it would never be beaten again, and
+    # patience would stop the run at its next validation
+    out = tmp_path / "run"
+    shutil.copytree(single_process_run, out, symlinks=True)
+    args = args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2, "--max_steps", 9,
+                    "--best_metric", "loss", "--patience", 1, "--resume")  # fmt: skip
+    proc = run(args)
+    assert "best_metric bleu -> loss: the best so far and the patience count start" in proc.stdout
+    assert "early stopping" not in proc.stdout
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 9
 
 
 def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, single_process_run):

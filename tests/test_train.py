@@ -111,6 +111,22 @@ def test_an_epoch_short_of_a_whole_step_counts_the_batches_it_leaves_out():
     assert logged == []
 
 
+def test_an_epoch_shorter_than_one_step_is_refused():
+    # 13 batches of up to 4 pairs (as above): accumulating 14 would leave the whole epoch out
+    offsets = np.arange(0, 251, 5)
+    run = {"train": Corpus(np.ones(250), offsets, np.ones(250), offsets)}
+    run["cfg"] = TrainConfig(max_tokens=20, max_seq_length=5, batch_size=4, grad_accum_steps=13)
+    train.check_whole_steps(run, 1)
+    run["cfg"] = dataclasses.replace(run["cfg"], grad_accum_steps=14)
+    with pytest.raises(UserError, match=r"grad_accum_steps 14 is more than the 13 batches of"):
+        train.check_whole_steps(run, 1)
+    run["cfg"] = dataclasses.replace(run["cfg"], grad_accum_steps=7)  # 7 each on 2 processes
+    train.check_whole_steps(run, 2)
+    run["cfg"] = dataclasses.replace(run["cfg"], grad_accum_steps=8)
+    with pytest.raises(UserError, match=r"the 7 batches of an epoch on each of 2 processes"):
+        train.check_whole_steps(run, 2)
+
+
 def test_a_step_weighs_every_target_token_alike_over_accumulated_batches_and_processes():
     # a 1-pair batch with 2 target tokens and a 3-pair one with 24: the step's gradient must be
     # that of the mean over all 26 tokens, not the mean of the two batches' means
@@ -939,6 +955,35 @@ def test_a_kill_once_a_best_checkpoint_is_published_leaves_best_up_to_date(
     assert (out / "best" / "model.safetensors").read_bytes() == (
         step / "model.safetensors"
     ).read_bytes()
+
+
+def test_a_resume_trains_with_the_checkpoints_tokenizer_and_a_fresh_start_trains_its_own(
+    corpus, tmp_path
+):
+    # out/tokenizer is the run's copy, but the checkpoint's is the one its weights were trained
+    # with: a resume takes that. With no checkpoint, --resume starts fresh, and so must train the
+    # tokenizer its config asks for, not load the one an earlier run left behind. (max_tokens
+    # null, batches capped by batch_size alone, once crashed the log's step-size line.)
+    out = tmp_path / "run"
+    vocab = lambda proc: int(re.search(r"vocabulary (\d+)", proc.stdout)[1])  # noqa: E731
+    base = [*args_for(corpus, out, "--max_tokens", "null"), "--tokenizer"]
+    first = run([*base, '{"train": "unigram", "vocab_size": 120}', "--max_steps", "2"])
+    assert "up to 32 pairs, 1 a step (grad_accum_steps): up to 32 pairs a step" in first.stdout
+    assert vocab(first) != 150
+    shutil.rmtree(out / "tokenizer")
+    shutil.copytree(corpus / "tok", out / "tokenizer")  # 150 pieces
+    resumed = run([*base, '{"train": "unigram", "vocab_size": 120}', "--max_steps", "4",
+                   "--resume"])  # fmt: skip
+    assert "resumed from" in resumed.stdout and vocab(resumed) == vocab(first)
+    assert "tokenizer: unigram" not in resumed.stdout  # taken as it is, not trained again
+    assert "tokenizer: unigram" in first.stdout
+    shutil.rmtree(out / "checkpoints")
+    fresh = run([*base, '{"train": "unigram", "vocab_size": 100}', "--max_steps", "1", "--resume"])
+    assert "nothing to resume" in fresh.stdout and "trained" in fresh.stdout
+    assert vocab(fresh) not in (150, vocab(first))
+    assert len(
+        json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    ) == vocab(fresh)
 
 
 def test_a_resume_inside_an_epoch_with_another_split_of_the_data_is_refused():
