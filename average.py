@@ -100,7 +100,7 @@ def given_twice(dirs: list[Path]) -> list[str]:
 def main(argv=None):
     p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--run", help="a run's output_dir: average its newest --last checkpoints")
-    p.add_argument("--last", type=int, default=5, help="(default 5)")
+    p.add_argument("--last", type=int, help="with --run (default 5)")
     p.add_argument(
         "--checkpoints",
         "--checkpoint",  # the other scripts' spelling (it was taken as an abbreviation anyway)
@@ -118,6 +118,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if bool(args.run) == bool(args.checkpoints):
         raise UserError("give either --run (with --last) or --checkpoints")
+    if args.last is not None and not args.run:  # ignored, as said nowhere
+        raise UserError("--last N counts a run's newest checkpoints: it needs --run")
+    args.last = 5 if args.last is None else args.last
     if args.last < 1:
         raise UserError(f"--last must be >= 1 (got {args.last})")
     dirs = [resolve(d) for d in args.checkpoints] if args.checkpoints else None

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from config import ArgumentParser, TrainConfig, UserError, cli
 from cpu_memory import keep_freed_memory
-from data import has_splits, load_text, read_lines, takes_config
+from data import check_aligned, has_splits, load_text, read_lines, takes_config
 from translate import (
     add_decoding_args,
     check_not_an_input,
@@ -333,7 +333,7 @@ def main(argv=None):
         "--moses", action="store_true", help="BLEU on Moses-tokenized text too (see below)"
     )
     p.add_argument("--compare", metavar="OTHER", help="paired bootstrap against this output")
-    p.add_argument("--bootstrap_samples", type=int, default=1000, help="(default 1000)")
+    p.add_argument("--bootstrap_samples", type=int, help="with --compare (default 1000)")
     p.add_argument("--json", help="write the report as JSON")
     args = p.parse_args(argv)
     if not sys.stderr.isatty():  # datasets' "Generating train split" bars: none in a pipe or log
@@ -359,8 +359,14 @@ def main(argv=None):
         check_not_an_input(f"--{flag}", getattr(args, flag), inputs)
     if args.moses:
         import_sacremoses()  # now, not after the decoding
+    if args.bootstrap_samples is not None and not args.compare:  # ignored, as said nowhere
+        raise UserError("--bootstrap_samples resamples for --compare: it needs --compare")
+    args.bootstrap_samples = 1000 if args.bootstrap_samples is None else args.bootstrap_samples
     if args.compare and args.bootstrap_samples < 1:
         raise UserError("--bootstrap_samples must be >= 1")
+    seed = os.environ.get("SACREBLEU_SEED")  # sacreBLEU int()s it, after all the decoding
+    if args.compare and seed is not None and not (seed.strip().isdigit()):
+        raise UserError(f"SACREBLEU_SEED must be an integer >= 0 (got {seed!r})")
     # read before any decoding, so that a missing file stops us now, not hours later
     baseline = read_lines(args.compare) if args.compare else None
     with contextlib.ExitStack() as outputs:
@@ -396,11 +402,12 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
         }
         for flag in ("output", "json"):
             check_not_an_input(f"--{flag}", getattr(args, flag), files)
-    if baseline is not None and len(baseline) != len(references):
-        raise UserError(f"--compare: {len(baseline)} lines but {len(references)} references")
+    refs = args.reference or "the test set's references"  # for the messages
+    if baseline is not None:
+        check_aligned(baseline, references, f"--compare {args.compare}", refs)
     if model is not None:
-        if len(sources) != len(references):  # before hours of decoding, not after
-            raise UserError(f"{len(sources)} sources but {len(references)} references")
+        srcs = args.source or "the test set's sources"
+        check_aligned(sources, references, srcs, refs)  # before hours of decoding, not after
         # a bar on a terminal only (disable=None), on stderr: the report goes to stdout
         with tqdm(total=len(sources), desc="translating", unit=" lines", disable=None) as bar:
             hypotheses = translate_texts(
@@ -424,6 +431,7 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
             out.flush()  # before the report, when both go to stdout
     else:
         hypotheses = read_input(args.hypotheses, "--hypotheses")  # "-": stdin
+        check_aligned(hypotheses, references, args.hypotheses, refs)
     moses_lang = None
     if args.moses:  # the test set's target language: as given, the config's, else de
         t = report["test_set"]

@@ -149,19 +149,20 @@ def main(argv=None):
     model, tokenizer, ids, _ = load_models(args.checkpoint, args.device)
     keep_freed_memory(args.device)
     bar = tqdm(desc="scoring", unit=" pairs", total=len(sources), file=sys.stderr, disable=None)
-    with bar:
-        scored = score_pairs(
-            model,
-            tokenizer,
-            ids,
-            sources,
-            targets,
-            args.batch_size,
-            args.max_tokens,
-            args.mixed_precision,
-            progress=bar,
-        )
+    # opened first (a temporary file, renamed when done): a bad --output fails now, not after
     with open_output(args.output) as out:
+        with bar:
+            scored = score_pairs(
+                model,
+                tokenizer,
+                ids,
+                sources,
+                targets,
+                args.batch_size,
+                args.max_tokens,
+                args.mixed_precision,
+                progress=bar,
+            )
         out.writelines(f"{logp / n if args.normalize else logp:.6f}\n" for logp, n in scored)
     if skipped := [n for n, (logp, _) in enumerate(scored, 1) if math.isnan(logp)]:
         print(

@@ -777,8 +777,11 @@ def sampler_of(args: argparse.Namespace) -> Sampler | None:
     if args.beam > 1:
         raise UserError(SAMPLING_NO_BEAM)
     t, k, p, seed = args.temperature, args.sampling_topk, args.sampling_topp, args.seed
-    if t is not None and not (0 < t < math.inf):
-        raise UserError(f"--temperature must be finite and above 0 (got {t})")
+    fp32 = torch.finfo(torch.float32)  # the logits' type: outside, T would be 0 or inf there
+    if t is not None and not (fp32.tiny <= t <= fp32.max):
+        raise UserError(
+            f"--temperature must be between {fp32.tiny:.3g} and {fp32.max:.3g} (got {t})"
+        )
     if k is not None and k < 1:
         raise UserError(f"--sampling_topk must be >= 1 (got {k})")
     if p is not None and not (0 < p <= 1):  # NaN fails too
@@ -812,8 +815,8 @@ def main(argv=None):
     p.add_argument(
         "--nbest",
         type=int,
-        default=1,
-        help="write the N best hypotheses with scores, tab-separated (needs --beam >= N)",
+        help="write the N best hypotheses with their scores, tab-separated, N = 1 too (needs "
+        "--beam >= N; without --nbest: the best hypothesis alone, no score)",
     )
     p.add_argument(
         "--chunk_size",
@@ -825,7 +828,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     options = decoding_options(args)
     options["sampler"] = sampler_of(args)
-    if args.nbest < 1 or args.nbest > args.beam:
+    if args.nbest is not None and args.beam < 2:  # greedy and sampling give no score
+        raise UserError("--nbest writes beam search's hypotheses and scores: add --beam K >= 2")
+    if args.nbest is not None and not 1 <= args.nbest <= args.beam:
         raise UserError(f"--nbest must be between 1 and --beam ({args.beam})")
     if args.chunk_size < 1:
         raise UserError("--chunk_size must be >= 1")
@@ -849,12 +854,12 @@ def main(argv=None):
                 lines,
                 args.batch_size,
                 cfg.max_seq_length,
-                nbest=args.nbest,
+                nbest=args.nbest or 1,
                 line_numbers=range(first, first + len(lines)),
                 progress=bar,
                 **options,
             )
-            if args.nbest > 1:
+            if args.nbest is not None:  # --nbest 1 too: the best hypothesis and its score
                 out.writelines(format_nbest(pairs) + "\n" for pairs in found)
             else:
                 out.writelines((pairs[0][0] if pairs else "") + "\n" for pairs in found)

@@ -111,6 +111,7 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
         (["--checkpoints", wide, renamed, "--out", run / "last"], "is a training run's checkpoint"),
         (["--checkpoints", a, b, "--out", run / "checkpoints" / "step-3"], "a training run's chec"),
         (["--run", run, "--last", 0, "--out", new], "--last must be >= 1"),
+        (["--checkpoints", a, b, "--last", 1, "--out", new], "--last N counts a run's newest"),
         (["--run", run, "--out", run], "would replace .*run/checkpoints/step-1"),
         (["--checkpoints", a, b, "--out", b], "would replace .*step-2"),
         (["--checkpoints", a, b, "--out", other_run], "holds a training run's checkpoints"),

@@ -576,14 +576,17 @@ def test_evaluate_checks_sources_against_references_before_decoding(
     argv = ["--checkpoint", trained, "--source", corpus / "test.en", "--reference",
             tmp_path / "short.de"]  # fmt: skip
     code, err = run_cli(evaluate.main, argv, capsys)
-    assert_one_line_error(code, err, "4 sources but 1 references")
+    assert_one_line_error(
+        code, err, f"{corpus / 'test.en'} has 4 lines, {tmp_path / 'short.de'} has 1"
+    )
 
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
         (["--compare", "missing.de"], "data file not found: "),
-        (["--compare", "short.de"], "--compare: 1 lines but 4 references"),
+        (["--compare", "short.de"], "short.de has 1 lines, "),
+        (["--bootstrap_samples", 10], "--bootstrap_samples resamples for --compare: it needs"),
         (["--compare", "test.de", "--bootstrap_samples", 0], "--bootstrap_samples must be >= 1"),
         (["--device", "nonsense"], "--device nonsense: not usable here"),
         (["--device", "cuda:99"], "--device cuda:99: not usable here"),
@@ -601,6 +604,27 @@ def test_evaluate_checks_its_options_before_decoding(
             corpus / "test.de", *flags]  # fmt: skip
     code, err = run_cli(evaluate.main, argv, capsys)
     assert_one_line_error(code, err, expected)
+
+
+@pytest.mark.parametrize("seed", ["", "-1", "abc"])
+def test_evaluate_checks_sacrebleus_seed_before_decoding(
+    trained, corpus, monkeypatch, capsys, seed
+):
+    # sacreBLEU reads SACREBLEU_SEED with int() when the bootstrap starts, after the decoding
+    monkeypatch.setenv("SACREBLEU_SEED", seed)
+    monkeypatch.setattr(evaluate, "translate_texts", lambda *a, **k: pytest.fail("decoded"))
+    ref = corpus / "test.de"
+    argv = ["--checkpoint", trained, "--source", corpus / "test.en", "--reference", ref,
+            "--compare", ref]  # fmt: skip
+    code, err = run_cli(evaluate.main, argv, capsys)
+    assert_one_line_error(code, err, f"SACREBLEU_SEED must be an integer >= 0 (got {seed!r})")
+
+
+def test_evaluate_names_the_files_whose_lines_do_not_pair_up(corpus, tmp_path, capsys):
+    (tmp_path / "short.de").write_text("nur eine Zeile\n")
+    argv = ["--hypotheses", tmp_path / "short.de", "--reference", corpus / "test.de"]
+    code, err = run_cli(evaluate.main, argv, capsys)
+    assert_one_line_error(code, err, f"{tmp_path / 'short.de'} has 1 lines, ")
 
 
 @pytest.mark.parametrize(
@@ -622,8 +646,11 @@ def test_evaluate_checks_its_options_before_decoding(
         (["--temperature", "0.5"], "--temperature applies to --sampling only: add --sampling"),
         (["--seed", "3"], "--seed applies to --sampling only: add --sampling"),
         (["--sampling", "--beam", "2"], "--sampling draws one translation per line: it takes no"),
-        (["--sampling", "--temperature", "0"], "--temperature must be finite and above 0 (got 0"),
-        (["--sampling", "--temperature", "nan"], "--temperature must be finite and above 0"),
+        (["--sampling", "--temperature", "0"], "--temperature must be between 1.18e-38 and 3"),
+        (["--sampling", "--temperature", "nan"], "--temperature must be between 1.18e-38 and "),
+        (["--sampling", "--temperature", "1e39"], "--temperature must be between 1.18e-38 and "),
+        (["--sampling", "--temperature", "1e-50"], "and 3.4e+38 (got 1e-50)"),
+        (["--nbest", "1"], "--nbest writes beam search's hypotheses and scores: add --beam K"),
         (["--sampling", "--sampling_topk", "0"], "--sampling_topk must be >= 1 (got 0)"),
         (["--sampling", "--sampling_topp", "1.5"], "--sampling_topp must be in (0, 1] (got 1.5)"),
         (["--sampling", "--sampling_topp", "0"], "--sampling_topp must be in (0, 1] (got 0.0)"),

@@ -138,9 +138,10 @@ def test_the_command_line_writes_one_score_per_pair_in_order(ckpt, tmp_path, cap
         ("batch 0", "--batch_size and --max_tokens must be >= 1"),
         ("output is the source", "is the --source file"),
         ("missing", "data file not found"),
+        ("output unwritable", "cannot write"),
     ],
 )
-def test_bad_input_is_one_line(ckpt, tmp_path, capsys, case, message):
+def test_bad_input_is_one_line(ckpt, tmp_path, capsys, monkeypatch, case, message):
     src, tgt = tmp_path / "src.en", tmp_path / "tgt.de"
     src.write_text("a man\nthe dog\n")
     tgt.write_text("ein Mann\nder Hund\n")
@@ -153,6 +154,9 @@ def test_bad_input_is_one_line(ckpt, tmp_path, capsys, case, message):
         argv += ["--output", src]
     elif case == "missing":
         tgt.unlink()
+    elif case == "output unwritable":  # found before scoring, not after hours of it
+        argv += ["--output", tmp_path / "no_dir" / "scores.txt"]
+        monkeypatch.setattr(score, "score_pairs", lambda *a, **k: pytest.fail("scored first"))
     code, out, err = run_cli(argv, capsys)
     assert code == 2 and out == "" and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and message in err, err

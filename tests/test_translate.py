@@ -566,6 +566,13 @@ def test_nbest_lines_are_parseable(ckpt, tmp_path):
         assert [s for _, s in pairs] == sorted((s for _, s in pairs), reverse=True)
     with pytest.raises(UserError, match="nbest"):
         translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--nbest", "2"])
+    # --nbest 1 is the first pair of each line, score included; no --nbest: its text alone
+    for flags, name in ((["--nbest", "1"], "one.tsv"), ([], "plain.de")):
+        translate.main(["--checkpoint", str(ckpt), "--input", str(src), "--output",
+                        str(tmp_path / name), "--beam", "3", *flags])  # fmt: skip
+    one = (tmp_path / "one.tsv").read_text().split("\n")[:-1]
+    assert one == ["\t".join(text.split("\t")[:2]) for text in got]
+    assert (tmp_path / "plain.de").read_text().split("\n")[:-1] == [t.split("\t")[0] for t in got]
 
 
 def searched(ckpt, text: str, beam: int, alpha: float, nbest: int, max_new: int):
