@@ -105,11 +105,11 @@ def hf_worker(minutes: float, out: Path) -> None:
     )
     model = MarianMTModel(marian_config(model_config(cfg, tok, ids), ids))
     collate = DataCollatorForSeq2Seq(tok, model=model)
-    counted = {"tokens": 0}
+    counted = []  # each batch's non-padding target tokens, in the order they are collated
 
     def counting_collate(features):
         batch = collate(features)
-        counted["tokens"] += int((batch["labels"] != -100).sum())
+        counted.append(int((batch["labels"] != -100).sum()))
         return batch
 
     class TimeLimit(TrainerCallback):
@@ -117,8 +117,9 @@ def hf_worker(minutes: float, out: Path) -> None:
             self.t0 = time.time()
 
         def on_step_end(self, args, state, control, **kw):
-            # the next batch is collated after this: the count now is exactly what was trained
-            self.train_s, self.tokens = time.time() - self.t0, counted["tokens"]
+            # accelerate's loader collates one batch ahead of the one it yields: count the
+            # first global_step batches (one per step), not every batch collated so far
+            self.train_s, self.tokens = time.time() - self.t0, sum(counted[: state.global_step])
             control.should_training_stop = self.train_s > 60 * minutes
 
     limit = TimeLimit()

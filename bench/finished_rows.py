@@ -26,8 +26,10 @@ from data import read_lines  # noqa: E402
 
 
 @torch.no_grad()
-def greedy_keeping_rows(model, src, ids, max_new, banned=()):
-    """translate.greedy before finished rows left the batch (the same tokens, more work)."""
+def greedy_keeping_rows(model, src, ids, max_new, banned=(), sampler=None, lines=None):
+    """translate.greedy before finished rows left the batch (the same tokens, more work);
+    greedy only (translate.greedy's signature, sampling refused)."""
+    assert sampler is None, "greedy only"
     src_mask = translate.decoding_mask(model, src)
     memory = model.encode(src, src_mask)
     cache = model.new_cache()
