@@ -10,6 +10,7 @@ leaves a half-written checkpoint under the real name.
 """
 
 import json
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -30,15 +31,53 @@ def tied_keys(cfg: ModelConfig) -> list[str]:
     return ["out_proj.weight"] + (["tgt_embed.tokens.weight"] if cfg.share_embeddings else [])
 
 
+def write_error(e: BaseException) -> str | None:
+    """What failed, if `e` is a failure to write a file, else None. A full disk is an OSError
+    from Python, but a SafetensorError from safetensors ("I/O error: No space left on
+    device") and a RuntimeError from torch.save's zip writer ("[enforce fail at
+    inline_container.cc:...] unexpected pos ..."), which says no more than that."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    if isinstance(e, SafetensorError):
+        return _first_line(e)
+    if isinstance(e, RuntimeError) and "inline_container" in str(e):
+        return f"torch.save could not write a file, a full disk? ({_first_line(e)})"
+    return None
+
+
+def _remove(path: Path) -> None:
+    """Remove a directory tree, or a link (rmtree leaves a link where it is, silently)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def replace_dir(tmp: Path, final: Path, old: Path | None = None) -> None:
     """Move a finished directory into place; the old one is removed only after the rename (as
     `old`, by default `final`.old)."""
     old = old or final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
+    _remove(old)
+    if final.exists() or final.is_symlink():
         final.rename(old)
     tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def as_umask_allows(path: Path) -> None:
+    """Give `path` the permissions a new file or directory gets here (the umask's), and a
+    directory's files too: mkdtemp makes a directory only its owner can enter and safetensors
+    writes 0600 files, where the tools' other outputs are readable by those the folder is
+    shared with."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if path.is_dir():
+        path.chmod(0o777 & ~umask)
+        files = [f for f in path.iterdir() if f.is_file() and not f.is_symlink()]
+    else:
+        files = [path]
+    for f in files:
+        f.chmod(0o666 & ~umask)
 
 
 def fresh_tmp(final: str | Path) -> Path:
@@ -64,10 +103,12 @@ def staged_dir(final: str | Path, private: bool = False):
         tmp = fresh_tmp(final)
     try:
         yield tmp
+        if private:
+            as_umask_allows(tmp)
+        replace_dir(tmp, final, tmp.with_suffix(".old") if private else None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_dir(tmp, final, tmp.with_suffix(".old") if private else None)
 
 
 @contextmanager
@@ -78,8 +119,10 @@ def staged_output(final: str | Path):
     try:
         with signals_unwind(), staged_dir(final, private=True) as tmp:
             yield tmp
-    except OSError as e:
-        raise UserError(f"cannot write {final} ({e.strerror or e})") from None
+    except (OSError, SafetensorError, RuntimeError) as e:
+        if (problem := write_error(e)) is None:
+            raise
+        raise UserError(f"cannot write {final} ({problem})") from None
 
 
 def check_replaceable(out: str | Path, inputs: list[Path], flag: str = "--out") -> None:
@@ -146,6 +189,7 @@ def write_model_dir(
     skip = set(tied_keys(model_cfg))
     weights = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if k not in skip}
     save_file(weights, tmp / WEIGHTS, metadata={"format": "pt"})
+    as_umask_allows(tmp / WEIGHTS)
     cfg.save(tmp / "config.json")
     meta = {**model_cfg.to_dict(), "special_ids": vars(ids)}
     (tmp / "model_config.json").write_text(json.dumps(meta, indent=2) + "\n")

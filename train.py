@@ -35,6 +35,7 @@ from accelerate.utils import (
     set_seed,
 )
 from accelerate.utils.other import load as safe_load
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from checkpoint import (
@@ -45,6 +46,7 @@ from checkpoint import (
     prune_checkpoints,
     replace_dir,
     step_dirs,
+    write_error,
     write_model_dir,
 )
 from config import TrainConfig, UserError, cli, config_from_argv
@@ -414,9 +416,10 @@ def save(accelerator, model, run: dict, state: dict, best: dict | None = None) -
         if problem == "weights are not finite":
             run["log"](f"step {state['step']}: weights are not finite, checkpoint not kept")
             return
+        kept = f"the previous checkpoint ({out / 'last'}) is intact"
         raise UserError(
-            f"cannot write checkpoint {final}: {problem or 'failed on another process'}"
-            f"; the previous checkpoint ({out / 'last'}) is intact"
+            f"cannot write checkpoint {final}: {problem or 'failed on another process'}; "
+            + (kept if (out / "last").exists() else "no checkpoint was kept")
         )
     if accelerator.is_main_process:
         if best:  # before the step is published: its state records it as the best
@@ -443,8 +446,10 @@ def ema_file(ckpt: Path, accelerator) -> Path:
 def _try_write(write) -> str | None:
     try:
         write()
-    except OSError as e:
-        return e.strerror or str(e)
+    except (OSError, SafetensorError, RuntimeError) as e:  # a full disk is any of them
+        if (problem := write_error(e)) is None:
+            raise
+        return problem
     return None
 
 

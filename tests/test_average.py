@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import average
-from checkpoint import checkpoint_tokenizer, staged_dir
+from checkpoint import checkpoint_tokenizer, staged_dir, staged_output
 from config import UserError
 from data import train_tokenizer
 from helpers import ROOT
@@ -197,6 +198,70 @@ def test_a_failed_write_leaves_the_old_directory_and_no_temporary(tmp_path):
     with staged_dir(final) as tmp:
         (tmp / "new.txt").write_text("new\n")
     assert [p.name for p in final.iterdir()] == ["new.txt"]
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        # what a full disk raises from each writer (tmpfs of 100 KB, 2026-12-06)
+        (OSError(28, "No space left on device"), "(No space left on device)"),
+        (
+            SafetensorError("Error while serializing: I/O error: No space left on device"),
+            "(SafetensorError: Error while serializing: I/O error: No space left on device)",
+        ),
+        (
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"),
+            "(torch.save could not write a file, a full disk? (RuntimeError: [enforce fail",
+        ),
+    ],
+)
+def test_a_full_disk_while_staging_an_output_is_one_line_and_leaves_nothing(tmp_path, error, said):
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"^cannot write .*out \(") as e:
+        with staged_output(out) as tmp:
+            (tmp / "model.safetensors").write_text("half")
+            raise error
+    assert said in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="^a bug$"):  # not every RuntimeError is a disk's
+        with staged_output(out):
+            raise RuntimeError("a bug")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_staged_output_is_readable_as_the_umask_allows_and_leaves_nothing_beside_it(tmp_path):
+    # mkdtemp's directory is 0700 and safetensors writes 0600: shared with a group, unreadable
+    old = os.umask(0o022)
+    try:
+        with staged_output(tmp_path / "out") as tmp:
+            save_file({"w": torch.zeros(2)}, tmp / "model.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    # an --out that is a link, to a model or to nothing: replaced by the new model, with no
+    # link nor staged copy left behind
+    (tmp_path / "model").mkdir()
+    (tmp_path / "link").symlink_to("model")
+    (tmp_path / "dangling").symlink_to("gone/x")
+    for name in ("link", "dangling"):
+        with staged_output(tmp_path / name) as tmp:
+            (tmp / "new.txt").write_text("new\n")
+        assert (tmp_path / name / "new.txt").is_file() and not (tmp_path / name).is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "link", "model", "out"]
+
+
+def test_a_failed_rename_into_place_leaves_nothing_staged(tmp_path, monkeypatch):
+    import checkpoint
+
+    def fail(*args):
+        raise OSError(20, "Not a directory")
+
+    monkeypatch.setattr(checkpoint, "replace_dir", fail)
+    with pytest.raises(UserError, match=r"cannot write .*out \(Not a directory\)"):
+        with staged_output(tmp_path / "out") as tmp:
+            (tmp / "model.safetensors").write_text("whole")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_checkpoints_of_other_models_are_refused(tmp_path):

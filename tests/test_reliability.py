@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import train
@@ -120,8 +121,18 @@ def test_too_many_nan_steps_stop_with_a_clear_message(corpus, tmp_path, monkeypa
     assert state["step"] == 4  # the last good checkpoint is kept
 
 
+@pytest.mark.parametrize(
+    "full",  # what a full disk raises: Python, safetensors (the weights), torch.save (the state)
+    [
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+        SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        ),
+        RuntimeError("[enforce fail at inline_container.cc:672] . No space left on device"),
+    ],
+)
 def test_disk_full_during_save_keeps_the_previous_checkpoint(
-    corpus, tmp_path, monkeypatch, in_process
+    corpus, tmp_path, monkeypatch, in_process, full
 ):
     import checkpoint
 
@@ -130,7 +141,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(
     def save_file(*args, **kwargs):
         saves[0] += 1
         if saves[0] == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise full
         return real(*args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "save_file", save_file)
@@ -140,6 +151,10 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(
     assert os.readlink(out / "last") == "checkpoints/step-00000002"
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # no .tmp left
     load_file(out / "last/model.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)  # safetensors writes 0600; the checkpoint's weights are as readable as the rest
+    weights, config = (out / "last" / name for name in ("model.safetensors", "config.json"))
+    assert weights.stat().st_mode & 0o777 == config.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_disk_full_writing_the_moving_average_keeps_the_previous_checkpoint(
