@@ -726,7 +726,14 @@ def main(argv=None):
     if earlier and not args.resume:  # a fresh run would prune and mix with them, or delete them
         raise UserError(
             f"{out} holds an earlier run's checkpoints (up to {earlier[-1].name}): --resume "
-            f"continues it; to start over, delete {out / 'checkpoints'} or pick another output_dir"
+            f"continues it; to start over, delete {out / 'checkpoints'} and {out / 'best'}, or "
+            "pick another output_dir"
+        )
+    if not resumed_from and (out / "best").exists():  # translate.py etc. would take it as ours
+        raise UserError(
+            f"{out} holds an earlier run's best checkpoint and none to resume: a new run there "
+            f"would be served as {out / 'best'} until its first validation; move or delete it, "
+            "or pick another output_dir"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -978,12 +978,30 @@ def test_a_resume_trains_with_the_checkpoints_tokenizer_and_a_fresh_start_trains
     assert "tokenizer: unigram" not in resumed.stdout  # taken as it is, not trained again
     assert "tokenizer: unigram" in first.stdout
     shutil.rmtree(out / "checkpoints")
+    shutil.rmtree(out / "best")
     fresh = run([*base, '{"train": "unigram", "vocab_size": 100}', "--max_steps", "1", "--resume"])
     assert "nothing to resume" in fresh.stdout and "trained" in fresh.stdout
     assert vocab(fresh) not in (150, vocab(first))
     assert len(
         json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
     ) == vocab(fresh)
+
+
+def test_a_fresh_run_refuses_an_output_dir_holding_an_earlier_best(corpus, tmp_path):
+    # checkpoints/ deleted as the refusal to start over advises, best/ left: translate.py,
+    # evaluate.py and export.py take a run's best/ first, and would serve the old model
+    out = tmp_path / "run"
+    run(args_for(corpus, out, "--max_steps", 2))
+    assert (out / "best").is_dir()
+    shutil.rmtree(out / "checkpoints")
+    for extra in ([], ["--resume"]):
+        proc = subprocess.run(
+            [sys.executable, *args_for(corpus, out, "--max_steps", 2, *extra)],
+            cwd=ROOT, env=ENV, capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f"would be served as {out / 'best'} until its first validation" in proc.stderr
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 2  # left as it was
 
 
 def test_a_resume_inside_an_epoch_with_another_split_of_the_data_is_refused():
@@ -1524,6 +1542,7 @@ def test_subword_sampling_resume_trains_on_the_same_segmentations(corpus, tmp_pa
 
     # a fresh run there (its checkpoints deleted, as train.py asks) samples anew
     shutil.rmtree(out / "checkpoints")
+    shutil.rmtree(out / "best")
     fresh = run(args_for(corpus, out, *extra, "--max_steps", 1))
     assert "train, epoch 1: segmentations sampled" in fresh.stdout + fresh.stderr
 
