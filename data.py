@@ -14,8 +14,8 @@ Sources (`train_data`, `valid_data`, `test_data`), told apart by the path:
 Every source becomes a `datasets.Dataset` with string columns "src" and "tgt".
 
 Caching: everything is cached in datasets' cache (HF_DATASETS_CACHE, by default
-~/.cache/huggingface/datasets). Local files are converted once to Arrow, keyed by their paths,
-sizes and modification times; token ids are cached by the text's fingerprint and the tokenizer's
+~/.cache/huggingface/datasets). Local files (and a local dataset repository's) are converted
+once to Arrow, keyed by their paths, sizes and modification times; token ids are cached by the text's fingerprint and the tokenizer's
 files (not max_seq_length or max_length_ratio: filtering happens after the cache); a tokenizer
 trained on a cached training split is cached too, so a second run of the same config tokenizes
 nothing. For a save_to_disk directory datasets writes its cache files next to the data.
@@ -27,6 +27,7 @@ import gzip
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -207,16 +208,7 @@ def _file(path: str, src: str, tgt: str) -> datasets.Dataset:
     if kind in (".csv", ".tsv"):
         return _generate(_delimited_pairs, [path], [src, tgt])
     if kind == ".parquet":
-        # datasets keys its cache by the file's mtime alone: a rewritten file with its time
-        # kept (cp -p, rsync -t) gave the old rows; the size and the mtime in ns key it here
-        st = os.stat(path)
-        files = Path(datasets.config.HF_DATASETS_CACHE) / "parquet_files"
-        cache = files / Hasher.hash(os.path.realpath(path))  # one per file: older versions go
-        stamp = Hasher.hash([CACHE_VERSION, st.st_size, st.st_mtime_ns])
-        for old in cache.glob("*") if cache.exists() else []:
-            if old.name != stamp:
-                shutil.rmtree(old, ignore_errors=True)
-        cache = cache / stamp
+        cache = _stamped_cache("parquet_files", path, [Path(path)])
         try:
             if pq.ParquetFile(path).metadata.num_rows == 0:  # datasets' error would not say so
                 raise UserError(f"{path}: no sentence pairs")
@@ -234,6 +226,19 @@ def _file(path: str, src: str, tgt: str) -> datasets.Dataset:
             f"as one path with a {{lang}} placeholder, e.g. {example}"
         )
     raise UserError(f"{path}: cannot tell the data format from the name ({FORMATS})")
+
+
+def _stamped_cache(kind: str, path: str, files: list[Path]) -> Path:
+    """A cache_dir for datasets keyed by `files`' sizes and mtimes in ns. datasets keys local
+    files by their mtime alone: a file rewritten with its time kept (cp -p, rsync -t) gave the
+    old rows. One per `path`: the caches of its older versions are removed."""
+    cache = Path(datasets.config.HF_DATASETS_CACHE) / kind / Hasher.hash(os.path.realpath(path))
+    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(files)]
+    stamp = Hasher.hash([CACHE_VERSION, stats])
+    for old in cache.glob("*") if cache.exists() else []:
+        if old.name != stamp:
+            shutil.rmtree(old, ignore_errors=True)
+    return cache / stamp
 
 
 def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
@@ -263,7 +268,8 @@ def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
             f"or shift lines); give the file itself, e.g. {delimited[0]}"
         )
     if (p / "README.md").exists() or any(f.suffix in data_files for f in everything):
-        return _load_dataset(path, cfg.dataset_config, split, hub=False)  # a dataset repository
+        cache = _stamped_cache("local_repositories", path, files)  # a dataset repository
+        return _load_dataset(path, cfg.dataset_config, split, hub=False, cache_dir=cache)
     raise UserError(
         f"{path}: not a dataset directory (expected dataset_dict.json or state.json "
         f"written by save_to_disk, or a dataset repository with README.md or data "
@@ -349,6 +355,13 @@ def _jsonl_pairs(args: str):
                 raise UserError(
                     f"{path}, line {n}: '{lang}' is {type(pair[lang]).__name__}, not text"
                 )
+            try:  # a lone surrogate escape ("\ud800") is valid JSON but no UTF-8 text
+                (pair[lang] or "").encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise UserError(
+                    f"{path}, line {n}: '{lang}' holds {pair[lang][e.start]!r}, half of a "
+                    "UTF-16 surrogate pair, not a character"
+                ) from None
         # a null is a missing sentence: _nulls_as_empty makes it an empty side, as in Parquet
         yield {"src": pair[src], "tgt": pair[tgt]}
 
@@ -431,13 +444,32 @@ def _load_hub(name: str, config: str | None, split: str) -> datasets.Dataset:
     return _load_dataset(name, config, split, hub=True)
 
 
-def _load_dataset(name: str, config: str | None, split: str, hub: bool) -> datasets.Dataset:
+@contextmanager
+def _datasets_log():
+    """The messages datasets logs, kept from stderr: for a file it cannot read it logs the
+    file's name and row, then raises an error that names neither."""
+    logged, handler = [], logging.Handler(logging.WARNING)
+    handler.emit = lambda record: logged.append(record.getMessage())
+    lib = logging.getLogger("datasets")
+    kept = lib.handlers[:], lib.propagate
+    lib.handlers, lib.propagate = [handler], False
+    try:
+        yield logged
+    finally:
+        lib.handlers, lib.propagate = kept
+
+
+def _load_dataset(
+    name: str, config: str | None, split: str, hub: bool, cache_dir: Path | None = None
+) -> datasets.Dataset:
     """datasets.load_dataset for a Hub name or a local dataset repository."""
     _quiet_hub()
     repo = HUB_ALIASES.get(name, name) if hub else name
     shown = f"'{name}'" + (f" (= '{repo}')" if repo != name else "")
+    logged = []
     try:
-        return datasets.load_dataset(repo, config, split=split)
+        with _datasets_log() as logged:
+            return datasets.load_dataset(repo, config, split=split, cache_dir=cache_dir)
     except ValueError as e:  # found, but no such config or split
         if re.match(r"(BuilderConfig .* not found|Unknown split)", str(e)):
             raise UserError(
@@ -450,9 +482,8 @@ def _load_dataset(name: str, config: str | None, split: str, hub: bool) -> datas
         err = e
     except Exception as e:  # network, offline mode, missing repo: all end the same way for users
         if not hub:
-            raise UserError(
-                f"{name}: cannot load the dataset repository: {_first_line(e)}"
-            ) from None
+            why = logged[-1].splitlines()[0][:300] if logged else _first_line(e)
+            raise UserError(f"{name}: cannot load the dataset repository: {why}") from None
         err = e
     raise UserError(
         f"cannot load dataset {shown} ({config}, {split}) from the Hugging Face Hub: "

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import gzip
 import json
+import logging
 import os
 import re
 import subprocess
@@ -269,6 +270,34 @@ def test_dataset_repository_wrong_config_or_split(wmt14_repo, cfg):
         load_text(str(wmt14_repo), bad, "train")
 
 
+def test_a_dataset_repository_rewritten_with_its_old_times_is_read_anew(wmt14_repo, cfg):
+    # datasets keys a repository's files by their mtimes alone, as it keys a Parquet file
+    assert_pairs(load_text(str(wmt14_repo), cfg, "test"), EN[:3], DE[:3])
+    path = wmt14_repo / "de-en" / "test-00000-of-00001.parquet"
+    stat = path.stat()
+    translation_dataset(EN[:1], DE[:1]).to_parquet(str(path))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert_pairs(load_text(str(wmt14_repo), cfg, "test"), EN[:1], DE[:1])
+
+
+def test_a_bad_file_in_a_dataset_repository_is_named_in_one_line(tmp_path):
+    # datasets logs the file and row to stderr (its logger's handlers), then raises an error
+    # that names neither: the error names them, and nothing else is printed
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    write(repo / "train.jsonl", '{"translation": {"en": "a", "de": "b"}}\n{"translation": {\n')
+    printed, handler = [], logging.Handler()
+    handler.emit = lambda record: printed.append(record.getMessage())
+    logging.getLogger("datasets").addHandler(handler)
+    cfg = TrainConfig(src_lang="en", tgt_lang="de", dataset_config=None)
+    try:
+        with pytest.raises(UserError, match=r"repo: cannot load the dataset repository: .*train"):
+            load_text(str(repo), cfg, "train")
+    finally:
+        logging.getLogger("datasets").removeHandler(handler)
+    assert printed == []
+
+
 def test_language_missing_from_the_dataset(tmp_path, cfg):
     translation_dataset().save_to_disk(str(tmp_path / "ds"))
     fr = TrainConfig(src_lang="en", tgt_lang="fr")
@@ -352,6 +381,7 @@ def test_empty_file_is_a_clear_error(tmp_path, cfg, name):
         ('{"translation": {"en": "x"}}', r"line 2: no 'de' text \(keys: en\)"),
         ('{"translation": {"en": "x", "de": 5}}', r"line 2: 'de' is int, not text"),
         ('["en", "de"]', r"line 2: expected an object like"),
+        ('{"en": "x\\ud800", "de": "y"}', r"line 2: 'en' holds '\\ud800', half of a UTF-16"),
     ],
 )
 def test_bad_jsonl_line_names_file_and_line(tmp_path, cfg, line, error):
