@@ -15,10 +15,11 @@ Every source becomes a `datasets.Dataset` with string columns "src" and "tgt".
 
 Caching: everything is cached in datasets' cache (HF_DATASETS_CACHE, by default
 ~/.cache/huggingface/datasets). Local files (and a local dataset repository's) are converted
-once to Arrow, keyed by their paths, sizes and modification times; token ids are cached by the text's fingerprint and the tokenizer's
-files (not max_seq_length or max_length_ratio: filtering happens after the cache); a tokenizer
-trained on a cached training split is cached too, so a second run of the same config tokenizes
-nothing. For a save_to_disk directory datasets writes its cache files next to the data.
+once to Arrow, keyed by their paths, sizes and modification times; token ids are cached by the
+text's fingerprint and the tokenizer's files (not max_seq_length or max_length_ratio: filtering
+happens after the cache); a tokenizer trained on a cached training split is cached too, so a
+second run of the same config tokenizes nothing. A save_to_disk directory is only read (it may
+be read-only): its token ids go to the cache too.
 """
 
 import copy
@@ -426,10 +427,13 @@ def _nulls_as_empty(ds: datasets.Dataset) -> datasets.Dataset:
     pair with a count, as any empty one; scoring and validation BLEU see ""."""
     if not any(ds.data.column(c).null_count for c in ("src", "tgt")):
         return ds  # no copy
+    key = Hasher.hash([CACHE_VERSION, "nulls-as-empty", ds._fingerprint])
     return ds.map(
         lambda b: {c: [s or "" for s in b[c]] for c in ("src", "tgt")},
         batched=True,
         desc="nulls as empty sentences",
+        new_fingerprint=key,
+        **_in_the_cache(ds, key),
     )
 
 
@@ -892,6 +896,18 @@ def _encode_batch(batch: dict, tok) -> dict:
     return out
 
 
+def _in_the_cache(ds: datasets.Dataset, key: str) -> dict:
+    """map()'s cache file for a dataset whose own files lie outside datasets' cache (a
+    save_to_disk folder: maybe read-only, or shared, and not ours to write into), there;
+    nothing for the others (datasets then writes beside their files, in the cache already)."""
+    cache = Path(datasets.config.HF_DATASETS_CACHE).resolve()
+    files = [Path(f["filename"]).resolve() for f in ds.cache_files]
+    if not files or all(cache in f.parents for f in files):
+        return {}
+    (cache / "mapped").mkdir(parents=True, exist_ok=True)
+    return {"cache_file_name": str(cache / "mapped" / f"{key}.arrow")}
+
+
 def encode(
     ds: datasets.Dataset, tok, name: str = "data", log=print, num_proc: int | None = None
 ) -> datasets.Dataset:
@@ -915,6 +931,7 @@ def encode(
             num_proc=num_proc if num_proc > 1 else None,
             new_fingerprint=key,
             desc=f"{name}: tokenizing",
+            **_in_the_cache(ds, key),
         )
     files = [f["filename"] for f in out.cache_files]  # none for an in-memory dataset: no cache
     if files and all(os.path.getmtime(f) < started for f in files):

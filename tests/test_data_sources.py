@@ -455,6 +455,21 @@ def tokenizer():
     return data.train_tokenizer(iter(texts * 3), "bpe", 90)
 
 
+@pytest.mark.parametrize("null", [False, True])  # a null is read as "" by a map of its own
+def test_a_saved_dataset_folder_is_only_read(tmp_path, cfg, tokenizer, null):
+    # datasets.map writes its cache beside a save_to_disk dataset's files: a read-only folder
+    # failed ("cannot write ...: Read-only file system"), a shared one filled with cache files
+    en, de = [*EN, None if null else "a line"], [*DE, "eine Zeile"]
+    datasets.Dataset.from_dict({"en": en, "de": de}).save_to_disk(str(tmp_path / "ds"))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "ds").rglob("*"))
+    for _ in range(2):  # the second time from the cache
+        log = []
+        ds = load_text(str(tmp_path / "ds"), cfg, "train")
+        assert len(tokenize(ds, tokenizer, 64, "train", log.append)) == 5 - null
+    assert "loaded from the cache" in log[0]
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "ds").rglob("*")) == before
+
+
 def test_tokenize_second_run_uses_the_cache(tmp_path, cfg, tokenizer, monkeypatch):
     write(tmp_path / "t.en", lines(EN))
     write(tmp_path / "t.de", lines(DE))
