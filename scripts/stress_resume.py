@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,7 +76,7 @@ def main():
         command(tmp, tmp / "clean", args.steps), cwd=ROOT, env=ENV, capture_output=True, text=True
     )
     if clean.returncode != 0:
-        sys.exit(f"the uninterrupted run failed:\n{clean.stderr[-2000:]}")
+        sys.exit(f"the uninterrupted run failed (its files: {tmp}):\n{clean.stderr[-2000:]}")
     clean_seconds = time.time() - t0
     # the run may end before --steps (the config's 4 epochs): kills aim below its real end
     final = json.loads((tmp / "clean/last/trainer_state.json").read_text())["step"]
@@ -117,7 +118,7 @@ def main():
                 continue
         _, err = proc.communicate()
         if proc.returncode != 0:
-            sys.exit(f"run failed after {kills} kills:\n{err[-2000:]}")
+            sys.exit(f"run failed after {kills} kills (its files: {tmp}):\n{err[-2000:]}")
         if kills >= args.kills:
             break
     a, b = (
@@ -129,6 +130,10 @@ def main():
         f"{kills} kills, final weights {'bitwise identical' if same else 'DIFFERENT'} "
         f"to the uninterrupted run ({len(a)} tensors)"
     )
+    if same:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        print(f"both runs are kept in {tmp}")
     sys.exit(0 if same else 1)
 
 
