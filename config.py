@@ -235,8 +235,7 @@ class TrainConfig:
         if not 0 <= self.seed < 2**32:  # what the generators take (set_seed, numpy)
             bad.append(f"seed must be in [0, 2**32) (got {self.seed})")
         text = ("train_data", "valid_data", "test_data", "train_split", "valid_split",
-                "test_split", "src_lang", "tgt_lang", "output_dir", "tokenizer",
-                "init_from")  # fmt: skip
+                "test_split", "src_lang", "tgt_lang", "tokenizer", "init_from")  # fmt: skip
         for key in text:  # "" would be the working directory, or no language at all
             if isinstance(getattr(self, key), str) and not getattr(self, key).strip():
                 bad.append(f"{key} must not be empty")
@@ -292,6 +291,11 @@ class TrainConfig:
             )
         elif self.lr_schedule != "inverse_sqrt" and not self.max_steps:
             bad.append(f'lr_schedule "{self.lr_schedule}" decays to 0 at max_steps: set max_steps')
+        elif self.lr_schedule != "inverse_sqrt" and self.warmup_steps >= self.max_steps:
+            bad.append(
+                f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps}): "
+                f'lr_schedule "{self.lr_schedule}" would never reach its peak nor decay'
+            )
         if self.cooldown_steps < 0:
             bad.append(f"cooldown_steps must be >= 0 (got {self.cooldown_steps})")
         elif self.cooldown_steps and self.lr_schedule != "inverse_sqrt":
@@ -307,8 +311,6 @@ class TrainConfig:
                 'mixed_precision must be "no", "bf16", "fp16" or null '
                 f"(got {self.mixed_precision!r})"
             )
-        if self.patience is not None and not self.valid_data:
-            bad.append("patience counts validations: it needs valid_data")
         if self.best_metric not in ("bleu", "loss"):
             bad.append(f'best_metric must be "bleu" or "loss" (got {self.best_metric!r})')
         if self.src_lang == self.tgt_lang:
@@ -319,8 +321,22 @@ class TrainConfig:
                 bad.append(
                     'tokenizer must be a name/path or {"train": "unigram"|"bpe", "vocab_size": N}'
                 )
-            elif not _positive_int(self.tokenizer.get("vocab_size", 8000)):
-                bad.append("tokenizer.vocab_size must be a positive integer")
+            elif not _positive_int(size := self.tokenizer.get("vocab_size", 8000)) or size >= 2**31:
+                # ids are stored as int32 (and the trainers take a C long)
+                bad.append("tokenizer.vocab_size must be a positive integer below 2**31")
+        return bad
+
+    def training_errors(self) -> list[str]:
+        """What only training needs, checked by train.py, not here: a checkpoint saved before
+        a rule existed must still load for decoding (load_model builds its config)."""
+        bad = []
+        if not self.output_dir.strip():  # --output_dir "$UNSET": the working directory
+            bad.append("output_dir must not be empty")
+        if self.patience is not None and not self.valid_data:
+            bad.append("patience counts validations: it needs valid_data")
+        for key in ("keep_last", "max_bad_steps"):  # 0 would act as 1
+            if getattr(self, key) < 1:
+                bad.append(f"{key} must be >= 1 (got {getattr(self, key)})")
         return bad
 
     def tokenizer_errors(self) -> list[str]:
@@ -447,10 +463,12 @@ def parse_overrides(args: list[str]) -> dict:
                 raise UserError(f"missing value for --{key}")
             value, i = args[i + 1], i + 1
         try:
-            parsed = json.loads(value)
+            parsed = json.loads(value, object_pairs_hook=_no_repeats)
         except json.JSONDecodeError:  # Python's numbers too (.001, 1., +1e-3), not JSON's
             parsed = _number(value)
             parsed = value if parsed is None else parsed
+        except _Repeated as e:  # as in a config file: json would keep the last silently
+            raise UserError(f"--{key}: {e.args[0]!r} is given twice") from None
         # "--output_dir 2024" is a path, not a number
         str_field = str in _allowed_types(TrainConfig.__dataclass_fields__[key].type)
         out[key] = (

@@ -701,6 +701,8 @@ def main(argv=None):
     # log lines reach a log file (or a pipe to tee) as they are written, not 8 KB at a time
     sys.stdout.reconfigure(line_buffering=True)
     args, cfg = config_from_argv(argv, "Train a Transformer for translation.")
+    if bad := cfg.training_errors():
+        raise UserError("config: " + "; ".join(bad))
     setup_cpu_launch()
     out = Path(cfg.output_dir)
     created = not out.exists()
@@ -920,8 +922,9 @@ def resume_plan(cfg: TrainConfig, state: dict, log) -> TrainConfig:
     if not (plan and cfg.fit_steps_to_time):
         return cfg
     if plan.get("config") != [cfg.max_steps, cfg.cooldown_steps]:
+        given = "null" if cfg.max_steps is None else f"{cfg.max_steps:,}"
         log(
-            f"max_steps {cfg.max_steps:,}, cooldown_steps {cfg.cooldown_steps:,}: as given, not "
+            f"max_steps {given}, cooldown_steps {cfg.cooldown_steps:,}: as given, not "
             f"the {plan['max_steps']:,} and {plan['cooldown_steps']:,} fitted before the resume"
         )
         state["pace_checks"] = 0  # the next log fits these anew

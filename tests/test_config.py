@@ -121,9 +121,20 @@ def test_numbers_must_be_finite(key, value):
         from_cli(f"--{key}", value)
 
 
+@pytest.mark.parametrize("size", ["0", "2147483648", "99999999999999999999", "8000.0"])
+def test_a_trained_tokenizers_size_is_a_positive_int32(size):
+    with pytest.raises(UserError, match="tokenizer.vocab_size must be a positive integer below"):
+        from_cli("--tokenizer", f'{{"train": "unigram", "vocab_size": {size}}}')
+
+
+@pytest.mark.parametrize("key", ["keep_last", "max_bad_steps"])
+def test_zero_kept_checkpoints_or_bad_steps_is_a_training_error(key):
+    assert from_cli(f"--{key}", "0").training_errors() == [f"{key} must be >= 1 (got 0)"]
+
+
 def test_patience_needs_validation():
-    with pytest.raises(UserError, match="patience counts validations: it needs valid_data"):
-        from_cli("--patience", "2", "--valid_data", "null")
+    cfg = from_cli("--patience", "2", "--valid_data", "null")  # a saved run's config loads
+    assert cfg.training_errors() == ["patience counts validations: it needs valid_data"]
 
 
 def test_lr_schedule_is_checked():
@@ -131,12 +142,15 @@ def test_lr_schedule_is_checked():
         TrainConfig(lr_schedule="step")
     with pytest.raises(UserError, match='lr_schedule "cosine" decays to 0 at max_steps: set'):
         TrainConfig(lr_schedule="cosine")
-    assert TrainConfig(lr_schedule="linear", max_steps=10).max_steps == 10
+    assert TrainConfig(lr_schedule="linear", max_steps=10, warmup_steps=2).max_steps == 10
+    # the default warmup of 4,000 steps: the rate would climb until the end, never decay
+    with pytest.raises(UserError, match=r"warmup_steps \(4000\) must be below max_steps \(3000\)"):
+        TrainConfig(lr_schedule="cosine", max_steps=3000)
 
 
 def test_cooldown_needs_inverse_sqrt_and_a_longer_max_steps():
     with pytest.raises(UserError, match='cooldown_steps is for "inverse_sqrt"; "linear"'):
-        TrainConfig(lr_schedule="linear", max_steps=10, cooldown_steps=5)
+        TrainConfig(lr_schedule="linear", max_steps=10, cooldown_steps=5, warmup_steps=2)
     with pytest.raises(
         UserError, match=r"cooldown_steps \(5\) falls to 0 at max_steps: .*, or cooldown_steps 0"
     ):
@@ -252,6 +266,8 @@ def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
     path.write_text('{"tokenizer": {"train": "bpe", "train": "unigram"}}')
     with pytest.raises(UserError, match=r"twice\.json: 'train' is given twice"):
         load_config(path)
+    with pytest.raises(UserError, match=r"^--tokenizer: 'train' is given twice$"):
+        from_cli("--tokenizer", '{"train": "unigram", "vocab_size": 200, "train": "bpe"}')
 
 
 def test_missing_config_file_is_named(tmp_path):
@@ -274,13 +290,32 @@ def test_a_config_that_is_not_a_readable_file_is_one_line(tmp_path):
         load_config(tmp_path)  # a checkpoint's directory, not its config.json
 
 
-@pytest.mark.parametrize(
-    "key", ["output_dir", "train_data", "src_lang", "valid_split", "tokenizer"]
-)
+@pytest.mark.parametrize("key", ["train_data", "src_lang", "valid_split", "tokenizer"])
 def test_empty_text_settings_are_refused(key):
-    # --output_dir "$UNSET" would train into the working directory over its config.json
     with pytest.raises(UserError, match=f"{key} must not be empty"):
         from_cli(f"--{key}", "")
+
+
+def test_an_empty_output_dir_is_refused_by_training_alone(tmp_path):
+    # --output_dir "$UNSET" would train into the working directory over its config.json
+    import train
+
+    with pytest.raises(UserError, match="^config: output_dir must not be empty$"):
+        train.main(["--config", "configs/tiny.json", "--output_dir", " "])
+    assert from_cli("--output_dir", " ").training_errors() == ["output_dir must not be empty"]
+
+
+def test_a_checkpoint_saved_before_a_training_rule_still_loads(tmp_path):
+    # runs trained into the working directory (output_dir "") and with patience but no
+    # valid_data were saved before those rules: decoding must still load them
+    from checkpoint import load_model
+    from test_translate import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "old")
+    saved = json.loads((ckpt / "config.json").read_text())
+    saved.update(output_dir="", patience=2, valid_data=None)
+    (ckpt / "config.json").write_text(json.dumps(saved))
+    assert load_model(ckpt)[3].output_dir == ""
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**32)])

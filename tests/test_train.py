@@ -837,7 +837,7 @@ def test_fit_steps_to_time_says_when_it_can_fit_nothing():
     assert train.fit_steps_inactive(dataclasses.replace(fitted, fit_steps_to_time=False)) is None
     off = dataclasses.replace(fitted, max_minutes=None, cooldown_steps=0)
     assert train.fit_steps_inactive(off) == "it needs max_minutes and cooldown_steps"
-    linear = dataclasses.replace(fitted, lr_schedule="linear", cooldown_steps=0)
+    linear = dataclasses.replace(fitted, lr_schedule="linear", cooldown_steps=0, warmup_steps=9)
     assert "not lr_schedule linear's decay" in train.fit_steps_inactive(linear)
 
 
@@ -1074,6 +1074,10 @@ def test_a_resume_keeps_the_fitted_steps_unless_given_others():
     assert train.resume_plan(given, state, logged.append) is given and "plan" not in state
     assert state["pace_checks"] == 0  # so the next log fits them, though all checks were made
     assert "max_steps 2,000, cooldown_steps 200: as given, not the 300 and 60" in logged[-1]
+    # --max_steps null (and no cooldown): no step limit, said as such (it crashed the log line)
+    unlimited = dataclasses.replace(cfg, max_steps=None, cooldown_steps=0)
+    assert train.resume_plan(unlimited, {"plan": dict(plan)}, logged.append) is unlimited
+    assert "max_steps null, cooldown_steps 0: as given" in logged.pop()
     # fitting turned off: the config's values, and the plan is not saved again
     off, state = dataclasses.replace(cfg, fit_steps_to_time=False), {"plan": dict(plan)}
     assert train.resume_plan(off, state, logged.append) is off and "plan" not in state
