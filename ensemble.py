@@ -75,6 +75,13 @@ def load_models(paths: list[str], device="cpu"):
     if len(loaded) == 1:
         return loaded[0]
     _, tokenizer, ids, cfg = loaded[0]
+    for path, (*_, other_cfg) in zip(paths[1:], loaded[1:], strict=True):
+        ways = [(c.src_lang, c.tgt_lang) for c in (cfg, other_cfg)]
+        if ways[0] != ways[1]:  # one vocabulary serves both directions: only the configs tell
+            raise UserError(
+                f"ensemble: {path} was trained {'->'.join(ways[1])}, {paths[0]} "
+                f"{'->'.join(ways[0])}: the models of an ensemble must translate one way"
+            )
     vocab = tokenizer.get_vocab()
     for path, (model, tok, other_ids, _) in zip(paths[1:], loaded[1:], strict=True):
         other = tok.get_vocab()  # (the model configs are Ensemble's to check)

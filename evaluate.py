@@ -196,8 +196,10 @@ def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list
     sources = read_lines(args.source) if args.source else None
     references = read_lines(args.reference) if args.reference else None
     if references is not None and (sources is not None or not args.checkpoint):
-        if args.test_data or args.split:
-            flag = "--test_data" if args.test_data else "--split"
+        if args.test_data or args.split or args.hub_config or args.src_lang:
+            flag = next(f"--{k}" for k in ("test_data", "split", "hub_config", "src_lang")
+                        if getattr(args, k))  # fmt: skip
+            # (--tgt_lang still names the references' language, for --moses)
             raise UserError(f"{flag} chooses a test set, but --reference gives the text to score")
         return sources, references, {"source": args.source, "reference": args.reference}
     spec = args.test_data or (cfg.test_data if cfg else None)

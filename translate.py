@@ -37,9 +37,10 @@ Decoding (each encodes once and feeds one new token per step through the key/val
                and moves a draw across a token's boundary (1 to 3 lines of 2,000 changed with
                --batch_size here, on CPU). Shards of a corpus translated apart number their
                lines from 1 each: give each its own --seed.
-  length       at most a·|x| + b new tokens (--max_len_a, --max_len_b; |x| = source tokens
-               including </s>), per sentence, so the output of a sentence does not depend on the
-               batch it is in. A hypothesis that reaches the limit ends there without </s>.
+  length       at most a·|x| + b new tokens, and at least 1 (--max_len_a, --max_len_b; |x| =
+               source tokens including </s>), per sentence, so the output of a sentence does
+               not depend on the batch it is in. A hypothesis that reaches the limit ends there
+               without </s> (fairseq forces one, and scores it).
   never        padding and the decoder start token are never generated.
   ensemble     several --checkpoint dirs (sharing one vocabulary) decode as one model whose
                next-token distribution is the mean of theirs (ensemble.py).
@@ -565,13 +566,20 @@ class Stdin:
 
 def read_chunks(numbered_lines, size: int, paused=None):
     """(number, line) pairs -> (number of the chunk's first line, its lines), `size` at a time,
-    or fewer where `paused()` says that no more input is there yet."""
+    or fewer where `paused()` says that no more input is there yet. A bad line (not UTF-8) ends
+    the input with its error once the lines before it are out: on stdout, an error naming line
+    N follows lines 1 to N - 1 (a file output is still written whole or not at all)."""
     chunk = []
-    for item in numbered_lines:
-        chunk.append(item)
-        if len(chunk) == size or (paused is not None and paused()):
+    try:
+        for item in numbered_lines:
+            chunk.append(item)
+            if len(chunk) == size or (paused is not None and paused()):
+                yield chunk[0][0], [line for _, line in chunk]
+                chunk = []
+    except UserError:
+        if chunk:
             yield chunk[0][0], [line for _, line in chunk]
-            chunk = []
+        raise
     if chunk:
         yield chunk[0][0], [line for _, line in chunk]
 
@@ -707,6 +715,8 @@ def decoding_options(args: argparse.Namespace) -> dict:
         raise UserError("--beam and --batch_size must be >= 1")
     if not (0 <= args.max_len_a < math.inf) or args.max_len_b < 0:  # NaN fails too
         raise UserError("--max_len_a and --max_len_b must be finite and >= 0")
+    if args.max_len_a == args.max_len_b == 0:  # a sentence's budget is at least 1 token
+        raise UserError("--max_len_a 0 and --max_len_b 0: a budget of no tokens at all")
     alpha = args.length_penalty
     # NaN would rank hypotheses at random; past 10, ((5 + L) / 6) ** alpha overflows float32
     # at a few hundred tokens (fairseq's and transformers' usual values lie within 0-2)
@@ -731,7 +741,7 @@ def check_device(device: str) -> None:
     try:
         if torch.empty(0, device=device).device.type == "meta":
             raise RuntimeError("tensors without data cannot be decoded")
-    except (RuntimeError, AssertionError) as e:  # AssertionError: torch built without CUDA
+    except Exception as e:  # AssertionError: no CUDA; ModuleNotFoundError: "hpu" (torch.hpu)
         raise UserError(f"--device {device}: not usable here ({_first_line(e)})") from None
 
 

@@ -514,6 +514,18 @@ def test_invalid_utf8_on_stdin_leaves_no_partial_output(trained, tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither out.de nor its temporary file
 
 
+def test_on_stdout_the_lines_before_a_bad_line_are_written_first(trained, corpus):
+    # the error names line 5: lines 1-4 were translated too (they share a chunk with it)
+    src = corpus / "test.en"
+    good = src.read_text().splitlines()[:4]
+    data = ("\n".join(good) + "\n").encode() + b"caf\xe9\nthe end\n"
+    proc = run("translate.py", "--checkpoint", trained, "--chunk_size", "100", input=data)
+    assert_one_line_error(proc.returncode, proc.stderr, "stdin, line 5: not UTF-8")
+    alone = run("translate.py", "--checkpoint", trained, "--input", src)
+    assert alone.returncode == 0 and len(good) == 4
+    assert proc.stdout.decode().splitlines() == alone.stdout.decode().splitlines()[:4]
+
+
 def test_sigterm_leaves_no_partial_output(trained, tmp_path):
     """`timeout` or a scheduler stopping translate.py: no output, and no temporary file."""
     out = tmp_path / "out.de"
@@ -651,6 +663,8 @@ def test_evaluate_names_the_files_whose_lines_do_not_pair_up(corpus, tmp_path, c
         (["--sampling", "--temperature", "1e39"], "--temperature must be between 1.18e-38 and "),
         (["--sampling", "--temperature", "1e-50"], "and 3.4e+38 (got 1e-50)"),
         (["--nbest", "1"], "--nbest writes beam search's hypotheses and scores: add --beam K"),
+        (["--max_len_a", "0", "--max_len_b", "0"], "--max_len_a 0 and --max_len_b 0: a budget"),
+        (["--device", "hpu"], "--device hpu: not usable here"),
         (["--sampling", "--sampling_topk", "0"], "--sampling_topk must be >= 1 (got 0)"),
         (["--sampling", "--sampling_topp", "1.5"], "--sampling_topp must be in (0, 1] (got 1.5)"),
         (["--sampling", "--sampling_topp", "0"], "--sampling_topp must be in (0, 1] (got 0.0)"),

@@ -184,6 +184,16 @@ def test_the_same_pieces_under_other_ids_are_re_indexed(pair, tmp_path, capsys, 
     assert translate_texts(ensemble, tok, ids, lines, beam=2) == alone
 
 
+def test_checkpoints_trained_the_other_way_are_a_one_line_error(pair, tmp_path, capsys):
+    # one joint vocabulary serves en->de and de->en: their ensemble mixed the two languages
+    other = tmp_path / "de-en"
+    shutil.copytree(pair[1], other)
+    saved = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**saved, "src_lang": "de", "tgt_lang": "en"}))
+    code, err = run_cli(translate.main, ["--checkpoint", pair[0], other], capsys)
+    assert_one_line_error(code, err, f"{other} was trained de->en", "must translate one way")
+
+
 def test_checkpoints_with_other_vocabularies_are_a_one_line_error(pair, tmp_path, capsys):
     other = make_checkpoint(tmp_path / "other")
     tok = train_tokenizer([t.upper() for t in TEXTS], "unigram", 60)  # other pieces

@@ -186,6 +186,9 @@ def test_test_set_languages_and_split_can_be_chosen(tmp_path):
             evaluate.main(["--hypotheses", hyp_de, "--test_data", one_set, "--split", "valid"])
     with pytest.raises(UserError, match="--split chooses a test set, but --reference"):
         evaluate.main(["--hypotheses", hyp_de, "--reference", hyp_de, "--split", "valid"])
+    for flag in ("--src_lang", "--hub_config"):  # ignored before, the direction warning too
+        with pytest.raises(UserError, match=f"{flag} chooses a test set, but --reference"):
+            evaluate.main(["--hypotheses", hyp_de, "--reference", hyp_de, flag, "fr"])
     r = evaluate.main(["--hypotheses", hyp_en, "--test_data", spec])
     assert r["test_set"]["test_data"] == spec and r["test_set"]["split"] is None
 
