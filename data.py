@@ -736,6 +736,12 @@ class SpecialIds:
     def of(cls, tok) -> "SpecialIds":
         if tok.pad_token_id is None or tok.eos_token_id is None:
             raise UserError("the tokenizer needs a pad and an eos token")
+        if tok.pad_token_id == tok.eos_token_id:  # (pad_token = eos_token, a causal-LM idiom)
+            raise UserError(
+                f"the tokenizer's pad token is its eos token ({tok.eos_token!r}): the loss "
+                "ignores padding, so </s> would never be learned, and the encoder would mask "
+                "it as padding; give it a pad token of its own"
+            )
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.pad_token_id
         return cls(pad=tok.pad_token_id, eos=tok.eos_token_id, start=start)
 

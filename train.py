@@ -1065,6 +1065,10 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         del state["meter"]
         if ended or outcome == "done":
             break
+        # max_minutes passed in the epoch's last steps (checked every log_every) or during its
+        # validation: the run ends here, validated and saved, not a part of an epoch later
+        if out_of_time(accelerator, 0, cfg, state["train_seconds"]):
+            break
         # a signal during the validation (or in the epoch's last steps, before a vote): saved
         # just now, so stop before the next epoch's batches are made and a step is trained
         if epoch + 1 < cfg.epochs and run["stop"].agreed(accelerator, 0, 1):

@@ -223,6 +223,10 @@ def test_trained_tokenizer(tmp_path, kind):
     assert SpecialIds.of(loaded) == ids
     assert encode_sources(loaded, SENTENCES) == sources
     assert encode_targets(loaded, SENTENCES) == targets
+    # pad_token = eos_token (a causal-LM idiom): the loss would ignore every </s> label
+    loaded.pad_token = loaded.eos_token
+    with pytest.raises(UserError, match="pad token is its eos token .* give it a pad token"):
+        SpecialIds.of(loaded)
 
 
 def test_unigram_ids_do_not_depend_on_the_trainers_float_noise():

@@ -987,6 +987,18 @@ def test_a_resume_trains_with_the_checkpoints_tokenizer_and_a_fresh_start_trains
     ) == vocab(fresh)
 
 
+def test_max_minutes_passed_by_an_epochs_end_ends_the_run_there(corpus, tmp_path):
+    # checked every log_every steps, it let the run start the next epoch, train up to log_every
+    # more steps, then validate and save a second time
+    out = tmp_path / "run"
+    run(args_for(corpus, out, "--max_minutes", 1e-5, "--log_every", 1000, "--epochs", 3))
+    validated = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                 if "valid_loss" in r]  # fmt: skip
+    state = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert [r["epoch"] for r in validated] == [1] and state["epoch"] == 1
+    assert state["batch_in_epoch"] == 0 and state["step"] == validated[0]["step"]
+
+
 def test_a_fresh_run_refuses_an_output_dir_holding_an_earlier_best(corpus, tmp_path):
     # checkpoints/ deleted as the refusal to start over advises, best/ left: translate.py,
     # evaluate.py and export.py take a run's best/ first, and would serve the old model
