@@ -6,7 +6,7 @@
     tokenizer = AutoTokenizer.from_pretrained("exported/quickstart")
     model = MarianMTModel.from_pretrained("exported/quickstart")
     batch = tokenizer(["The dog sees the cat."], return_tensors="pt", truncation=True)
-    out = model.generate(**batch)  # greedy; num_beams=5 for beam search (see below)
+    out = model.generate(**batch)  # greedy; beam: num_beams=5, length_penalty=0.6 (below)
     print(tokenizer.batch_decode(out, skip_special_tokens=True))
 
     # CTranslate2 (pip install ctranslate2), converted from the exported directory:
@@ -43,7 +43,9 @@ loader minus those two Marian conventions: every row kept, decoding from our sta
 it adds an output bias of -1e4 on padding and the start token, which translate.py bans.
 Not the same search as translate.py: transformers' and CTranslate2's beam search divide a
 hypothesis's log-probability by length ** length_penalty, not by GNMT's ((5 + L) / 6) ** alpha,
-so one alpha ranks otherwise; their output budget is the positional table, not translate.py's
+so one alpha ranks otherwise (generate(num_beams=5, length_penalty=0.6) comes closest to
+translate.py --beam 5: 7 of 200 Multi30k val translations differed, 32 with transformers'
+default 1.0; README, Export); their output budget is the positional table, not translate.py's
 1.5 |x| + 10; and a source longer than the table needs truncation=True (above).
 Refused (one-line error, exit 2): pre_norm models (Marian is post-LN only). Training-only
 settings (dropout, attn_dropout, act_dropout) are copied as they are and do not affect inference;
