@@ -825,8 +825,9 @@ def main(argv=None):
     p.add_argument(
         "--nbest",
         type=int,
-        help="write the N best hypotheses with their scores, tab-separated, N = 1 too (needs "
-        "--beam >= N; without --nbest: the best hypothesis alone, no score)",
+        help="write the N best hypotheses of beam search with their scores, tab-separated, "
+        "N = 1 too (needs --beam K, K >= N and K >= 2; without --nbest: the best alone, no "
+        "score)",
     )
     p.add_argument(
         "--chunk_size",
