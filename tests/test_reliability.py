@@ -5,6 +5,8 @@ import json
 import math
 import os
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 
@@ -329,3 +331,92 @@ def test_pruning_deletes_in_place_when_the_rename_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "rename", rename)
     prune_checkpoints(ckpts, 1)  # no traceback after the step was published
     assert [d.name for d in ckpts.iterdir()] == ["step-00000002"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs in this process, one after another (a subprocess each would cost seconds of imports)
+
+
+def runs(in_process, capsys):
+    """train.main(argv) -> its stdout, accelerate reset after each run (as in_process does)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    def run(*args) -> str:
+        capsys.readouterr()
+        try:
+            in_process(list(map(str, args)))
+        finally:
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+        return capsys.readouterr().out
+
+    return run
+
+
+def test_a_resume_trains_with_the_checkpoints_tokenizer_and_a_fresh_start_trains_its_own(
+    corpus, tmp_path, in_process, capsys
+):
+    # out/tokenizer is the run's copy, but the checkpoint's is the one its weights were trained
+    # with: a resume takes that. With no checkpoint, --resume starts fresh, and so must train the
+    # tokenizer its config asks for, not load the one an earlier run left behind. (max_tokens
+    # null, batches capped by batch_size alone, once crashed the log's step-size line.)
+    run, out = runs(in_process, capsys), tmp_path / "run"
+    vocab = lambda log: int(re.search(r"vocabulary (\d+)", log)[1])  # noqa: E731
+    base = [*argv(corpus, out, "--max_tokens", "null"), "--tokenizer"]
+    first = run(*base, '{"train": "unigram", "vocab_size": 100}', "--max_steps", 2)
+    assert "up to 32 pairs, 1 a step (grad_accum_steps): up to 32 pairs a step" in first
+    assert "tokenizer: unigram" in first and vocab(first) != 120
+    shutil.rmtree(out / "tokenizer")
+    shutil.copytree(corpus / "tok", out / "tokenizer")  # 120 pieces
+    resumed = run(*base, '{"train": "unigram", "vocab_size": 100}', "--max_steps", 4, "--resume")
+    assert "resumed from" in resumed and vocab(resumed) == vocab(first)
+    assert "tokenizer: unigram" not in resumed  # taken as it is, not trained again
+    shutil.rmtree(out / "checkpoints")
+    shutil.rmtree(out / "best")
+    fresh = run(*base, '{"train": "unigram", "vocab_size": 80}', "--max_steps", 1, "--resume")
+    assert "nothing to resume" in fresh and "tokenizer: unigram 80 trained" in fresh
+    assert vocab(fresh) not in (120, vocab(first))
+    pieces = json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert len(pieces) == vocab(fresh)
+
+
+def test_a_fresh_run_refuses_an_output_dir_holding_an_earlier_best(
+    trained, tmp_path, corpus, in_process, capsys
+):
+    # checkpoints/ deleted as the refusal to start over advises, best/ left: translate.py,
+    # evaluate.py and export.py take a run's best/ first, and would serve the old model
+    out = tmp_path / "run"
+    shutil.copytree(trained, out, symlinks=True)
+    shutil.rmtree(out / "checkpoints")
+    run = runs(in_process, capsys)
+    for extra in ([], ["--resume"]):
+        with pytest.raises(UserError, match=f"would be served as {out / 'best'} until its first"):
+            run(*argv(corpus, out, "--max_steps", 2, *extra))
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 2  # left as it was
+
+
+def test_max_minutes_passed_by_an_epochs_end_ends_the_run_there(
+    corpus, tmp_path, in_process, capsys
+):
+    # checked every log_every steps, it let the run start the next epoch, train up to log_every
+    # more steps, then validate and save a second time
+    out = tmp_path / "run"
+    runs(in_process, capsys)(
+        *argv(
+            corpus,
+            out,
+            "--max_minutes",
+            1e-5,
+            "--log_every",
+            1000,
+            "--epochs",
+            3,
+            "--max_steps",
+            "null",
+        )
+    )
+    records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    validated = [r for r in records if "valid_loss" in r]
+    state = json.loads((out / "last" / "trainer_state.json").read_text())
+    assert [r["epoch"] for r in validated] == [1] and state["epoch"] == 1
+    assert state["batch_in_epoch"] == 0 and state["step"] == validated[0]["step"]

@@ -957,65 +957,6 @@ def test_a_kill_once_a_best_checkpoint_is_published_leaves_best_up_to_date(
     ).read_bytes()
 
 
-def test_a_resume_trains_with_the_checkpoints_tokenizer_and_a_fresh_start_trains_its_own(
-    corpus, tmp_path
-):
-    # out/tokenizer is the run's copy, but the checkpoint's is the one its weights were trained
-    # with: a resume takes that. With no checkpoint, --resume starts fresh, and so must train the
-    # tokenizer its config asks for, not load the one an earlier run left behind. (max_tokens
-    # null, batches capped by batch_size alone, once crashed the log's step-size line.)
-    out = tmp_path / "run"
-    vocab = lambda proc: int(re.search(r"vocabulary (\d+)", proc.stdout)[1])  # noqa: E731
-    base = [*args_for(corpus, out, "--max_tokens", "null"), "--tokenizer"]
-    first = run([*base, '{"train": "unigram", "vocab_size": 120}', "--max_steps", "2"])
-    assert "up to 32 pairs, 1 a step (grad_accum_steps): up to 32 pairs a step" in first.stdout
-    assert vocab(first) != 150
-    shutil.rmtree(out / "tokenizer")
-    shutil.copytree(corpus / "tok", out / "tokenizer")  # 150 pieces
-    resumed = run([*base, '{"train": "unigram", "vocab_size": 120}', "--max_steps", "4",
-                   "--resume"])  # fmt: skip
-    assert "resumed from" in resumed.stdout and vocab(resumed) == vocab(first)
-    assert "tokenizer: unigram" not in resumed.stdout  # taken as it is, not trained again
-    assert "tokenizer: unigram" in first.stdout
-    shutil.rmtree(out / "checkpoints")
-    shutil.rmtree(out / "best")
-    fresh = run([*base, '{"train": "unigram", "vocab_size": 100}', "--max_steps", "1", "--resume"])
-    assert "nothing to resume" in fresh.stdout and "trained" in fresh.stdout
-    assert vocab(fresh) not in (150, vocab(first))
-    assert len(
-        json.loads((out / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
-    ) == vocab(fresh)
-
-
-def test_max_minutes_passed_by_an_epochs_end_ends_the_run_there(corpus, tmp_path):
-    # checked every log_every steps, it let the run start the next epoch, train up to log_every
-    # more steps, then validate and save a second time
-    out = tmp_path / "run"
-    run(args_for(corpus, out, "--max_minutes", 1e-5, "--log_every", 1000, "--epochs", 3))
-    validated = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-                 if "valid_loss" in r]  # fmt: skip
-    state = json.loads((out / "last" / "trainer_state.json").read_text())
-    assert [r["epoch"] for r in validated] == [1] and state["epoch"] == 1
-    assert state["batch_in_epoch"] == 0 and state["step"] == validated[0]["step"]
-
-
-def test_a_fresh_run_refuses_an_output_dir_holding_an_earlier_best(corpus, tmp_path):
-    # checkpoints/ deleted as the refusal to start over advises, best/ left: translate.py,
-    # evaluate.py and export.py take a run's best/ first, and would serve the old model
-    out = tmp_path / "run"
-    run(args_for(corpus, out, "--max_steps", 2))
-    assert (out / "best").is_dir()
-    shutil.rmtree(out / "checkpoints")
-    for extra in ([], ["--resume"]):
-        proc = subprocess.run(
-            [sys.executable, *args_for(corpus, out, "--max_steps", 2, *extra)],
-            cwd=ROOT, env=ENV, capture_output=True, text=True,
-        )  # fmt: skip
-        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-        assert f"would be served as {out / 'best'} until its first validation" in proc.stderr
-    assert json.loads((out / "best" / "best.json").read_text())["step"] == 2  # left as it was
-
-
 def test_a_resume_inside_an_epoch_with_another_split_of_the_data_is_refused():
     # a Hub dataset's train_split or dataset_config picks other pairs; for files, read whole,
     # they name nothing; a key an older checkpoint did not record is not held against it
