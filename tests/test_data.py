@@ -505,6 +505,10 @@ def test_shard_cuts_the_leftover_batches_into_even_pieces_that_cover_them():
     pieces = [shard([np.arange(10), np.arange(10, 12)], r, 3)[-1] for r in range(3)]
     assert sorted(len(p) for p in pieces) == [2, 5, 5]
     assert sorted(np.concatenate(pieces).tolist()) == list(range(12))
+    # each next piece goes to the batch whose pieces are largest: 10 and 6 pairs over 4
+    # processes are 5 + 5 and 3 + 3, not 4 + 3 + 3 and 6 (the slowest rank sets the pace)
+    pieces = [shard([np.arange(10), np.arange(10, 16)], r, 4)[-1] for r in range(4)]
+    assert sorted(len(p) for p in pieces) == [3, 3, 5, 5]
     # fewer leftover pairs than processes: each gets one, every pair is trained
     pieces = [shard([np.array([7, 8])], r, 3)[-1].tolist() for r in range(3)]
     assert all(len(p) == 1 for p in pieces) and {p[0] for p in pieces} == {7, 8}
@@ -518,6 +522,9 @@ def test_token_batches_are_shuffled_and_regrouped_each_epoch():
         assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
     # pairs of equal length are grouped anew (their ties broken at random per epoch)
     assert {frozenset(b.tolist()) for b in epochs[0]} != {frozenset(b.tolist()) for b in epochs[1]}
+    # and the batches come in another order: the same lengths, as many batches, other places
+    longest = [[int(lengths[b].max()) for b in batches] for batches in epochs]
+    assert sorted(longest[0]) == sorted(longest[1]) and longest[0] != longest[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +551,54 @@ def test_collate_pads_and_shifts(tokenizer):
     assert torch.equal(tgt_in[:, 1:], labels[:, :-1])
     assert batch["n_tokens"] == sum(tgt_lengths)
     assert min(tgt_lengths) < labels.size(1)  # the batch did need padding
+
+
+def test_a_text_of_unknown_characters_is_a_sentence_and_one_of_invisible_ones_is_blank(
+    tokenizer,
+):
+    # <unk> is a word's: a sentence in another script is kept (and counted), not dropped as
+    # empty; a text the normalizer removes entirely is blank, also for a tokenizer adding BOS
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    # a word-level vocabulary (no "▁" piece before an unknown word, as SentencePiece may)
+    vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3, "dog": 4}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 3)]
+    )
+    word_level = PreTrainedTokenizerFast(
+        tokenizer_object=words, pad_token="<pad>", unk_token="<unk>", eos_token="</s>"
+    )
+    assert encode_sources(word_level, ["Katze", "dog"]) == [[1, 3], [4, 3]]
+    corpus = tokenize(
+        datasets.Dataset.from_dict({"src": ["Katze", "dog"], "tgt": ["dog", "dog"]}),
+        word_level, 64, "t", lambda _: None,
+    )  # fmt: skip
+    assert len(corpus) == 2
+    eos = tokenizer.eos_token_id
+
+    inner = tokenizer.backend_tokenizer
+    bart_like = PreTrainedTokenizerFast(
+        tokenizer_object=inner.from_str(inner.to_str()),
+        pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+    )  # fmt: skip
+    bos = bart_like.bos_token_id
+    bart_like.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    assert bart_like(["\u200b"])["input_ids"] == [[bos, eos]]  # BOS and </s> alone
+    assert encode_sources(bart_like, ["\u200b"]) == [[]]
+
+
+def test_an_empty_pair_too_long_on_its_other_side_is_counted_once(tokenizer):
+    # each dropped pair under the first reason that drops it: empty, then too long
+    logged = []
+    long = " ".join(["dog"] * 40)
+    ds = datasets.Dataset.from_dict({"src": ["", "the dog", "a cat"], "tgt": [long, "der", "x"]})
+    tokenize(ds, tokenizer, 8, "t", logged.append)
+    assert "t: dropped 1 empty pairs and 0 pairs longer than 8 tokens; 2 of 3 remain" in logged
 
 
 def test_labels_never_begin_with_the_start_token(tokenizer):

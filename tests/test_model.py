@@ -540,6 +540,16 @@ def test_unshared_embeddings_still_tie_the_output(tiny_cfg):
     assert model.out_proj.weight.shape == (30, tiny_cfg.d_model)
 
 
+def test_shift_right_prepends_the_start_token_and_turns_ignored_labels_into_padding():
+    # labels in transformers' convention mark ignored positions -100: never an embedding index
+    assert shift_right(torch.tensor([[5, 6, -100]]), 1, 0).tolist() == [[1, 5, 6]]
+    assert shift_right(torch.tensor([[5, -100, -100]]), 1, 0).tolist() == [[1, 5, 0]]
+    assert shift_right(torch.tensor([[5, 6, 7], [8, 0, 0]]), 1, 0).tolist() == [
+        [1, 5, 6],
+        [1, 8, 0],
+    ]
+
+
 def test_model_config_rejects_heads_not_dividing_d_model():
     with pytest.raises(ValueError, match=r"n_heads \(3\).*d_model \(16\)"):
         ModelConfig(src_vocab_size=20, tgt_vocab_size=20, pad_id=0, d_model=16, n_heads=3)

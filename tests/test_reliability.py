@@ -420,3 +420,22 @@ def test_max_minutes_passed_by_an_epochs_end_ends_the_run_there(
     state = json.loads((out / "last" / "trainer_state.json").read_text())
     assert [r["epoch"] for r in validated] == [1] and state["epoch"] == 1
     assert state["batch_in_epoch"] == 0 and state["step"] == validated[0]["step"]
+
+
+def test_the_cosine_schedule_warms_up_then_follows_half_a_cosine_to_zero(
+    corpus, tmp_path, in_process, capsys
+):
+    # the rate logged at step n is the one step n + 1 will use: lr · lambda(n)
+    out = tmp_path / "run"
+    runs(in_process, capsys)(*argv(corpus, out, "--lr_schedule", "cosine", "--warmup_steps", 2,
+                                   "--max_steps", 10, "--log_every", 1, "--cooldown_steps", 0,
+                                   "--fit_steps_to_time", "false"))  # fmt: skip
+    lr = json.loads((out / "config.json").read_text())["learning_rate"]
+    logged = {
+        r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").open()) if "lr" in r
+    }
+    expected = {n: lr * (n / 2 if n < 2 else 0.5 * (1 + math.cos(math.pi * (n - 2) / 8)))
+                for n in range(1, 11)}  # fmt: skip
+    assert logged.keys() == expected.keys()
+    for n, value in logged.items():
+        assert math.isclose(value, expected[n], rel_tol=1e-6, abs_tol=1e-12), (n, value)

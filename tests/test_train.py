@@ -111,6 +111,14 @@ def test_an_epoch_short_of_a_whole_step_counts_the_batches_it_leaves_out():
     assert logged == []
 
 
+def test_the_end_of_epochs_counts_the_steps_left_in_this_epoch_by_accumulated_batches():
+    # 4 batches into an epoch of 20 steps of 2 batches: 18 steps left in it, not 16
+    run = {"cfg": TrainConfig(grad_accum_steps=2, epochs=1), "train": [None] * 40}
+    assert train.epochs_end(run, {"step": 10, "batch_in_epoch": 4}, 0, 20) == 28
+    run["cfg"] = TrainConfig(grad_accum_steps=2, epochs=2)  # and a whole epoch more: 20 steps
+    assert train.epochs_end(run, {"step": 10, "batch_in_epoch": 4}, 0, 20) == 48
+
+
 def test_an_epoch_shorter_than_one_step_is_refused():
     # 13 batches of up to 4 pairs (as above): accumulating 14 would leave the whole epoch out
     offsets = np.arange(0, 251, 5)
