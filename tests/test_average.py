@@ -48,6 +48,17 @@ def test_average_is_the_mean_with_the_newest_checkpoints_files(tmp_path):
     assert (tmp_path / "avg" / "config.json").read_text() == '{"newest": 1}\n'
 
 
+def test_an_average_carries_no_training_state_nor_validation_record(tmp_path):
+    # trainer_state.json would make it a step to resume; best.json is one checkpoint's record
+    dirs = [checkpoint(tmp_path / f"c{i}", w=torch.tensor([float(i), 1.0])) for i in range(2)]
+    for d in dirs:
+        (d / "trainer_state.json").write_text('{"step": 3, "batch_in_epoch": 5}\n')
+        (d / "best.json").write_text('{"step": 3}\n')
+    average.main(["--checkpoints", *map(str, dirs), "--out", str(tmp_path / "avg")])
+    names = {p.name for p in (tmp_path / "avg").iterdir()}
+    assert "config.json" in names and not names & {"trainer_state.json", "best.json"}
+
+
 def test_average_sums_in_float64(tmp_path):
     # 2**24 + 1 + 1 in fp32 is 2**24 (each 1 is lost in rounding): the mean would be off by 0.5
     values = [[2.0**24, 0.0], [1.0, 1.0], [1.0, 2.0]]  # (the second entry: no two alike)

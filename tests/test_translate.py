@@ -110,6 +110,10 @@ def test_output_budget_rounds_alike_for_ints_and_tensors(tiny_cfg):
         batched = translate.max_new_tokens(lengths, model, a, 10).tolist()
         assert batched == [translate.max_new_tokens(n, model, a, 10) for n in range(1, 300)]
     assert translate.max_new_tokens(torch.tensor([90]), model, 1.3, 10).item() == 127
+    # both stop one short of the positional table (its first position holds the start token)
+    short = Transformer(dataclasses.replace(tiny_cfg, max_len=12))
+    assert translate.max_new_tokens(torch.tensor([30]), short).tolist() == [11]
+    assert translate.max_new_tokens(30, short) == 11
 
 
 def test_cached_and_uncached_decoding_give_identical_tokens(tiny_cfg):
@@ -254,6 +258,46 @@ def test_best_continuations_are_the_top_2k_of_all_k_times_v(k, vocab):
     assert finite[:, : min(2 * k, vocab - 2)].all()  # the test does compare real candidates
 
 
+def test_finished_hypotheses_are_ranked_and_kept_by_score_not_log_probability():
+    # ids: 0 pad, 1 start, 2 eos, 3 a. start: eos .3, a .7; a: eos .5, a .5. With alpha 1.5
+    # "a eos" (-1.05 / 1.26) beats "a a eos" (-1.74 / 1.54), which beats "eos" (-1.20 / 1)
+    e = 1e-9
+    probs = [[0.25] * 4, [e, e, 0.3, 0.7], [0.25] * 4, [e, e, 0.5, 0.5]]
+    model, ids = Table(probs), SpecialIds(pad=0, eos=2, start=1)
+    found = beam_search(model, torch.tensor([[3, 2]]), ids, 10, 3, 1.5, 3, [0, 1])[0]
+    assert [h.tokens for h in found] == [[3, 2], [3, 3, 2], [2]]
+
+
+def test_early_stopping_stops_early():
+    # K finished hypotheses that no live beam can beat end the search, long before the limit
+    e = 1e-9
+    probs = [[0.25] * 4, [e, e, 0.9, 0.1], [0.25] * 4, [e, e, 0.9, 0.1]]
+    model, ids = Table(probs), SpecialIds(pad=0, eos=2, start=1)
+    calls, decode = [0], model.decode
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return decode(*args, **kwargs)
+
+    model.decode = counted
+    beam_search(model, torch.tensor([[3, 2]]), ids, 40, 2, 0.6, 2, [0, 1])
+    assert calls[0] <= 5
+
+
+@pytest.mark.parametrize("alpha", [1.5, -0.5])
+def test_early_stopping_never_changes_the_result_of_random_tables(alpha):
+    # with alpha > 0 a live beam's best score is at the longest length it may reach: a bound
+    # taken at the next length stopped too early (4 of 400 such tables decoded otherwise)
+    gen = torch.Generator().manual_seed(0)
+    ids, src = SpecialIds(pad=0, eos=2, start=1), torch.tensor([[3, 2]])
+    for _ in range(100):
+        probs = torch.rand(6, 6, generator=gen) ** 3 + 1e-3
+        model = Table((probs / probs.sum(-1, keepdim=True)).tolist())
+        early, full = (beam_search(model, src, ids, 12, 2, alpha, 2, [0, 1], early_stop=stop)[0]
+                       for stop in (True, False))  # fmt: skip
+        assert [h.tokens for h in early] == [h.tokens for h in full]
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.6, -0.5])
 def test_early_stopping_never_changes_the_result(tiny_cfg, alpha):
     """The stopping rule is exact: running every sentence to its limit finds nothing better."""
@@ -341,6 +385,13 @@ def test_a_tiny_temperature_draws_the_most_probable_token_not_past_the_vocabular
         logits, torch.tensor([0.0, 0.5, 0.999], dtype=torch.float64)
     )
     assert drawn.tolist() == [0, 0, 0]
+
+
+def test_top_p_keeps_a_token_only_while_the_more_probable_hold_less_than_p():
+    # two tokens of probability 0.5 each, top-p 0.5: the first alone holds p, the second is cut
+    logits = torch.tensor([[0.0, 0.0, -torch.inf, -torch.inf]]).repeat(1000, 1)
+    u = torch.rand(1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert len(set(Sampler(topk=2, topp=0.5).pick(logits, u).tolist())) == 1
 
 
 def test_sampling_never_draws_a_banned_token_however_probable():
@@ -523,6 +574,14 @@ def test_translate_texts_keeps_train_py_signature(ckpt):
     assert len(out) == len(LINES) and out[1] == "" and all("\n" not in o for o in out)
     beam = translate.translate_texts(model, tok, ids, LINES, 3, cfg.max_seq_length, beam=2)
     assert len(beam) == len(LINES)
+
+
+def test_sources_are_truncated_to_the_positional_table_whatever_the_limit_asked(ckpt, capsys):
+    # an ensemble member's max_seq_length may exceed another's table: the table wins
+    model, tok, ids, _ = load_model(ckpt)
+    line = " ".join(["the children play"] * 40)  # far over the table's 80 positions
+    found = translate_nbest(model, tok, ids, [line], 1, max_src_len=1000)
+    assert len(found) == 1 and "truncated to 80" in capsys.readouterr().err
 
 
 def test_a_source_of_exactly_the_limit_is_not_truncated(ckpt, capsys):
