@@ -197,6 +197,9 @@ def test_a_resume_with_another_best_metric_starts_the_best_again(
     # patience would stop the run at its next validation
     out = tmp_path / "run"
     shutil.copytree(single_process_run, out, symlinks=True)
+    # one validation without improvement already: patience 1 would end the run at once
+    state_file = out / "last" / "trainer_state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "bad_evals": 1}))
     args = args_for(corpus, out, *SIX_STEPS, "--grad_accum_steps", 2, "--max_steps", 9,
                     "--best_metric", "loss", "--patience", 1, "--resume")  # fmt: skip
     proc = run(args)

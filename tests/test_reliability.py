@@ -78,6 +78,24 @@ def test_nan_steps_are_skipped_and_counted(corpus, tmp_path, monkeypatch, in_pro
         assert torch.isfinite(w).all(), name
 
 
+def test_non_finite_steps_apart_are_not_in_a_row(corpus, tmp_path, monkeypatch, in_process, capsys):
+    # max_bad_steps counts them in a row: a good step between two starts the count again
+    nan_on_calls(monkeypatch, {2, 4})
+    in_process(argv(corpus, tmp_path / "run", "--max_steps", 6, "--max_bad_steps", 2))
+    state = json.loads((tmp_path / "run/last/trainer_state.json").read_text())
+    assert state["step"] == 6 and state["skipped_steps"] == 2
+    assert "(1 in a row, 2 in total)" in capsys.readouterr().out
+
+
+def test_a_run_without_validation_keeps_its_last_checkpoint_as_best(corpus, tmp_path, in_process):
+    # nothing to choose by: best/ is the newest checkpoint, so a run's output_dir still decodes
+    out = tmp_path / "run"
+    in_process([*argv(corpus, out, "--max_steps", 3), "--valid_data", "null"])
+    assert json.loads((out / "best" / "best.json").read_text())["step"] == 3
+    best, last = (load_file(out / d / "model.safetensors") for d in ("best", "last"))
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
+
+
 def test_a_stop_request_at_the_last_step_still_validates(corpus, tmp_path, monkeypatch, in_process):
     # SIGTERM during the step that reaches max_steps: the run's end validates and saves, as
     # without it (a resume would find the run complete and never validate it)
