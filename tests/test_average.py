@@ -59,6 +59,19 @@ def test_an_average_carries_no_training_state_nor_validation_record(tmp_path):
     assert "config.json" in names and not names & {"trainer_state.json", "best.json"}
 
 
+def test_a_runs_output_dir_resolves_to_its_best_checkpoint_else_its_last(tmp_path):
+    from checkpoint import resolve
+
+    run = tmp_path / "run"
+    for d in ("best", "checkpoints/step-2"):
+        (run / d).mkdir(parents=True)
+        (run / d / "model.safetensors").write_bytes(b"weights")
+    (run / "last").symlink_to(Path("checkpoints") / "step-2")
+    assert resolve(run) == run / "best"
+    shutil.rmtree(run / "best")
+    assert resolve(run) == run / "last"
+
+
 def test_average_sums_in_float64(tmp_path):
     # 2**24 + 1 + 1 in fp32 is 2**24 (each 1 is lost in rounding): the mean would be off by 0.5
     values = [[2.0**24, 0.0], [1.0, 1.0], [1.0, 2.0]]  # (the second entry: no two alike)

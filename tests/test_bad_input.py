@@ -299,6 +299,14 @@ BROKEN = {  # name -> (how to break a copy of best/, what the error says)
         lambda d: edit_json(d / "model_config.json", **{"special_ids.eos": 5000}),
         "do not fit a vocabulary of 120",
     ),
+    "special id one past the vocabulary": (
+        lambda d: edit_json(d / "model_config.json", **{"special_ids.eos": 120}),
+        "do not fit a vocabulary of 120",
+    ),
+    "pad_id not the special pad": (
+        lambda d: edit_json(d / "model_config.json", pad_id=1),
+        "do not fit a vocabulary of 120",
+    ),
     "bad training config": (
         lambda d: edit_json(d / "config.json", dropout=3),
         "config.json: unreadable (config: dropout must be in [0, 1)",

@@ -75,9 +75,25 @@ def test_paired_bootstrap_tells_a_better_system_from_a_worse_one():
     # two systems equally damaged in different places: no significant difference
     same_quality = evaluate.paired_bootstrap(corrupt(refs, seed=2), worse, refs, n_samples=200)
     assert same_quality["bleu"]["p_value"] > 0.05
+    # each figure is the one it is named after: scores of each system, the bootstrap's mean and
+    # 95 % interval of the system (sacreBLEU's PairedTest run alike, its seed fixed)
+    from sacrebleu.significance import PairedTest
+
+    base, system = evaluate.score(worse, refs), evaluate.score(corrupt(refs, seed=2), refs)
+    for k in evaluate.METRIC_NAMES:
+        assert (same_quality[k]["baseline"], same_quality[k]["system"]) == (base[k], system[k])
+    named = {evaluate.METRIC_NAMES[k]: m for k, m in evaluate.metrics(False).items()}
+    test = PairedTest([("baseline", worse), ("system", corrupt(refs, seed=2))], named,
+                      references=[refs], test_type="bs", n_samples=200)  # fmt: skip
+    results = test()[1]
+    for k, name in evaluate.METRIC_NAMES.items():
+        system = results[name][1]
+        assert same_quality[k]["system_mean"] == round(float(system.mean), 2)
+        assert same_quality[k]["system_ci95"] == round(float(system.ci), 2)
 
 
-def test_cli_scores_gz_files_compares_and_writes_json(tmp_path, capsys):
+def test_cli_scores_gz_files_compares_and_writes_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SACREBLEU_SEED", "7")  # recorded as the seed the bootstrap used
     refs = corpus()
     ref = write(tmp_path / "ref.de.gz", refs)
     hyp = write(tmp_path / "hyp.de", corrupt(refs, seed=2))
@@ -94,6 +110,10 @@ def test_cli_scores_gz_files_compares_and_writes_json(tmp_path, capsys):
         assert key in r
     assert r["compare"]["bleu"]["delta"] > 0 and 0 < r["compare"]["bleu"]["p_value"] <= 1
     assert r["compare_with"] == other and r["compare_samples"] == 100
+    assert r["compare_seed"] == "7"
+    # the brevity penalty, not the length ratio (the corrupted hypotheses are shorter: bp < 1)
+    bleu = sacrebleu.BLEU().corpus_score(corrupt(refs, seed=2), [refs])
+    assert bleu.bp < 1 and r["bleu_bp"] == round(bleu.bp, 4) != round(bleu.ratio, 4)
 
 
 def test_scores_are_sacrebleus_for_hypotheses_against_references():
@@ -392,6 +412,11 @@ def test_cli_moses_adds_tokenized_bleu_its_case_from_lowercase(tmp_path, capsys)
     assert lc["bleu_moses"] > 20 and mixed["bleu_moses"] == 0.0  # upper-cased: no 4-gram matches
     evaluate.main(["--hypotheses", hyp, "--reference", ref, "--json", str(tmp_path / "r.json")])
     assert "bleu_moses" not in json.loads((tmp_path / "r.json").read_text())
+    # --tgt_lang names the references' language, whose Moses rules tokenize them
+    en = tmp_path / "en.json"
+    evaluate.main(["--hypotheses", hyp, "--reference", ref, "--moses", "--tgt_lang", "en",
+                   "--json", str(en)])  # fmt: skip
+    assert ", en, case mixed" in json.loads(en.read_text())["bleu_moses_form"]
 
 
 def test_moses_without_sacremoses_is_one_line_before_any_decoding(tmp_path, monkeypatch):

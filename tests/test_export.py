@@ -132,7 +132,9 @@ def test_tokenizer_and_generation_defaults_are_translate_pys(exported):
     model, _, ids, cfg = load_model(ckpt)
     meta = json.loads((out / "tokenizer_config.json").read_text())
     assert meta["tokenizer_class"] == "PreTrainedTokenizerFast"
-    assert GenerationConfig.from_pretrained(out).max_new_tokens == model.cfg.max_len - 1
+    generation = GenerationConfig.from_pretrained(out)
+    assert generation.max_new_tokens == model.cfg.max_len - 1
+    assert sorted(generation.suppress_tokens) == banned_ids(ids)  # padding and the start token
     tok = AutoTokenizer.from_pretrained(out)
     batch = tok([" ".join(["the dog sees the cat"] * 40)], truncation=True, return_tensors="pt")
     assert set(batch) == {"input_ids", "attention_mask"}

@@ -1,6 +1,7 @@
 """score.py: the log-probability of given targets, teacher-forced, against beam search's own
 incremental scores, across batches, ensembles and the command line."""
 
+import dataclasses
 import io
 import math
 
@@ -68,6 +69,20 @@ def test_a_side_longer_than_the_positional_table_is_nan_and_the_rest_scored(ckpt
     got = score.score_pairs(model, tok, ids, [SOURCES[0], long, SOURCES[1]], [long] + SOURCES[:2])
     assert math.isnan(got[0][0]) and math.isnan(got[1][0])
     assert got[2] == score.score_pairs(model, tok, ids, SOURCES[1:2], SOURCES[1:2])[0]
+
+
+def test_a_side_of_exactly_the_positional_table_is_scored_and_the_bar_counts_every_pair(ckpt):
+    model, tok, ids, cfg = load_model(ckpt)
+    n = max(len(encode_sources(tok, SOURCES[:1])[0]), len(encode_targets(tok, SOURCES[1:2])[0]))
+    alone = score.score_pairs(model, tok, ids, SOURCES[:1], SOURCES[1:2])
+    done = []
+    progress = type("Bar", (), {"update": lambda self, k: done.append(k)})()
+    for table, scored in ((n, True), (n - 1, False)):  # a table of n positions, then n - 1
+        model.cfg = dataclasses.replace(model.cfg, max_len=table)
+        done.clear()
+        got = score.score_pairs(model, tok, ids, SOURCES[:2], SOURCES[1:3], progress=progress)
+        assert (got[0] == alone[0]) if scored else math.isnan(got[0][0])
+        assert sum(done) == 2  # the skipped pair too: the bar ends at its total
 
 
 def test_an_ensemble_scores_the_log_of_its_models_mean_probability(ckpt, tmp_path):
