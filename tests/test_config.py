@@ -434,3 +434,22 @@ def test_help_lists_every_config_key_with_its_default(capsys):
     shown = " ".join(capsys.readouterr().out.split())
     for f in dataclasses.fields(TrainConfig):
         assert f"{f.name}={json.dumps(f.default)}" in shown, f.name
+
+
+def test_edges_of_the_value_rules():
+    # subword_alpha 1 samples from the model's own distribution; warmup = max_steps never decays;
+    # a value of spaces is as empty as ""
+    TrainConfig(subword_alpha=1.0, tokenizer={"train": "unigram", "vocab_size": 100})
+    with pytest.raises(UserError, match=r"subword_alpha must be in \[0, 1\]"):
+        TrainConfig(subword_alpha=1.0001, tokenizer={"train": "unigram", "vocab_size": 100})
+    with pytest.raises(UserError, match=r"warmup_steps \(100\) must be below max_steps"):
+        TrainConfig(lr_schedule="linear", max_steps=100, warmup_steps=100)
+    for key in ("src_lang", "train_data", "tokenizer"):
+        with pytest.raises(UserError, match=f"{key} must not be empty"):
+            from_cli(f"--{key}", "  ")
+
+
+def test_integers_written_with_a_sign_or_leading_zeros_stay_integers():
+    parsed = parse_overrides(["--epochs", "+2", "--max_steps", "010"])
+    assert parsed == {"epochs": 2, "max_steps": 10}
+    assert all(type(v) is int for v in parsed.values())

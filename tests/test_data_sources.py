@@ -734,3 +734,18 @@ def test_dataset_config_applies_to_the_hub_and_dataset_repositories_only(tmp_pat
              str(tmp_path / "test.{lang}"), str(tmp_path / "test.en")]  # fmt: skip
     assert [takes_config(s) for s in specs] == [True, True, False, False, False, False]
     assert [has_splits(s) for s in specs] == [True, True, True, False, False, False]
+
+
+def test_delimited_files_skip_blank_lines_and_tsv_keeps_quotes(tmp_path, cfg):
+    write(tmp_path / "b.csv", "en,de\na,b\n\nc,d\n")
+    assert load_text(str(tmp_path / "b.csv"), cfg, "train")["src"] == ["a", "c"]
+    # TSV fields are never quoted: a sentence that begins with a quote keeps it
+    write(tmp_path / "q.tsv", 'en\tde\n"Hi" she said\t"Hallo" sagte sie\n')
+    ds = load_text(str(tmp_path / "q.tsv"), cfg, "train")
+    assert ds["src"] == ['"Hi" she said'] and ds["tgt"] == ['"Hallo" sagte sie']
+
+
+def test_columns_of_numbers_are_not_text(tmp_path, cfg):
+    datasets.Dataset.from_dict({"en": [1, 2], "de": [3, 4]}).to_parquet(str(tmp_path / "n.parquet"))
+    with pytest.raises(UserError, match="columns must hold text"):
+        load_text(str(tmp_path / "n.parquet"), cfg, "train")
