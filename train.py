@@ -545,8 +545,9 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
     if ckpt:
         from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
+        saved_cfg = saved_config(ckpt)[0]  # the run's config as this checkpoint saved it
         try:
-            saved = json.loads((ckpt / "config.json").read_text()).get("weight_decay", 0.0)
+            saved = saved_cfg.get("weight_decay", 0.0)
             if (saved > 0) != (cfg.weight_decay > 0):  # checked here: FSDP's loader fails first
                 raise UserError(
                     f"saved with weight_decay {saved:g}, this run has {cfg.weight_decay:g}: "
@@ -572,7 +573,7 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
         # older checkpoints did not say: take their validation at this step as theirs
         state.update({"validated_step": trainer_state["step"], **trainer_state})
-        was = saved_config(ckpt)[0].get("best_metric", "bleu")  # the metric "best" is in
+        was = saved_cfg.get("best_metric", "bleu")  # the metric "best" is in
         if was != cfg.best_metric and state["best"] is not None:
             log(
                 f"best_metric {was} -> {cfg.best_metric}: the best so far and the patience "
