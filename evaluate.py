@@ -28,10 +28,18 @@ repository's tok/*.lc.norm.tok.* files were made; then BLEU on those tokens with
 (multi-bleu.perl's, and fairseq generate's BLEU4). It has no sacreBLEU signature: the figure
 depends on that pre-processing.
 
+--compound_split: BLEU in the form of the Transformer paper's WMT14 figures (tensor2tensor's
+get_ende_bleu.sh, fairseq's compound_split_bleu.sh; GNMT's and ConvS2S's convention): both sides'
+unicode punctuation replaced (replace-unicode-punctuation.perl, not the whole normalisation),
+tokenized by sacremoses, then every hyphen between two non-spaces split off ("Rich-Text" ->
+"Rich ##AT##-##AT## Text"), and BLEU on those tokens without smoothing. Case-sensitive, as those
+figures, unless --lowercase.
+
 --compare OTHER: paired bootstrap resampling (Koehn, 2004; sacreBLEU's --paired-bs) with OTHER
 as the baseline: --bootstrap_samples resamples (default 1000), seed $SACREBLEU_SEED or 12345.
 For each metric it reports both systems' scores, the bootstrap mean and 95% confidence interval
-of this system, and the p-value of the difference (small p: unlikely to be chance).
+of this system, and the p-value of the difference (small p: unlikely to be chance); with
+--moses or --compound_split their BLEU too ("BLEU tok", "BLEU cs"), on the same resamples.
 
 --json OUT writes every figure, the signatures, the test set scored ("test_set": the files, or
 test_data and split), the decoding options and, with --checkpoint, the checkpoint's training and
@@ -44,6 +52,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 
 import datasets
@@ -63,6 +72,11 @@ from translate import (
 from translate import read_lines as read_input  # a file, or stdin for "-"
 
 METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF2", "ter": "TER"}  # our keys -> sacreBLEU's names
+# BLEU on tokens (--moses, --compound_split): the report's label, the --compare table's
+TOKENIZED_NAMES = {
+    "bleu_moses": ("BLEU (Moses-tokenized", "BLEU tok"),
+    "bleu_compound": ("BLEU (compound-split", "BLEU cs"),
+}
 
 
 def metrics(lowercase: bool = False) -> dict:
@@ -79,9 +93,11 @@ def score(
     references: list[str],
     lowercase: bool = False,
     moses_lang: str | None = None,
+    compound_lang: str | None = None,
 ) -> dict:
     """Corpus BLEU, chrF and TER on detokenized text, each with its sacreBLEU signature; with
-    `moses_lang`, BLEU on Moses-tokenized text of that language too (moses_bleu)."""
+    `moses_lang`, BLEU on Moses-tokenized text of that language too, and with `compound_lang`
+    on compound-split tokens (moses_bleu)."""
     if len(hypotheses) != len(references):
         raise UserError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     if not references:
@@ -97,45 +113,67 @@ def score(
             report["bleu_bp"] = round(result.bp, 4)
             report["bleu_ratio"] = round(result.ratio, 4)
             report["hyp_len"], report["ref_len"] = result.sys_len, result.ref_len
-    if moses_lang:
-        report.update(moses_bleu(hypotheses, references, moses_lang, lowercase))
+    for key, lang in (("bleu_moses", moses_lang), ("bleu_compound", compound_lang)):
+        if lang:
+            split = key == "bleu_compound"
+            report.update(moses_bleu(hypotheses, references, lang, lowercase, split))
     return report
 
 
-def moses_tokenizer(lang: str, lowercase: bool = False):
+def moses_tokenizer(lang: str, lowercase: bool = False, compound_split: bool = False):
     """A line -> its tokens, space-separated, as the Multi30k repository made its tok/ files:
     lowercased (with `lowercase`), punctuation-normalised and tokenized by Moses' rules for
-    `lang` (sacremoses), with Moses' escapes (" -> &quot;)."""
+    `lang` (sacremoses), with Moses' escapes (" -> &quot;). With `compound_split`, as
+    get_ende_bleu.sh tokenized WMT14 output: unicode punctuation replaced instead of the whole
+    normalisation, and each hyphen between two non-spaces split off as ##AT##-##AT##."""
     sacremoses = import_sacremoses()
     normalizer = sacremoses.MosesPunctNormalizer(lang=lang)
     tokenizer = sacremoses.MosesTokenizer(lang=lang)
+    normalize = normalizer.replace_unicode_punct if compound_split else normalizer.normalize
 
     def tokenize(line: str) -> str:
-        line = normalizer.normalize(line.lower() if lowercase else line)
-        return tokenizer.tokenize(line, escape=True, return_str=True)
+        line = tokenizer.tokenize(
+            normalize(line.lower() if lowercase else line), escape=True, return_str=True
+        )
+        # perl -ple 's{(\S)-(\S)}{$1 ##AT##-##AT## $2}g', whose matches do not overlap either
+        return COMPOUND_HYPHEN.sub(r"\1 ##AT##-##AT## \2", line) if compound_split else line
 
     return tokenize
 
 
+COMPOUND_HYPHEN = re.compile(r"(\S)-(\S)")
+
+
 def moses_bleu(
-    hypotheses: list[str], references: list[str], lang: str, lowercase: bool = False
+    hypotheses: list[str],
+    references: list[str],
+    lang: str,
+    lowercase: bool = False,
+    compound_split: bool = False,
 ) -> dict:
-    """BLEU on Moses-tokenized text (--moses): both sides through moses_tokenizer, then BLEU
-    on those tokens without smoothing, as multi-bleu.perl and fairseq generate's BLEU4."""
-    tokenize = moses_tokenizer(lang, lowercase)
-    # no tokenizer of its own: split on spaces only; force: the text is tokenized, on purpose
-    bleu = sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)
-    result = bleu.corpus_score(
+    """BLEU on Moses-tokenized text (--moses; with `compound_split`, --compound_split's
+    tokens): both sides through moses_tokenizer, then BLEU on those tokens without smoothing,
+    as multi-bleu.perl and fairseq generate's BLEU4. Keyed bleu_moses, or bleu_compound."""
+    tokenize = moses_tokenizer(lang, lowercase, compound_split)
+    result = tokenized_bleu().corpus_score(
         [tokenize(h) for h in hypotheses], [[tokenize(r) for r in references]]
     )
     version = import_sacremoses().__version__  # imported already, by moses_tokenizer
+    key = "bleu_compound" if compound_split else "bleu_moses"
+    form = f"sacremoses {version}, {lang}, case {'lc' if lowercase else 'mixed'}"
     return {
-        "bleu_moses": round(result.score, 2),
-        "bleu_moses_detail": str(result),
-        "bleu_moses_form": f"sacremoses {version}, {lang}, case {'lc' if lowercase else 'mixed'}",
-        "bleu_moses_hyp_len": result.sys_len,
-        "bleu_moses_ref_len": result.ref_len,
+        key: round(result.score, 2),
+        f"{key}_detail": str(result),
+        f"{key}_form": form + (", compound-split" if compound_split else ""),
+        f"{key}_hyp_len": result.sys_len,
+        f"{key}_ref_len": result.ref_len,
     }
+
+
+def tokenized_bleu() -> sacrebleu.BLEU:
+    """multi-bleu.perl's BLEU: on the tokens as given (split on spaces), no smoothing."""
+    # force: the text is tokenized, on purpose (sacreBLEU warns about tokenized input)
+    return sacrebleu.BLEU(tokenize="none", smooth_method="none", force=True)
 
 
 def import_sacremoses():
@@ -155,16 +193,26 @@ def paired_bootstrap(
     references: list[str],
     lowercase: bool = False,
     n_samples: int = 1000,
+    tokenized: dict | None = None,
 ) -> dict:
-    """sacreBLEU's paired bootstrap resampling of `hypotheses` against `baseline`, per metric."""
-    from sacrebleu.significance import PairedTest
-
+    """sacreBLEU's paired bootstrap resampling of `hypotheses` against `baseline`, per metric;
+    `tokenized` {bleu_moses / bleu_compound: moses_tokenizer(...)} adds BLEU on those tokens."""
     if not len(hypotheses) == len(baseline) == len(references):
         raise UserError(
             f"--compare: {len(baseline)} baseline lines, {len(hypotheses)} hypotheses and "
             f"{len(references)} references"
         )
     named = {METRIC_NAMES[k]: m for k, m in metrics(lowercase).items()}
+    out = _paired(hypotheses, baseline, references, named, n_samples)
+    for key, tokenize in (tokenized or {}).items():  # the same seed: the same resamples
+        system, base, refs = ([tokenize(x) for x in t] for t in (hypotheses, baseline, references))
+        out[key] = _paired(system, base, refs, {"BLEU": tokenized_bleu()}, n_samples)["bleu"]
+    return out
+
+
+def _paired(hypotheses, baseline, references, named: dict, n_samples: int) -> dict:
+    from sacrebleu.significance import PairedTest
+
     test = PairedTest(
         [("baseline", baseline), ("system", hypotheses)],
         named,
@@ -175,6 +223,8 @@ def paired_bootstrap(
     signatures, results = test()
     out = {}
     for key, name in METRIC_NAMES.items():
+        if name not in results:
+            continue
         base, system = results[name]
         out[key] = {
             "system": round(system.score, 2),
@@ -277,9 +327,10 @@ def print_report(report: dict) -> None:
     t = {k: v for k, v in report["test_set"].items() if v is not None}
     print("test set: " + ", ".join(f"{k} {v}" for k, v in t.items()))
     print(report["bleu_detail"])
-    if "bleu_moses" in report:
-        label = f"BLEU (Moses-tokenized; {report['bleu_moses_form']})"
-        print(report["bleu_moses_detail"].replace("BLEU", label, 1))
+    for key, (name, _) in TOKENIZED_NAMES.items():
+        if key in report:
+            label = f"{name}; {report[f'{key}_form']})"
+            print(report[f"{key}_detail"].replace("BLEU", label, 1))
     print(report["chrf_detail"])
     print(report["ter_detail"])
     print("signatures:")
@@ -292,11 +343,13 @@ def print_report(report: dict) -> None:
             f"seed {report['compare_seed']}): "
             f"this system vs baseline {report['compare_with']}"
         )
-        print("  metric  system (mean ± 95% CI)   baseline (mean ± 95% CI)   delta   p-value")
-        for key, name in METRIC_NAMES.items():
+        print("  metric    system (mean ± 95% CI)   baseline (mean ± 95% CI)   delta   p-value")
+        names = {**METRIC_NAMES, **{k: short for k, (_, short) in TOKENIZED_NAMES.items()}}
+        for key in c:
             r = c[key]
             print(
-                f"  {name:6} {r['system']:6.2f} ({r['system_mean']:6.2f} ± {r['system_ci95']:5.2f})"
+                f"  {names[key]:8} {r['system']:6.2f}"
+                f" ({r['system_mean']:6.2f} ± {r['system_ci95']:5.2f})"
                 f"   {r['baseline']:6.2f} ({r['baseline_mean']:6.2f} ± {r['baseline_ci95']:5.2f})"
                 f"   {r['delta']:+6.2f}   {r['p_value']:.4f}"
             )
@@ -326,13 +379,18 @@ def main(argv=None):
     p.add_argument("--src_lang", help="source language of the test set (default: config's, en)")
     p.add_argument(
         "--tgt_lang",
-        help="target language of the test set, and --moses's tokenizer's (default: config's, de)",
+        help="target language of the test set, and the Moses tokenizer's (default: config's, de)",
     )
     p.add_argument("--output", help="also write the translations here")
     decoding = add_decoding_args(p)
     p.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU, chrF, TER")
     p.add_argument(
         "--moses", action="store_true", help="BLEU on Moses-tokenized text too (see below)"
+    )
+    p.add_argument(
+        "--compound_split",
+        action="store_true",
+        help="BLEU on compound-split Moses tokens too, as the Transformer paper's (see below)",
     )
     p.add_argument("--compare", metavar="OTHER", help="paired bootstrap against this output")
     p.add_argument("--bootstrap_samples", type=int, help="with --compare (default 1000)")
@@ -359,7 +417,7 @@ def main(argv=None):
     inputs = {f"--{k}": getattr(args, k) for k in ("source", "reference", "hypotheses", "compare")}
     for flag in ("output", "json"):
         check_not_an_input(f"--{flag}", getattr(args, flag), inputs)
-    if args.moses:
+    if args.moses or args.compound_split:
         import_sacremoses()  # now, not after the decoding
     if args.bootstrap_samples is not None and not args.compare:  # ignored, as said nowhere
         raise UserError("--bootstrap_samples resamples for --compare: it needs --compare")
@@ -434,11 +492,11 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
     else:
         hypotheses = read_input(args.hypotheses, "--hypotheses")  # "-": stdin
         check_aligned(hypotheses, references, args.hypotheses, refs)
-    moses_lang = None
-    if args.moses:  # the test set's target language: as given, the config's, else de
-        t = report["test_set"]
-        moses_lang = t.get("tgt_lang") or args.tgt_lang or (cfg.tgt_lang if cfg else None) or "de"
-    report = {**score(hypotheses, references, args.lowercase, moses_lang), **report}
+    # the Moses tokenizer's language, the test set's target language: as given, the config's, de
+    t = report["test_set"]
+    lang = t.get("tgt_lang") or args.tgt_lang or (cfg.tgt_lang if cfg else None) or "de"
+    moses, compound = (lang if flag else None for flag in (args.moses, args.compound_split))
+    report = {**score(hypotheses, references, args.lowercase, moses, compound), **report}
     if args.compare:
         report["compare_with"] = args.compare
         report["compare_samples"] = args.bootstrap_samples
@@ -449,6 +507,11 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
             references,
             args.lowercase,
             args.bootstrap_samples,
+            {
+                key: moses_tokenizer(lang, args.lowercase, compound_split=key == "bleu_compound")
+                for key, on in (("bleu_moses", moses), ("bleu_compound", compound))
+                if on
+            },
         )
     print_report(report)
     return report

@@ -419,6 +419,58 @@ def test_cli_moses_adds_tokenized_bleu_its_case_from_lowercase(tmp_path, capsys)
     assert ", en, case mixed" in json.loads(en.read_text())["bleu_moses_form"]
 
 
+def test_compound_split_tokenizes_as_get_ende_bleu():
+    tokenize = evaluate.moses_tokenizer("de", compound_split=True)
+    # by hand, as replace-unicode-punctuation.perl | tokenizer.perl -l de | perl -ple
+    # 's{(\S)-(\S)}{$1 ##AT##-##AT## $2}g' make it: perl's matches do not overlap, so "a-b-c"
+    # keeps its second hyphen; a hyphen beside a space stays; “ becomes &quot;, but the dash and
+    # „ stay (the Multi30k form's whole normalisation makes them - and &quot;)
+    line = "Der Rich-Text-Editor kostet 5 % mehr – „a-b-c“ und - Ende."
+    assert tokenize(line) == (
+        "Der Rich ##AT##-##AT## Text ##AT##-##AT## Editor kostet 5 % mehr – „ a ##AT##-##AT## "
+        "b-c &quot; und - Ende ."
+    )
+    assert evaluate.moses_tokenizer("de")(line) == (
+        "Der Rich-Text-Editor kostet 5 % mehr - &quot; a-b-c &quot; und - Ende ."
+    )
+    assert evaluate.moses_tokenizer("de", lowercase=True, compound_split=True)(line).startswith(
+        "der rich ##AT##-##AT## text"
+    )
+
+
+def test_compound_split_bleu_credits_the_parts_of_a_compound():
+    hyps, refs = ["Ein Open-Air-Konzert im Park ."], ["Ein Open-Air-Festival im Park ."]
+    split = evaluate.moses_bleu(hyps, refs, "de", compound_split=True)
+    by_hand = sacrebleu.BLEU(tokenize="none", smooth_method="none").corpus_score(
+        ["Ein Open ##AT##-##AT## Air ##AT##-##AT## Konzert im Park ."],
+        [["Ein Open ##AT##-##AT## Air ##AT##-##AT## Festival im Park ."]],
+    )
+    assert split["bleu_compound"] == round(by_hand.score, 2) and by_hand.score > 50
+    assert split["bleu_compound_form"].endswith(", de, case mixed, compound-split")
+    assert evaluate.moses_bleu(hyps, refs, "de")["bleu_moses"] == 0.0  # one token each: no 4-gram
+
+
+def test_cli_compare_resamples_the_tokenized_bleus_too(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SACREBLEU_SEED", "7")
+    refs = [raw for raw, _ in MULTI30K_RAW_AND_TOK] * 20
+    ref, hyp = write(tmp_path / "ref.de", refs), write(tmp_path / "hyp.de", corrupt(refs, seed=3))
+    base = write(tmp_path / "base.de", corrupt(refs, seed=4))
+    out = tmp_path / "r.json"
+    evaluate.main(["--hypotheses", hyp, "--reference", ref, "--compare", base, "--moses",
+                   "--compound_split", "--bootstrap_samples", "50",
+                   "--json", str(out)])  # fmt: skip
+    printed, r = capsys.readouterr().out, json.loads(out.read_text())
+    assert "BLEU (compound-split; sacremoses " in printed and "\n  BLEU cs " in printed
+    hyps, bases = (evaluate.read_lines(p) for p in (hyp, base))
+    for key, split in (("bleu_moses", False), ("bleu_compound", True)):
+        c = r["compare"][key]
+        assert c["system"] == r[key] == evaluate.moses_bleu(hyps, refs, "de", False, split)[key]
+        assert c["baseline"] == evaluate.moses_bleu(bases, refs, "de", False, split)[key]
+        assert "tok:none|smooth:none" in c["signature"] and "seed:7" in c["signature"]
+        assert 0 < c["p_value"] <= 1 and c["system_ci95"] > 0
+    assert set(r["compare"]) == {"bleu", "chrf", "ter", "bleu_moses", "bleu_compound"}
+
+
 def test_moses_without_sacremoses_is_one_line_before_any_decoding(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sacremoses", None)  # import sacremoses: ImportError
     with pytest.raises(UserError, match=r"needs sacremoses: pip install sacremoses"):
