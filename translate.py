@@ -628,6 +628,9 @@ def open_output(path: str | None):
             yield f
         return
     final = os.path.realpath(path)  # through a symlink, not over it
+    if os.path.exists(final) and not os.access(final, os.W_OK):
+        # as `> path` would be: the rename below would replace a file its owner protected
+        raise UserError(f"cannot write {path} (Permission denied)")
     # a name of its own: two outputs of one process may be in one directory (not mkstemp's,
     # whose file is private, 0600, where an output gets the umask's permissions)
     tmp = _new_temporary(final, path)

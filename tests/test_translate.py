@@ -844,3 +844,15 @@ def test_outputs_are_written_whole_with_the_usual_permissions(tmp_path):
     assert first.read_text() == "eins\n" and second.read_text() == "zwei\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.de", "b.de"]
     assert first.stat().st_mode & 0o777 == 0o666 & ~umask  # not a private temporary file's 0600
+
+
+def test_a_write_protected_output_is_refused_and_kept(tmp_path, monkeypatch):
+    out = tmp_path / "out.de"
+    out.write_text("kept\n")
+    out.chmod(0o444)
+    real = os.access  # the tests run as root, to whom every file is writable: as another user
+    monkeypatch.setattr(os, "access", lambda p, mode: mode != os.W_OK and real(p, mode))
+    with pytest.raises(UserError, match=r"^cannot write .*out.de \(Permission denied\)$"):
+        with translate.open_output(out) as f:
+            f.write("new\n")
+    assert out.read_text() == "kept\n" and os.listdir(tmp_path) == ["out.de"]
