@@ -130,7 +130,8 @@ def main(argv=None):
             warn = f"warning: only {len(dirs)} checkpoints in {args.run}/checkpoints"
             print(warn, file=sys.stderr)
     if not dirs:
-        raise UserError("no checkpoints to average")
+        where = f" in {Path(args.run) / 'checkpoints'}" if args.run else ""
+        raise UserError(f"no checkpoints to average{where}")
     if args.checkpoints and len(dirs) == 1:  # a copy of it, as said nowhere
         raise UserError(
             "--checkpoints: one checkpoint, nothing to average (a run's newest N: --run DIR "

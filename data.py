@@ -53,9 +53,9 @@ from model import shift_right
 
 OFFLINE_HINT = (
     "To work offline, run the quick start (bash quickstart.sh) or point train_data/valid_data "
-    "(and test_data) at local files (e.g. --train_data '../shared/data/multi30k/train.{lang}.gz') "
-    'and use a local or trained tokenizer (--tokenizer \'{"train": "unigram", "vocab_size": '
-    "8000}')."
+    "(and test_data) at local files (e.g. --train_data '../shared/data/multi30k/train.{lang}.gz'; "
+    "evaluate.py: --test_data, or --source and --reference) and use a local or trained tokenizer "
+    '(--tokenizer \'{"train": "unigram", "vocab_size": 8000}\').'
 )
 CACHE_VERSION = "tmt-1"  # part of every cache key: change it when a cached format changes
 TEXT_FEATURES = datasets.Features(
@@ -269,6 +269,7 @@ def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
             f"or shift lines); give the file itself, e.g. {delimited[0]}"
         )
     if (p / "README.md").exists() or any(f.suffix in data_files for f in everything):
+        _check_repository_files(path, others, readme=(p / "README.md").exists())
         cache = _stamped_cache("local_repositories", path, files)  # a dataset repository
         return _load_dataset(path, cfg.dataset_config, split, hub=False, cache_dir=cache)
     raise UserError(
@@ -276,6 +277,35 @@ def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
         f"written by save_to_disk, or a dataset repository with README.md or data "
         f"files)"
     )
+
+
+def _check_repository_files(path: str, files: list[Path], readme: bool) -> None:
+    """UserError for data files datasets would not read as data: Git LFS pointers (a clone
+    without git-lfs), and, in a folder without a README.md to say which file is which split,
+    files that datasets' split names leave out of every split (with a train-*.parquet beside
+    them, a europarl.parquet is silently not read)."""
+    for f in files:
+        with open(f, "rb") as fh:
+            if fh.read(24) == b"version https://git-lfs.":
+                raise UserError(f"{f}: a Git LFS pointer, not the data: run git lfs pull in {path}")
+    if readme:  # its configs say which files are which split and config
+        return
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        splits = DataFilesDict.from_patterns(get_data_patterns(path), path)
+    except Exception:  # datasets says what is wrong when it loads the folder
+        return
+    read = {os.path.realpath(f) for names in splits.values() for f in names}
+    left = sorted(str(f.relative_to(path)) for f in files if os.path.realpath(f) not in read)
+    if left:
+        raise UserError(
+            f"{path}: datasets takes the splits from the file names "
+            f"({', '.join(map(str, splits))}), "
+            f"which leaves out {len(left)} data file(s): {', '.join(left[:3])}"
+            f"{', ...' if len(left) > 3 else ''}; name each file by its split (train-*, "
+            "validation-*, test-*) or give a folder of one split's files"
+        )
 
 
 def _text_pairs(spec: str, src: str, tgt: str) -> datasets.Dataset:
@@ -475,22 +505,25 @@ def _load_dataset(
         with _datasets_log() as logged:
             return datasets.load_dataset(repo, config, split=split, cache_dir=cache_dir)
     except ValueError as e:  # found, but no such config or split
-        if re.match(r"(BuilderConfig .* not found|Unknown split)", str(e)):
+        if re.match(r"(BuilderConfig .* not found|Unknown split|Config name is missing)", str(e)):
+            # "Config name is missing" lists the configs on its second line
+            why = _first_line(e) + "".join(f" {x.strip()}" for x in str(e).splitlines()[1:2])
             raise UserError(
-                f"dataset {shown}, config {config!r}, split {split!r}: "
-                f"{_first_line(e)} (train.py: dataset_config, *_split; evaluate.py: --hub_config, "
-                "--split)"
+                f"dataset {shown}, config {config!r}, split {split!r}: {why} (train.py: "
+                "dataset_config, *_split; evaluate.py: --hub_config, --split)"
             ) from None
         if not hub:
-            raise UserError(f"{name}: {_first_line(e)}") from None
+            why = logged[-1].splitlines()[0][:300] if logged else _first_line(e)
+            raise UserError(f"{name}: {why}") from None
         err = e
     except Exception as e:  # network, offline mode, missing repo: all end the same way for users
         if not hub:
             why = logged[-1].splitlines()[0][:300] if logged else _first_line(e)
             raise UserError(f"{name}: cannot load the dataset repository: {why}") from None
         err = e
+    local = f" (nor is there a local directory {name} here)" if "/" in name else ""
     raise UserError(
-        f"cannot load dataset {shown} ({config}, {split}) from the Hugging Face Hub: "
+        f"cannot load dataset {shown} ({config}, {split}) from the Hugging Face Hub{local}: "
         f"{_first_line(err)}. {OFFLINE_HINT}"
     ) from None
 
@@ -580,7 +613,10 @@ def check_direction(tok, cfg: TrainConfig) -> None:
             "supported: the model has one vocabulary for both sides"
         )
     pair = getattr(tok, "source_lang", None), getattr(tok, "target_lang", None)
-    if pair == (cfg.tgt_lang, cfg.src_lang):
+    # two-letter codes on both sides are compared; others ("eng", "mul") cannot be: let be
+    run = cfg.src_lang, cfg.tgt_lang
+    same_form = all(isinstance(c, str) and len(c) == 2 for c in pair + run)
+    if pair == run[::-1] or (same_form and pair != run):
         raise UserError(
             f"tokenizer {name} is for {pair[0]}->{pair[1]} (a SentencePiece model per side), "
             f"this run translates {cfg.src_lang}->{cfg.tgt_lang}: use a tokenizer for that "
@@ -601,10 +637,20 @@ def load_pretrained_tokenizer(name: str):
     try:
         return open_tokenizer(name)
     except Exception as e:
-        where = "local directory" if os.path.isdir(name) else "Hugging Face Hub"
-        raise UserError(
-            f"cannot load tokenizer '{name}' from the {where}: {_first_line(e)}. {OFFLINE_HINT}"
-        ) from None
+        if not os.path.exists(name):
+            raise UserError(
+                f"cannot load tokenizer '{name}' from the Hugging Face Hub: {_first_line(e)}. "
+                f"{OFFLINE_HINT}"
+            ) from None
+        marian = [f for f in ("source.spm", "target.spm", "vocab.json")
+                  if not (Path(name) / f).exists()]  # fmt: skip
+        if os.path.isdir(name) and 0 < len(marian) < 3:
+            why = f"a Marian tokenizer without {', '.join(marian)}"
+        elif not os.path.isdir(name):
+            why = "a file: give the tokenizer's directory"
+        else:
+            why = _first_line(e)
+        raise UserError(f"cannot load tokenizer '{name}' (local): {why}") from None
 
 
 def open_tokenizer(name: str | Path):
@@ -1010,9 +1056,9 @@ def _usable(
         counts.append(
             f"{int(uneven.sum())} pairs with one side over {max_ratio:g}x the other's tokens"
         )
-    if not keep.any():
-        raise UserError(f"{name}: no usable sentence pairs")
     said = ", ".join(counts[:-1]) + " and " + counts[-1]
+    if not keep.any():
+        raise UserError(f"{name}: no usable sentence pairs ({len(keep)} read: {said})")
     return keep, f"dropped {said}; {int(keep.sum())} of {len(keep)} remain"
 
 
@@ -1215,7 +1261,7 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
     # training drops such a pair as empty, and counts it so
     log(f"longer than {cfg.max_seq_length}: pairs with an empty side left out, as in training")
     for name, (spec, split) in splits.items():
-        log(f"{name}: {spec}" + ("" if "{lang}" in spec or os.path.exists(spec) else f" [{split}]"))
+        log(f"{name}: {spec}" + (f" [{split}]" if has_splits(spec) else ""))
     stats = {name: _split_stats(ds, tok, name, ratio) for name, ds in texts.items()}
     train, src, tgt, max_len = stats["train"], cfg.src_lang, cfg.tgt_lang, cfg.max_seq_length
     table = {  # row label -> one cell per split
@@ -1308,6 +1354,7 @@ def prepare(cfg: TrainConfig, log=print) -> None:
     log(f"train: {len(train):,} pairs read in {time.time() - started:.1f} s")
     t = time.time()
     tok = load_tokenizer(cfg, None, train, log=log, saved_in=init_checkpoint(cfg))
+    check_targets_hold_eos(tok, cfg.tokenizer)  # as train.py, before tokenizing it all
     log(f"tokenizer ready in {time.time() - t:.1f} s")
     corpus = tokenize(train, tok, cfg.max_seq_length, "train", log, max_ratio=cfg.max_length_ratio)
     if cfg.valid_data:

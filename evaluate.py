@@ -269,6 +269,8 @@ def load_test_set(args, cfg: TrainConfig | None) -> tuple[list[str] | None, list
         if v is not None
     }
     whole = not has_splits(spec)
+    if args.hub_config and not takes_config(spec):  # ignored, as said nowhere
+        raise UserError(f"--hub_config {args.hub_config}: test set {spec} has no configs")
     if args.split and whole:
         # read whole whatever the split: "--split validation" would quietly score the test set
         raise UserError(f"--split {args.split}: test set {spec} is one set, without splits")

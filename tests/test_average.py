@@ -149,7 +149,7 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
         (["--checkpoints", a, renamed, "--out", new], "renamed: its weights do not match .*step-1"),
         (["--run", run, "--checkpoints", a, "--out", new], "give either --run .* or --checkpoints"),
         (["--out", new], "give either --run .* or --checkpoints"),
-        (["--run", other_run, "--out", new], "no checkpoints to average"),
+        (["--run", other_run, "--out", new], f"no checkpoints to average in {other_run}/check"),
         (["--checkpoints", a, b, again, "--out", new], "checkpoint given twice: .*best, .*step-1"),
         (
             ["--checkpoints", a, b, a.parent / ".." / "checkpoints" / "step-1", "--out", new],

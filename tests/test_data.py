@@ -347,7 +347,8 @@ def test_pairs_of_exactly_max_seq_length_tokens_are_kept(tokenizer):
         n = max(len(encode_sources(tokenizer, [src])[0]), len(encode_targets(tokenizer, [tgt])[0]))
         data = datasets.Dataset.from_dict({"src": [src], "tgt": [tgt]})
         assert len(tokenize(data, tokenizer, n, "train", print)) == 1
-        with pytest.raises(UserError, match="no usable sentence pairs"):
+        with pytest.raises(UserError, match=rf"no usable sentence pairs \(1 read: 0 empty pairs "
+                           rf"and 1 pairs longer than {n - 1} tokens\)$"):  # fmt: skip
             tokenize(data, tokenizer, n - 1, "train", print)
 
 

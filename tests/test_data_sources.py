@@ -298,6 +298,59 @@ def test_a_bad_file_in_a_dataset_repository_is_named_in_one_line(tmp_path):
     assert printed == []
 
 
+def test_files_that_no_split_takes_are_refused_not_skipped(tmp_path):
+    cfg = TrainConfig(src_lang="en", tgt_lang="de", dataset_config=None)
+    # datasets takes splits from file names: beside a train-*.parquet, europarl.parquet and
+    # newstest2013.parquet belong to no split, and were silently not read
+    repo = tmp_path / "mix"
+    repo.mkdir()
+    translation_dataset(EN[:3], DE[:3]).to_parquet(str(repo / "train-commoncrawl.parquet"))
+    translation_dataset(EN, DE).to_parquet(str(repo / "europarl.parquet"))
+    translation_dataset(EN[:1], DE[:1]).to_parquet(str(repo / "newstest2013.parquet"))
+    with pytest.raises(UserError, match=r"mix: .* \(train\), which leaves out 2 data file\(s\): "
+                       r"europarl.parquet, newstest2013.parquet; name each file"):  # fmt: skip
+        load_text(str(repo), cfg, "train")
+    (repo / "europarl.parquet").rename(repo / "train-europarl.parquet")
+    (repo / "newstest2013.parquet").rename(repo / "validation-newstest2013.parquet")
+    assert len(load_text(str(repo), cfg, "train")) == 3 + len(EN)
+    assert_pairs(load_text(str(repo), cfg, "validation"), EN[:1], DE[:1])
+    other = tmp_path / "other"  # files without split names: all of them are train
+    other.mkdir()
+    translation_dataset(EN[:3], DE[:3]).to_parquet(str(other / "europarl.parquet"))
+    translation_dataset(EN[3:], DE[3:]).to_parquet(str(other / "commoncrawl.parquet"))
+    assert len(load_text(str(other), cfg, "train")) == len(EN)
+
+
+def test_a_git_lfs_pointer_is_named_as_one(wmt14_repo, cfg):
+    # a Hub dataset cloned without git-lfs: its Parquet files are small text pointers
+    path = wmt14_repo / "de-en" / "test-00000-of-00001.parquet"
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    with pytest.raises(UserError, match=r"test-00000-of-00001.parquet: a Git LFS pointer, not the "
+                       r"data: run git lfs pull in .*wmt14$"):  # fmt: skip
+        load_text(str(wmt14_repo), cfg, "train")
+
+
+def test_a_damaged_parquet_file_in_a_repository_is_named(wmt14_repo, cfg):
+    path = wmt14_repo / "de-en" / "test-00000-of-00001.parquet"
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(UserError, match=r"wmt14: .*test-00000-of-00001.parquet") as e:
+        load_text(str(wmt14_repo), cfg, "test")
+    assert "\n" not in str(e.value)
+
+
+def test_a_repository_of_several_configs_names_them_when_none_is_given(wmt14_repo, tmp_path):
+    readme = (wmt14_repo / "README.md").read_text()
+    (wmt14_repo / "fr-en").mkdir()
+    for split in ("train", "validation", "test"):
+        ds = datasets.Dataset.from_dict({"translation": [{"en": "a", "fr": "b"}]})
+        ds.to_parquet(str(wmt14_repo / "fr-en" / f"{split}-00000-of-00001.parquet"))
+    fr = readme.replace("de-en", "fr-en").split("---\n")[1].replace("configs:\n", "")
+    (wmt14_repo / "README.md").write_text(readme.replace("---\n# WMT14", fr + "---\n# WMT14"))
+    none = TrainConfig(src_lang="en", tgt_lang="de", dataset_config=None)
+    with pytest.raises(UserError, match=r"missing.*'de-en', 'fr-en'.*\(train.py: dataset_config"):
+        load_text(str(wmt14_repo), none, "train")
+
+
 def test_language_missing_from_the_dataset(tmp_path, cfg):
     translation_dataset().save_to_disk(str(tmp_path / "ds"))
     fr = TrainConfig(src_lang="en", tgt_lang="fr")
@@ -320,6 +373,9 @@ def test_hub_names_offline_give_one_clear_line(tmp_path, monkeypatch, cfg, name,
     message = str(e.value)
     assert message.startswith(f"cannot load dataset {shown} (de-en, train) from the Hugging Face")
     assert "To work offline" in message and "\n" not in message
+    assert "--source and --reference" in message  # evaluate.py's flags too, not train.py's alone
+    # an owner/name that was meant as a local folder: that there is none is said too
+    assert ("nor is there a local directory someone/corpus" in message) == ("/" in name)
 
 
 @pytest.mark.parametrize("spec", ["data/multi30k/train", "./train", "corpus.tsv", "x.en.gz"])
@@ -334,6 +390,17 @@ def test_a_missing_tokenizer_directory_is_not_blamed_on_the_hub(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=f"^tokenizer directory not found: {spec}$"):
         load_pretrained_tokenizer(spec)
+
+
+def test_a_tokenizer_file_or_an_incomplete_marian_folder_is_not_blamed_on_the_hub(tmp_path):
+    (tmp_path / "tok").mkdir()
+    for name in ("source.spm", "vocab.json", "tokenizer_config.json"):  # no target.spm
+        write(tmp_path / "tok" / name, "{}")
+    with pytest.raises(UserError, match=r"^cannot load tokenizer .*tok' \(local\): a Marian "
+                       r"tokenizer without target.spm$"):  # fmt: skip
+        load_pretrained_tokenizer(str(tmp_path / "tok"))
+    with pytest.raises(UserError, match=r"source.spm' \(local\): a file: give the tokenizer's"):
+        load_pretrained_tokenizer(str(tmp_path / "tok" / "source.spm"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,6 +730,16 @@ def test_audit_counts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "> 1 (max_length_ratio: training drops them)" in out
     assert audit_table(out)["length ratio > 1"] == ["1", "1"]
+
+
+def test_audit_names_the_split_of_data_that_has_splits(wmt14_repo, tmp_path, capsys):
+    write(tmp_path / "t.en", lines(EN))
+    write(tmp_path / "t.de", lines(DE))
+    cfg = TrainConfig(train_data=str(wmt14_repo), valid_data=str(tmp_path / "t.{lang}"))
+    data.audit(dataclasses.replace(cfg, test_data=str(wmt14_repo)), whitespace=True)
+    out = capsys.readouterr().out  # a local repository, as a Hub name: which split was read
+    assert f"train: {wmt14_repo} [train]\n" in out and f"test: {wmt14_repo} [test]\n" in out
+    assert f"valid: {tmp_path / 't.{lang}'}\n" in out  # aligned files: read whole
 
 
 def test_audit_with_the_tokenizer_counts_tokens(tmp_path, capsys):

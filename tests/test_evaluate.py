@@ -204,6 +204,10 @@ def test_test_set_languages_and_split_can_be_chosen(tmp_path):
     for one_set in (spec, str(tmp_path / "one")):
         with pytest.raises(UserError, match=r"--split valid: test set .* is one set, without"):
             evaluate.main(["--hypotheses", hyp_de, "--test_data", one_set, "--split", "valid"])
+    for no_configs in (spec, str(tmp_path / "one"), str(tmp_path / "saved")):  # ignored before
+        with pytest.raises(UserError, match=r"--hub_config fr-en: test set .* has no configs$"):
+            evaluate.main(["--hypotheses", hyp_de, "--test_data", no_configs, "--hub_config",
+                           "fr-en"])  # fmt: skip
     with pytest.raises(UserError, match="--split chooses a test set, but --reference"):
         evaluate.main(["--hypotheses", hyp_de, "--reference", hyp_de, "--split", "valid"])
     for flag in ("--src_lang", "--hub_config"):  # ignored before, the direction warning too

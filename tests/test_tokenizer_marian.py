@@ -226,6 +226,16 @@ def test_a_tokenizer_for_the_other_direction_or_two_vocabularies_is_refused(mari
     with pytest.raises(data.UserError, match=r"is for en->de .*this run translates de->en"):
         data.load_tokenizer(cfg)
     data.load_tokenizer(dataclasses.replace(cfg, src_lang="en", tgt_lang="de"))  # its own
+    for src, tgt in (("en", "fr"), ("fr", "de")):  # another language on either side
+        with pytest.raises(data.UserError, match=rf"is for en->de .*translates {src}->{tgt}:"):
+            data.load_tokenizer(dataclasses.replace(cfg, src_lang=src, tgt_lang=tgt))
+    # codes of another form cannot be compared: not refused ("eng" is en, "mul" many)
+    data.load_tokenizer(dataclasses.replace(cfg, src_lang="eng", tgt_lang="fra"))
+    mul = tmp_path / "mul"
+    shutil.copytree(marian_dir, mul)
+    config = json.loads((mul / "tokenizer_config.json").read_text())
+    (mul / "tokenizer_config.json").write_text(json.dumps({**config, "target_lang": "mul"}))
+    data.load_tokenizer(dataclasses.replace(cfg, tokenizer=str(mul), src_lang="en", tgt_lang="fr"))
     # separate vocabularies: target ids past the one vocabulary the model has
     sep = tmp_path / "sep"
     shutil.copytree(marian_dir, sep)
