@@ -521,7 +521,9 @@ def _load_dataset(
             why = logged[-1].splitlines()[0][:300] if logged else _first_line(e)
             raise UserError(f"{name}: cannot load the dataset repository: {why}") from None
         err = e
-    local = f" (nor is there a local directory {name} here)" if "/" in name else ""
+    # "data/wmt14" where data/ exists: meant as a local folder, in another working directory
+    meant = "/" in name and os.path.isdir(name.split("/")[0])
+    local = f" (nor is there a local directory {name} here)" if meant else ""
     raise UserError(
         f"cannot load dataset {shown} ({config}, {split}) from the Hugging Face Hub{local}: "
         f"{_first_line(err)}. {OFFLINE_HINT}"
