@@ -546,7 +546,9 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
         saved_cfg = saved_config(ckpt)[0]  # the run's config as this checkpoint saved it
+        trainer_state = read_trainer_state(ckpt)
         try:
+            check_same_launch(trainer_state, accelerator, ckpt / "state", log)
             saved = saved_cfg.get("weight_decay", 0.0)
             if (saved > 0) != (cfg.weight_decay > 0):  # checked here: FSDP's loader fails first
                 raise UserError(
@@ -556,10 +558,8 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
             # accelerate skips an unreadable RNG file silently (the resume would not be exact):
             # read it first, with weights_only=True like everything accelerate loads for us
             rng = ckpt / "state" / f"random_states_{accelerator.process_index}.pkl"
-            if rng.exists() or _inside_an_epoch(ckpt):
+            if rng.exists() or trainer_state["batch_in_epoch"]:  # (else a new process: seeded)
                 safe_load(rng)
-            else:  # resumed by more processes than saved it, as an epoch's end allows
-                log(f"{ckpt}: no random state for process {accelerator.process_index}: seeded")
             accelerator.load_state(ckpt / "state")
             # the batches counted for accumulation: every checkpoint ends a step, and a resume
             # may change grad_accum_steps (at an epoch's end), whose groups start anew
@@ -570,7 +570,6 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
             if isinstance(e, CheckpointException) and e.failures:  # its str() is tracebacks
                 e = next(iter(e.failures.values()))[0]  # the first failing rank's own error
             raise unreadable(ckpt, "the training state", e) from None
-        trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
         # older checkpoints did not say: take their validation at this step as theirs
         state.update({"validated_step": trainer_state["step"], **trainer_state})
         was = saved_cfg.get("best_metric", "bleu")  # the metric "best" is in
@@ -693,9 +692,47 @@ def init_weights(model, trained, source: Path) -> None:
         raise UserError(f"init_from {source}: its weights do not fit ({last})") from None
 
 
-def _inside_an_epoch(ckpt: Path) -> bool:
-    state = ckpt / "trainer_state.json"  # none: not a checkpoint to take liberties with
-    return not state.exists() or json.loads(state.read_text()).get("batch_in_epoch", 0) > 0
+def read_trainer_state(ckpt: Path) -> dict:
+    """A checkpoint's trainer_state.json, refused in one line when cut short or damaged."""
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        for key in ("epoch", "step", "batch_in_epoch"):
+            if type(state[key]) is not int:
+                raise ValueError(f"{key} is {state[key]!r}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise unreadable(ckpt, "trainer_state.json", e) from None
+    return state
+
+
+def check_same_launch(trainer_state: dict, accelerator, state_dir: Path, log) -> None:
+    """Refuse, before loading anything, a resume the training state cannot serve: under FSDP
+    from a checkpoint saved without it or the reverse (one is sharded, the other whole), or
+    inside an epoch with another number of processes (each process's batches and random state
+    are its own). Say which processes start from the seed at an epoch's end."""
+    sharded = state_dir.is_dir() and any(
+        p.name.startswith("pytorch_model_fsdp") for p in state_dir.iterdir()
+    )
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if sharded != fsdp:
+        saved, now = ("under FSDP", "without") if sharded else ("without FSDP", "under")
+        raise UserError(
+            f"saved {saved} and resumed {now} it: its training state (sharded under FSDP, whole "
+            f"without) cannot load; resume it as it was launched, or train on from its weights "
+            f"in a new run (--init_from {state_dir.parent})"
+        )
+    saved_n, n = trainer_state.get("batching", {}).get("processes"), accelerator.num_processes
+    if saved_n is None or saved_n == n:
+        return
+    if trainer_state["batch_in_epoch"]:
+        raise UserError(
+            f"resumed inside epoch {trainer_state['epoch'] + 1} with processes {saved_n} -> {n}: "
+            "its batches would differ from the interrupted run's, skipping some pairs and "
+            f"repeating others; resume with num_processes {saved_n}, or from a checkpoint at an "
+            "epoch's end (delete the newer ones)"
+        )
+    if saved_n < n:
+        new = f"process {saved_n}" if n - saved_n == 1 else f"processes {saved_n}-{n - 1}"
+        log(f"saved by {saved_n} process(es): {new} start from the seed's random state")
 
 
 def main(argv=None):

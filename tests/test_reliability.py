@@ -457,3 +457,56 @@ def test_the_cosine_schedule_warms_up_then_follows_half_a_cosine_to_zero(
     assert logged.keys() == expected.keys()
     for n, value in logged.items():
         assert math.isclose(value, expected[n], rel_tol=1e-6, abs_tol=1e-12), (n, value)
+
+
+def fake_accelerator(fsdp: bool, processes: int = 1):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    kind = DistributedType.FSDP if fsdp else DistributedType.NO
+    return SimpleNamespace(distributed_type=kind, num_processes=processes, process_index=0)
+
+
+def test_a_resume_across_fsdp_or_processes_inside_an_epoch_is_refused_before_loading(
+    trained, tmp_path
+):
+    from config import TrainConfig
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out, symlinks=True)
+    ckpt = (out / "last").resolve()
+    cfg, said = TrainConfig(), []
+    # saved by one plain process: FSDP would look for shards (tracebacks, then a cut message)
+    with pytest.raises(UserError, match=r"step-\d+: saved without FSDP and resumed under it: .*"
+                       r"resume it as it was launched, or .*--init_from .*step-"):  # fmt: skip
+        train.restore(fake_accelerator(fsdp=True), out, cfg, True, said.append)
+    (ckpt / "state" / "pytorch_model_fsdp_0").mkdir()  # as FSDP's sharded state is saved
+    with pytest.raises(UserError, match=r"saved under FSDP and resumed without it"):
+        train.restore(fake_accelerator(fsdp=False), out, cfg, True, said.append)
+    (ckpt / "state" / "pytorch_model_fsdp_0").rmdir()
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["batching"]["processes"] == 1
+    inside = {**state, "batch_in_epoch": 1}
+    (ckpt / "trainer_state.json").write_text(json.dumps(inside))
+    # inside an epoch: the batching refusal, not a missing random_states_1.pkl
+    with pytest.raises(UserError, match=r"epoch \d+ with processes 1 -> 3: .*num_processes 1,"):
+        train.restore(fake_accelerator(fsdp=False, processes=3), out, cfg, True, said.append)
+    assert said == []
+    # at an epoch's end more processes may resume: the new ones start from the seed, as said
+    end = {**state, "batch_in_epoch": 0}
+    train.check_same_launch(end, fake_accelerator(False, 3), ckpt / "state", said.append)
+    assert said == ["saved by 1 process(es): processes 1-2 start from the seed's random state"]
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [('{"epoch": 0, "st', "JSONDecodeError"), ('{"epoch": 0}', "KeyError: 'step'"),
+     ('{"epoch": 0, "step": "7", "batch_in_epoch": 0}', "ValueError: step is '7'")],
+)  # fmt: skip
+def test_a_damaged_trainer_state_is_one_line(corpus, trained, tmp_path, in_process, text, error):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out, symlinks=True)
+    (out / "last").resolve().joinpath("trainer_state.json").write_text(text)
+    with pytest.raises(UserError, match=rf"cannot load trainer_state.json \({error}.*older one$"):
+        in_process(argv(corpus, out, "--max_steps", 4, "--resume"))
