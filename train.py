@@ -731,8 +731,12 @@ def check_same_launch(trainer_state: dict, accelerator, state_dir: Path, log) ->
             "epoch's end (delete the newer ones)"
         )
     if saved_n < n:
-        new = f"process {saved_n}" if n - saved_n == 1 else f"processes {saved_n}-{n - 1}"
-        log(f"saved by {saved_n} process(es): {new} start from the seed's random state")
+        new = (
+            f"process {saved_n} starts"
+            if n - saved_n == 1
+            else f"processes {saved_n}-{n - 1} start"
+        )
+        log(f"saved by {saved_n} process(es): {new} from the seed's random state")
 
 
 def main(argv=None):

@@ -263,7 +263,8 @@ def test_a_resume_keeps_the_validation_its_checkpoint_holds(tmp_path, monkeypatc
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     monkeypatch.setattr(train, "latest_checkpoint", lambda out: ckpt)
     monkeypatch.setattr(train, "safe_load", lambda path: None)
-    acc = SimpleNamespace(process_index=0, is_main_process=True, load_state=lambda path: None)
+    acc = SimpleNamespace(process_index=0, is_main_process=True, load_state=lambda path: None,
+                          distributed_type="NO", num_processes=1)  # fmt: skip
     train.restore(acc, tmp_path, TrainConfig(), True, lambda _: None)
     kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert kept == (records[:4] if validated else records[:3])
@@ -276,18 +277,23 @@ def test_more_processes_resume_from_an_epochs_end(tmp_path, monkeypatch, batch_i
     ckpt = tmp_path / "checkpoints" / "step-00000023"
     (ckpt / "state").mkdir(parents=True)
     TrainConfig().save(ckpt / "config.json")
-    state = {"step": 23, "epoch": 1, "batch_in_epoch": batch_in_epoch, "validated_step": 23}
+    state = {"step": 23, "epoch": 1, "batch_in_epoch": batch_in_epoch, "validated_step": 23,
+             "batching": {"processes": 1}}  # fmt: skip
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
     monkeypatch.setattr(train, "latest_checkpoint", lambda out: ckpt)
-    rank1 = SimpleNamespace(process_index=1, is_main_process=False, step=23,
-                            load_state=lambda path: None)  # fmt: skip
+    rank1 = SimpleNamespace(process_index=1, is_main_process=False, step=23, num_processes=2,
+                            distributed_type="NO", load_state=lambda path: None)  # fmt: skip
     logged = []
-    if batch_in_epoch:
+    if batch_in_epoch:  # refused as a change of batching, before rank 1 misses its RNG file
+        with pytest.raises(UserError, match="inside epoch 2 with processes 1 -> 2"):
+            train.restore(rank1, tmp_path, TrainConfig(), True, logged.append)
+        del state["batching"]  # older checkpoints did not record it: the RNG file is missed
+        (ckpt / "trainer_state.json").write_text(json.dumps(state))
         with pytest.raises(UserError, match="random_states_1.pkl"):
             train.restore(rank1, tmp_path, TrainConfig(), True, logged.append)
         return
     assert train.restore(rank1, tmp_path, TrainConfig(), True, logged.append)["step"] == 23
-    assert "no random state for process 1: seeded" in logged[0]
+    assert logged[0] == "saved by 1 process(es): process 1 starts from the seed's random state"
     assert rank1.step == 0  # accumulation groups start anew (grad_accum_steps may change)
 
 
@@ -299,12 +305,15 @@ def test_a_failed_distributed_load_names_the_ranks_error(tmp_path, monkeypatch):
     ckpt = tmp_path / "checkpoints" / "step-00000003"
     ckpt.mkdir(parents=True)
     TrainConfig().save(ckpt / "config.json")
+    state = {"step": 3, "epoch": 0, "batch_in_epoch": 3, "batching": {"processes": 2}}
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
     cause = _wrap_exception(RuntimeError("Missing key in checkpoint state_dict: x.\nmore"))
 
     def load_state(path):
         raise CheckpointException("load failed", {0: cause, 1: cause})
 
-    accelerator = SimpleNamespace(process_index=0, load_state=load_state)
+    accelerator = SimpleNamespace(process_index=0, load_state=load_state, num_processes=2,
+                                  distributed_type="NO")  # fmt: skip
     monkeypatch.setattr(train, "latest_checkpoint", lambda out: ckpt)
     monkeypatch.setattr(train, "safe_load", lambda path: None)
     with pytest.raises(UserError) as e:

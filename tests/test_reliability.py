@@ -497,6 +497,8 @@ def test_a_resume_across_fsdp_or_processes_inside_an_epoch_is_refused_before_loa
     end = {**state, "batch_in_epoch": 0}
     train.check_same_launch(end, fake_accelerator(False, 3), ckpt / "state", said.append)
     assert said == ["saved by 1 process(es): processes 1-2 start from the seed's random state"]
+    train.check_same_launch(end, fake_accelerator(False, 2), ckpt / "state", said.append)
+    assert said[-1] == "saved by 1 process(es): process 1 starts from the seed's random state"
 
 
 @pytest.mark.parametrize(
