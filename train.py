@@ -476,12 +476,12 @@ class StopSignal:
             raise KeyboardInterrupt
         self.requested = True
 
-    def agreed(self, accelerator, step: int, every: int) -> bool:
-        """Whether all processes saw a stop request (they vote every `every` steps)."""
+    def agreed(self, accelerator) -> bool:
+        """Whether any process saw a stop request. Several processes vote after every step: a
+        launcher gives its workers little time after forwarding a signal (torchrun: 30 s, then
+        SIGKILL), which a vote every log_every steps could outlast before the save began."""
         if accelerator.num_processes == 1:
             return self.requested
-        if step % every:
-            return False
         flag = torch.tensor(float(self.requested), device=accelerator.device)
         return bool(accelerator.reduce(flag, "sum") > 0)
 
@@ -1113,7 +1113,7 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
             break
         # a signal during the validation (or in the epoch's last steps, before a vote): saved
         # just now, so stop before the next epoch's batches are made and a step is trained
-        if epoch + 1 < cfg.epochs and run["stop"].agreed(accelerator, 0, 1):
+        if epoch + 1 < cfg.epochs and run["stop"].agreed(accelerator):
             run["log"](f"stopped by signal at step {state['step']}; continue with --resume")
             return
     seconds = time.time() - run["started"]
@@ -1164,7 +1164,7 @@ def after_step(model, accelerator, scheduler, run, state, epoch, steps, bar) -> 
     done = bool(cfg.max_steps and state["step"] >= cfg.max_steps) or out_of_time(
         accelerator, state["step"], cfg, state["train_seconds"]
     )
-    stopping = run["stop"].agreed(accelerator, state["step"], cfg.log_every)
+    stopping = run["stop"].agreed(accelerator)
     if stopping:  # saved now: the grace period may not outlast a validation
         save(accelerator, model, run, {**state, "meter": meter.state(accelerator)})
     if done:  # the run's end validates and saves, a stop request or not

@@ -363,3 +363,19 @@ def test_fsdp_resume_continues_exactly(corpus, tmp_path, fsdp_run):
 
     model, _, _, cfg = load_model(part / "last")
     assert cfg.max_steps == 6 and sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_several_processes_vote_on_a_stop_after_every_step():
+    # a vote every log_every steps could outlast torchrun's 30 s between forwarding a signal and
+    # SIGKILL: every step, a request that only another process saw stops this one too
+    stop = train.StopSignal.__new__(train.StopSignal)  # no handlers on the test process
+    stop.requested, votes = False, []
+    other_saw_it = SimpleNamespace(num_processes=2, device="cpu",
+                                   reduce=lambda t, how: votes.append(how) or t + 1.0)  # fmt: skip
+    nobody = SimpleNamespace(num_processes=2, device="cpu", reduce=lambda t, how: t)
+    assert [stop.agreed(nobody) for _ in range(3)] == [False] * 3
+    assert stop.agreed(other_saw_it) and votes == ["sum"]
+    alone = SimpleNamespace(num_processes=1)  # one process: no collective, its own flag
+    assert not stop.agreed(alone)
+    stop.requested = True
+    assert stop.agreed(alone)

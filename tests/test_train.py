@@ -869,6 +869,24 @@ def test_a_resume_with_another_max_minutes_checks_the_pace_again():
     assert longer["cfg"].max_steps == 5700 and "max_steps 2,000 -> 5,700" in longer["lines"][0]
 
 
+def stop_after_steps(monkeypatch, steps: list[int]):
+    """A stop request (as Ctrl-C) after each step in `steps`, without touching the test
+    process's signal handlers."""
+
+    class Quiet(train.StopSignal):
+        def __init__(self):
+            self.requested = False
+
+    real = train.after_step
+
+    def after_step(model, accelerator, scheduler, run, state, *args):
+        run["stop"].requested = state["step"] in steps
+        return real(model, accelerator, scheduler, run, state, *args)
+
+    monkeypatch.setattr(train, "StopSignal", Quiet)
+    monkeypatch.setattr(train, "after_step", after_step)
+
+
 def test_fit_steps_to_time_ends_the_cooldown_at_the_fitted_step_across_a_resume(
     corpus, tmp_path, monkeypatch, capsys
 ):
@@ -884,17 +902,8 @@ def test_fit_steps_to_time_ends_the_cooldown_at_the_fitted_step_across_a_resume(
         state["train_seconds"] = state["step"] * 1.5  # this machine's clock would vary
         real(run_, state, *args)
 
-    class StopAt(train.StopSignal):
-        """Ctrl-C at a given step, without touching the test process's signal handlers."""
-
-        def __init__(self):
-            self.requested = False
-
-        def agreed(self, accelerator, step, every):
-            return step in stop_at
-
     monkeypatch.setattr(train, "check_pace", paced)
-    monkeypatch.setattr(train, "StopSignal", StopAt)
+    stop_after_steps(monkeypatch, stop_at)
     monkeypatch.setattr(train, "out_of_time", lambda *args: False)  # the real clock is slower
     monkeypatch.chdir(ROOT)
     lr = 0.004
@@ -992,13 +1001,8 @@ def test_a_resume_inside_an_epoch_with_other_batching_is_refused(corpus, tmp_pat
     run had left, so some pairs would be skipped and others repeated."""
     from accelerate.state import AcceleratorState, GradientState
 
-    class StopAt3(train.StopSignal):
-        def __init__(self):
-            self.requested = False
-
-        def agreed(self, accelerator, step, every):
-            return step == 3
-
+    stop_at = [3]
+    stop_after_steps(monkeypatch, stop_at)
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"
 
@@ -1010,12 +1014,10 @@ def test_a_resume_inside_an_epoch_with_other_batching_is_refused(corpus, tmp_pat
             AcceleratorState._reset_state(reset_partial_state=True)
             GradientState._reset_state()
 
-    never = train.StopSignal
-    monkeypatch.setattr(train, "StopSignal", StopAt3)
     main()
     saved = json.loads((out / "last" / "trainer_state.json").read_text())
     assert saved["step"] == 3 and saved["batch_in_epoch"] == 3  # inside epoch 1
-    monkeypatch.setattr(train, "StopSignal", never)  # the real one: no signal comes
+    stop_at.clear()  # no signal comes
     with pytest.raises(UserError) as e:
         main("--resume", "--max_tokens", 200)
     assert str(e.value).startswith("resumed inside epoch 1 with max_tokens 400 -> 200: ")
