@@ -180,8 +180,9 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
 
 
 def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> tuple:
-    """This process's batches for one epoch, the same on every run with the same seed, and
-    each one's weight in its optimizer step (step_weights)."""
+    """This process's batches for one epoch, the same on every run with the same seed, each
+    one's weight in its optimizer step (step_weights), and the target tokens of batch i over
+    all processes (exact, for the logged tokens/s and the run's token count)."""
     cfg = run["cfg"]
     if cfg.subword_alpha:
         run["train"] = sampled_train(run, accelerator, epoch, resumed_inside)
@@ -207,8 +208,9 @@ def epoch_batches(run: dict, accelerator, epoch: int, resumed_inside: bool) -> t
             f"to end on a whole step of grad_accum_steps {cfg.grad_accum_steps}"
         )
     batches = batches[: len(batches) - left_out]
-    weights = step_weights(every, run["train"], accelerator, cfg.grad_accum_steps, len(batches))
-    return batches, weights
+    tokens = shard_tokens(every, run["train"], accelerator.num_processes, len(batches))
+    weights = step_weights(tokens, accelerator.process_index, cfg.grad_accum_steps)
+    return batches, weights, tokens.sum(axis=0).astype(int).tolist()
 
 
 def check_whole_steps(run: dict, n_processes: int) -> None:
@@ -225,22 +227,26 @@ def check_whole_steps(run: dict, n_processes: int) -> None:
         )
 
 
-def step_weights(every: list, corpus: Corpus, accelerator, accum: int, n: int) -> list[float]:
-    """What this process's batch i weighs in its step's loss, so that a step's gradient is the
-    mean over all its target tokens, on every process and in every accumulated batch, as in
-    fairseq: batch tokens × processes × accum / the step's tokens. accelerate divides the loss
-    by accum and DDP/FSDP average over processes, which alone would weigh a 40-token batch as
-    much as a 1,000-token one. With one process and accum 1 the weight is exactly 1. Every
-    process shards the whole epoch (`every`), so no process needs to ask another."""
-    world = accelerator.num_processes
+def shard_tokens(every: list, corpus: Corpus, world: int, n: int) -> np.ndarray:
+    """(world, n): the target tokens in each process's first n batches. Every process shards
+    the whole epoch (`every`), so no process needs to ask another."""
     tgt = np.diff(corpus.tgt_off)
-    tokens = np.array(  # (world, n): target tokens in each process's batches
+    return np.array(
         [[tgt[b].sum() for b in shard(every, r, world)[:n]] for r in range(world)],
         dtype=np.float64,
     )
+
+
+def step_weights(tokens: np.ndarray, rank: int, accum: int) -> list[float]:
+    """What process `rank`'s batch i weighs in its step's loss (`tokens`: shard_tokens), so
+    that a step's gradient is the mean over all its target tokens, on every process and in
+    every accumulated batch, as in fairseq: batch tokens × processes × accum / the step's
+    tokens. accelerate divides the loss by accum and DDP/FSDP average over processes, which
+    alone would weigh a 40-token batch as much as a 1,000-token one. With one process and accum
+    1 the weight is exactly 1."""
+    world = len(tokens)
     per_step = tokens.reshape(world, -1, accum).sum(axis=(0, 2))  # (n / accum,)
-    mine = tokens[accelerator.process_index]
-    return (mine * (world * accum) / np.repeat(per_step, accum)).tolist()
+    return (tokens[rank] * (world * accum) / np.repeat(per_step, accum)).tolist()
 
 
 def sampled_train(run: dict, accelerator, epoch: int, resumed_inside: bool) -> Corpus:
@@ -538,7 +544,7 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
         "best": None,
         "bad_evals": 0,
         "skipped_steps": 0,
-        "target_tokens": 0,  # non-padding, all processes (shards hold equal batch counts)
+        "target_tokens": 0,  # non-padding, all processes
         "validated_step": None,  # the step of the last validation this state holds
     }
     ckpt = latest_checkpoint(out) if resume else None
@@ -1067,13 +1073,17 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
     # one meter for the whole run: a log window that spans an epoch's end loses no step's loss
     meter = run["meter"] = Meter(accelerator, state.pop("meter", None))
     for epoch in range(state["epoch"], cfg.epochs):
-        batches, weights = epoch_batches(run, accelerator, epoch, state["batch_in_epoch"] > 0)
+        batches, weights, totals = epoch_batches(
+            run, accelerator, epoch, state["batch_in_epoch"] > 0
+        )
         steps, first = len(batches) // cfg.grad_accum_steps, state["batch_in_epoch"]
         bar = epoch_bar(accelerator, epoch, run, state, steps, first // cfg.grad_accum_steps)
         meter.resume()
         model.train()
-        for batch, weight in zip(
-            batch_iter(run["train"], batches[first:], ids, accelerator.device), weights[first:]
+        for batch, weight, total in zip(
+            batch_iter(run["train"], batches[first:], ids, accelerator.device),
+            weights[first:],
+            totals[first:],
         ):
             with accelerator.accumulate(model):
                 loss = train_loss(model, batch, run["cfg"], ids.pad)
@@ -1081,8 +1091,8 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
                 if accelerator.sync_gradients:
                     finite = optimizer_step(model, optimizer, accelerator, run)
             state["batch_in_epoch"] += 1
-            meter.add(loss, batch["n_tokens"])
-            state["target_tokens"] += batch["n_tokens"] * accelerator.num_processes
+            meter.add(loss, batch["n_tokens"], total)
+            state["target_tokens"] += total
             if not accelerator.sync_gradients:
                 continue
             if not finite:
@@ -1423,11 +1433,13 @@ class Meter:
         loss, counted = self._sums(accelerator, "mean")
         return {"loss": loss, "counted": counted, "processes": accelerator.num_processes}
 
-    def add(self, loss, tokens: int):
-        """A batch of the step under way: counted once the step is known to be finite."""
+    def add(self, loss, tokens: int, all_tokens: int | None = None):
+        """A batch of the step under way: counted once the step is known to be finite.
+        `all_tokens`: the target tokens of this batch and its peers on the other processes (for
+        tokens/s; one process: `tokens`)."""
         self.pending = self.pending + loss.detach().float() * tokens
         self.pending_counted += tokens
-        self.tokens += tokens
+        self.tokens += tokens if all_tokens is None else all_tokens
 
     def commit(self):
         self.loss += self.pending
@@ -1454,7 +1466,7 @@ class Meter:
 def log_train(accelerator, bar, meter: Meter, scheduler, state, epoch, run):
     """Every log_every steps: loss per target token over all processes, LR, target tokens/s."""
     loss = meter.mean_loss(accelerator)
-    tok_s = meter.tokens * accelerator.num_processes / (time.time() - meter.t0)
+    tok_s = meter.tokens / (time.time() - meter.t0)  # over all processes
     lr = scheduler.get_last_lr()[0]
     bar.set_postfix(step=state["step"], loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
     if bar.disable:  # no terminal: a line for the log (printed by the main process only)

@@ -61,6 +61,11 @@ def assert_same_losses(got_run, ref_run):
     assert sorted(got) == sorted(ref) == list(range(1, 7))
     for step in ref:
         assert abs(got[step] - ref[step]) <= 1e-4 * abs(ref[step]), (step, got[step], ref[step])
+    # the same batches trained: the same target tokens counted (exact over processes, not this
+    # process's count times the processes)
+    count = [json.loads((r / "last" / "trainer_state.json").read_text())["target_tokens"]
+             for r in (got_run, ref_run)]  # fmt: skip
+    assert count[0] == count[1] > 0
 
 
 def test_fsdp_matches_one_process(single_process_run, fsdp_run):

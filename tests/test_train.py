@@ -98,7 +98,7 @@ def test_an_epoch_short_of_a_whole_step_counts_the_batches_it_leaves_out():
     one_process = SimpleNamespace(process_index=0, num_processes=1)
     # 4 pairs per 20-token batch: 12 batches of 4 and one of 2
     run["cfg"] = TrainConfig(max_tokens=20, max_seq_length=5, batch_size=4, grad_accum_steps=3)
-    batches, weights = train.epoch_batches(run, one_process, 0, False)
+    batches, weights, _ = train.epoch_batches(run, one_process, 0, False)
     kept = sum(len(b) for b in batches)
     assert len(batches) == 12 and kept in (46, 48)
     assert logged == [
@@ -157,19 +157,41 @@ def test_a_step_weighs_every_target_token_alike_over_accumulated_batches_and_pro
         return train.train_loss(model, collate(corpus, index, ids), cfg, ids.pad)
 
     whole = grads(loss(np.arange(4)))  # one batch of all 4 pairs
-    one = SimpleNamespace(process_index=0, num_processes=1)
-    w = train.step_weights(every, corpus, one, 2, 2)  # 1 process, accum 2
+    w = train.step_weights(train.shard_tokens(every, corpus, 1, 2), 0, 2)  # 1 process, accum 2
     assert w == pytest.approx([2 * 2 / 26, 24 * 2 / 26])
     # accelerate divides each accumulated batch's loss by accum
     accumulated = grads((loss(every[0]) * w[0] + loss(every[1]) * w[1]) / 2)
     torch.testing.assert_close(accumulated, whole, rtol=1e-4, atol=1e-6)
     # 2 processes, accum 1: each weighs its own batch, DDP averages the two gradients
-    w0, w1 = (train.step_weights(every, corpus, SimpleNamespace(process_index=r, num_processes=2),
-                                 1, 1) for r in (0, 1))  # fmt: skip
+    two = train.shard_tokens(every, corpus, 2, 1)  # (2 processes, 1 batch each)
+    w0, w1 = (train.step_weights(two, r, 1) for r in (0, 1))
     averaged = (grads(loss(every[0]) * w0[0]) + grads(loss(every[1]) * w1[0])) / 2
     torch.testing.assert_close(averaged, whole, rtol=1e-4, atol=1e-6)
     # one process, one batch per step: exactly 1, so a plain run's loss is not touched
-    assert train.step_weights(every, corpus, one, 1, 2) == [1.0, 1.0]
+    assert train.step_weights(train.shard_tokens(every, corpus, 1, 2), 0, 1) == [1.0, 1.0]
+
+
+def test_each_batch_counts_the_target_tokens_of_every_process():
+    rng = np.random.default_rng(0)
+    tgt_len = rng.integers(1, 9, 80)  # sentences of 1-8 target tokens: shards differ
+    offsets = np.concatenate([[0], np.cumsum(tgt_len)])
+    corpus = Corpus(np.ones(offsets[-1]), offsets, np.ones(offsets[-1]), offsets)
+    cfg = TrainConfig(max_tokens=24, max_seq_length=8, batch_size=6)
+    ranks = [train.epoch_batches({"cfg": cfg, "train": corpus, "log": print},
+                                 SimpleNamespace(process_index=r, num_processes=2), 0, False)
+             for r in (0, 1)]  # fmt: skip
+    (b0, _, totals), (b1, _, totals1) = ranks
+    by_hand = [int(tgt_len[x].sum() + tgt_len[y].sum()) for x, y in zip(b0, b1, strict=True)]
+    assert totals == totals1 == by_hand
+    assert any(2 * tgt_len[x].sum() != t for x, t in zip(b0, totals))  # not one's count × 2
+    one = train.epoch_batches(
+        {"cfg": cfg, "train": corpus, "log": print},
+        SimpleNamespace(process_index=0, num_processes=1),
+        0,
+        False,
+    )
+    assert one[2] == [int(tgt_len[b].sum()) for b in one[0]]
+    assert sum(one[2]) == sum(totals) == tgt_len.sum()  # the whole epoch, counted once
 
 
 class SummingProcesses(SimpleNamespace):
