@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -72,6 +73,19 @@ def cli(main):
         where = f" {e.filename}" if e.filename else ""  # None: stdout, or a stream's buffer
         print(f"error: cannot write{where}: {e.strerror}", file=sys.stderr)
         sys.exit(2)
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        first = (str(e).strip().splitlines() or [""])[0]
+        if not isinstance(e, MemoryError) and not re.search(
+            r"out of memory|can't allocate memory", first, re.IGNORECASE
+        ):
+            raise
+        # where it ran out says little, and torch's traceback is dozens of lines
+        print(
+            f"error: out of memory ({type(e).__name__}: {first[:200]}): lower batch_size or "
+            "max_tokens (translate.py, evaluate.py: --batch_size, --beam)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 # What a full disk, a quota, a read-only or failing device raise on a write (outputs are staged:

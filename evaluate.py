@@ -36,7 +36,8 @@ tokenized by sacremoses, then every hyphen between two non-spaces split off ("Ri
 figures, unless --lowercase.
 
 --compare OTHER: paired bootstrap resampling (Koehn, 2004; sacreBLEU's --paired-bs) with OTHER
-as the baseline: --bootstrap_samples resamples (default 1000), seed $SACREBLEU_SEED or 12345.
+as the baseline: --bootstrap_samples resamples (default 1000), seed $SACREBLEU_SEED or 12345
+(SACREBLEU_SEED=none: from the OS, other resamples each run).
 For each metric it reports both systems' scores, the bootstrap mean and 95% confidence interval
 of this system, and the p-value of the difference (small p: unlikely to be chance); with
 --moses or --compound_split their BLEU too ("BLEU tok", "BLEU cs"), on the same resamples.
@@ -204,7 +205,7 @@ def paired_bootstrap(
         )
     named = {METRIC_NAMES[k]: m for k, m in metrics(lowercase).items()}
     out = _paired(hypotheses, baseline, references, named, n_samples)
-    for key, tokenize in (tokenized or {}).items():  # the same seed: the same resamples
+    for key, tokenize in (tokenized or {}).items():  # a fixed seed: the same resamples
         system, base, refs = ([tokenize(x) for x in t] for t in (hypotheses, baseline, references))
         out[key] = _paired(system, base, refs, {"BLEU": tokenized_bleu()}, n_samples)["bleu"]
     return out
@@ -427,8 +428,9 @@ def main(argv=None):
     if args.compare and args.bootstrap_samples < 1:
         raise UserError("--bootstrap_samples must be >= 1")
     seed = os.environ.get("SACREBLEU_SEED")  # sacreBLEU int()s it, after all the decoding
-    if args.compare and seed is not None and not (seed.strip().isdigit()):
-        raise UserError(f"SACREBLEU_SEED must be an integer >= 0 (got {seed!r})")
+    if args.compare and seed is not None and not (seed.strip().isdigit() or seed.lower() == "none"):
+        # "none": sacreBLEU's own word for a seed from the OS (resamples that differ each run)
+        raise UserError(f"SACREBLEU_SEED must be an integer >= 0, or none (got {seed!r})")
     # read before any decoding, so that a missing file stops us now, not hours later
     baseline = read_lines(args.compare) if args.compare else None
     with contextlib.ExitStack() as outputs:

@@ -375,12 +375,12 @@ def _encode(
 def _decode(
     model, src, ids, max_new, beam, alpha, nbest, banned, sampler=None, lines=None
 ) -> list[list[tuple]]:
-    """One batch -> for each sentence its (tokens, score) pairs, best first."""
+    """One batch -> for each sentence its (tokens, score, log-probability), best first."""
     if beam <= 1:
         found = greedy(model, src, ids, max_new, banned, sampler, lines)
-        return [[(h, None)] for h in found.tolist()]
+        return [[(h, None, None)] for h in found.tolist()]
     found = beam_search(model, src, ids, max_new, beam, alpha, nbest, banned)
-    return [[(h.tokens, h.score) for h in f] for f in found]
+    return [[(h.tokens, h.score, h.logprob) for h in f] for f in found]
 
 
 PRECISIONS = ("no", "bf16")  # decoding's mixed_precision values (--mixed_precision)
@@ -412,8 +412,11 @@ def translate_nbest(
     mixed_precision: str = "no",
     sampler: Sampler | None = None,
     progress=None,
-) -> list[list[tuple[str, float | None]]]:
-    """Lines -> for each line up to `nbest` (text, score) pairs, best first.
+    details: bool = False,
+) -> list[list[tuple]]:
+    """Lines -> for each line up to `nbest` (text, score) pairs, best first; with `details`,
+    (text, score, log P(tokens | line), the number of tokens) for beam search: the tokens it
+    found, which the text tokenized again need not be (score.py scores the text).
 
     Greedy (beam 1) gives one pair with score None. Empty lines give no pairs and never reach
     the model. Batches hold sentences of similar length; `line_numbers` (default 1, 2, ...) name
@@ -424,6 +427,8 @@ def translate_nbest(
     """
     if nbest > max(beam, 1):
         raise UserError(f"--nbest {nbest} needs --beam >= {nbest}")
+    if beam > model.cfg.tgt_vocab_size:  # beams past the vocabulary: memory for nothing
+        raise UserError(f"--beam {beam} is more than the {model.cfg.tgt_vocab_size} target tokens")
     if sampler is not None and beam > 1:
         raise UserError(SAMPLING_NO_BEAM)
     device = next(model.parameters()).device
@@ -453,10 +458,10 @@ def translate_nbest(
         lines_of = [numbers[todo[j]] for j in chunk]
         with precision:
             found = _decode(model, src, ids, max_new, beam, alpha, nbest, banned, sampler, lines_of)
-        flat = [(j, t, s) for j, pairs in zip(chunk, found, strict=True) for t, s in pairs]
-        texts = detokenize(tokenizer, [t for _, t, _ in flat], ids)
-        for (j, _, score), text in zip(flat, texts, strict=True):
-            out[todo[j]].append((text, score))
+        flat = [(j, *h) for j, hyps in zip(chunk, found, strict=True) for h in hyps]
+        texts = detokenize(tokenizer, [t for _, t, _, _ in flat], ids)
+        for (j, tokens, score, logprob), text in zip(flat, texts, strict=True):
+            out[todo[j]].append((text, score, logprob, len(tokens)) if details else (text, score))
         if progress is not None:
             progress.update(len(chunk))
     model.train(was_training)

@@ -55,6 +55,8 @@ def main():
     args = p.parse_args()
     if args.beam < 2:
         p.error("--beam: at least 2 hypotheses are needed to rerank")
+    if not -10 <= args.length_penalty <= 10:  # as translate.py: NaN ranks at random, 1e3 overflows
+        p.error(f"--length_penalty must be in [-10, 10] (got {args.length_penalty})")
     model, tok, ids, cfg = load_model(args.checkpoint)
     src, ref = read_aligned(f"{args.data}/val.en.gz", f"{args.data}/val.de.gz")
     found = translate_nbest(

@@ -637,7 +637,9 @@ def test_evaluate_checks_sacrebleus_seed_before_decoding(
     argv = ["--checkpoint", trained, "--source", corpus / "test.en", "--reference", ref,
             "--compare", ref]  # fmt: skip
     code, err = run_cli(evaluate.main, argv, capsys)
-    assert_one_line_error(code, err, f"SACREBLEU_SEED must be an integer >= 0 (got {seed!r})")
+    assert_one_line_error(
+        code, err, f"SACREBLEU_SEED must be an integer >= 0, or none (got {seed!r})"
+    )
 
 
 def test_evaluate_names_the_files_whose_lines_do_not_pair_up(corpus, tmp_path, capsys):

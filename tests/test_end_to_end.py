@@ -422,19 +422,33 @@ def reversed_checkpoint(path):
     return path
 
 
-def test_rerank_scores_each_hypothesis_with_both_directions(tmp_path):
+def test_rerank_scores_each_hypothesis_with_both_directions(tmp_path, monkeypatch):
     from score import score_pairs
     from test_translate import make_checkpoint
+    from translate import length_penalty, translate_nbest
 
     forward = load_model(make_checkpoint(tmp_path / "f"))
     reverse = load_model(reversed_checkpoint(tmp_path / "r"))
     sources = ["a man reads a book", "the dog sees the cat", ""]
-    found = script("rerank").nbest_features(forward, reverse, sources, 3)
-    assert [len(h) for h in found] == [3, 3, 0]
-    for x, hyps in zip(sources, found):
-        for y, fwd, rev, n, m in hyps:
-            assert (fwd, n) == pytest.approx(score_pairs(*forward[:3], [x], [y])[0])
-            assert (rev, m) == pytest.approx(score_pairs(*reverse[:3], [y], [x])[0])
+    rerank = script("rerank")
+    rescored = []
+
+    def text_scored_again(model, *args):  # as if the text tokenized again were other tokens
+        rescored.append(model is forward[0])
+        return [(s - 100.0, n) for s, n in score_pairs(model, *args)]
+
+    monkeypatch.setattr(rerank, "score_pairs", text_scored_again)
+    found = rerank.nbest_features(forward, reverse, sources, 3)
+    assert [len(h) for h in found] == [3, 3, 0] and rescored == [False]  # the reverse alone
+    beam = translate_nbest(*forward[:3], sources, beam=3, alpha=1.0, nbest=3)
+    for x, hyps, ranked in zip(sources, found, beam):
+        assert [h[0] for h in hyps] == [text for text, _ in ranked]
+        for (y, fwd, rev, n, m), (_, score) in zip(hyps, ranked):
+            # the beam's own log-probability and length: its score is their ratio under lp 1.0
+            # (the text scored again can differ: a hypothesis cut by the length budget has no
+            # </s>, which score.py's target always ends with)
+            assert fwd / length_penalty(n, 1.0) == pytest.approx(score)
+            assert (rev + 100.0, m) == pytest.approx(score_pairs(*reverse[:3], [y], [x])[0])
 
 
 def test_rerank_chooses_on_val_and_reranks_test_once(tmp_path, monkeypatch):

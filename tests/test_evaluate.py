@@ -111,6 +111,10 @@ def test_cli_scores_gz_files_compares_and_writes_json(tmp_path, capsys, monkeypa
     assert r["compare"]["bleu"]["delta"] > 0 and 0 < r["compare"]["bleu"]["p_value"] <= 1
     assert r["compare_with"] == other and r["compare_samples"] == 100
     assert r["compare_seed"] == "7"
+    monkeypatch.setenv("SACREBLEU_SEED", "None")  # sacreBLEU's word for a seed from the OS
+    r = evaluate.main(["--hypotheses", hyp, "--reference", ref, "--compare", other,
+                       "--bootstrap_samples", "20"])  # fmt: skip
+    assert r["compare_seed"] == "None" and r["compare"]["bleu"]["delta"] > 0
     # the brevity penalty, not the length ratio (the corrupted hypotheses are shorter: bp < 1)
     bleu = sacrebleu.BLEU().corpus_score(corrupt(refs, seed=2), [refs])
     assert bleu.bp < 1 and r["bleu_bp"] == round(bleu.bp, 4) != round(bleu.ratio, 4)

@@ -37,3 +37,10 @@ def test_one_hypothesis_is_exit_2():
         capture_output=True, text=True, env=subprocess_env(), cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 2 and "--beam: at least 2 hypotheses" in proc.stderr
+    for alpha in ("nan", "1000"):  # as translate.py: NaN ranks at random, 1000 overflows
+        proc = subprocess.run(
+            [sys.executable, SCRIPT, "--checkpoint", "unused", "--length_penalty", alpha],
+            capture_output=True, text=True, env=subprocess_env(), cwd=ROOT,
+        )  # fmt: skip
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+        assert f"--length_penalty must be in [-10, 10] (got {float(alpha)})" in proc.stderr

@@ -856,3 +856,27 @@ def test_a_write_protected_output_is_refused_and_kept(tmp_path, monkeypatch):
         with translate.open_output(out) as f:
             f.write("new\n")
     assert out.read_text() == "kept\n" and os.listdir(tmp_path) == ["out.de"]
+
+
+def test_a_beam_past_the_vocabulary_is_refused_and_out_of_memory_is_one_line(ckpt, capsys):
+    from config import cli
+
+    model, tok, ids, _ = load_model(ckpt)
+    v = model.cfg.tgt_vocab_size
+    with pytest.raises(UserError, match=rf"^--beam {v + 1} is more than the {v} target tokens$"):
+        translate.translate_nbest(model, tok, ids, ["a dog"], beam=v + 1)
+    assert translate.translate_nbest(model, tok, ids, ["a dog"], beam=v)[0]  # all of it: fine
+
+    def runs_out(message):
+        def main():
+            raise RuntimeError(message + "\nmore lines")
+
+        with pytest.raises(SystemExit) as e:
+            cli(main)
+        return e.value.code, capsys.readouterr().err
+
+    code, err = runs_out("DefaultCPUAllocator: can't allocate memory: you tried 3200000000 bytes")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("error: out of memory (RuntimeError: DefaultCPUAllocator: can't alloc")
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError: seen whole
+        cli(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
