@@ -146,7 +146,8 @@ def main(argv=None):
         raise UserError(f"checkpoint given twice: {', '.join(twice)}")
     average(dirs, Path(args.out))
     n = f"{len(dirs)} checkpoint{'s' * (len(dirs) > 1)}"
-    print(f"averaged {n} ({dirs[0].name} ... {dirs[-1].name}) into {args.out}")
+    # the paths as given: "last" or "best" of two runs names neither run
+    print(f"averaged {n} ({dirs[0]} ... {dirs[-1]}) into {args.out}")
 
 
 if __name__ == "__main__":

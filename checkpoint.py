@@ -254,6 +254,11 @@ def load_model(
 ) -> tuple[Transformer, object, SpecialIds, TrainConfig]:
     """Checkpoint directory -> (model in eval mode, tokenizer, special ids, training config)."""
     path = resolve(path)
+    if not (path / "model_config.json").exists():  # model.safetensors alone: not ours
+        raise UserError(
+            f"{path}: not a checkpoint of this repository (no model_config.json; an export.py "
+            "directory loads with transformers)"
+        )
     try:
         meta = json.loads((path / "model_config.json").read_text())
         ids = SpecialIds(**meta.pop("special_ids"))

@@ -1281,11 +1281,8 @@ def end_of_epoch(model, accelerator, run, state, epoch) -> bool:
     )
     state["best"] = score if is_best else state["best"]
     state["bad_evals"] = 0 if is_best else state["bad_evals"] + 1
-    run["log"](
-        f"epoch {epoch + 1}: step {state['step']} "
-        + " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-        + (" (best)" if is_best else "")
-    )
+    said = " ".join(f"{k} {v:.3f}" for k, v in metrics.items()) or "(no valid_data)"
+    run["log"](f"epoch {epoch + 1}: step {state['step']} {said}" + (" (best)" if is_best else ""))
     write_metrics(accelerator, {"epoch": epoch + 1, "step": state["step"], **metrics}, run)
     # the validation counts in the run's time, as it would for a run not resumed from here
     state["train_seconds"] = state.get("train_seconds", 0.0) + time.time() - began

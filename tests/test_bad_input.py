@@ -287,6 +287,10 @@ BROKEN = {  # name -> (how to break a copy of best/, what the error says)
         lambda d: edit_json(d / "model_config.json", d_model=48),
         "weights do not match model_config.json",
     ),
+    "no model_config.json (an export.py directory has none)": (
+        lambda d: (d / "model_config.json").unlink(),
+        "not a checkpoint of this repository (no model_config.json; an export.py directory",
+    ),
     "n_heads 0": (
         lambda d: edit_json(d / "model_config.json", n_heads=0),
         "model_config.json: unreadable",

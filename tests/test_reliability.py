@@ -87,11 +87,14 @@ def test_non_finite_steps_apart_are_not_in_a_row(corpus, tmp_path, monkeypatch, 
     assert "(1 in a row, 2 in total)" in capsys.readouterr().out
 
 
-def test_a_run_without_validation_keeps_its_last_checkpoint_as_best(corpus, tmp_path, in_process):
+def test_a_run_without_validation_keeps_its_last_checkpoint_as_best(
+    corpus, tmp_path, in_process, capsys
+):
     # nothing to choose by: best/ is the newest checkpoint, so a run's output_dir still decodes
     out = tmp_path / "run"
     in_process([*argv(corpus, out, "--max_steps", 3), "--valid_data", "null"])
     assert json.loads((out / "best" / "best.json").read_text())["step"] == 3
+    assert "epoch 1: step 3 (no valid_data)\n" in capsys.readouterr().out  # not "step 3 " alone
     best, last = (load_file(out / d / "model.safetensors") for d in ("best", "last"))
     assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
 
