@@ -1,6 +1,7 @@
 """Shared test setup: no network, the repo root importable, one CPU thread, tiny configs."""
 
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -53,6 +54,16 @@ def pytest_collection_modifyitems(items):
 def _seed():
     """Every test starts from the same torch RNG state."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers():
+    """train.main run in this process installs its stop handlers (SIGTERM, SIGINT: save, then
+    exit): put the worker's own back, or CI's SIGTERM and a Ctrl-C would be swallowed after."""
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in kept.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture

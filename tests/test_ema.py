@@ -27,6 +27,7 @@ def test_update_follows_the_ramped_recurrence():
         ema.update(model)
         expected = d * expected + (1 - d) * model.weight.detach()
     torch.testing.assert_close(ema.shadow[0], expected)
+    torch.testing.assert_close(ema.shadow[1], model.bias.detach())  # never moved: its own value
     assert ema.updates == 12
 
 
@@ -70,7 +71,7 @@ def test_save_and_load_round_trip_and_refuse_other_shapes(tmp_path):
     other = EMA(model, 0.9)  # fresh: the current weights
     other.load(tmp_path / "ema.pt")
     assert other.updates == 1
-    for a, b in zip(other.shadow, ema.shadow):
+    for a, b in zip(other.shadow, ema.shadow, strict=True):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="other shapes"):
         EMA(torch.nn.Linear(4, 2), 0.9).load(tmp_path / "ema.pt")

@@ -142,7 +142,11 @@ def test_cli_translates_with_an_ensemble_of_checkpoints(pair, tmp_path):
     assert alone[0] != alone[1]  # (so an ensemble that ignored a model could not pass)
 
     argv = ["--checkpoint", *map(str, pair), "--source", str(src), "--reference", str(src)]
-    report = evaluate.main([*argv, "--json", str(tmp_path / "r.json")])
+    report = evaluate.main([*argv, "--beam", "2", "--json", str(tmp_path / "r.json"),
+                            "--output", str(tmp_path / "hyp.de")])  # fmt: skip
+    # decoded by the ensemble, and scored as decoded (not the first model's translations)
+    assert (tmp_path / "hyp.de").read_text().split("\n")[:-1] == expected
+    assert report["bleu"] == evaluate.score(expected, LINES)["bleu"]
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["checkpoint"] == str(pair[0]) and saved["model_config"]["d_model"] == 16
     assert [m["checkpoint"] for m in saved["ensemble"]] == [str(p) for p in pair]

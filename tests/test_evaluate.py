@@ -247,14 +247,22 @@ def test_checkpoint_translates_its_test_data_with_beam(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().err
     # the other direction than the checkpoint's: decoded, with a warning (a model trained both
     # ways may be asked for either)
-    r = evaluate.main(["--checkpoint", str(ckpt), "--src_lang", "de", "--tgt_lang", "en"])
+    other = tmp_path / "hyp.en"
+    r = evaluate.main(["--checkpoint", str(ckpt), "--src_lang", "de", "--tgt_lang", "en",
+                       "--output", str(other)])  # fmt: skip
     assert r["test_set"]["src_lang"] == "de"
     assert capsys.readouterr().err.splitlines()[0] == (
         "warning: the checkpoint was trained en->de; decoding de->en (--src_lang / --tgt_lang)"
     )
-    assert hyps.read_text().split("\n")[1] == ""  # the empty source stays empty
-    # the hypotheses are beam 2's, not greedy's (they differ on this model)
+    # the German lines decoded, scored against the English ones
     model, tok, ids, cfg = load_model(ckpt)
+    german = ["der hund sieht die katze", "", "ein mann liest ein buch"]
+    english = ["the dog sees the cat", "", "a man reads a book"]
+    decoded = translate_texts(model, tok, ids, german, 64, cfg.max_seq_length)
+    assert other.read_text().split("\n")[:-1] == decoded and decoded[1] == ""  # empty stays
+    assert r["bleu"] == evaluate.score(decoded, english)["bleu"]
+    assert decoded != translate_texts(model, tok, ids, english, 64, cfg.max_seq_length)
+    # the hypotheses are beam 2's, not greedy's (they differ on this model)
     sources = ["the dog sees the cat", "", "a man reads a book"]
     beam = translate_texts(model, tok, ids, sources, 64, cfg.max_seq_length, beam=2, alpha=1.0)
     assert hyps.read_text().split("\n")[:-1] == beam

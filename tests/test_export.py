@@ -77,12 +77,12 @@ def test_training_dropouts_keep_their_values_under_marians_names():
     assert (config.dropout, config.attention_dropout, config.activation_dropout) == (0.3, 0.1, 0.2)
 
 
-@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("shared", [True, False, "3+1"])
 def test_exported_logits_match_ours(exported, shared):
     ckpt, out = exported[shared]
     model, tok, ids, _ = load_model(ckpt)
     hf = MarianMTModel.from_pretrained(out).eval()
-    assert hf.config.share_encoder_decoder_embeddings == shared
+    assert hf.config.share_encoder_decoder_embeddings == (shared is not False)
     assert torch.equal(hf.final_logits_bias, torch.zeros_like(hf.final_logits_bias))
     batch = AutoTokenizer.from_pretrained(out)(TEXTS[:4], return_tensors="pt", padding=True)
     src = batch["input_ids"]
@@ -99,6 +99,30 @@ def test_a_shallower_decoder_exports_with_its_own_depth(exported):
     hf = MarianMTModel.from_pretrained(out).eval()
     assert (hf.config.encoder_layers, hf.config.decoder_layers) == (3, 1)
     assert export.max_logit_difference(model, hf, ids) <= 1e-4
+
+
+def test_the_parity_check_sees_one_changed_weight(exported, tmp_path):
+    ckpt, out = exported[True]
+    model, _, ids, _ = load_model(ckpt)
+    hf = MarianMTModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        # one weight matrix exported wrong (scaled: a constant added would cancel on post-LN's
+        # zero-mean inputs)
+        hf.model.decoder.layers[0].fc1.weight *= 1.5
+    assert export.max_logit_difference(model, hf, ids) > 1e-2
+    # and export() refuses such an export: here one bias mapped wrong
+    real = export.marian_state_dict
+
+    def wrong(model):
+        state = real(model)
+        state["model.decoder.layers.0.fc1.bias"] += 0.1
+        return state
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(export, "marian_state_dict", wrong)
+        with pytest.raises(RuntimeError, match="differ"):
+            export.export(ckpt, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_generate_greedy_equals_our_greedy(exported):

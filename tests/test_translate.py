@@ -813,8 +813,10 @@ def test_mixed_precision_bf16_decodes_in_bf16_autocast(ckpt, beam):
     with pytest.raises(UserError, match="mixed_precision 'fp16'"):  # no silent fp32 instead
         translate.translate_texts(model, tok, ids, LINES, 4, mixed_precision="fp16")
     assert texts["bf16"][1] == texts["bf16"][3] == ""
-    same = sum(a == b for a, b in zip(texts["no"], texts["bf16"], strict=True))
-    assert same >= len(LINES) // 2  # bf16 rounding may flip a close call, not most sentences
+    pairs = zip(LINES, texts["no"], texts["bf16"], strict=True)
+    same = sum(a == b for line, a, b in pairs if line.strip())  # blank lines agree anyway
+    # bf16 rounding may flip a close call, not most sentences
+    assert same >= 4 and sum(1 for line in LINES if line.strip()) == 6
 
 
 def test_cli_passes_mixed_precision_to_decoding(ckpt, tmp_path, monkeypatch):
