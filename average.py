@@ -112,8 +112,8 @@ def main(argv=None):
         "--out",
         "--output",
         required=True,
-        help="the new checkpoint (an earlier model there is replaced, not a run's best/, last or "
-        "step checkpoints; any other folder refused)",
+        help="the new checkpoint (an earlier average there is replaced; not a run's best/, last "
+        "or step checkpoints, an export, or any other folder)",
     )
     args = p.parse_args(argv)
     if bool(args.run) == bool(args.checkpoints):

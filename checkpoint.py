@@ -125,11 +125,14 @@ def staged_output(final: str | Path):
         raise UserError(f"cannot write {final} ({problem})") from None
 
 
-def check_replaceable(out: str | Path, inputs: list[Path], flag: str = "--out") -> None:
+def check_replaceable(
+    out: str | Path, inputs: list[Path], flag: str = "--out", kind: str = "ours"
+) -> None:
     """UserError unless `out` can be replaced whole: not an input nor a folder holding one, not a
     training run's output_dir or its checkpoints/ (replacing it would delete them) nor one of
-    the checkpoints train.py writes and reads back (best/, last, a step), and if it exists, a
-    model directory (an earlier output, rewritten) or empty."""
+    the checkpoints train.py writes and reads back (best/, last, a step), and if it exists,
+    empty or a model directory of the `kind` the tool writes (model_kind: an earlier output,
+    rewritten; an export never replaces one of our checkpoints, nor an average an export)."""
     if Path(out).name in ("", ".", ".."):
         raise UserError(f"{flag} {out}: give the new directory's name")
     given, out = Path(out).absolute(), Path(out).resolve()  # `last` is a link to a step
@@ -149,6 +152,29 @@ def check_replaceable(out: str | Path, inputs: list[Path], flag: str = "--out") 
             f"{flag} {out} exists and is not a model directory (replacing it would delete what "
             "it holds); name a new one"
         )
+    if out.exists() and (held := model_kind(out)) not in (None, kind):
+        raise UserError(
+            f"{flag} {out} holds {MODEL_KINDS[held]}, which this would replace with "
+            f"{MODEL_KINDS[kind]}; name a new one"
+        )
+
+
+MODEL_KINDS = {  # model_kind -> what it is, in an error message
+    "ours": "a checkpoint of this repository",
+    "transformers": "a transformers model",
+    "ctranslate2": "a CTranslate2 model",
+}
+
+
+def model_kind(path: Path) -> str | None:
+    """Which tool wrote a model directory (None: empty, or none of them)."""
+    if (path / "model_config.json").exists():
+        return "ours"
+    if (path / "model.bin").exists():  # beside CTranslate2's own config.json
+        return "ctranslate2"
+    if (path / "config.json").exists():
+        return "transformers"
+    return None
 
 
 def is_model_dir(path: Path) -> bool:

@@ -286,17 +286,17 @@ def main(argv=None):
         "--out",
         "--output",
         required=True,
-        help="directory to write (an earlier model there is replaced, not a run's best/, last or "
-        "step checkpoints; any other folder refused)",
+        help="directory to write (an earlier export there is replaced; not a checkpoint of ours, "
+        "a run's folders, or any other folder)",
     )
     p.add_argument("--ct2", help="also convert the export to a CTranslate2 model here")
     args = p.parse_args(argv)
     if args.ct2:
         _ct2_converters()  # fail before writing anything
     source = resolve(args.checkpoint)
-    check_replaceable(args.out, [source])
+    check_replaceable(args.out, [source], kind="transformers")
     if args.ct2:
-        check_replaceable(args.ct2, [source, Path(args.out)], "--ct2")
+        check_replaceable(args.ct2, [source, Path(args.out)], "--ct2", kind="ctranslate2")
         if Path(args.out).resolve() in Path(args.ct2).resolve().parents:
             raise UserError(f"--ct2 {args.ct2} is inside --out {args.out}, which is replaced whole")
     out = export(args.checkpoint, args.out)

@@ -128,6 +128,10 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
     shutil.copytree(models, notes, ignore=shutil.ignore_patterns("a", "*.safetensors"))
     other_run = tmp_path / "other_run"
     (other_run / "checkpoints").mkdir(parents=True)
+    exported = tmp_path / "exported"  # a model, but not a checkpoint of ours: not replaced
+    exported.mkdir()
+    (exported / "config.json").write_text('{"model_type": "marian"}\n')
+    (exported / "model.safetensors").write_bytes(b"")
     shutil.copytree(a, run / "best")  # what train.py writes and reads back: a run's best/,
     (run / "last").symlink_to(Path("checkpoints") / "step-2")  # last, and step directories
     new = str(tmp_path / "new")
@@ -144,6 +148,7 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
         (["--checkpoints", a, b, "--out", models], "models exists and is not a model directory"),
         (["--checkpoints", a, b, "--out", notes], "notes exists and is not a model directory"),
         (["--checkpoints", a, b, "--out", models / "notes.txt"], "is not a model directory"),
+        (["--checkpoints", a, b, "--out", exported], "holds a transformers model, which this"),
         (["--checkpoint", a, "--out", new], "one checkpoint, nothing to average .*--run DIR"),
         (["--checkpoints", a, wide, "--out", new], r"w has shape \(3,\), \(2,\) in"),
         (["--checkpoints", a, renamed, "--out", new], "renamed: its weights do not match .*step-1"),
@@ -159,9 +164,10 @@ def test_bad_input_is_a_user_error_and_replaces_nothing(tmp_path):
         with pytest.raises(UserError, match=match):
             average.main([str(x) for x in argv])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best", "models", "notes", "other_run", "renamed", "run", "wide",
+        "best", "exported", "models", "notes", "other_run", "renamed", "run", "wide",
     ]  # fmt: skip
     assert (models / "notes.txt").read_text() == "keep me\n" and (models / "a").is_dir()
+    assert sorted(p.name for p in exported.iterdir()) == ["config.json", "model.safetensors"]
     # an earlier output (with a hidden cache folder, as Hugging Face's tools leave), or an empty
     # folder, is replaced
     (models / "a" / ".cache" / "huggingface").mkdir(parents=True)

@@ -234,6 +234,18 @@ def test_out_that_would_replace_the_checkpoint_is_refused(tmp_path):
     with pytest.raises(UserError, match="--ct2 .*hf/ct2 is inside --out .*hf, which is replaced"):
         export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "hf"), "--ct2",
                      str(tmp_path / "hf" / "ct2")])  # fmt: skip
+    # a model of another kind than the tool writes: an export never replaces our checkpoint (an
+    # average whose steps are pruned cannot be made again), nor --ct2 a transformers export
+    other = make_checkpoint(tmp_path / "other", n_layers=1)
+    with pytest.raises(UserError, match=r"other holds a checkpoint of this repository, which "
+                       r"this would replace with a transformers model; name"):  # fmt: skip
+        export.main(["--checkpoint", str(ckpt), "--out", str(other)])
+    hf = export.export(ckpt, tmp_path / "hf0")
+    with pytest.raises(UserError, match=r"^--ct2 .*hf0 holds a transformers model, which this "
+                       r"would replace with a CTranslate2 model"):  # fmt: skip
+        export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "hf1"), "--ct2", str(hf)])
+    assert (other / "model_config.json").exists() and (hf / "config.json").exists()
+    assert not (tmp_path / "hf1").exists()
     # --ct2 over --out's folder: named as --ct2's doing, not --out's
     with pytest.raises(UserError, match=f"^--ct2 {tmp_path} would replace .*, which it is"):
         export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "hf"), "--ct2",
