@@ -737,11 +737,7 @@ def check_same_launch(trainer_state: dict, accelerator, state_dir: Path, log) ->
             "epoch's end (delete the newer ones)"
         )
     if saved_n < n:
-        new = (
-            f"process {saved_n} starts"
-            if n - saved_n == 1
-            else f"processes {saved_n}-{n - 1} start"
-        )
+        new = f"processes {saved_n}-{n - 1} start" if n - saved_n > 1 else f"process {n - 1} starts"
         log(f"saved by {saved_n} process(es): {new} from the seed's random state")
 
 
@@ -1121,8 +1117,8 @@ def fit(model, optimizer, scheduler, accelerator, run: dict, state: dict) -> Non
         # validation: the run ends here, validated and saved, not a part of an epoch later
         if out_of_time(accelerator, 0, cfg, state["train_seconds"]):
             break
-        # a signal during the validation (or in the epoch's last steps, before a vote): saved
-        # just now, so stop before the next epoch's batches are made and a step is trained
+        # a signal during the epoch's validation: saved just now, so stop before the next
+        # epoch's batches are made and a step is trained
         if epoch + 1 < cfg.epochs and run["stop"].agreed(accelerator):
             run["log"](f"stopped by signal at step {state['step']}; continue with --resume")
             return
