@@ -321,6 +321,22 @@ def test_files_that_no_split_takes_are_refused_not_skipped(tmp_path):
     assert len(load_text(str(other), cfg, "train")) == len(EN)
 
 
+def test_a_readme_says_which_file_is_which_split(tmp_path):
+    # no split names in the files: the README's configs map them, and every file is read
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n"
+        "  - split: train\n    path: europarl.parquet\n"
+        "  - split: test\n    path: newstest.parquet\n---\n"
+    )
+    translation_dataset().to_parquet(str(repo / "europarl.parquet"))
+    translation_dataset(EN[:1], DE[:1]).to_parquet(str(repo / "newstest.parquet"))
+    cfg = TrainConfig(src_lang="en", tgt_lang="de", dataset_config="default")
+    assert_pairs(load_text(str(repo), cfg, "train"))
+    assert_pairs(load_text(str(repo), cfg, "test"), EN[:1], DE[:1])
+
+
 def test_a_git_lfs_pointer_is_named_as_one(wmt14_repo, cfg):
     # a Hub dataset cloned without git-lfs: its Parquet files are small text pointers
     path = wmt14_repo / "de-en" / "test-00000-of-00001.parquet"
@@ -404,6 +420,10 @@ def test_a_tokenizer_file_or_an_incomplete_marian_folder_is_not_blamed_on_the_hu
         load_pretrained_tokenizer(str(tmp_path / "tok"))
     with pytest.raises(UserError, match=r"source.spm' \(local\): a file: give the tokenizer's"):
         load_pretrained_tokenizer(str(tmp_path / "tok" / "source.spm"))
+    (tmp_path / "empty").mkdir()  # no Marian file at all: not called an incomplete Marian one
+    with pytest.raises(UserError, match=r"empty' \(local\): ") as e:
+        load_pretrained_tokenizer(str(tmp_path / "empty"))
+    assert "Marian" not in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -350,6 +350,10 @@ def test_a_resume_inside_an_epoch_with_accumulation_continues_exactly(
     assert json.loads((part / "last" / "trainer_state.json").read_text())["batch_in_epoch"] > 0
     run([*args_for(corpus, part, *SIX_STEPS, *accum), "--resume"])
     assert train_losses(part) == train_losses(single_process_run)
+    # and the tokens counted from the resumed batch on, not from the epoch's first
+    count = [json.loads((r / "last" / "trainer_state.json").read_text())["target_tokens"]
+             for r in (part, single_process_run)]  # fmt: skip
+    assert count[0] == count[1]
 
 
 def test_fsdp_resume_continues_exactly(corpus, tmp_path, fsdp_run):

@@ -452,6 +452,8 @@ def test_compound_split_tokenizes_as_get_ende_bleu():
     assert evaluate.moses_tokenizer("de", lowercase=True, compound_split=True)(line).startswith(
         "der rich ##AT##-##AT## text"
     )
+    # perl's \S, not \w: a hyphen next to punctuation or another hyphen splits too
+    assert tokenize("x--y") == "x ##AT##-##AT## -y"
 
 
 def test_compound_split_bleu_credits_the_parts_of_a_compound():
@@ -485,10 +487,17 @@ def test_cli_compare_resamples_the_tokenized_bleus_too(tmp_path, capsys, monkeyp
         assert "tok:none|smooth:none" in c["signature"] and "seed:7" in c["signature"]
         assert 0 < c["p_value"] <= 1 and c["system_ci95"] > 0
     assert set(r["compare"]) == {"bleu", "chrf", "ter", "bleu_moses", "bleu_compound"}
+    # with --lowercase the resampled tokenized BLEUs are lowercased too, as the report's
+    upper = write(tmp_path / "upper.de", [h.upper() for h in hyps])
+    r = evaluate.main(["--hypotheses", upper, "--reference", ref, "--compare", base, "--moses",
+                       "--compound_split", "--bootstrap_samples", "20", "--lowercase"])  # fmt: skip
+    for key in ("bleu_moses", "bleu_compound"):
+        assert r["compare"][key]["system"] == r[key] == r["compare"][key]["system"] > 20
 
 
-def test_moses_without_sacremoses_is_one_line_before_any_decoding(tmp_path, monkeypatch):
+@pytest.mark.parametrize("flag", ["--moses", "--compound_split"])
+def test_moses_without_sacremoses_is_one_line_before_any_decoding(tmp_path, monkeypatch, flag):
     monkeypatch.setitem(sys.modules, "sacremoses", None)  # import sacremoses: ImportError
     with pytest.raises(UserError, match=r"needs sacremoses: pip install sacremoses"):
         # a checkpoint that is not there: the missing package is said first
-        evaluate.main(["--checkpoint", str(tmp_path / "none"), "--moses"])
+        evaluate.main(["--checkpoint", str(tmp_path / "none"), flag])

@@ -44,3 +44,8 @@ def test_one_hypothesis_is_exit_2():
         )  # fmt: skip
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1
         assert f"--length_penalty must be in [-10, 10] (got {float(alpha)})" in proc.stderr
+    proc = subprocess.run(  # the range's ends are in it: the checkpoint is what fails then
+        [sys.executable, SCRIPT, "--checkpoint", "unused", "--length_penalty", "-10"],
+        capture_output=True, text=True, env=subprocess_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "must be in" not in proc.stderr and "unused" in proc.stderr

@@ -102,7 +102,13 @@ def test_a_run_without_validation_keeps_its_last_checkpoint_as_best(
 def test_a_stop_request_at_the_last_step_still_validates(corpus, tmp_path, monkeypatch, in_process):
     # SIGTERM during the step that reaches max_steps: the run's end validates and saves, as
     # without it (a resume would find the run complete and never validate it)
-    monkeypatch.setattr(train.StopSignal, "agreed", lambda self, acc, step, every: step == 2)
+    real = train.after_step
+
+    def after_step(model, accelerator, scheduler, run, state, *args):
+        run["stop"].requested = state["step"] == 2  # as if SIGTERM came during step 2
+        return real(model, accelerator, scheduler, run, state, *args)
+
+    monkeypatch.setattr(train, "after_step", after_step)
     in_process(argv(corpus, tmp_path / "run", "--max_steps", 2))
     logged = [
         json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
@@ -507,7 +513,8 @@ def test_a_resume_across_fsdp_or_processes_inside_an_epoch_is_refused_before_loa
 @pytest.mark.parametrize(
     ("text", "error"),
     [('{"epoch": 0, "st', "JSONDecodeError"), ('{"epoch": 0}', "KeyError: 'step'"),
-     ('{"epoch": 0, "step": "7", "batch_in_epoch": 0}', "ValueError: step is '7'")],
+     ('{"epoch": 0, "step": "7", "batch_in_epoch": 0}', "ValueError: step is '7'"),
+     ('{"epoch": 0, "step": 7, "batch_in_epoch": "1"}', "ValueError: batch_in_epoch is '1'")],
 )  # fmt: skip
 def test_a_damaged_trainer_state_is_one_line(corpus, trained, tmp_path, in_process, text, error):
     out = tmp_path / "run"

@@ -187,6 +187,13 @@ def test_targets_must_hold_eos(marian):
 
     with pytest.raises(data.UserError, match=r"^tokenizer gpt2: targets do not hold its eos"):
         data.check_targets_hold_eos(NoEos(), "gpt2")
+    # data.py prepare refuses it too, as train.py does, before tokenizing the corpus
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(data, "load_text", lambda *a: [])
+        m.setattr(data, "load_tokenizer", lambda *a, **k: NoEos())
+        m.setattr(data, "tokenize", lambda *a, **k: pytest.fail("tokenized"))
+        with pytest.raises(data.UserError, match=r"targets do not hold its eos"):
+            data.prepare(data.TrainConfig(tokenizer="gpt2"), log=lambda _: None)
 
     class LanguageCodeLast(NoEos):  # mBART: "x </s> de_DE"; decoding still stops at </s>
         def __call__(self, texts=None, text_target=None, add_special_tokens=True):
@@ -236,6 +243,12 @@ def test_a_tokenizer_for_the_other_direction_or_two_vocabularies_is_refused(mari
     config = json.loads((mul / "tokenizer_config.json").read_text())
     (mul / "tokenizer_config.json").write_text(json.dumps({**config, "target_lang": "mul"}))
     data.load_tokenizer(dataclasses.replace(cfg, tokenizer=str(mul), src_lang="en", tgt_lang="fr"))
+    (mul / "tokenizer_config.json").write_text(  # three-letter codes: the other direction is
+        json.dumps({**config, "source_lang": "eng", "target_lang": "deu"})  # still refused
+    )
+    with pytest.raises(data.UserError, match=r"is for eng->deu .*translates deu->eng"):
+        data.load_tokenizer(dataclasses.replace(cfg, tokenizer=str(mul), src_lang="deu",
+                                                tgt_lang="eng"))  # fmt: skip
     # separate vocabularies: target ids past the one vocabulary the model has
     sep = tmp_path / "sep"
     shutil.copytree(marian_dir, sep)

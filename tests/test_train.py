@@ -205,6 +205,22 @@ class SummingProcesses(SimpleNamespace):
         return self.n
 
 
+def test_the_logged_tokens_per_second_count_every_processs_batches(monkeypatch):
+    acc = SummingProcesses(device="cpu", n=2)
+    meter = train.Meter(acc)
+    meter.t0 = 100.0
+    meter.add(torch.tensor(2.0), 10, all_tokens=25)  # this process 10, the other 15
+    meter.commit()
+    monkeypatch.setattr(train.time, "time", lambda: 105.0)
+    logged = []
+    bar = SimpleNamespace(set_postfix=lambda **k: logged.append(k), disable=False)
+    scheduler = SimpleNamespace(get_last_lr=lambda: [1e-3])
+    run = {"cfg": TrainConfig(log_with=None, output_dir="/nonexistent"), "log": print}
+    monkeypatch.setattr(train, "write_metrics", lambda acc, record, run: logged.append(record))
+    train.log_train(acc, bar, meter, scheduler, {"step": 1}, 0, run)
+    assert logged[-1]["tok_s"] == 25 / 5  # not this process's 10 x 2 processes
+
+
 def test_the_logged_train_loss_is_per_target_token_and_survives_a_mid_log_resume():
     acc = SummingProcesses(device="cpu", n=1)
     meter = train.Meter(acc)

@@ -560,7 +560,7 @@ def test_an_unknown_word_in_the_output_is_shown_not_dropped(ckpt, monkeypatch):
     hypothesis = [words[0], tok.unk_token_id, *words[1:], ids.eos, ids.pad]
 
     def decoded(model, src, *args):
-        return [[(hypothesis, None)] for _ in range(len(src))]
+        return [[(hypothesis, None, None)] for _ in range(len(src))]  # (tokens, score, logprob)
 
     monkeypatch.setattr(translate, "_decode", decoded)
     (text,) = translate.translate_texts(model, tok, ids, ["anything"], 8)
@@ -880,5 +880,14 @@ def test_a_beam_past_the_vocabulary_is_refused_and_out_of_memory_is_one_line(ckp
     code, err = runs_out("DefaultCPUAllocator: can't allocate memory: you tried 3200000000 bytes")
     assert code == 1 and err.count("\n") == 1
     assert err.startswith("error: out of memory (RuntimeError: DefaultCPUAllocator: can't alloc")
+
+    def bare_memory_error():
+        raise MemoryError  # Python's own: often no message at all
+
+    with pytest.raises(SystemExit) as e:
+        cli(bare_memory_error)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("error: out of memory (MemoryError: ")
+    assert err.count("\n") == 1
     with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError: seen whole
         cli(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
