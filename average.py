@@ -112,8 +112,8 @@ def main(argv=None):
         "--out",
         "--output",
         required=True,
-        help="the new checkpoint (an earlier average there is replaced; not a run's best/, last "
-        "or step checkpoints, an export, or any other folder)",
+        help="the new checkpoint (a checkpoint of ours there, such as an earlier average, is "
+        "replaced; not a run's best/, last or step checkpoints, an export, or any other folder)",
     )
     args = p.parse_args(argv)
     if bool(args.run) == bool(args.checkpoints):

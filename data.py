@@ -288,16 +288,20 @@ def _check_repository_files(path: str, files: list[Path], readme: bool) -> None:
         with open(f, "rb") as fh:
             if fh.read(24) == b"version https://git-lfs.":
                 raise UserError(f"{f}: a Git LFS pointer, not the data: run git lfs pull in {path}")
-    if readme:  # its configs say which files are which split and config
-        return
-    from datasets.data_files import DataFilesDict, get_data_patterns
+    if readme and "configs:" in _front_matter(Path(path) / "README.md"):
+        return  # its configs say which files are which split and config
+    from datasets.data_files import FILES_TO_IGNORE, DataFilesDict, get_data_patterns
 
     try:
         splits = DataFilesDict.from_patterns(get_data_patterns(path), path)
     except Exception:  # datasets says what is wrong when it loads the folder
         return
     read = {os.path.realpath(f) for names in splits.values() for f in names}
-    left = sorted(str(f.relative_to(path)) for f in files if os.path.realpath(f) not in read)
+    left = sorted(
+        str(f.relative_to(path))
+        for f in files  # datasets' own metadata files (dataset_infos.json, ...) are not data
+        if os.path.realpath(f) not in read and f.name not in FILES_TO_IGNORE
+    )
     if left:
         raise UserError(
             f"{path}: datasets takes the splits from the file names "
@@ -306,6 +310,12 @@ def _check_repository_files(path: str, files: list[Path], readme: bool) -> None:
             f"{', ...' if len(left) > 3 else ''}; name each file by its split (train-*, "
             "validation-*, test-*) or give a folder of one split's files"
         )
+
+
+def _front_matter(readme: Path) -> str:
+    """A dataset card's YAML header (between its first two --- lines), or ""."""
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    return text.split("---", 2)[1] if text.startswith("---") and text.count("---") >= 2 else ""
 
 
 def _text_pairs(spec: str, src: str, tgt: str) -> datasets.Dataset:
@@ -604,21 +614,22 @@ def init_checkpoint(cfg: TrainConfig) -> Path | None:
         raise UserError(f"init_from: {e}") from None
 
 
-def check_direction(tok, cfg: TrainConfig) -> None:
+def check_direction(tok, cfg: TrainConfig, other_languages: bool = False) -> None:
     """UserError for a Marian tokenizer that does not fit this run: separate source and target
-    vocabularies (the model has one), or one made for the other direction (each side would be
-    cut by the other language's SentencePiece model)."""
+    vocabularies (the model has one), one made for the other direction (each side would be cut
+    by the other language's SentencePiece model), or, unless `other_languages` (fine-tuning a
+    checkpoint for another pair, which init_from warns about), one for other languages."""
     name = cfg.tokenizer
     if getattr(tok, "separate_vocabs", False):
         raise UserError(
             f"tokenizer {name}: separate source and target vocabularies (separate_vocabs) are not "
             "supported: the model has one vocabulary for both sides"
         )
-    pair = getattr(tok, "source_lang", None), getattr(tok, "target_lang", None)
+    pair = tuple(str(getattr(tok, k, None)).lower() for k in ("source_lang", "target_lang"))
     # two-letter codes on both sides are compared; others ("eng", "mul") cannot be: let be
-    run = cfg.src_lang, cfg.tgt_lang
-    same_form = all(isinstance(c, str) and len(c) == 2 for c in pair + run)
-    if pair == run[::-1] or (same_form and pair != run):
+    run = cfg.src_lang.lower(), cfg.tgt_lang.lower()
+    same_form = all(len(c) == 2 for c in pair + run)
+    if pair == run[::-1] or (same_form and pair != run and not other_languages):
         raise UserError(
             f"tokenizer {name} is for {pair[0]}->{pair[1]} (a SentencePiece model per side), "
             f"this run translates {cfg.src_lang}->{cfg.tgt_lang}: use a tokenizer for that "
@@ -646,7 +657,7 @@ def load_pretrained_tokenizer(name: str):
             ) from None
         marian = [f for f in ("source.spm", "target.spm", "vocab.json")
                   if not (Path(name) / f).exists()]  # fmt: skip
-        if os.path.isdir(name) and 0 < len(marian) < 3:
+        if os.path.isdir(name) and len(marian) < 3 and {"source.spm", "target.spm"} - set(marian):
             why = f"a Marian tokenizer without {', '.join(marian)}"
         elif not os.path.isdir(name):
             why = "a file: give the tokenizer's directory"

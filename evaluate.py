@@ -40,7 +40,8 @@ as the baseline: --bootstrap_samples resamples (default 1000), seed $SACREBLEU_S
 (SACREBLEU_SEED=none: from the OS, other resamples each run).
 For each metric it reports both systems' scores, the bootstrap mean and 95% confidence interval
 of this system, and the p-value of the difference (small p: unlikely to be chance); with
---moses or --compound_split their BLEU too ("BLEU tok", "BLEU cs"), on the same resamples.
+--moses or --compound_split their BLEU too ("BLEU tok", "BLEU cs"), on the same resamples
+(unless SACREBLEU_SEED=none).
 
 --json OUT writes every figure, the signatures, the test set scored ("test_set": the files, or
 test_data and split), the decoding options and, with --checkpoint, the checkpoint's training and

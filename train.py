@@ -669,7 +669,7 @@ def from_init(cfg: TrainConfig, resumed_from: Path | None):
     try:
         if len(tok) != m.src_vocab_size:  # the new model's vocabulary is its tokenizer's
             raise UserError(f"its tokenizer has {len(tok)} tokens, its model {m.src_vocab_size}")
-        check_direction(tok, cfg)  # a Marian tokenizer made for the other direction
+        check_direction(tok, cfg, other_languages=True)  # Marian's for the other direction
         shape = dict(model_dim=m.d_model, hidden_dims=m.d_ff, num_heads=m.n_heads,
                      num_layers=m.n_layers, decoder_layers=m.n_dec_layers, pre_norm=m.pre_norm,
                      share_embeddings=m.share_embeddings)  # fmt: skip
@@ -726,7 +726,10 @@ def check_same_launch(trainer_state: dict, accelerator, state_dir: Path, log) ->
             f"without) cannot load; resume it as it was launched, or train on from its weights "
             f"in a new run (--init_from {state_dir.parent})"
         )
-    saved_n, n = trainer_state.get("batching", {}).get("processes"), accelerator.num_processes
+    n = accelerator.num_processes  # older checkpoints did not record theirs: one RNG file each
+    saved_n = trainer_state.get("batching", {}).get("processes") or (
+        len(list(state_dir.glob("random_states_*.pkl"))) or None
+    )
     if saved_n is None or saved_n == n:
         return
     if trainer_state["batch_in_epoch"]:
@@ -1204,8 +1207,8 @@ def finished(cfg: TrainConfig, state: dict) -> str | None:
 
 def optimizer_step(model, optimizer, accelerator, run: dict) -> bool:
     """Clip, step (and update the moving average), zero the gradients; False if the gradient
-    norm was not finite, and the step skipped. Its check is the one per-step host sync (R-Drop
-    adds one)."""
+    norm was not finite, and the step skipped. Its check is a step's one host sync (R-Drop adds
+    one; several processes add their stop vote, StopSignal.agreed)."""
     norm = accelerator.clip_grad_norm_(model.parameters(), run["cfg"].clip_norm or math.inf)
     finite = bool(torch.isfinite(norm))
     if finite:

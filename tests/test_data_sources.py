@@ -312,8 +312,17 @@ def test_files_that_no_split_takes_are_refused_not_skipped(tmp_path):
         load_text(str(repo), cfg, "train")
     (repo / "europarl.parquet").rename(repo / "train-europarl.parquet")
     (repo / "newstest2013.parquet").rename(repo / "validation-newstest2013.parquet")
+    (repo / "dataset_infos.json").write_text("{}\n")  # datasets' own metadata: not data
     assert len(load_text(str(repo), cfg, "train")) == 3 + len(EN)
     assert_pairs(load_text(str(repo), cfg, "validation"), EN[:1], DE[:1])
+    # a README.md without configs leaves the splits to the file names too
+    readme = tmp_path / "readme"
+    readme.mkdir()
+    (readme / "README.md").write_text("# my corpus\n")
+    translation_dataset(EN[:3], DE[:3]).to_parquet(str(readme / "train-cc.parquet"))
+    translation_dataset(EN, DE).to_parquet(str(readme / "europarl.parquet"))
+    with pytest.raises(UserError, match=r"leaves out 1 data file\(s\): europarl.parquet;"):
+        load_text(str(readme), cfg, "train")
     other = tmp_path / "other"  # files without split names: all of them are train
     other.mkdir()
     translation_dataset(EN[:3], DE[:3]).to_parquet(str(other / "europarl.parquet"))
@@ -421,9 +430,12 @@ def test_a_tokenizer_file_or_an_incomplete_marian_folder_is_not_blamed_on_the_hu
     with pytest.raises(UserError, match=r"source.spm' \(local\): a file: give the tokenizer's"):
         load_pretrained_tokenizer(str(tmp_path / "tok" / "source.spm"))
     (tmp_path / "empty").mkdir()  # no Marian file at all: not called an incomplete Marian one
-    with pytest.raises(UserError, match=r"empty' \(local\): ") as e:
-        load_pretrained_tokenizer(str(tmp_path / "empty"))
-    assert "Marian" not in str(e.value)
+    (tmp_path / "gpt").mkdir()  # a vocab.json, as GPT-2's, but no SentencePiece model
+    write(tmp_path / "gpt" / "vocab.json", "{}")
+    for name in ("empty", "gpt"):
+        with pytest.raises(UserError, match=rf"{name}' \(local\): ") as e:
+            load_pretrained_tokenizer(str(tmp_path / name))
+        assert "Marian" not in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------

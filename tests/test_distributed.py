@@ -292,8 +292,12 @@ def test_more_processes_resume_from_an_epochs_end(tmp_path, monkeypatch, batch_i
     if batch_in_epoch:  # refused as a change of batching, before rank 1 misses its RNG file
         with pytest.raises(UserError, match="inside epoch 2 with processes 1 -> 2"):
             train.restore(rank1, tmp_path, TrainConfig(), True, logged.append)
-        del state["batching"]  # older checkpoints did not record it: the RNG file is missed
+        del state["batching"]  # older checkpoints did not record it: their RNG files say
         (ckpt / "trainer_state.json").write_text(json.dumps(state))
+        (ckpt / "state" / "random_states_0.pkl").write_bytes(b"")
+        with pytest.raises(UserError, match="inside epoch 2 with processes 1 -> 2"):
+            train.restore(rank1, tmp_path, TrainConfig(), True, logged.append)
+        (ckpt / "state" / "random_states_0.pkl").unlink()  # none at all: missed, one line
         with pytest.raises(UserError, match="random_states_1.pkl"):
             train.restore(rank1, tmp_path, TrainConfig(), True, logged.append)
         return
@@ -375,7 +379,7 @@ def test_fsdp_resume_continues_exactly(corpus, tmp_path, fsdp_run):
     assert cfg.max_steps == 6 and saved and all(torch.equal(loaded[k], saved[k]) for k in saved)
 
 
-def test_several_processes_vote_on_a_stop_after_every_step():
+def test_a_stop_request_any_process_saw_stops_them_all_at_any_step():
     # a vote every log_every steps could outlast torchrun's 30 s between forwarding a signal and
     # SIGKILL: every step, a request that only another process saw stops this one too
     stop = train.StopSignal.__new__(train.StopSignal)  # no handlers on the test process

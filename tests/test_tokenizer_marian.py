@@ -236,6 +236,12 @@ def test_a_tokenizer_for_the_other_direction_or_two_vocabularies_is_refused(mari
     for src, tgt in (("en", "fr"), ("fr", "de")):  # another language on either side
         with pytest.raises(data.UserError, match=rf"is for en->de .*translates {src}->{tgt}:"):
             data.load_tokenizer(dataclasses.replace(cfg, src_lang=src, tgt_lang=tgt))
+        # fine-tuning a checkpoint for another pair: let be (init_from warns), not the reverse
+        tok = data.load_pretrained_tokenizer(str(marian_dir))
+        data.check_direction(tok, dataclasses.replace(cfg, src_lang=src, tgt_lang=tgt), True)
+    with pytest.raises(data.UserError, match=r"is for en->de .*translates de->en"):
+        data.check_direction(tok, dataclasses.replace(cfg, src_lang="de", tgt_lang="en"), True)
+    data.load_tokenizer(dataclasses.replace(cfg, src_lang="EN", tgt_lang="De"))  # any case
     # codes of another form cannot be compared: not refused ("eng" is en, "mul" many)
     data.load_tokenizer(dataclasses.replace(cfg, src_lang="eng", tgt_lang="fra"))
     mul = tmp_path / "mul"
