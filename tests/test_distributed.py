@@ -393,3 +393,21 @@ def test_a_stop_request_any_process_saw_stops_them_all_at_any_step():
     assert not stop.agreed(alone)
     stop.requested = True
     assert stop.agreed(alone)
+
+
+def test_a_step_between_log_lines_stops_on_a_request_only_another_process_saw(monkeypatch):
+    # after_step votes after every step, not at log_every's: step 7 of log_every 50 stops, saved
+    saved, logged = [], []
+    monkeypatch.setattr(train, "save", lambda acc, model, run, state: saved.append(state["step"]))
+    monkeypatch.setattr(train, "out_of_time", lambda *args: False)
+    stop = train.StopSignal.__new__(train.StopSignal)  # no handlers on the test process
+    stop.requested = False  # this process saw nothing
+    cfg = TrainConfig(log_every=50, max_steps=1000, save_every=None)
+    run = {"cfg": cfg, "stop": stop, "meter": SimpleNamespace(state=lambda acc: {}),
+           "log": logged.append, "started": 0.0}  # fmt: skip
+    other_saw_it = SimpleNamespace(num_processes=2, device="cpu", reduce=lambda t, how: t + 1.0)
+    assert train.after_step(None, other_saw_it, None, run, {"step": 7}, 0, 100, None) == "stopped"
+    assert saved == [7] and logged == ["stopped by signal at step 7; continue with --resume"]
+    nobody = SimpleNamespace(num_processes=2, device="cpu", reduce=lambda t, how: t)
+    assert train.after_step(None, nobody, None, run, {"step": 8}, 0, 100, None) is None
+    assert saved == [7]
