@@ -47,7 +47,10 @@ def check_same_model(dirs: list[Path]) -> None:
 
     first_cfg = model_config(dirs[0])
     first_vocab = checkpoint_tokenizer(dirs[0]).get_vocab()
+    first_way = direction(dirs[0])
     for d in dirs[1:]:
+        if (way := direction(d)) != first_way:  # one vocabulary, two languages: not one model
+            raise UserError(f"{d}: trained {way}, {dirs[0]} {first_way}")
         cfg = model_config(d)
         keys = (first_cfg.keys() | cfg.keys()) - TRAINING_ONLY
         differ = sorted(k for k in keys if first_cfg.get(k) != cfg.get(k))
@@ -55,6 +58,15 @@ def check_same_model(dirs: list[Path]) -> None:
             raise UserError(f"{d}: model_config.json differs from {dirs[0]}'s in {differ}")
         if checkpoint_tokenizer(d).get_vocab() != first_vocab:
             raise UserError(f"{d}: its tokenizer's vocabulary differs from {dirs[0]}'s")
+
+
+def direction(d: Path) -> str:
+    """src->tgt, as the checkpoint's config.json says."""
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{d / 'config.json'}: unreadable ({e})") from None
+    return f"{cfg.get('src_lang', 'en')}->{cfg.get('tgt_lang', 'de')}"
 
 
 def average(dirs: list[Path], out: Path) -> None:
@@ -126,9 +138,6 @@ def main(argv=None):
     dirs = [resolve(d) for d in args.checkpoints] if args.checkpoints else None
     if args.run:
         dirs = step_dirs(Path(args.run) / "checkpoints")[-args.last :]
-        if 0 < len(dirs) < args.last:
-            warn = f"warning: only {len(dirs)} checkpoints in {args.run}/checkpoints"
-            print(warn, file=sys.stderr)
     if not dirs:
         where = f" in {Path(args.run) / 'checkpoints'}" if args.run else ""
         raise UserError(f"no checkpoints to average{where}")
@@ -144,6 +153,8 @@ def main(argv=None):
     check_same_model(dirs)
     if twice := given_twice(dirs):  # it would weigh double, silently
         raise UserError(f"checkpoint given twice: {', '.join(twice)}")
+    if args.run and len(dirs) < args.last:  # said once nothing refuses the run: one error line
+        print(f"warning: only {len(dirs)} checkpoints in {args.run}/checkpoints", file=sys.stderr)
     average(dirs, Path(args.out))
     n = f"{len(dirs)} checkpoint{'s' * (len(dirs) > 1)}"
     # the paths as given: "last" or "best" of two runs names neither run

@@ -432,6 +432,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise UserError(f"{path}: not UTF-8 ({e.reason})") from None
         except _Repeated as e:  # json would keep the last silently
             raise UserError(f"{path}: {e.args[0]!r} is given twice") from None
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number, nesting 100,000 deep
+            raise UserError(f"{path}: not a config ({type(e).__name__}: {str(e)[:100]})") from None
         except OSError as e:  # a directory (a checkpoint's, not its config.json), no permission
             raise UserError(f"cannot read config {path!r} ({e.strerror})") from None
         if not isinstance(values, dict):
@@ -483,6 +485,8 @@ def parse_overrides(args: list[str]) -> dict:
             parsed = value if parsed is None else parsed
         except _Repeated as e:  # as in a config file: json would keep the last silently
             raise UserError(f"--{key}: {e.args[0]!r} is given twice") from None
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number, nesting 100,000 deep
+            raise UserError(f"--{key}: {type(e).__name__}: {str(e)[:100]}") from None
         # "--output_dir 2024" is a path, not a number
         str_field = str in _allowed_types(TrainConfig.__dataclass_fields__[key].type)
         out[key] = (

@@ -291,17 +291,17 @@ def main(argv=None):
     )
     p.add_argument("--ct2", help="also convert the export to a CTranslate2 model here")
     args = p.parse_args(argv)
-    if args.ct2:
+    if args.ct2 is not None:  # "" too: refused as a name, not skipped
         _ct2_converters()  # fail before writing anything
     source = resolve(args.checkpoint)
     check_replaceable(args.out, [source], kind="transformers")
-    if args.ct2:
+    if args.ct2 is not None:
         check_replaceable(args.ct2, [source, Path(args.out)], "--ct2", kind="ctranslate2")
         if Path(args.out).resolve() in Path(args.ct2).resolve().parents:
             raise UserError(f"--ct2 {args.ct2} is inside --out {args.out}, which is replaced whole")
     out = export(args.checkpoint, args.out)
     print(f"wrote {out} (MarianMTModel; logits checked against the checkpoint)")
-    if args.ct2:
+    if args.ct2 is not None:
         print(f"wrote {to_ctranslate2(out, args.ct2)} (CTranslate2)")
 
 

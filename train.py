@@ -26,6 +26,7 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.tracking import get_available_trackers
 from accelerate.utils import (
     DistributedType,
     InitProcessGroupKwargs,
@@ -752,10 +753,17 @@ def main(argv=None):
         raise UserError("config: " + "; ".join(bad))
     setup_cpu_launch()
     out = Path(cfg.output_dir)
-    created = not out.exists()
+    # the first folder mkdir makes (runs/ in a fresh clone): a refused run removes it whole
+    made = next((p for p in [*reversed(out.parents), out] if not p.exists()), None)
     trackers = [t.value for t in LoggerType]
-    if cfg.log_with and cfg.log_with not in trackers:
+    if cfg.log_with is not None and cfg.log_with not in trackers:  # "" too
         raise UserError(f"log_with must be null or one of {trackers} (got {cfg.log_with!r})")
+    installed = [t.value for t in get_available_trackers()]
+    if cfg.log_with not in (None, "all", *installed):  # accelerate would only warn, log nothing
+        raise UserError(
+            f"log_with {cfg.log_with}: not installed here (pip install {cfg.log_with}, or "
+            f"log_with null; installed: {', '.join(installed) or 'none'})"
+        )
     if cfg.valid_data and cfg.best_metric == "bleu" and not cfg.valid_bleu_samples:
         # checked here, not in TrainConfig: runs saved with it must still load for decoding
         raise UserError(
@@ -793,9 +801,9 @@ def main(argv=None):
         raise UserError(f"output_dir {out} is not writable ({e.strerror})") from None
     try:
         accelerator = make_accelerator(cfg, out)
-    except UserError:  # before any process could start writing into it
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+    except BaseException:  # before any process could start writing into it
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
         raise
     if not accelerator.is_local_main_process or not sys.stderr.isatty():
         datasets.disable_progress_bars()  # one set of bars, not one per process; none in a log
@@ -814,8 +822,8 @@ def main(argv=None):
             init_weights(model, init, source)
             init = None  # the checkpoint's copy of the weights, freed
     except BaseException:  # bad data, Ctrl-C: a run directory made just now holds no run yet
-        if created and accelerator.is_main_process:
-            shutil.rmtree(out, ignore_errors=True)
+        if made and accelerator.is_main_process:
+            shutil.rmtree(made, ignore_errors=True)
         raise
     if why := fit_steps_inactive(cfg):
         run["log"](f"warning: fit_steps_to_time does nothing in this run: {why}")
@@ -1500,10 +1508,12 @@ def check_bad_step(state: dict, cfg: TrainConfig, log):
         f"{state['skipped_steps']} in total)"
     )
     if state["bad_steps"] >= cfg.max_bad_steps:
+        saved = (Path(cfg.output_dir) / "last").exists()
+        kept = "the last good checkpoint is kept" if saved else "no checkpoint was saved yet"
         raise UserError(
             f"{state['bad_steps']} consecutive non-finite losses at step "
             f"{state['step']}: training diverged (try a lower learning_rate or "
-            f"more warmup_steps); the last good checkpoint is kept"
+            f"more warmup_steps); {kept}"
         )
 
 

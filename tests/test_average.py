@@ -72,6 +72,26 @@ def test_a_runs_output_dir_resolves_to_its_best_checkpoint_else_its_last(tmp_pat
     assert resolve(run) == run / "last"
 
 
+def test_checkpoints_of_two_directions_are_not_averaged(tmp_path):
+    # one vocabulary, the same shapes: en->de and de->en would average without complaint
+    ende = checkpoint(tmp_path / "ende", '{"src_lang": "en", "tgt_lang": "de"}\n', w=torch.ones(2))
+    deen = checkpoint(tmp_path / "deen", '{"src_lang": "de", "tgt_lang": "en"}\n', w=torch.ones(2))
+    with pytest.raises(UserError, match=r"deen: trained de->en, .*ende en->de$"):
+        average.main(["--checkpoints", str(ende), str(deen), "--out", str(tmp_path / "avg")])
+    assert not (tmp_path / "avg").exists()
+
+
+def test_a_short_run_is_said_once_nothing_refuses_the_average(tmp_path, capsys):
+    run = tmp_path / "run"
+    checkpoint(run / "checkpoints" / "step-1", w=torch.ones(2))
+    checkpoint(run / "checkpoints" / "step-2", w=torch.zeros(2))
+    with pytest.raises(UserError, match="is a training run's checkpoint"):  # the error alone
+        average.main(["--run", str(run), "--last", "5", "--out", str(run / "best")])
+    assert capsys.readouterr().err == ""
+    average.main(["--run", str(run), "--last", "5", "--out", str(tmp_path / "avg")])
+    assert capsys.readouterr().err == f"warning: only 2 checkpoints in {run}/checkpoints\n"
+
+
 def test_average_sums_in_float64(tmp_path):
     # 2**24 + 1 + 1 in fp32 is 2**24 (each 1 is lost in rounding): the mean would be off by 0.5
     values = [[2.0**24, 0.0], [1.0, 1.0], [1.0, 2.0]]  # (the second entry: no two alike)

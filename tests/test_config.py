@@ -270,6 +270,17 @@ def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
         from_cli("--tokenizer", '{"train": "unigram", "vocab_size": 200, "train": "bpe"}')
 
 
+def test_numbers_too_long_or_json_too_deep_are_one_line(tmp_path):
+    # json raises ValueError past 4,300 digits and RecursionError 100,000 levels deep
+    path = tmp_path / "huge.json"
+    for text, error in (("9" * 5000, "ValueError: Exceeds the limit"), ("[" * 100000, "Recursion")):
+        path.write_text('{"epochs": ' + text + "}")
+        with pytest.raises(UserError, match=rf"huge\.json: not a config \({error}"):
+            load_config(path)
+        with pytest.raises(UserError, match=rf"^--epochs: {error}"):
+            from_cli("--epochs", text)
+
+
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(UserError, match=r"config file not found: .*nowhere\.json"):
         load_config(tmp_path / "nowhere.json")

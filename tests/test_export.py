@@ -246,6 +246,8 @@ def test_out_that_would_replace_the_checkpoint_is_refused(tmp_path):
         export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "hf1"), "--ct2", str(hf)])
     assert (other / "model_config.json").exists() and (hf / "config.json").exists()
     assert not (tmp_path / "hf1").exists()
+    with pytest.raises(UserError, match=r"^--ct2 : give the new directory's name"):  # not skipped
+        export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "hf2"), "--ct2", ""])
     # --ct2 over --out's folder: named as --ct2's doing, not --out's
     with pytest.raises(UserError, match=f"^--ct2 {tmp_path} would replace .*, which it is"):
         export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "hf"), "--ct2",

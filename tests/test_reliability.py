@@ -140,7 +140,7 @@ def test_a_run_whose_end_was_not_validated_validates_on_resume(
 
 def test_too_many_nan_steps_stop_with_a_clear_message(corpus, tmp_path, monkeypatch, in_process):
     nan_on_calls(monkeypatch, set(range(5, 100)))
-    with pytest.raises(UserError, match="3 consecutive non-finite losses at step 4"):
+    with pytest.raises(UserError, match="3 consecutive non-finite losses at step 4.*checkpoint is"):
         in_process(
             argv(
                 corpus, tmp_path / "run", "--max_steps", 50, "--max_bad_steps", 3, "--save_every", 2
@@ -148,6 +148,24 @@ def test_too_many_nan_steps_stop_with_a_clear_message(corpus, tmp_path, monkeypa
         )
     state = json.loads((tmp_path / "run/last/trainer_state.json").read_text())
     assert state["step"] == 4  # the last good checkpoint is kept
+    nan_on_calls(monkeypatch, set(range(1, 100)))  # from the first step: nothing to keep
+    with pytest.raises(UserError, match="losses at step 0: .*; no checkpoint was saved yet$"):
+        in_process(argv(corpus, tmp_path / "new", "--max_steps", 50, "--max_bad_steps", 3))
+
+
+def test_a_refused_run_leaves_no_folder_it_made(corpus, tmp_path, monkeypatch, in_process):
+    # output_dir runs/x in a fresh clone: runs/ is made too, and removed with it
+    monkeypatch.chdir(tmp_path)
+    args = [a if a != "configs/tiny.json" else str(ROOT / a) for a in argv(corpus, "runs/x")]
+    with pytest.raises(UserError, match="data file not found"):
+        in_process([*args, "--train_data", "missing.{lang}"])
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match=r"log_with must be null or one of .* \(got ''\)"):
+        in_process([*args, "--log_with", ""])  # "$TRACKER" unset: not a traceback
+    monkeypatch.setattr(train, "get_available_trackers", lambda: [])  # as if not installed,
+    with pytest.raises(UserError, match=r"^log_with tensorboard: not installed here \(pip"):
+        in_process([*args, "--log_with", "tensorboard"])  # where accelerate would only warn
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
