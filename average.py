@@ -39,19 +39,13 @@ def check_same_model(dirs: list[Path]) -> None:
     equal shapes can still belong to other models (other heads, other ids for the same pieces),
     and their average would be silently meaningless."""
 
-    def model_config(d: Path) -> dict:
-        try:
-            return json.loads((d / "model_config.json").read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{d / 'model_config.json'}: unreadable ({e})") from None
-
-    first_cfg = model_config(dirs[0])
+    first_cfg = read_json(dirs[0] / "model_config.json")
     first_vocab = checkpoint_tokenizer(dirs[0]).get_vocab()
     first_way = direction(dirs[0])
     for d in dirs[1:]:
         if (way := direction(d)) != first_way:  # one vocabulary, two languages: not one model
             raise UserError(f"{d}: trained {way}, {dirs[0]} {first_way}")
-        cfg = model_config(d)
+        cfg = read_json(d / "model_config.json")
         keys = (first_cfg.keys() | cfg.keys()) - TRAINING_ONLY
         differ = sorted(k for k in keys if first_cfg.get(k) != cfg.get(k))
         if differ:
@@ -62,11 +56,15 @@ def check_same_model(dirs: list[Path]) -> None:
 
 def direction(d: Path) -> str:
     """src->tgt, as the checkpoint's config.json says."""
-    try:
-        cfg = json.loads((d / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{d / 'config.json'}: unreadable ({e})") from None
+    cfg = read_json(d / "config.json")
     return f"{cfg.get('src_lang', 'en')}->{cfg.get('tgt_lang', 'de')}"
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
 
 
 def average(dirs: list[Path], out: Path) -> None:

@@ -734,12 +734,8 @@ def check_same_launch(trainer_state: dict, accelerator, state_dir: Path, log) ->
     if saved_n is None or saved_n == n:
         return
     if trainer_state["batch_in_epoch"]:
-        raise UserError(
-            f"resumed inside epoch {trainer_state['epoch'] + 1} with processes {saved_n} -> {n}: "
-            "its batches would differ from the interrupted run's, skipping some pairs and "
-            f"repeating others; resume with num_processes {saved_n}, or from a checkpoint at an "
-            "epoch's end (delete the newer ones)"
-        )
+        changed = f"processes {saved_n} -> {n}"
+        raise batching_changed(trainer_state["epoch"], changed, f"num_processes {saved_n}")
     if saved_n < n:
         new = f"processes {saved_n}-{n - 1} start" if n - saved_n > 1 else f"process {n - 1} starts"
         log(f"saved by {saved_n} process(es): {new} from the seed's random state")
@@ -1267,13 +1263,17 @@ def check_same_batching(run: dict, state: dict, accelerator) -> None:
     # a key an older checkpoint did not record is not held against it
     diff = [f"{k} {saved[k]} -> {v}" for k, v in now.items() if k in saved and saved[k] != v]
     if state["batch_in_epoch"] and diff:
-        changed = ", ".join(diff)
-        raise UserError(
-            f"resumed inside epoch {epoch + 1} with {changed}: its batches would differ from the "
-            "interrupted run's, skipping some pairs and repeating others; resume with the run's "
-            "values, or from a checkpoint at an epoch's end (delete the newer ones)"
-        )
+        raise batching_changed(epoch, ", ".join(diff), "the run's values")
     state["batching"] = now
+
+
+def batching_changed(epoch: int, changed: str, resume_with: str) -> UserError:
+    """The refusal of a resume inside epoch `epoch` (0-based) whose batches would differ."""
+    return UserError(
+        f"resumed inside epoch {epoch + 1} with {changed}: its batches would differ from the "
+        "interrupted run's, skipping some pairs and repeating others; resume with "
+        f"{resume_with}, or from a checkpoint at an epoch's end (delete the newer ones)"
+    )
 
 
 def end_of_epoch(model, accelerator, run, state, epoch) -> bool:

@@ -726,10 +726,8 @@ def decoding_options(args: argparse.Namespace) -> dict:
     if args.max_len_a == args.max_len_b == 0:  # a sentence's budget is at least 1 token
         raise UserError("--max_len_a 0 and --max_len_b 0: a budget of no tokens at all")
     alpha = args.length_penalty
-    # NaN would rank hypotheses at random; past 10, ((5 + L) / 6) ** alpha overflows float32
-    # at a few hundred tokens (fairseq's and transformers' usual values lie within 0-2)
-    if alpha is not None and not -10 <= alpha <= 10:
-        raise UserError(f"--length_penalty must be in [-10, 10] (got {alpha})")
+    if alpha is not None:
+        check_length_penalty(alpha)
     if alpha is not None and args.beam == 1:  # ignored, and recorded as if it had counted
         raise UserError(
             "--length_penalty applies to beam search only: add --beam N (greedy ignores it)"
@@ -742,6 +740,13 @@ def decoding_options(args: argparse.Namespace) -> dict:
         "max_len_b": args.max_len_b,
         "mixed_precision": args.mixed_precision,
     }
+
+
+def check_length_penalty(alpha: float) -> None:
+    # NaN would rank hypotheses at random; past 10, ((5 + L) / 6) ** alpha overflows float32
+    # at a few hundred tokens (fairseq's and transformers' usual values lie within 0-2)
+    if not -10 <= alpha <= 10:
+        raise UserError(f"--length_penalty must be in [-10, 10] (got {alpha})")
 
 
 def check_device(device: str) -> None:

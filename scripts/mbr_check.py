@@ -25,7 +25,7 @@ from checkpoint import load_model  # noqa: E402
 from config import ArgumentParser, cli  # noqa: E402
 from data import read_aligned  # noqa: E402
 from evaluate import score  # noqa: E402
-from translate import translate_nbest  # noqa: E402
+from translate import check_length_penalty, translate_nbest  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 
@@ -55,8 +55,7 @@ def main():
     args = p.parse_args()
     if args.beam < 2:
         p.error("--beam: at least 2 hypotheses are needed to rerank")
-    if not -10 <= args.length_penalty <= 10:  # as translate.py: NaN ranks at random, 1e3 overflows
-        p.error(f"--length_penalty must be in [-10, 10] (got {args.length_penalty})")
+    check_length_penalty(args.length_penalty)  # as translate.py's
     model, tok, ids, cfg = load_model(args.checkpoint)
     src, ref = read_aligned(f"{args.data}/val.en.gz", f"{args.data}/val.de.gz")
     found = translate_nbest(
