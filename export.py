@@ -195,8 +195,10 @@ def portable_tokenizer_config(path: Path, max_length: int) -> None:
     path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
 
-def export(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the Marian directory for `checkpoint` at `out` (atomically); return its path."""
+def export(checkpoint: str | Path, out: str | Path, ct2: str | Path | None = None) -> Path:
+    """Write the Marian directory for `checkpoint` at `out` (atomically); return its path.
+    `ct2`: also convert it to a CTranslate2 model there, before `out` is replaced, so that a
+    failed conversion (a full disk) leaves both as they were."""
     from transformers import AutoTokenizer, MarianMTModel
     from transformers.utils import logging
 
@@ -219,6 +221,8 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         probe = "A dog runs on the grass."
         if AutoTokenizer.from_pretrained(tmp)(probe)["input_ids"] != tokenizer(probe)["input_ids"]:
             raise RuntimeError("export: the saved tokenizer encodes otherwise than ours")
+        if ct2 is not None:
+            to_ctranslate2(tmp, ct2)
     return out
 
 
@@ -299,10 +303,10 @@ def main(argv=None):
         check_replaceable(args.ct2, [source, Path(args.out)], "--ct2", kind="ctranslate2")
         if Path(args.out).resolve() in Path(args.ct2).resolve().parents:
             raise UserError(f"--ct2 {args.ct2} is inside --out {args.out}, which is replaced whole")
-    out = export(args.checkpoint, args.out)
+    out = export(args.checkpoint, args.out, args.ct2)
     print(f"wrote {out} (MarianMTModel; logits checked against the checkpoint)")
     if args.ct2 is not None:
-        print(f"wrote {to_ctranslate2(out, args.ct2)} (CTranslate2)")
+        print(f"wrote {args.ct2} (CTranslate2)")
 
 
 if __name__ == "__main__":

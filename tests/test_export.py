@@ -1,9 +1,11 @@
 """export.py: our checkpoint as a transformers MarianMTModel directory, checked for parity."""
 
+import errno
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -285,3 +287,29 @@ def test_ctranslate2_conversion_decodes_our_greedy_tokens(exported, tmp_path, wh
         ours = greedy(model, torch.tensor([s]), ids, 24, banned_ids(ids))[0].tolist()
         ours = tok.convert_ids_to_tokens([t for t in ours if t not in (ids.eos, ids.pad)])
         assert r.hypotheses[0] == ours
+
+
+def test_a_failed_ct2_conversion_leaves_both_earlier_outputs(tmp_path, monkeypatch, capsys):
+    # --ct2 converts before --out is replaced: a full disk there once left a new --out beside
+    # the old --ct2, a pair made from two different checkpoints
+    pytest.importorskip("ctranslate2")
+    from ctranslate2.converters import TransformersConverter
+
+    ckpt, out, ct2 = make_checkpoint(tmp_path / "ckpt"), tmp_path / "hf", tmp_path / "ct2"
+    export.main(["--checkpoint", str(ckpt), "--out", str(out), "--ct2", str(ct2)])
+    assert (out / "model.safetensors").exists() and (ct2 / "model.bin").exists()
+    before = {p: p.read_bytes() for d in (out, ct2) for p in sorted(d.iterdir())}
+    other = make_checkpoint(tmp_path / "other", n_layers=1)  # another model: other weights
+
+    def full_disk(self, output_dir, **kwargs):
+        (Path(output_dir) / "model.bin").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(TransformersConverter, "convert", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        cli(lambda: export.main(["--checkpoint", str(other), "--out", str(out), "--ct2", str(ct2)]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot write {ct2} (No space left on device)"], err
+    assert {p: p.read_bytes() for d in (out, ct2) for p in sorted(d.iterdir())} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "ct2", "hf", "other"]
