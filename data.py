@@ -614,6 +614,17 @@ def init_checkpoint(cfg: TrainConfig) -> Path | None:
         raise UserError(f"init_from: {e}") from None
 
 
+# The ISO 639-2/3 codes (both forms where they differ) of the languages with the most OPUS-MT
+# models, after their ISO 639-1 code
+_ISO_639 = (
+    "ar ara, bg bul, ca cat, cs ces cze, da dan, de deu ger, el ell gre, en eng, es spa, et est, "
+    "eu eus baq, fa fas per, fi fin, fr fra fre, he heb, hi hin, hr hrv, hu hun, id ind, "
+    "is isl ice, it ita, ja jpn, ko kor, lt lit, lv lav, nl nld dut, no nor, pl pol, pt por, "
+    "ro ron rum, ru rus, sk slk slo, sl slv, sr srp, sv swe, tr tur, uk ukr, vi vie, zh zho chi"
+)
+ISO_639_1 = {c: two for row in _ISO_639.split(", ") for two, *three in [row.split()] for c in three}
+
+
 def check_direction(tok, cfg: TrainConfig, other_languages: bool = False) -> None:
     """UserError for a Marian tokenizer that does not fit this run: separate source and target
     vocabularies (the model has one), one made for the other direction (each side would be cut
@@ -625,13 +636,16 @@ def check_direction(tok, cfg: TrainConfig, other_languages: bool = False) -> Non
             f"tokenizer {name}: separate source and target vocabularies (separate_vocabs) are not "
             "supported: the model has one vocabulary for both sides"
         )
-    pair = tuple(str(getattr(tok, k, None)).lower() for k in ("source_lang", "target_lang"))
-    # two-letter codes on both sides are compared; others ("eng", "mul") cannot be: let be
-    run = cfg.src_lang.lower(), cfg.tgt_lang.lower()
+    given = [str(getattr(tok, k, None)) for k in ("source_lang", "target_lang")]
+    # two-letter codes on both sides are compared, three-letter ones of common languages
+    # (Tatoeba's OPUS-MT models: "eng", "deu") as their two-letter codes; others ("mul") cannot
+    # be: let be
+    pair = tuple(ISO_639_1.get(c.lower(), c.lower()) for c in given)
+    run = tuple(ISO_639_1.get(c.lower(), c.lower()) for c in (cfg.src_lang, cfg.tgt_lang))
     same_form = all(len(c) == 2 for c in pair + run)
     if pair == run[::-1] or (same_form and pair != run and not other_languages):
         raise UserError(
-            f"tokenizer {name} is for {pair[0]}->{pair[1]} (a SentencePiece model per side), "
+            f"tokenizer {name} is for {given[0]}->{given[1]} (a SentencePiece model per side), "
             f"this run translates {cfg.src_lang}->{cfg.tgt_lang}: use a tokenizer for that "
             f"direction (e.g. Helsinki-NLP/opus-mt-{cfg.src_lang}-{cfg.tgt_lang}'s)"
         )

@@ -242,8 +242,10 @@ def test_a_tokenizer_for_the_other_direction_or_two_vocabularies_is_refused(mari
     with pytest.raises(data.UserError, match=r"is for en->de .*translates de->en"):
         data.check_direction(tok, dataclasses.replace(cfg, src_lang="de", tgt_lang="en"), True)
     data.load_tokenizer(dataclasses.replace(cfg, src_lang="EN", tgt_lang="De"))  # any case
-    # codes of another form cannot be compared: not refused ("eng" is en, "mul" many)
-    data.load_tokenizer(dataclasses.replace(cfg, src_lang="eng", tgt_lang="fra"))
+    # three-letter codes of a known language are compared as their two-letter ones
+    with pytest.raises(data.UserError, match=r"is for en->de .*translates eng->fra:"):
+        data.load_tokenizer(dataclasses.replace(cfg, src_lang="eng", tgt_lang="fra"))
+    data.load_tokenizer(dataclasses.replace(cfg, src_lang="eng", tgt_lang="ger"))
     mul = tmp_path / "mul"
     shutil.copytree(marian_dir, mul)
     config = json.loads((mul / "tokenizer_config.json").read_text())
@@ -255,6 +257,12 @@ def test_a_tokenizer_for_the_other_direction_or_two_vocabularies_is_refused(mari
     with pytest.raises(data.UserError, match=r"is for eng->deu .*translates deu->eng"):
         data.load_tokenizer(dataclasses.replace(cfg, tokenizer=str(mul), src_lang="deu",
                                                 tgt_lang="eng"))  # fmt: skip
+    # ... as Tatoeba's OPUS-MT models write them, against a run's two-letter codes
+    for src, tgt in (("de", "en"), ("en", "fr")):
+        with pytest.raises(data.UserError, match=rf"is for eng->deu .*translates {src}->{tgt}"):
+            data.load_tokenizer(dataclasses.replace(cfg, tokenizer=str(mul), src_lang=src,
+                                                    tgt_lang=tgt))  # fmt: skip
+    data.load_tokenizer(dataclasses.replace(cfg, tokenizer=str(mul), src_lang="en", tgt_lang="de"))
     # separate vocabularies: target ids past the one vocabulary the model has
     sep = tmp_path / "sep"
     shutil.copytree(marian_dir, sep)
