@@ -123,12 +123,14 @@ def grouped_attention(
 ) -> torch.Tensor:
     """softmax(QKᵀ/√Dh)V written out, for the beams of a sentence attending to its memory.
 
-    q (B, H, Tq, Dh), k and v (B, H, Tk, Dh) -> (B, H, Tq, Dh), as SDPA without dropout, except
-    that a row with no key to attend to gives NaN (SDPA: zeros); decoding has none, since every
-    source holds at least its </s>. On CPU, SDPA's flash kernel is slow for a handful of queries
-    per row: with Tq = K beams this measured 2.5-3.5x faster (docs/speed.md).
+    q (B, H, Tq, Dh), k and v (B, H, Tk, Dh) -> (B, H, Tq, Dh), as SDPA without dropout: a row
+    with no key to attend to gives zeros, as SDPA's does (decoding has none, since every source
+    holds at least its </s>). On CPU, SDPA's flash kernel is slow for a handful of queries per
+    row: with Tq = K beams this measured 2.5-3.5x faster (docs/speed.md).
     """
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.size(-1) ** -0.5  # (B, H, Tq, Tk)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -torch.inf)
-    return torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, H, Tq, Dh)
+    if mask is None:
+        return torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, H, Tq, Dh)
+    weights = torch.softmax(scores.masked_fill(~mask, -torch.inf), dim=-1)  # (B, H, Tq, Tk)
+    weights = weights.masked_fill(~mask.any(-1, keepdim=True), 0.0)  # NaN rows: nothing to see
+    return torch.matmul(weights, v)  # (B, H, Tq, Dh)

@@ -33,6 +33,8 @@ class ModelConfig:
                  "max_len")  # fmt: skip
         if small := [f"{k} {getattr(self, k)}" for k in sizes if getattr(self, k) < 1]:
             raise ValueError(f"sizes must be >= 1: {', '.join(small)}")
+        if self.n_dec_layers is not None and self.n_dec_layers < 1:
+            raise ValueError(f"n_dec_layers must be >= 1 or None: {self.n_dec_layers}")
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
@@ -44,7 +46,7 @@ class ModelConfig:
 
     @property
     def decoder_layers(self) -> int:
-        return self.n_dec_layers or self.n_layers
+        return self.n_layers if self.n_dec_layers is None else self.n_dec_layers
 
     def to_dict(self) -> dict:
         return asdict(self)

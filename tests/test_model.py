@@ -555,6 +555,21 @@ def test_model_config_rejects_heads_not_dividing_d_model():
         ModelConfig(src_vocab_size=20, tgt_vocab_size=20, pad_id=0, d_model=16, n_heads=3)
 
 
+@pytest.mark.parametrize("n_dec_layers", [0, -1])
+def test_model_config_rejects_a_decoder_without_layers(n_dec_layers):
+    # 0 once meant n_layers and -1 built a decoder of no layers, whose cache never grew
+    with pytest.raises(ValueError, match=rf"n_dec_layers must be >= 1 or None: {n_dec_layers}"):
+        ModelConfig(20, 20, pad_id=0, d_model=16, n_heads=2, n_dec_layers=n_dec_layers)
+
+
+def test_grouped_attention_gives_a_row_with_nothing_to_see_zeros_as_sdpa_does():
+    q, k, v = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4)
+    mask = torch.tensor([[True] * 5, [False] * 5]).view(2, 1, 1, 5)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(expected[1], torch.zeros(2, 3, 4))  # torch's behaviour, the reference
+    assert_close(attention.grouped_attention(q, k, v, mask), expected, **TOL)
+
+
 def test_model_config_rejects_shared_embeddings_with_two_vocabularies():
     with pytest.raises(ValueError, match="share_embeddings"):
         ModelConfig(src_vocab_size=20, tgt_vocab_size=21, pad_id=0, d_model=16, n_heads=2)
