@@ -45,7 +45,8 @@ Decoding (each encodes once and feeds one new token per step through the key/val
   ensemble     several --checkpoint dirs (sharing one vocabulary) decode as one model whose
                next-token distribution is the mean of theirs (ensemble.py).
   precision    fp32, or bf16 autocast with --mixed_precision bf16 (for GPUs, where SDPA's flash
-               kernel needs half precision); log-probabilities and scores stay fp32.
+               kernel needs half precision); log-probabilities and scores are summed in fp32, from
+               bf16 logits, so they differ from fp32 decoding's.
 
 n-best (--nbest N, with --beam K >= N): one line per input line holding up to N tab-separated
 (hypothesis, score) pairs, best first; scores are the ones beam search ranks by (above):
@@ -421,7 +422,8 @@ def translate_nbest(
     Greedy (beam 1) gives one pair with score None. Empty lines give no pairs and never reach
     the model. Batches hold sentences of similar length; `line_numbers` (default 1, 2, ...) name
     the lines in truncation warnings. mixed_precision "bf16" decodes in bf16 autocast (on GPUs
-    SDPA's flash kernel needs half precision); log-probabilities and scores stay fp32.
+    SDPA's flash kernel needs half precision); log-probabilities are summed in fp32, from bf16
+    logits.
     A `sampler` (beam 1 only) draws each token instead, seeded per line by its line number.
     `progress` (a tqdm bar) counts the lines done, batch by batch.
     """
@@ -707,7 +709,7 @@ def add_device_args(p: argparse.ArgumentParser) -> list[str]:
             choices=PRECISIONS,
             default="no",
             help="bf16: decode in bf16 autocast, for GPUs (SDPA's flash kernel needs it); "
-            "scores stay fp32 (default no: fp32)",
+            "log-probabilities summed in fp32 from bf16 logits (default no: fp32)",
         ).dest,
         p.add_argument(
             "--device",
