@@ -81,6 +81,8 @@ def time_decoding(model, source, threads, device, new_tokens, repeat) -> dict:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != {"convert": 4, "time": 8}.get(sys.argv[1] if sys.argv[1:] else ""):
+        sys.exit(__doc__)  # the usage on stderr, exit code 1
     if sys.argv[1] == "convert":
         convert(*sys.argv[2:])
     else:

@@ -9,6 +9,7 @@ resharded after forward, as train.py sets it). The count hooks FSDP's private
 FSDPParamGroup.unshard, so it may need updating with torch.
 """
 
+import argparse
 import collections
 import sys
 import tempfile
@@ -76,4 +77,8 @@ def main():
 
 
 if __name__ == "__main__":
+    # no options: --help prints what it measures instead of running it
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     main()

@@ -8,6 +8,7 @@ times of bench/benchmark.py's network and batch with the decoder's linear layers
 projection eager and packed, and whether both give the same tokens. Not used by the product.
 """
 
+import argparse
 import copy
 import statistics
 import sys
@@ -114,4 +115,8 @@ def main():
 
 
 if __name__ == "__main__":
+    # no options: --help prints what it measures instead of running it
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     main()

@@ -9,6 +9,7 @@ train.py's objective for rdrop_alpha 0, for rdrop_alpha 0 on the batch doubled (
 without the KL), and for rdrop_alpha 5. The last two differ by the KL term alone.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -57,4 +58,8 @@ def main():
 
 
 if __name__ == "__main__":
+    # no options: --help prints what it measures instead of running it
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     main()
