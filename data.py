@@ -583,12 +583,13 @@ def load_tokenizer(
         cached = Path(datasets.config.HF_DATASETS_CACHE) / "trained_tokenizers" / key
     if cached and (cached / "tokenizer.json").exists():
         tok = open_tokenizer(cached)
-        log(f"tokenizer: {kind} {vocab_size} trained earlier on the same data ({cached})")
+        log(f"tokenizer: {kind} {len(tok)} trained earlier on the same data ({cached})")
     else:
         texts = _texts(train_texts) if isinstance(train_texts, datasets.Dataset) else train_texts()
         started = time.time()
         tok = train_tokenizer(texts, kind, vocab_size)
-        log(f"tokenizer: {kind} {vocab_size} trained on train in {time.time() - started:.1f} s")
+        got = "" if len(tok) == vocab_size else f" (asked for {vocab_size})"
+        log(f"tokenizer: {kind} {len(tok)} trained on train in {time.time() - started:.1f} s{got}")
         if cached:  # written aside and renamed: a reader never sees half a tokenizer
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=cached.parent))

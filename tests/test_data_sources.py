@@ -620,7 +620,10 @@ def test_trained_tokenizer_is_cached_by_the_data_and_loads_with_autotokenizer(
     tok_cfg = TrainConfig(tokenizer={"train": "unigram", "vocab_size": 60})
     said = []
     first = data.load_tokenizer(tok_cfg, tmp_path / "run1", ds, log=said.append)
-    assert re.fullmatch(r"tokenizer: unigram 60 trained on train in \d+\.\d s", said[0])  # said
+    n = len(first)  # the size it got: 54 of the 60 asked for, on this little text
+    assert re.fullmatch(
+        rf"tokenizer: unigram {n} trained on train in \d+\.\d s \(asked for 60\)", said[0]
+    )
     saved = AutoTokenizer.from_pretrained(tmp_path / "run1" / "tokenizer")
     assert encode_sources(saved, EN) == encode_sources(first, EN)
     assert data.SpecialIds.of(saved) == data.SpecialIds.of(first)
@@ -634,6 +637,12 @@ def test_trained_tokenizer_is_cached_by_the_data_and_loads_with_autotokenizer(
     assert "trained earlier on the same data" in messages[0]
     assert data.tokenizer_fingerprint(second) == data.tokenizer_fingerprint(first)
     assert (tmp_path / "run2" / "tokenizer" / "tokenizer.json").exists()
+    # the size asked for is said once only where it differs
+    monkeypatch.undo()
+    said = []
+    exact = TrainConfig(tokenizer={"train": "unigram", "vocab_size": n})
+    assert len(data.load_tokenizer(exact, tmp_path / "run3", ds, log=said.append)) == n
+    assert re.fullmatch(rf"tokenizer: unigram {n} trained on train in \d+\.\d s", said[0])
 
 
 def test_tokenize_with_worker_processes_matches_one_process(tmp_path, cfg, tokenizer):
