@@ -400,6 +400,8 @@ def main(argv=None):
     p.add_argument("--bootstrap_samples", type=int, help="with --compare (default 1000)")
     p.add_argument("--json", help="write the report as JSON")
     args = p.parse_args(argv)
+    if sys.stdout is None and args.json in (None, "-"):  # started with stdout closed (`>&-`)
+        raise UserError("no output: stdout is closed; give --json FILE")
     if not sys.stderr.isatty():  # datasets' "Generating train split" bars: none in a pipe or log
         datasets.disable_progress_bars()
     if bool(args.hypotheses) == bool(args.checkpoint):
@@ -442,7 +444,8 @@ def main(argv=None):
         )
         report = evaluate(args, baseline, out)
         if out_json:
-            sys.stdout.flush()  # the printed report first, when the JSON goes to stdout too
+            if sys.stdout is not None:  # the printed report first, when the JSON goes there too
+                sys.stdout.flush()
             json.dump(report, out_json, indent=2, ensure_ascii=False)
             out_json.write("\n")
     return report

@@ -846,6 +846,11 @@ def test_outputs_are_written_whole_with_the_usual_permissions(tmp_path):
     assert first.read_text() == "eins\n" and second.read_text() == "zwei\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.de", "b.de"]
     assert first.stat().st_mode & 0o777 == 0o666 & ~umask  # not a private temporary file's 0600
+    # an existing file keeps its permissions, as `> a.de` keeps them: a private one stays 0600
+    first.chmod(0o600)
+    with translate.open_output(first) as a:
+        a.write("drei\n")
+    assert first.read_text() == "drei\n" and first.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_write_protected_output_is_refused_and_kept(tmp_path, monkeypatch):
