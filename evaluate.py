@@ -66,6 +66,7 @@ from cpu_memory import keep_freed_memory
 from data import check_aligned, has_splits, load_text, read_lines, takes_config
 from translate import (
     add_decoding_args,
+    check_beam,
     check_not_an_input,
     decoding_options,
     open_output,
@@ -461,6 +462,7 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
 
         options = decoding_options(args)
         model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
+        check_beam(model, args.beam)  # before the test set is read
         keep_freed_memory(args.device)  # as translate.py
     sources, references, report["test_set"] = load_test_set(args, cfg)
     if spec := report["test_set"].get("test_data"):  # its files are inputs too

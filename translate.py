@@ -34,9 +34,10 @@ Decoding (each encodes once and feeds one new token per step through the key/val
                Edunov et al. (2018). A line's draws come from --seed and its line number alone,
                not from the batch or chunk it is in; its translation can still change with
                them, rarely, where a batch's other shape rounds the probabilities differently
-               and moves a draw across a token's boundary (1 to 3 lines of 2,000 changed with
-               --batch_size here, on CPU). Shards of a corpus translated apart number their
-               lines from 1 each: give each its own --seed.
+               and moves a draw across a token's boundary (5 lines of 2,014 changed from
+               --batch_size 64 to 7 here, on CPU; none of 300 with --sampling_topk 10). Shards
+               of a corpus translated apart number their lines from 1 each: give each its own
+               --seed.
   length       at most a·|x| + b new tokens, and at least 1 (--max_len_a, --max_len_b; |x| =
                source tokens including </s>), per sentence, so the output of a sentence does
                not depend on the batch it is in. A hypothesis that reaches the limit ends there
@@ -397,6 +398,12 @@ def decoding_autocast(device: torch.device, mixed_precision: str):
     return torch.autocast(device.type, torch.bfloat16)
 
 
+def check_beam(model, beam: int) -> None:
+    """UserError for beams past the vocabulary (memory for nothing)."""
+    if beam > model.cfg.tgt_vocab_size:
+        raise UserError(f"--beam {beam} is more than the {model.cfg.tgt_vocab_size} target tokens")
+
+
 def translate_nbest(
     model: Transformer,
     tokenizer,
@@ -430,8 +437,7 @@ def translate_nbest(
     """
     if nbest > max(beam, 1):
         raise UserError(f"--nbest {nbest} needs --beam >= {nbest}")
-    if beam > model.cfg.tgt_vocab_size:  # beams past the vocabulary: memory for nothing
-        raise UserError(f"--beam {beam} is more than the {model.cfg.tgt_vocab_size} target tokens")
+    check_beam(model, beam)
     if sampler is not None and beam > 1:
         raise UserError(SAMPLING_NO_BEAM)
     device = next(model.parameters()).device
@@ -880,6 +886,7 @@ def main(argv=None):
     check_not_an_input("--output", args.output, {"--input": args.input})
     stdin = Stdin() if args.input in (None, "-") else None
     model, tokenizer, ids, cfg = load_models(args.checkpoint, args.device)
+    check_beam(model, args.beam)  # now, not once the first line is typed
     keep_freed_memory(args.device)  # each decoding step's logits reuse the last step's memory
     # on stderr, and only on a terminal (disable=None): never into a pipe or a log
     # (nor while the user types: the bar would share the line being typed)

@@ -873,6 +873,9 @@ def test_a_beam_past_the_vocabulary_is_refused_and_out_of_memory_is_one_line(ckp
     with pytest.raises(UserError, match=rf"^--beam {v + 1} is more than the {v} target tokens$"):
         translate.translate_nbest(model, tok, ids, ["a dog"], beam=v + 1)
     assert translate.translate_nbest(model, tok, ids, ["a dog"], beam=v)[0]  # all of it: fine
+    # on empty input too: refused when the model is loaded, not once a line comes (exit 0)
+    with pytest.raises(UserError, match=rf"^--beam {v + 1} is more than the {v} target tokens$"):
+        translate.main(["--checkpoint", str(ckpt), "--input", os.devnull, "--beam", str(v + 1)])
 
     def runs_out(message):
         def main():
