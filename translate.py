@@ -70,7 +70,6 @@ import itertools
 import math
 import os
 import select
-import stat
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -80,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from config import WRITE_ERRORS, ArgumentParser, UserError, cli, signals_unwind
+from config import ArgumentParser, UserError, cli, signals_unwind
 from cpu_memory import keep_freed_memory
 from data import SpecialIds, _first_line, encode_sources, iter_lines
 from model import Transformer, reorder_cache
@@ -638,7 +637,7 @@ def open_output(path: str | None):
     if not path or path.endswith(os.sep) or os.path.isdir(path):  # found now, not after decoding
         raise UserError(f"cannot write {path!r}: not a file name")
     if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, /dev/stdout, a FIFO
-        with _named_write_errors(path), _open_text(path, path) as f:
+        with _open_text(path, path) as f:
             yield f
         return
     final = os.path.realpath(path)  # through a symlink, not over it
@@ -649,27 +648,18 @@ def open_output(path: str | None):
     # whose file is private, 0600, where an output gets the umask's permissions)
     tmp = _new_temporary(final, path)
     try:
-        with _named_write_errors(path), _open_text(tmp, path) as f, signals_unwind():
+        with _open_text(tmp, path) as f, signals_unwind():
             yield f
         if os.path.exists(final):  # keep its permissions, as `> path` does (a private 0600)
-            os.chmod(tmp, stat.S_IMODE(os.stat(final).st_mode))
+            st = os.stat(final)
+            os.chmod(tmp, st.st_mode & 0o777)
+            with contextlib.suppress(OSError):  # and its owners, where we may (as root)
+                os.chown(tmp, st.st_uid, st.st_gid)
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-@contextlib.contextmanager
-def _named_write_errors(path: str):
-    """A full disk (or another write error) met while writing `path` names it: the error from
-    a stream's buffer carries no file name."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno not in WRITE_ERRORS:
-            raise
-        raise UserError(f"cannot write {path} ({e.strerror})") from None
 
 
 def _new_temporary(final: str, shown: str) -> str:

@@ -132,5 +132,6 @@ def grouped_attention(
     if mask is None:
         return torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, H, Tq, Dh)
     weights = torch.softmax(scores.masked_fill(~mask, -torch.inf), dim=-1)  # (B, H, Tq, Tk)
-    weights = weights.masked_fill(~mask.any(-1, keepdim=True), 0.0)  # NaN rows: nothing to see
+    if (empty := ~mask.any(-1, keepdim=True)).any():  # NaN rows (a sync, but only on CPU)
+        weights = weights.masked_fill(empty, 0.0)
     return torch.matmul(weights, v)  # (B, H, Tq, Dh)

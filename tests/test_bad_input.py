@@ -413,8 +413,10 @@ def test_stdout_closed_is_one_line(trained, tmp_path, monkeypatch, capsys):
     # evaluate.py's report went nowhere (exit 0), or, with --json FILE, raised AttributeError
     ref, report = tmp_path / "ref.de", tmp_path / "report.json"
     ref.write_text("der Hund läuft über die Wiese\n")
-    code, err = run_cli(evaluate.main, ["--hypotheses", ref, "--reference", ref], capsys)
-    assert_one_line_error(code, err, "no output: stdout is closed; give --json FILE")
+    for json_to in ([], ["--json", "-"]):
+        argv = ["--hypotheses", ref, "--reference", ref, *json_to]
+        code, err = run_cli(evaluate.main, argv, capsys)
+        assert_one_line_error(code, err, "no output: stdout is closed; give --json FILE")
     evaluate.main(["--hypotheses", str(ref), "--reference", str(ref), "--json", str(report)])
     assert json.loads(report.read_text())["bleu"] == 100.0
 
@@ -427,7 +429,7 @@ def test_a_full_disk_is_one_line(trained, tmp_path, capsys):
     ref.write_text("der Hund\n")
     argv = ["--checkpoint", trained, "--input", src, "--output", "/dev/full"]
     code, err = run_cli(translate.main, argv, capsys)
-    assert_one_line_error(code, err, "cannot write /dev/full (No space left on device)")
+    assert_one_line_error(code, err, "cannot write: No space left on device")
     with open("/dev/full", "w") as full:  # stdout on a full disk: `translate.py > /dev/full`
         proc = subprocess.run([sys.executable, "translate.py", "--checkpoint", str(trained),
                                "--input", str(src)], cwd=ROOT, stdout=full, stderr=subprocess.PIPE,
@@ -435,7 +437,7 @@ def test_a_full_disk_is_one_line(trained, tmp_path, capsys):
     assert_one_line_error(proc.returncode, proc.stderr, "cannot write: No space left on device")
     argv = ["--hypotheses", ref, "--reference", ref, "--json", "/dev/full"]
     code, err = run_cli(evaluate.main, argv, capsys)
-    assert_one_line_error(code, err, "cannot write /dev/full (No space left on device)")
+    assert_one_line_error(code, err, "cannot write: No space left on device")
 
 
 def test_a_huge_output_budget_is_the_positional_table(trained, tmp_path):

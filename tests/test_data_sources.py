@@ -634,7 +634,7 @@ def test_trained_tokenizer_is_cached_by_the_data_and_loads_with_autotokenizer(
     monkeypatch.setattr(data, "train_tokenizer", no_training)
     messages = []
     second = data.load_tokenizer(tok_cfg, tmp_path / "run2", ds, log=messages.append)
-    assert "trained earlier on the same data" in messages[0]
+    assert messages[0].startswith(f"tokenizer: unigram {n} trained earlier on the same data (")
     assert data.tokenizer_fingerprint(second) == data.tokenizer_fingerprint(first)
     assert (tmp_path / "run2" / "tokenizer" / "tokenizer.json").exists()
     # the size asked for is said once only where it differs

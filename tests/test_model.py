@@ -564,7 +564,7 @@ def test_model_config_rejects_a_decoder_without_layers(n_dec_layers):
 
 def test_grouped_attention_gives_a_row_with_nothing_to_see_zeros_as_sdpa_does():
     q, k, v = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4)
-    mask = torch.tensor([[True] * 5, [False] * 5]).view(2, 1, 1, 5)
+    mask = torch.tensor([[True] * 3 + [False] * 2, [False] * 5]).view(2, 1, 1, 5)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert torch.equal(expected[1], torch.zeros(2, 3, 4))  # torch's behaviour, the reference
     assert_close(attention.grouped_attention(q, k, v, mask), expected, **TOL)

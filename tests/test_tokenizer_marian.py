@@ -246,6 +246,8 @@ def test_a_tokenizer_for_the_other_direction_or_two_vocabularies_is_refused(mari
     with pytest.raises(data.UserError, match=r"is for en->de .*translates eng->fra:"):
         data.load_tokenizer(dataclasses.replace(cfg, src_lang="eng", tgt_lang="fra"))
     data.load_tokenizer(dataclasses.replace(cfg, src_lang="eng", tgt_lang="ger"))
+    with pytest.raises(data.UserError, match=r"is for en->de .*translates ger->eng:"):
+        data.load_tokenizer(dataclasses.replace(cfg, src_lang="ger", tgt_lang="eng"))
     mul = tmp_path / "mul"
     shutil.copytree(marian_dir, mul)
     config = json.loads((mul / "tokenizer_config.json").read_text())

@@ -847,10 +847,16 @@ def test_outputs_are_written_whole_with_the_usual_permissions(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.de", "b.de"]
     assert first.stat().st_mode & 0o777 == 0o666 & ~umask  # not a private temporary file's 0600
     # an existing file keeps its permissions, as `> a.de` keeps them: a private one stays 0600
-    first.chmod(0o600)
+    # (without a set-group-id bit, which no output of ours should carry)
+    first.chmod(0o2600)
     with translate.open_output(first) as a:
         a.write("drei\n")
-    assert first.read_text() == "drei\n" and first.stat().st_mode & 0o777 == 0o600
+    assert first.read_text() == "drei\n" and first.stat().st_mode & 0o7777 == 0o600
+    if os.geteuid() == 0:  # root may give it back to its owners, as `>` leaves them
+        os.chown(first, 65534, 65534)
+        with translate.open_output(first) as a:
+            a.write("vier\n")
+        assert (first.stat().st_uid, first.stat().st_gid) == (65534, 65534)
 
 
 def test_a_write_protected_output_is_refused_and_kept(tmp_path, monkeypatch):
@@ -876,6 +882,12 @@ def test_a_beam_past_the_vocabulary_is_refused_and_out_of_memory_is_one_line(ckp
     # on empty input too: refused when the model is loaded, not once a line comes (exit 0)
     with pytest.raises(UserError, match=rf"^--beam {v + 1} is more than the {v} target tokens$"):
         translate.main(["--checkpoint", str(ckpt), "--input", os.devnull, "--beam", str(v + 1)])
+    import evaluate
+
+    # evaluate.py: before it reads the test set (here none that it could read)
+    with pytest.raises(UserError, match=rf"^--beam {v + 1} is more than the {v} target tokens$"):
+        evaluate.main(["--checkpoint", str(ckpt), "--test_data", "/nowhere/{lang}.txt",
+                       "--beam", str(v + 1)])  # fmt: skip
 
     def runs_out(message):
         def main():
