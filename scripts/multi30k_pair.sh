@@ -43,6 +43,8 @@ for arg in "$@"; do
     esac
     prepare+=("$arg")
 done
+# the ensemble's results go to OUT: found now, not after both members trained
+[[ ! -e $out/checkpoints ]] || fail "$out holds a training run: OUT=DIR must name a folder of its own"
 if ! $resume; then
     for run in "$out"_a "$out"_b; do
         [[ ! -e $run ]] || fail "$run exists: pass --resume to continue it, or OUT=DIR for a new pair"

@@ -27,8 +27,8 @@ from pathlib import Path
 import sacrebleu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from average import average  # noqa: E402
-from checkpoint import load_model, step_dirs  # noqa: E402
+from average import average, check_same_model, direction, given_twice  # noqa: E402
+from checkpoint import load_model, resolve, step_dirs  # noqa: E402
 from config import ArgumentParser, UserError, cli  # noqa: E402
 from cpu_memory import keep_freed_memory  # noqa: E402
 from data import read_aligned  # noqa: E402
@@ -45,7 +45,7 @@ def main(argv=None):
     p.add_argument("--run", help="the run to choose from (default runs/multi30k); with "
                    "--ensemble, a new directory for the ensemble's results")  # fmt: skip
     p.add_argument("--data", default=str(DATA))
-    p.add_argument("--average", type=int, nargs="+", default=[5, 10], metavar="N",
+    p.add_argument("--average", type=int, nargs="+", metavar="N",
                    help="average the newest N checkpoints, for each N (default: 5 10)")  # fmt: skip
     p.add_argument("--beams", type=int, nargs="+", default=[5, 10], metavar="K",
                    help="beam sizes tried next to greedy, each with every length penalty "
@@ -55,6 +55,9 @@ def main(argv=None):
                         "(no averaging)")  # fmt: skip
     args = p.parse_args(argv)
     import_sacremoses()  # test's published-form BLEU needs it: said now, not after decoding
+    if args.ensemble and args.average:  # ignored, as said nowhere
+        p.error("--average: an ensemble's members are decoded as given, not averaged")
+    args.average = args.average or [5, 10]
     if min(args.average) < 1:
         p.error("--average: N must be at least 1")
     if min(args.beams) < 2:
@@ -78,13 +81,18 @@ def main(argv=None):
         if not lines:  # nothing to choose on, or nothing to score
             raise UserError(f"{data}/{split}.en.gz: no sentences")
     if args.ensemble:
+        if twice := given_twice([resolve(c) for c in args.ensemble]):
+            raise UserError(f"--ensemble: {', '.join(twice)}: the same checkpoint twice")
         loaded = {"ensemble": load_models(args.ensemble)}
-        run.mkdir(parents=True, exist_ok=True)  # once they load: a failure leaves no folder
     else:
         names, saved = ["best"], step_dirs(run / "checkpoints")
         if not saved:
             raise UserError(f"nothing to average: 0 checkpoints in {run}/checkpoints")
         counts = sorted({min(n, len(saved)) for n in args.average})  # fewer saved: all of them
+        # checked as average.py checks them (one model, one direction), before any work
+        check_same_model(saved[-counts[-1] :])
+        if (way := direction(saved[-1])) != "en->de":
+            raise UserError(f"{saved[-1]}: a {way} model; this script scores en->de")
         for old in run.glob("avg*"):  # e.g. an avg20 of the checkpoints of a run started over
             if re.fullmatch(r"avg\d+", old.name) and int(old.name[3:]) not in counts:
                 shutil.rmtree(old)
@@ -93,6 +101,10 @@ def main(argv=None):
             average(saved[-n:], run / f"avg{n}")
             names.append(f"avg{n}")
         loaded = {name: load_model(run / name) for name in names}
+    for name, (_, _, _, cfg) in loaded.items():  # val and test are read en->de
+        if (cfg.src_lang, cfg.tgt_lang) != ("en", "de"):
+            raise UserError(f"{name}: a {cfg.src_lang}->{cfg.tgt_lang} model, not en->de")
+    run.mkdir(parents=True, exist_ok=True)  # once they load: a failure leaves no folder
     results = []
     for name, (model, tok, ids, cfg) in loaded.items():
         for setting in settings:

@@ -61,8 +61,11 @@ def choose(nbest: list[list[tuple]], lam: float, alpha: float) -> list[str]:
 
     def key(h):
         fwd, rev, n, m = h[1:]
-        value = fwd / length_penalty(n, alpha) + (lam * rev / m if lam else 0.0)
-        return -math.inf if math.isnan(value) else value  # not scored (nan): last
+        scored = not (lam and math.isnan(rev))  # nan: past the reverse model's positions
+        value = fwd / length_penalty(n, alpha) + (lam * rev / m if scored and lam else 0.0)
+        # the scored first (among hypotheses none of which could be, the forward ranking); a
+        # forward score of nan: last
+        return scored, -math.inf if math.isnan(value) else value
 
     return [max(hyps, key=key)[0] if hyps else "" for hyps in nbest]  # none: an empty source
 

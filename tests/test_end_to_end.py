@@ -341,6 +341,13 @@ def test_multi30k_pair_bad_input_is_exit_2(tmp_path):
     proc = run_pair(tmp_path, "--seed", 7)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --seed: this script sets")
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+    # OUT, where the ensemble's results go, a training run: found before both members train
+    (tmp_path / "pair" / "checkpoints").mkdir(parents=True)
+    proc = run_pair(tmp_path)
+    assert proc.returncode == 2 and proc.stderr == (
+        f"error: {tmp_path}/pair holds a training run: OUT=DIR must name a folder of its own\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pair"]
 
 
 def script(name: str):
@@ -380,8 +387,11 @@ def test_multi30k_select_chooses_on_the_unrounded_val_bleu_the_first_of_a_tie(
     monkeypatch.setattr(select, "sacrebleu", fake_sacrebleu)  # the script's alone
     scores = {"bleu": 1.0, "bleu_signature": "", "chrf": 1.0, "chrf_signature": ""}
     monkeypatch.setattr(select, "score", lambda *args, **kwargs: scores)
-    loaded = (torch.nn.Linear(1, 1), None, None, SimpleNamespace(max_seq_length=32))
+    cfg = SimpleNamespace(max_seq_length=32, src_lang="en", tgt_lang="de")
+    loaded = (torch.nn.Linear(1, 1), None, None, cfg)
     monkeypatch.setattr(select, "load_models", lambda paths: loaded)
+    monkeypatch.setattr(select, "resolve", Path)  # "a" and "b": no checkpoints to find
+    monkeypatch.setattr(select, "given_twice", lambda dirs: [])
     out = tmp_path / "ens"
     select.main(["--run", str(out), "--data", str(data), "--beams", "2", "--ensemble", "a", "b"])
     report = json.loads((out / "results.json").read_text())
@@ -390,6 +400,51 @@ def test_multi30k_select_chooses_on_the_unrounded_val_bleu_the_first_of_a_tie(
                                        "val_bleu": 30.0}  # fmt: skip
     # val (12 lines) in every setting, then test (10 lines) once, in the chosen one
     assert decoded == [(12, 1, None)] + [(12, 2, a) for a in select.PENALTIES] + [(10, 2, 1.0)]
+
+
+def test_multi30k_select_refuses_what_it_cannot_choose_from(tmp_path, monkeypatch):
+    # it scores en->de: a de->en run, a run holding both directions (a resume with the
+    # languages swapped only warns) or an ensemble of one checkpoint twice all went through
+    from data import train_tokenizer
+    from test_translate import TEXTS, make_checkpoint
+
+    select, data = select_module(monkeypatch), toy_multi30k(tmp_path)
+    tok = train_tokenizer(TEXTS, "unigram", 60)  # one for all: as one run's checkpoints have
+
+    def run_of(name, *ways):
+        run = tmp_path / name
+        for step, way in enumerate(ways, 1):
+            ckpt = make_checkpoint(run / "checkpoints" / f"step-{step:08d}", tok=tok)
+            cfg = json.loads((ckpt / "config.json").read_text())
+            src, tgt = way.split("->")
+            (ckpt / "config.json").write_text(json.dumps({**cfg, "src_lang": src, "tgt_lang": tgt}))
+        shutil.copytree(run / "checkpoints" / f"step-{len(ways):08d}", run / "best")
+        return run
+
+    def refused(*argv):
+        with pytest.raises(UserError) as e:
+            select.main(["--data", str(data), "--beams", "2", *map(str, argv)])
+        return str(e.value)
+
+    deen = run_of("deen", "de->en", "de->en")
+    assert refused("--run", deen).endswith(
+        "step-00000002: a de->en model; this script scores en->de"
+    )
+    mixed = run_of("mixed", "de->en", "en->de")
+    assert re.fullmatch(r".*step-00000002: trained en->de, .*step-00000001 de->en",
+                        refused("--run", mixed, "--average", 2))  # fmt: skip
+    assert not list(mixed.glob("avg*")) and not list(deen.glob("avg*"))  # nothing averaged
+    assert "a de->en model, not en->de" in refused(
+        "--run", tmp_path / "e", "--ensemble", deen / "best"
+    )
+    assert refused("--run", tmp_path / "e", "--ensemble", mixed / "best", mixed / "best").endswith(
+        "best: the same checkpoint twice"
+    )
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(SystemExit) as e:  # ignored otherwise: an ensemble averages nothing
+        select.main(["--run", str(tmp_path / "e"), "--data", str(data), "--average", "2",
+                     "--ensemble", str(mixed / "best")])  # fmt: skip
+    assert e.value.code == 2
 
 
 def test_rerank_weighs_the_reverse_model_and_the_length_as_written():
@@ -410,6 +465,11 @@ def test_rerank_weighs_the_reverse_model_and_the_length_as_written():
         assert choose([pair], 0.5, 1.0) == ["y"] and choose([pair], 0.0, 1.0) == ["x"]
         pair = [("z", nan, -1.0, 3, 1), ("y", -9.0, -9.0, 3, 1)]
         assert choose([pair if first else pair[::-1]], 0.0, 1.0) == ["y"]
+        # no hypothesis the channel could score (a source past its positions): the forward
+        # ranking at the chosen alpha, not the beam's order (alpha 1.0)
+        pair = [("short", -10.0, nan, 10, 300), ("long", -10.5, nan, 20, 300)]
+        pair = pair if first else pair[::-1]
+        assert choose([pair], 0.5, 2.2) == ["long"] and choose([pair], 0.5, 0.0) == ["short"]
 
 
 def reversed_checkpoint(path):
