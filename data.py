@@ -229,13 +229,19 @@ def _file(path: str, src: str, tgt: str) -> datasets.Dataset:
     raise UserError(f"{path}: cannot tell the data format from the name ({FORMATS})")
 
 
+def _file_stamp(path) -> tuple:
+    """What changes when a file's contents may have: its size, mtime and ctime in ns and its
+    inode. datasets keys local files by their mtime alone, and a file rewritten with its time
+    kept (cp -p, rsync -t, touch -r) gave the old rows; the ctime no tool can set back."""
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
 def _stamped_cache(kind: str, path: str, files: list[Path]) -> Path:
-    """A cache_dir for datasets keyed by `files`' sizes and mtimes in ns. datasets keys local
-    files by their mtime alone: a file rewritten with its time kept (cp -p, rsync -t) gave the
-    old rows. One per `path`: the caches of its older versions are removed."""
+    """A cache_dir for datasets keyed by `files`' stamps (_file_stamp). One per `path`: the
+    caches of its older versions are removed."""
     cache = Path(datasets.config.HF_DATASETS_CACHE) / kind / Hasher.hash(os.path.realpath(path))
-    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(files)]
-    stamp = Hasher.hash([CACHE_VERSION, stats])
+    stamp = Hasher.hash([CACHE_VERSION, [_file_stamp(f) for f in sorted(files)]])
     for old in cache.glob("*") if cache.exists() else []:
         if old.name != stamp:
             shutil.rmtree(old, ignore_errors=True)
@@ -263,15 +269,22 @@ def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
         part.startswith(".") for part in f.relative_to(p).parts)]  # fmt: skip
     delimited = sorted(f for f in files if _suffix(f.name) in (".csv", ".tsv"))
     others = [f for f in files if _suffix(f.name) in (".parquet", ".arrow", ".jsonl", ".json")]
-    if delimited and not others:  # datasets would parse them with pandas: quotes and a stray \r
-        raise UserError(
-            f"{path}: CSV/TSV files in a dataset directory are not read (pandas would merge "
-            f"or shift lines); give the file itself, e.g. {delimited[0]}"
-        )
+    # datasets would parse them with pandas: quotes and a stray \r merge or shift lines
+    refused = UserError(
+        f"{path}: CSV/TSV files in a dataset directory are not read (pandas would merge or "
+        f"shift lines); give the file itself, e.g. {delimited[0] if delimited else '*.tsv'}"
+    )
+    from datasets.data_files import FILES_TO_IGNORE
+
+    if delimited and not [f for f in others if f.name not in FILES_TO_IGNORE]:
+        raise refused  # found before reading (dataset_infos.json and such are not data)
     if (p / "README.md").exists() or any(f.suffix in data_files for f in everything):
         _check_repository_files(path, others, readme=(p / "README.md").exists())
         cache = _stamped_cache("local_repositories", path, files)  # a dataset repository
-        return _load_dataset(path, cfg.dataset_config, split, hub=False, cache_dir=cache)
+        ds = _load_dataset(path, cfg.dataset_config, split, hub=False, cache_dir=cache)
+        if ds.info.builder_name == "csv":  # the config or the files' majority chose them
+            raise refused
+        return ds
     raise UserError(
         f"{path}: not a dataset directory (expected dataset_dict.json or state.json "
         f"written by save_to_disk, or a dataset repository with README.md or data "
@@ -329,10 +342,10 @@ def _text_pairs(spec: str, src: str, tgt: str) -> datasets.Dataset:
 
 def _generate(reader, files: list[str], langs: list[str] = ()) -> datasets.Dataset:
     """Run one of the readers below into an on-disk Arrow dataset in datasets' cache, keyed by
-    the files' paths, sizes and mtimes: a second run reads the cache, not the files."""
+    the files' stamps (_file_stamp): a second run reads the cache, not the files."""
     for path in files:
         _require_content(path)
-    stamp = [(os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files]
+    stamp = [_file_stamp(p) for p in files]
     key = Hasher.hash([CACHE_VERSION, reader.__name__, stamp, list(langs)])
     # one string argument: datasets would treat a list in gen_kwargs as shards
     args = "\t".join([*files, *langs])

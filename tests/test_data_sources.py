@@ -171,6 +171,18 @@ def test_a_rewritten_parquet_file_is_read_anew_even_with_its_old_time(tmp_path, 
     assert len([v for v in versions if v.is_dir()]) == 1
 
 
+def test_a_file_rewritten_with_its_size_and_time_kept_is_read_anew(tmp_path, cfg):
+    # the cache was keyed by size and mtime: `cp -p` of a same-size edit gave the old rows
+    write(tmp_path / "t.en", "Two dogs\n")
+    write(tmp_path / "t.de", "Zwei Hunde\n")
+    assert load_text(str(tmp_path / "t.{lang}"), cfg, "train")["src"] == ["Two dogs"]
+    stat = (tmp_path / "t.en").stat()
+    write(tmp_path / "t.en", "Tw0 dogs\n")
+    os.utime(tmp_path / "t.en", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (tmp_path / "t.en").stat().st_size == stat.st_size
+    assert load_text(str(tmp_path / "t.{lang}"), cfg, "train")["src"] == ["Tw0 dogs"]
+
+
 def test_a_stray_csv_quote_is_an_error_not_merged_lines(tmp_path, cfg):
     write(tmp_path / "q.csv", 'en,de\n"Stop,Halt\nGo.,Geh.\nHe said "no".,Er sagte "nein".\n')
     with pytest.raises(UserError, match=r"q\.csv, line \d+: "):
@@ -184,6 +196,22 @@ def test_csv_in_a_dataset_directory_is_refused_for_the_file_itself(tmp_path, cfg
         write(tmp_path / name / name, 'en\tde\n"Stop\tHalt\nGo.\tGeh.\n')
         with pytest.raises(UserError, match=f"CSV/TSV files in a dataset directory .*/{name}"):
             load_text(str(tmp_path / name), cfg, "train")
+    # nor beside datasets' metadata (not data), nor as a config's files in a README's configs
+    (tmp_path / "meta").mkdir()
+    write(tmp_path / "meta" / "train.tsv", 'en\tde\n"Stop\tHalt\nGo.\tGeh.\n')
+    write(tmp_path / "meta" / "dataset_infos.json", "{}\n")
+    with pytest.raises(UserError, match="CSV/TSV files in a dataset directory .*/train.tsv"):
+        load_text(str(tmp_path / "meta"), dataclasses.replace(cfg, dataset_config=None), "train")
+    (tmp_path / "meta" / "dataset_infos.json").unlink()
+    write(tmp_path / "meta" / "train.tsv", "en\tde\nStop\tHalt\n")  # what pandas reads
+    datasets.Dataset.from_dict({"en": EN, "de": DE}).to_parquet(
+        str(tmp_path / "meta" / "p.parquet")
+    )
+    write(tmp_path / "meta" / "README.md", "---\nconfigs:\n- config_name: tsv\n  data_files:\n"
+          "  - split: train\n    path: train.tsv\n- config_name: pq\n  data_files:\n"
+          "  - split: train\n    path: p.parquet\n---\n")  # fmt: skip
+    with pytest.raises(UserError, match="CSV/TSV files in a dataset directory .*/train.tsv"):
+        load_text(str(tmp_path / "meta"), dataclasses.replace(cfg, dataset_config="tsv"), "train")
     # a CSV beside the data files (scores, notes) is not what datasets reads: no refusal
     (tmp_path / "p").mkdir()
     datasets.Dataset.from_dict({"en": EN, "de": DE}).to_parquet(str(tmp_path / "p" / "t.parquet"))
