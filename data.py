@@ -422,36 +422,40 @@ def _jsonl_pairs(args: str):
 
 def _delimited_pairs(args: str):
     path, src, tgt = args.split("\t")
-    csv.field_size_limit(sys.maxsize)  # a long line is filtered by max_seq_length, with a count
-    tsv = _suffix(path) == ".tsv"
     lines = iter_lines(path)
-    # TSV: fields are never quoted (sentences contain quotes); CSV: standard quoting.
+    if _suffix(path) == ".tsv":  # fields are never quoted (sentences contain quotes and \r)
+        rows = ((n, line.split("\t")) for n, line in lines)
+    else:  # CSV: standard quoting, where a quoted field may span lines
+        rows = _csv_rows(path, lines)
+    n, header = next(rows, (1, []))
+    if src not in header or tgt not in header or len(header) != len(set(header)):
+        raise UserError(
+            f"{path}: expected a header line naming the columns '{src}' and '{tgt}' once each, "
+            f"found {header}"
+        )
+    i, j = header.index(src), header.index(tgt)
+    for n, row in rows:
+        if row == [] or row == [""]:  # a blank line
+            continue
+        if len(row) != len(header):
+            raise UserError(f"{path}, line {n}: {len(row)} fields, the header has {len(header)}")
+        yield {"src": row[i], "tgt": row[j]}
+
+
+def _csv_rows(path: str, lines):
+    """(the line a record starts on, its fields) for a CSV file read by `iter_lines`."""
+    csv.field_size_limit(sys.maxsize)  # a long line is filtered by max_seq_length, with a count
     reader = csv.reader(
         (line + "\n" for _, line in lines),  # a quoted field may span lines: keep their breaks
-        delimiter="\t" if tsv else ",",
-        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
         strict=True,  # a stray quote is an error, not lines merged into one field
     )
+    start = 1
     try:
-        header = next(reader)
-        missing = [lang for lang in (src, tgt) if lang not in header]
-        if missing:
-            raise UserError(
-                f"{path}: expected a header line naming the columns '{src}' and "
-                f"'{tgt}', found {header}"
-            )
-        i, j = header.index(src), header.index(tgt)
         for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise UserError(
-                    f"{path}, line {reader.line_num}: {len(row)} fields, the header "
-                    f"has {len(header)}"
-                )
-            yield {"src": row[i], "tgt": row[j]}
-    except csv.Error as e:
-        raise UserError(f"{path}, line {reader.line_num}: {e}") from None
+            yield start, row
+            start = reader.line_num + 1
+    except csv.Error as e:  # named by the line its record starts on: where a quote opened
+        raise UserError(f"{path}, line {start}: {e}") from None
 
 
 def _as_pairs(ds: datasets.Dataset, spec: str, src: str, tgt: str) -> datasets.Dataset:

@@ -187,6 +187,21 @@ def test_a_stray_csv_quote_is_an_error_not_merged_lines(tmp_path, cfg):
     write(tmp_path / "q.csv", 'en,de\n"Stop,Halt\nGo.,Geh.\nHe said "no".,Er sagte "nein".\n')
     with pytest.raises(UserError, match=r"q\.csv, line \d+: "):
         load_text(str(tmp_path / "q.csv"), cfg, "train")
+    # a quote never closed: named by the line it opens on, not the file's last
+    write(tmp_path / "u.csv", 'en,de\na,b\n"Hello,Hallo\nc,d\ne,f\n')
+    with pytest.raises(UserError, match=r"u\.csv, line 3: unexpected end of data"):
+        load_text(str(tmp_path / "u.csv"), cfg, "train")
+
+
+def test_tsv_lines_are_split_on_tabs_alone(tmp_path, cfg):
+    # a \r inside a sentence is text, as in plain-text and JSONL files (csv refused the line)
+    write(tmp_path / "r.tsv", "en\tde\na\rb\tc\nthe cat\tdie Katze\n")
+    ds = load_text(str(tmp_path / "r.tsv"), cfg, "train")
+    assert ds["src"] == ["a\rb", "the cat"] and ds["tgt"] == ["c", "die Katze"]
+    # a header naming a language twice: which column is it?
+    write(tmp_path / "d.tsv", "en\tde\ten\na\tb\tc\n")
+    with pytest.raises(UserError, match=r"d\.tsv: expected a header line naming .* once each"):
+        load_text(str(tmp_path / "d.tsv"), cfg, "train")
 
 
 def test_csv_in_a_dataset_directory_is_refused_for_the_file_itself(tmp_path, cfg):
