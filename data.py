@@ -1302,12 +1302,14 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
     ratio = cfg.max_length_ratio or RATIO
     dropped = " (max_length_ratio: training drops them)" if cfg.max_length_ratio else ""
     log(f"length ratio: longer side / shorter side > {ratio:g}{dropped}, pairs with an empty side "
-        "left out")  # fmt: skip
+        f"or longer than {cfg.max_seq_length} left out")  # fmt: skip
     # training drops such a pair as empty, and counts it so
     log(f"longer than {cfg.max_seq_length}: pairs with an empty side left out, as in training")
     for name, (spec, split) in splits.items():
         log(f"{name}: {spec}" + (f" [{split}]" if has_splits(spec) else ""))
-    stats = {name: _split_stats(ds, tok, name, ratio) for name, ds in texts.items()}
+    stats = {
+        name: _split_stats(ds, tok, name, ratio, cfg.max_seq_length) for name, ds in texts.items()
+    }
     train, src, tgt, max_len = stats["train"], cfg.src_lang, cfg.tgt_lang, cfg.max_seq_length
     table = {  # row label -> one cell per split
         "pairs": [f"{s['n']:,}" for s in stats.values()],
@@ -1342,7 +1344,9 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
         log(f"{label:{width}}" + "".join(f"{cell:>14}" for cell in cells))
 
 
-def _split_stats(ds: datasets.Dataset, tok, name: str, ratio: float = RATIO) -> dict:
+def _split_stats(
+    ds: datasets.Dataset, tok, name: str, ratio: float = RATIO, max_len: int | None = None
+) -> dict:
     """Lengths, hashes and counts of one split, in batches (no Python list of the corpus)."""
     src_len, tgt_len, src_hash, pair_hash = [], [], [], []
     if tok is not None:
@@ -1364,7 +1368,9 @@ def _split_stats(ds: datasets.Dataset, tok, name: str, ratio: float = RATIO) -> 
     empty = [int((src_len == 0).sum()), int((tgt_len == 0).sum())]
     pair_hash = np.concatenate(pair_hash)
     both = (src_len > 0) & (tgt_len > 0)
-    longer, shorter = np.maximum(src_len, tgt_len)[both], np.minimum(src_len, tgt_len)[both]
+    # as training counts them (_usable): not the pairs it drops as too long
+    fits = both if max_len is None else both & (src_len <= max_len) & (tgt_len <= max_len)
+    longer, shorter = np.maximum(src_len, tgt_len)[fits], np.minimum(src_len, tgt_len)[fits]
 
     def percentiles(x) -> str:  # of the non-empty lines
         x = x[x > 0]

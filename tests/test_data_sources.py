@@ -785,8 +785,9 @@ def audit_table(out: str) -> dict[str, list[str]]:
 
 def test_audit_counts(tmp_path, capsys):
     # the two blank pairs are empty lines, not duplicates
-    train_en = ["a b c", "a b c", "", "one two three four five six seven", "x y", "p q r", "", ""]
-    train_de = ["A B C", "A B C", "leer", "eins", "X Y", "P Q R", "", ""]
+    train_en = ["a b c", "a b c", "", "one two three four five six seven", "x y", "p q r", "", "",
+                "one two three four"]  # fmt: skip
+    train_de = ["A B C", "A B C", "leer", "eins", "X Y", "P Q R", "", "", "eins"]
     write(tmp_path / "train.en", lines(train_en))
     write(tmp_path / "train.de", lines(train_de))
     write(tmp_path / "valid.en", lines(["x y", "", " a b c "]))
@@ -802,17 +803,18 @@ def test_audit_counts(tmp_path, capsys):
     assert out.startswith("lengths: whitespace-separated words\n")
     assert f"train: {tmp_path / 'train.{lang}'}" in out
     table = audit_table(out)
-    assert table["pairs"] == ["8", "3"]
+    assert table["pairs"] == ["9", "3"]
     assert table["empty lines en / de"] == ["3 / 2", "1 / 0"]
     assert table["duplicate pairs"] == ["1", "0"]
     assert table["en length p50/p90/p99/max"] == ["3/7/7/7", "3/3/3/3"]
-    assert table["length ratio > 3"] == ["1", "0"]  # seven words against one
+    # four words against one; seven against one is longer than 4, as training counts it
+    assert table["length ratio > 3"] == ["1", "0"]
     assert table["longer than 4 words"] == ["1", "0"]
     # "x y" and " a b c " (trimmed) occur in train; the empty line does not count
     assert table["sources also in train"] == ["-", "2"]
     assert table["pairs also in train"] == ["-", "1"]
     # with max_length_ratio, the threshold training drops at; at 1.0 every unequal pair: train's
-    # seven words against one, valid's "a b c" against "anders" (an empty side never counts)
+    # four words against one, valid's "a b c" against "anders" (an empty side never counts)
     data.audit(dataclasses.replace(cfg, max_length_ratio=1.0), whitespace=True)
     out = capsys.readouterr().out
     assert "> 1 (max_length_ratio: training drops them)" in out
