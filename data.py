@@ -461,8 +461,17 @@ def _csv_rows(path: str, lines):
 def _as_pairs(ds: datasets.Dataset, spec: str, src: str, tgt: str) -> datasets.Dataset:
     """A `translation` column or one column per language -> "src", "tgt" (no copy)."""
     if "translation" in ds.column_names:
+        kind = ds.features["translation"]
         ds = ds.flatten()
         columns = [f"translation.{src}", f"translation.{tgt}"]
+        if not all(c in ds.column_names for c in columns) and type(kind).__name__ == "Json":
+            # datasets types rows of other keys or values as one Json column, not a struct
+            raise UserError(
+                f"{spec}: its 'translation' column is not text under '{src}' and '{tgt}' in "
+                "every row (datasets read it as Json): a row lacks one, holds "
+                "other keys or a non-text value; give the .jsonl file itself, read line by line "
+                "(other keys are let be, a bad line named)"
+            )
     else:
         columns = [src, tgt]
     if not all(c in ds.column_names for c in columns):

@@ -193,6 +193,18 @@ def test_a_stray_csv_quote_is_an_error_not_merged_lines(tmp_path, cfg):
         load_text(str(tmp_path / "u.csv"), cfg, "train")
 
 
+def test_a_jsonl_folder_with_an_irregular_translation_row_says_so(tmp_path, cfg):
+    # datasets typed the column as Json, and the error listed ['translation'] as if it lacked one
+    rows = [{"translation": {"en": "a", "de": "b"}}] * 3 + [{"translation": {"en": "c"}}]
+    (tmp_path / "j").mkdir()
+    write(tmp_path / "j" / "train.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match=r"/j: its 'translation' column is not text under 'en' and "
+                       r"'de' in every row \(datasets read it as Json\)"):  # fmt: skip
+        load_text(str(tmp_path / "j"), dataclasses.replace(cfg, dataset_config=None), "train")
+    with pytest.raises(UserError, match=r"train\.jsonl, line 4: "):  # the file itself: its line
+        load_text(str(tmp_path / "j" / "train.jsonl"), cfg, "train")
+
+
 def test_tsv_lines_are_split_on_tabs_alone(tmp_path, cfg):
     # a \r inside a sentence is text, as in plain-text and JSONL files (csv refused the line)
     write(tmp_path / "r.tsv", "en\tde\na\rb\tc\nthe cat\tdie Katze\n")
