@@ -193,6 +193,12 @@ def test_a_stray_csv_quote_is_an_error_not_merged_lines(tmp_path, cfg):
         load_text(str(tmp_path / "u.csv"), cfg, "train")
 
 
+def test_a_raw_tab_inside_a_jsonl_sentence_is_text(tmp_path, cfg):
+    # not valid JSON, but what many writers produce: refused before as "Invalid control character"
+    write(tmp_path / "t.jsonl", '{"translation": {"en": "a\tb", "de": "c"}}\n')
+    assert load_text(str(tmp_path / "t.jsonl"), cfg, "train")["src"] == ["a\tb"]
+
+
 def test_a_jsonl_folder_with_an_irregular_translation_row_says_so(tmp_path, cfg):
     # datasets typed the column as Json, and the error listed ['translation'] as if it lacked one
     rows = [{"translation": {"en": "a", "de": "b"}}] * 3 + [{"translation": {"en": "c"}}]
