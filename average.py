@@ -108,7 +108,7 @@ def given_twice(dirs: list[Path]) -> list[str]:
 
 
 def main(argv=None):
-    p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="a run's output_dir: average its newest --last checkpoints")
     p.add_argument("--last", type=int, help="with --run (default 5)")
     p.add_argument(

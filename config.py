@@ -48,7 +48,21 @@ def signals_unwind():
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's, with a usage error in one line, exit code 2 (its own prints the usage
-    first)."""
+    first), and no abbreviated options (--resum must not pass as --resume, --check as
+    --checkpoint)."""
+
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs):
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
+
+    @classmethod
+    def of_tool(cls, doc: str, epilog_from: str) -> "ArgumentParser":
+        """A tool's parser: its module docstring's first line describes it; the docstring
+        from `epilog_from` on ends its --help, as written."""
+        return cls(
+            description=doc.splitlines()[0],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=doc[doc.index(epilog_from) :],
+        )
 
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -513,7 +527,6 @@ def config_from_argv(
             keys, 96, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
         ),  # a value stays whole
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,  # --resum must not pass as --resume, nor --conf as --config
     )
     parser.add_argument(
         "--config", default="config.json", help="JSON config (default: config.json)"

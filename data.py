@@ -37,7 +37,7 @@ import tempfile
 import time
 import warnings
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from accelerate.utils import patch_environment
 from datasets.fingerprint import Hasher
 
 from config import ArgumentParser, TrainConfig, UserError, cli, load_config, parse_overrides
@@ -87,31 +88,36 @@ def _open_bytes(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def iter_lines(path: str):
-    """(line number, text) for every line of a UTF-8 file, plain or gzipped.
+def decode_lines(raw_lines, name: str):
+    """(line number, text) for each line (bytes) of `name`, a file or stdin: UTF-8.
 
     Only "\\n" ends a line (a "\\r" before it is dropped): U+2028 and friends stay inside the
     line, so aligned files stay aligned. A UTF-8 byte-order mark is dropped.
     """
+    for n, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.rstrip(b"\r\n").decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"{name}, line {n}: not UTF-8 ({e.reason} at byte {e.start + 1} of the line)"
+            ) from None
+        yield n, line.lstrip("\ufeff") if n == 1 else line
+
+
+def iter_lines(path: str):
+    """(line number, text) for every line of a UTF-8 file, plain or gzipped (decode_lines)."""
     if not os.path.exists(path):
         raise UserError(f"data file not found: {path}")
     try:
         with _open_bytes(path) as f:
-            for n, raw in enumerate(f, 1):
-                try:
-                    line = raw.rstrip(b"\r\n").decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise UserError(
-                        f"{path}, line {n}: not UTF-8 ({e.reason} at byte "
-                        f"{e.start + 1} of the line)"
-                    ) from None
-                yield n, line.lstrip("\ufeff") if n == 1 else line
+            yield from decode_lines(f, path)
     except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz
         raise UserError(f"{path}: cannot read ({e})") from None
 
 
 def read_lines(path: str) -> list[str]:
-    """All lines of a text file (translate.py, evaluate.py). An empty file gives []."""
+    """All lines of a text file (evaluate.py's --source, --reference and --compare; stdin "-"
+    is translate.read_lines'). An empty file gives []."""
     return [line for _, line in iter_lines(path)]
 
 
@@ -1027,7 +1033,8 @@ def encode(
     started = time.time()
     # Forked workers each tokenize a shard; Rust threads inside each would oversubscribe the
     # cores (and tokenizers warns about forking after it used threads).
-    with _env(TOKENIZERS_PARALLELISM="false" if num_proc > 1 else None):
+    parallel = patch_environment(TOKENIZERS_PARALLELISM="false") if num_proc > 1 else nullcontext()
+    with parallel:
         out = ds.map(
             _encode_batch,
             batched=True,
@@ -1052,21 +1059,6 @@ def encode(
             f"{os.path.dirname(files[0])}"
         )
     return out
-
-
-@contextmanager
-def _env(**values):
-    """Set environment variables (None: leave alone) for the duration of a block."""
-    old = {k: os.environ.get(k) for k, v in values.items() if v is not None}
-    os.environ.update({k: v for k, v in values.items() if v is not None})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def tokenize(
@@ -1438,7 +1430,6 @@ def main(argv=None):
         prog="python data.py",
         description="Inspect or prepare the data of a config.",
         epilog="Any config key can be overridden: --train_data 'data/train.{lang}.gz'",
-        allow_abbrev=False,
     )
     parser.add_argument(
         "command",

@@ -49,7 +49,6 @@ model configs (with several, the first's, and under "ensemble" each checkpoint w
 config).
 """
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -361,12 +360,7 @@ def print_report(report: dict) -> None:
 
 
 def main(argv=None):
-    p = ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__[__doc__.index("Test set:") :],
-        allow_abbrev=False,
-    )
+    p = ArgumentParser.of_tool(__doc__, "Test set:")
     p.add_argument("--hypotheses", help="system output to score (.gz ok; - reads stdin)")
     p.add_argument(
         "--checkpoint",

@@ -53,7 +53,6 @@ word_dropout is not written: MarianConfig has no field for it (Marian's own --dr
 a training option).
 """
 
-import argparse
 import json
 from pathlib import Path
 
@@ -279,12 +278,7 @@ def to_ctranslate2(exported: str | Path, out: str | Path) -> Path:
 
 
 def main(argv=None):
-    p = ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__[__doc__.index("The directory") :],
-        allow_abbrev=False,
-    )
+    p = ArgumentParser.of_tool(__doc__, "The directory")
     p.add_argument("--checkpoint", required=True, help="checkpoint dir or a run's output_dir")
     p.add_argument(
         "--out",

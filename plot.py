@@ -60,7 +60,7 @@ def plot_metrics(metrics: str | Path, png: str | Path) -> None:
 
 
 def main(argv=None):
-    p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("metrics", help="a run's metrics.jsonl")
     p.add_argument("png", help="the picture to write")
     args = p.parse_args(argv)

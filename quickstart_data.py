@@ -602,10 +602,7 @@ def write_splits(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(
-        description="Write the synthetic English->German quick-start corpus.",
-        allow_abbrev=False,
-    )
+    parser = ArgumentParser(description="Write the synthetic English->German quick-start corpus.")
     parser.add_argument("--out", required=True, help="output directory, e.g. data/quickstart")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--train", type=int, default=40000, help="training pairs")

@@ -24,13 +24,13 @@ decode). An --output file appears only once complete. Either --source or --targe
 may be "-", stdin.
 """
 
-import argparse
 import math
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from config import ArgumentParser, UserError, cli
@@ -90,11 +90,8 @@ def score_pairs(
     if progress is not None:
         progress.update(len(src) - len(fits))
     for index in ([fits[j] for j in batch] for batch in batches):
-        s = torch.full((len(index), max(len(src[i]) for i in index)), ids.pad, dtype=torch.long)
-        t = torch.full((len(index), max(len(tgt[i]) for i in index)), ids.pad, dtype=torch.long)
-        for row, i in enumerate(index):
-            s[row, : len(src[i])] = torch.tensor(src[i])
-            t[row, : len(tgt[i])] = torch.tensor(tgt[i])
+        s = pad_sequence([torch.tensor(src[i]) for i in index], True, ids.pad)  # (B, S)
+        t = pad_sequence([torch.tensor(tgt[i]) for i in index], True, ids.pad)  # (B, T)
         with decoding_autocast(device, mixed_precision):
             logp = score_batch(model, s.to(device), t.to(device), ids).tolist()
         for row, i in enumerate(index):
@@ -108,12 +105,7 @@ def score_pairs(
 def main(argv=None):
     from ensemble import load_models
 
-    p = ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__[__doc__.index("Teacher forcing") :],
-        allow_abbrev=False,
-    )
+    p = ArgumentParser.of_tool(__doc__, "Teacher forcing")
     p.add_argument(
         "--checkpoint",
         required=True,

@@ -118,24 +118,25 @@ def train_loss(model, batch: dict, cfg: TrainConfig, pad_id: int):
     return ce + cfg.rdrop_alpha * rdrop_kl(logits, labels, pad_id)
 
 
+# the settings that shape the model's weights (a resume cannot change them): TrainConfig's
+# names (the users') -> ModelConfig's (the paper's)
+MODEL_SHAPE = {"model_dim": "d_model", "hidden_dims": "d_ff", "num_heads": "n_heads",
+               "num_layers": "n_layers", "decoder_layers": "n_dec_layers",
+               "pre_norm": "pre_norm", "share_embeddings": "share_embeddings"}  # fmt: skip
+
+
 def model_config(cfg: TrainConfig, tokenizer, ids: SpecialIds) -> ModelConfig:
     vocab = len(tokenizer)
     return ModelConfig(
         src_vocab_size=vocab,
         tgt_vocab_size=vocab,
         pad_id=ids.pad,
-        d_model=cfg.model_dim,
-        n_heads=cfg.num_heads,
-        d_ff=cfg.hidden_dims,
-        n_layers=cfg.num_layers,
-        n_dec_layers=cfg.decoder_layers,
+        **{ours: getattr(cfg, key) for key, ours in MODEL_SHAPE.items()},
         dropout=cfg.dropout,
         attn_dropout=cfg.attn_dropout,
         act_dropout=cfg.act_dropout,
         word_dropout=cfg.word_dropout,
         max_len=2 * cfg.max_seq_length + 16,  # room for decoding 1.5·src_len + 10 tokens
-        pre_norm=cfg.pre_norm,
-        share_embeddings=cfg.share_embeddings,
     )
 
 
@@ -286,7 +287,7 @@ def sampled_train(run: dict, accelerator, epoch: int, resumed_inside: bool) -> C
         except OSError as e:
             problem = f"cannot write {path}: {e.strerror or e}"
     # a collective in place of a barrier: the other processes stop too, instead of hanging
-    if not _all_ok(accelerator, problem is None):
+    if any_process(accelerator, problem is not None):
         raise UserError(problem or "sampling segmentations failed on the main process")
     return Corpus.load(path)
 
@@ -412,13 +413,13 @@ def save(accelerator, model, run: dict, state: dict, best: dict | None = None) -
                     {"trainer_state.json": json.dumps(trainer_state, indent=2)},
                 )
             )
-    if _all_ok(accelerator, problem is None):
+    if not any_process(accelerator, problem is not None):
         # accelerate warns that it stores tied weights once; that is what we want
         logging.getLogger("accelerate").setLevel(logging.ERROR)
         problem = _try_write(lambda: accelerator.save_state(tmp / "state"))
-    if run.get("ema") and _all_ok(accelerator, problem is None):
+    if run.get("ema") and not any_process(accelerator, problem is not None):
         problem = _try_write(lambda: run["ema"].save(ema_file(tmp, accelerator)))
-    if not _all_ok(accelerator, problem is None):
+    if any_process(accelerator, problem is not None):
         shutil.rmtree(tmp, ignore_errors=True)
         if problem == "weights are not finite":
             run["log"](f"step {state['step']}: weights are not finite, checkpoint not kept")
@@ -460,12 +461,13 @@ def _try_write(write) -> str | None:
     return None
 
 
-def _all_ok(accelerator, ok: bool) -> bool:
-    """True if every process is ok (a collective when there are several)."""
+def any_process(accelerator, flag: bool) -> bool:
+    """Whether `flag` holds on any process (a collective when there are several): one
+    decision, the same on every process."""
     if accelerator.num_processes == 1:
-        return ok
-    failed = torch.tensor(float(not ok), device=accelerator.device)
-    return bool(accelerator.reduce(failed, "sum") == 0)
+        return flag
+    votes = torch.tensor(float(flag), device=accelerator.device)
+    return bool(accelerator.reduce(votes, "sum") > 0)
 
 
 class StopSignal:
@@ -487,10 +489,7 @@ class StopSignal:
         """Whether any process saw a stop request. Several processes vote after every step: a
         launcher gives its workers little time after forwarding a signal (torchrun: 30 s, then
         SIGKILL), which a vote every log_every steps could outlast before the save began."""
-        if accelerator.num_processes == 1:
-            return self.requested
-        flag = torch.tensor(float(self.requested), device=accelerator.device)
-        return bool(accelerator.reduce(flag, "sum") > 0)
+        return any_process(accelerator, self.requested)
 
 
 def setup(cfg: TrainConfig, accelerator, tokenizer_from: Path | None = None) -> dict:
@@ -619,11 +618,6 @@ def restore(accelerator, out: Path, cfg: TrainConfig, resume: bool, log) -> dict
     return state
 
 
-# the settings that shape the model's weights: a resume cannot change them
-MODEL_SHAPE = ("model_dim", "hidden_dims", "num_heads", "num_layers", "decoder_layers",
-               "pre_norm", "share_embeddings")  # fmt: skip
-
-
 def saved_config(ckpt: Path) -> tuple[dict, dict]:
     """A checkpoint's config.json, and its MODEL_SHAPE settings."""
     try:
@@ -671,9 +665,7 @@ def from_init(cfg: TrainConfig, resumed_from: Path | None):
         if len(tok) != m.src_vocab_size:  # the new model's vocabulary is its tokenizer's
             raise UserError(f"its tokenizer has {len(tok)} tokens, its model {m.src_vocab_size}")
         check_direction(tok, cfg, other_languages=True)  # Marian's for the other direction
-        shape = dict(model_dim=m.d_model, hidden_dims=m.d_ff, num_heads=m.n_heads,
-                     num_layers=m.n_layers, decoder_layers=m.n_dec_layers, pre_norm=m.pre_norm,
-                     share_embeddings=m.share_embeddings)  # fmt: skip
+        shape = {key: getattr(m, ours) for key, ours in MODEL_SHAPE.items()}
         adopted = dataclasses.replace(cfg, **shape, tokenizer=trained.tokenizer)
         if bad := adopted.tokenizer_errors():  # was its tokenizer trained in its run?
             raise UserError("; ".join(bad))
@@ -995,11 +987,7 @@ def log_changed_settings(ckpt: Path | None, cfg: TrainConfig, log) -> None:
     the run's config.json is overwritten: the log keeps what the checkpoint was trained with."""
     if ckpt is None:  # a fresh start
         return
-    try:
-        before = json.loads((ckpt / "config.json").read_text())
-    except (OSError, ValueError):  # an odd checkpoint: restore() has read the rest of it
-        return
-    now = cfg.to_dict()
+    before, now = saved_config(ckpt)[0], cfg.to_dict()  # read (and checked) by restore() too
     changed = [f"{k} {before[k]} -> {v}" for k, v in now.items() if before.get(k, v) != v]
     if changed:
         log(f"resumed with settings other than {ckpt.name}'s: {', '.join(changed)}")
@@ -1401,8 +1389,7 @@ def out_of_time(accelerator, step: int, cfg: TrainConfig, seconds: float) -> boo
     Processes decide together, every log_every steps."""
     if not cfg.max_minutes or step % cfg.log_every:
         return False
-    late = torch.tensor(float(seconds > 60 * cfg.max_minutes), device=accelerator.device)
-    return bool(accelerator.reduce(late, "sum") > 0)
+    return any_process(accelerator, seconds > 60 * cfg.max_minutes)
 
 
 class Meter:

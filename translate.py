@@ -77,11 +77,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from config import ArgumentParser, UserError, cli, signals_unwind
 from cpu_memory import keep_freed_memory
-from data import SpecialIds, _first_line, encode_sources, iter_lines
+from data import SpecialIds, _first_line, decode_lines, encode_sources, iter_lines
 from model import Transformer, reorder_cache
 
 
@@ -457,11 +458,9 @@ def translate_nbest(
     model.eval()
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        lengths = torch.tensor([len(encoded[j]) for j in chunk])
-        src = torch.full((len(chunk), int(lengths.max())), ids.pad, dtype=torch.long)
-        for row, j in enumerate(chunk):
-            src[row, : len(encoded[j])] = torch.tensor(encoded[j])
-        src = src.to(device)
+        rows = [torch.tensor(encoded[j]) for j in chunk]
+        lengths = torch.tensor([len(row) for row in rows])
+        src = pad_sequence(rows, batch_first=True, padding_value=ids.pad).to(device)  # (B, S)
         max_new = max_new_tokens(lengths.to(device), model, max_len_a, max_len_b)
         lines_of = [numbers[todo[j]] for j in chunk]
         with precision:
@@ -519,17 +518,13 @@ def format_nbest(pairs: list[tuple[str, float | None]]) -> str:
 def iter_input(path: str | None, stdin: "Stdin | None" = None, flag: str = "--input"):
     """(line number, text) for each line of a file (.gz ok) or of stdin ("-"), read lazily.
 
-    The same rules as data.iter_lines: UTF-8, only "\\n" ends a line, a leading BOM is dropped.
+    The same rules for both (data.decode_lines): UTF-8, only "\\n" ends a line, a leading BOM
+    is dropped.
     """
     if path not in (None, "-"):
         yield from iter_lines(path)
-        return
-    for n, raw in enumerate(stdin or Stdin(flag), 1):
-        try:
-            line = raw.rstrip(b"\r\n").decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"stdin, line {n}: not UTF-8 ({e.reason})") from None
-        yield n, line.lstrip("\ufeff") if n == 1 else line
+    else:
+        yield from decode_lines(stdin or Stdin(flag), "stdin")
 
 
 class Stdin:
@@ -831,12 +826,7 @@ def main(argv=None):
     from checkpoint import resolve
     from ensemble import load_models
 
-    p = ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__[__doc__.index("Lines:") :],
-        allow_abbrev=False,
-    )
+    p = ArgumentParser.of_tool(__doc__, "Lines:")
     p.add_argument(
         "--checkpoint",
         required=True,

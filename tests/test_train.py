@@ -506,7 +506,7 @@ def test_label_smoothed_loss_is_the_mixture_over_non_padding_tokens():
 
 
 def test_max_minutes_counts_training_seconds():
-    acc = SimpleNamespace(device="cpu", reduce=lambda t, how: t)
+    acc = SimpleNamespace(num_processes=2, device="cpu", reduce=lambda t, how: t)
     cfg = TrainConfig(max_minutes=2, log_every=5)
     assert not train.out_of_time(acc, 10, cfg, 119.0)
     assert train.out_of_time(acc, 10, cfg, 121.0)
@@ -1609,7 +1609,7 @@ def test_bidirectional_epochs_double_the_first_epochs(corpus, tmp_path):
 class Process:
     """What sampled_train needs of accelerate's Accelerator, as one of several processes."""
 
-    num_processes = 1  # makes _all_ok local; the two-process test covers the collective
+    num_processes = 1  # makes any_process local; the two-process test covers the collective
 
     def __init__(self, main: bool):
         self.is_main_process = main
@@ -1651,7 +1651,7 @@ def test_sampled_train_keeps_what_a_resume_needs(tmp_path, monkeypatch):
     train.sampled_train(run, Process(True), 6, True)
     assert len(calls) == 2 and "warning: " in logged[0] and "epoch 7 is sampled anew" in logged[0]
 
-    # A failure is one clear error (on every process: _all_ok is a collective).
+    # A failure is one clear error (on every process: any_process is a collective).
     def fail(*a):
         raise UserError("train, epoch 9: no usable sentence pairs")
 
