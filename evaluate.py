@@ -467,6 +467,8 @@ def evaluate(args, baseline: list[str] | None, out) -> dict:
         for flag in ("output", "json"):
             check_not_an_input(f"--{flag}", getattr(args, flag), files)
     refs = args.reference or "the test set's references"  # for the messages
+    if empty := sum(not r.strip() for r in references):  # scored as given, but said
+        print(f"warning: {refs}: {empty} of {len(references)} empty", file=sys.stderr)
     if baseline is not None:
         check_aligned(baseline, references, f"--compare {args.compare}", refs)
     if model is not None:

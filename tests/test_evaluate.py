@@ -351,6 +351,17 @@ def test_empty_files_are_not_replaced_by_the_test_set(tmp_path):
             evaluate.main(["--checkpoint", str(ckpt), *half])
 
 
+def test_empty_references_are_scored_and_counted(tmp_path, capsys):
+    # a Parquet test set's null reference became "" and was scored silently
+    hyp = write(tmp_path / "h.de", ["der hund sieht die katze", "ein mann", "x"])
+    ref = write(tmp_path / "r.de", ["der hund sieht die katze", "", " "])
+    r = evaluate.main(["--hypotheses", str(hyp), "--reference", str(ref)])
+    assert r["test_set"]["reference"] == str(ref)
+    assert capsys.readouterr().err == f"warning: {ref}: 2 of 3 empty\n"
+    evaluate.main(["--hypotheses", str(hyp), "--reference", str(hyp)])
+    assert capsys.readouterr().err == ""
+
+
 def test_the_report_names_the_checkpoint_decoded(tmp_path):
     """A run's output_dir decodes its best checkpoint; the JSON says which directory that was."""
     run = tmp_path / "run"
