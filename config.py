@@ -107,6 +107,9 @@ def cli(main):
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
 
+PATH_KEYS = ("train_data", "valid_data", "test_data", "tokenizer", "output_dir", "init_from")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # --- keys documented to users since the first release ---
@@ -220,6 +223,9 @@ class TrainConfig:
     decode_batch_size: int = 200  # sentences per batch when decoding for validation BLEU
 
     def __post_init__(self):
+        for key in PATH_KEYS:  # "~/data" in a JSON config, which no shell expands
+            if isinstance(value := getattr(self, key), str) and value.startswith("~"):
+                object.__setattr__(self, key, os.path.expanduser(value))
         problems = [p for f in dataclasses.fields(self) if (p := _type_error(self, f))]
         if not problems:
             problems = self._value_errors()

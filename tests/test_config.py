@@ -464,3 +464,11 @@ def test_integers_written_with_a_sign_or_leading_zeros_stay_integers():
     parsed = parse_overrides(["--epochs", "+2", "--max_steps", "010"])
     assert parsed == {"epochs": 2, "max_steps": 10}
     assert all(type(v) is int for v in parsed.values())
+
+
+def test_a_path_from_the_home_directory_is_expanded(monkeypatch, tmp_path):
+    # "~/data/train.{lang}" in config.json: no shell expands it, and it was not found
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = TrainConfig(train_data="~/d/train.{lang}", tokenizer="~/tok", output_dir="~/runs/x")
+    assert cfg.train_data == f"{tmp_path}/d/train.{{lang}}" and cfg.tokenizer == f"{tmp_path}/tok"
+    assert cfg.output_dir == f"{tmp_path}/runs/x" and cfg.valid_data == "wmt/wmt14"  # no ~: as is
