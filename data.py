@@ -236,11 +236,12 @@ def _file(path: str, src: str, tgt: str) -> datasets.Dataset:
 
 
 def _file_stamp(path) -> tuple:
-    """What changes when a file's contents may have: its size, mtime and ctime in ns and its
-    inode. datasets keys local files by their mtime alone, and a file rewritten with its time
-    kept (cp -p, rsync -t, touch -r) gave the old rows; the ctime no tool can set back."""
+    """What changes when a file's contents may have: its size, mtime and ctime in ns. datasets
+    keys local files by their mtime alone, and a file rewritten with its time kept (cp -p,
+    rsync -t, touch -r) gave the old rows; the ctime no tool can set back (a chmod or a copy
+    changes it too: the cache is made again)."""
     st = os.stat(path)
-    return os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _stamped_cache(kind: str, path: str, files: list[Path]) -> Path:
@@ -430,18 +431,18 @@ def _delimited_pairs(args: str):
     path, src, tgt = args.split("\t")
     lines = iter_lines(path)
     if _suffix(path) == ".tsv":  # fields are never quoted (sentences contain quotes and \r)
-        rows = ((n, line.split("\t")) for n, line in lines)
+        rows = ((n, line.split("\t") if line else []) for n, line in lines)
     else:  # CSV: standard quoting, where a quoted field may span lines
         rows = _csv_rows(path, lines)
     n, header = next(rows, (1, []))
-    if src not in header or tgt not in header or len(header) != len(set(header)):
+    if header.count(src) != 1 or header.count(tgt) != 1:
         raise UserError(
             f"{path}: expected a header line naming the columns '{src}' and '{tgt}' once each, "
             f"found {header}"
         )
     i, j = header.index(src), header.index(tgt)
     for n, row in rows:
-        if row == [] or row == [""]:  # a blank line
+        if not row:  # a blank line
             continue
         if len(row) != len(header):
             raise UserError(f"{path}, line {n}: {len(row)} fields, the header has {len(header)}")

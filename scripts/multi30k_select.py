@@ -91,8 +91,9 @@ def main(argv=None):
         counts = sorted({min(n, len(saved)) for n in args.average})  # fewer saved: all of them
         # checked as average.py checks them (one model, one direction), before any work
         check_same_model(saved[-counts[-1] :])
-        if (way := direction(saved[-1])) != "en->de":
-            raise UserError(f"{saved[-1]}: a {way} model; this script scores en->de")
+        for d in (saved[-1], run / "best"):
+            if d.exists() and (way := direction(d)) != "en->de":
+                raise UserError(f"{d}: a {way} model; this script scores en->de")
         for old in run.glob("avg*"):  # e.g. an avg20 of the checkpoints of a run started over
             if re.fullmatch(r"avg\d+", old.name) and int(old.name[3:]) not in counts:
                 shutil.rmtree(old)

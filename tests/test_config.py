@@ -469,6 +469,10 @@ def test_integers_written_with_a_sign_or_leading_zeros_stay_integers():
 def test_a_path_from_the_home_directory_is_expanded(monkeypatch, tmp_path):
     # "~/data/train.{lang}" in config.json: no shell expands it, and it was not found
     monkeypatch.setenv("HOME", str(tmp_path))
-    cfg = TrainConfig(train_data="~/d/train.{lang}", tokenizer="~/tok", output_dir="~/runs/x")
-    assert cfg.train_data == f"{tmp_path}/d/train.{{lang}}" and cfg.tokenizer == f"{tmp_path}/tok"
-    assert cfg.output_dir == f"{tmp_path}/runs/x" and cfg.valid_data == "wmt/wmt14"  # no ~: as is
+    given = dict(train_data="~/d/train.{lang}", valid_data="~/v.{lang}", test_data="~/t.{lang}",
+                 tokenizer="~/tok", output_dir="~/runs/x", init_from="~/runs/y")  # fmt: skip
+    cfg = TrainConfig(**given)
+    assert {k: getattr(cfg, k) for k in given} == {
+        k: f"{tmp_path}{v[1:]}" for k, v in given.items()
+    }
+    assert TrainConfig().valid_data == "wmt/wmt14"  # no ~: as it is

@@ -183,6 +183,20 @@ def test_a_file_rewritten_with_its_size_and_time_kept_is_read_anew(tmp_path, cfg
     assert load_text(str(tmp_path / "t.{lang}"), cfg, "train")["src"] == ["Tw0 dogs"]
 
 
+def test_a_folders_file_rewritten_with_its_size_and_time_kept_is_read_anew(tmp_path, cfg):
+    # the folder's cache was keyed by size and mtime too
+    cfg = dataclasses.replace(cfg, dataset_config=None)
+    (tmp_path / "d").mkdir()
+    path = tmp_path / "d" / "train.parquet"
+    datasets.Dataset.from_dict({"en": ["Two dogs"], "de": ["Zwei Hunde"]}).to_parquet(str(path))
+    assert load_text(str(tmp_path / "d"), cfg, "train")["src"] == ["Two dogs"]
+    stat = path.stat()
+    datasets.Dataset.from_dict({"en": ["Tw0 dogs"], "de": ["Zwei Hunde"]}).to_parquet(str(path))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    assert load_text(str(tmp_path / "d"), cfg, "train")["src"] == ["Tw0 dogs"]
+
+
 def test_a_stray_csv_quote_is_an_error_not_merged_lines(tmp_path, cfg):
     write(tmp_path / "q.csv", 'en,de\n"Stop,Halt\nGo.,Geh.\nHe said "no".,Er sagte "nein".\n')
     with pytest.raises(UserError, match=r"q\.csv, line \d+: "):
@@ -212,14 +226,21 @@ def test_a_jsonl_folder_with_an_irregular_translation_row_says_so(tmp_path, cfg)
 
 
 def test_tsv_lines_are_split_on_tabs_alone(tmp_path, cfg):
-    # a \r inside a sentence is text, as in plain-text and JSONL files (csv refused the line)
-    write(tmp_path / "r.tsv", "en\tde\na\rb\tc\nthe cat\tdie Katze\n")
+    # a \r inside a sentence is text, as in plain-text and JSONL files (csv refused the line);
+    # a blank line is skipped
+    write(tmp_path / "r.tsv", "en\tde\na\rb\tc\n\nthe cat\tdie Katze\n")
     ds = load_text(str(tmp_path / "r.tsv"), cfg, "train")
     assert ds["src"] == ["a\rb", "the cat"] and ds["tgt"] == ["c", "die Katze"]
     # a header naming a language twice: which column is it?
     write(tmp_path / "d.tsv", "en\tde\ten\na\tb\tc\n")
     with pytest.raises(UserError, match=r"d\.tsv: expected a header line naming .* once each"):
         load_text(str(tmp_path / "d.tsv"), cfg, "train")
+    # other columns may repeat, or be unnamed (a spreadsheet's trailing delimiters)
+    write(tmp_path / "n.tsv", "en\tde\tnote\tnote\na\tb\tx\ty\n")
+    write(tmp_path / "n.csv", "en,de,,\na,b,,\n")
+    for name in ("n.tsv", "n.csv"):
+        ds = load_text(str(tmp_path / name), cfg, "train")
+        assert ds["src"] == ["a"] and ds["tgt"] == ["b"]
 
 
 def test_csv_in_a_dataset_directory_is_refused_for_the_file_itself(tmp_path, cfg):

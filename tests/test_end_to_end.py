@@ -434,6 +434,14 @@ def test_multi30k_select_refuses_what_it_cannot_choose_from(tmp_path, monkeypatc
     assert re.fullmatch(r".*step-00000002: trained en->de, .*step-00000001 de->en",
                         refused("--run", mixed, "--average", 2))  # fmt: skip
     assert not list(mixed.glob("avg*")) and not list(deen.glob("avg*"))  # nothing averaged
+    # a best/ of the other direction: found before the averages are made (or old ones removed)
+    late = run_of("late", "en->de", "en->de")
+    shutil.rmtree(late / "best")
+    shutil.copytree(deen / "best", late / "best")
+    (late / "avg7").mkdir()
+    assert refused("--run", late, "--average", 2).endswith("best: a de->en model; this script "
+                                                          "scores en->de")  # fmt: skip
+    assert [p.name for p in late.glob("avg*")] == ["avg7"]
     assert "a de->en model, not en->de" in refused(
         "--run", tmp_path / "e", "--ensemble", deen / "best"
     )
@@ -470,6 +478,9 @@ def test_rerank_weighs_the_reverse_model_and_the_length_as_written():
         pair = [("short", -10.0, nan, 10, 300), ("long", -10.5, nan, 20, 300)]
         pair = pair if first else pair[::-1]
         assert choose([pair], 0.5, 2.2) == ["long"] and choose([pair], 0.5, 0.0) == ["short"]
+        # the reverse score of one not scored is nan (score_pairs), not -inf: still not chosen
+        pair = [("x", -1.0, nan, 3, 1), ("y", -1.5, -2.0, 3, 1)]
+        assert choose([pair if first else pair[::-1]], 0.5, 1.0) == ["y"]
 
 
 def reversed_checkpoint(path):
