@@ -360,10 +360,13 @@ def strip_special(seq: list[int], ids: SpecialIds) -> list[int]:
 
 
 def _encode(
-    tokenizer, ids: SpecialIds, lines: list[str], limit: int, numbers: list[int]
+    tokenizer, ids: SpecialIds, lines: list[str], limit: int, numbers: list[int], unknown=None
 ) -> list[list[int]]:
-    """Tokenize; truncate sources over `limit` tokens (keeping a final </s>) with a warning."""
+    """Tokenize; truncate sources over `limit` tokens (keeping a final </s>) with a warning;
+    append to `unknown` the numbers of lines holding <unk> (characters it does not know)."""
     encoded = encode_sources(tokenizer, lines) if lines else []
+    if unknown is not None and (unk := tokenizer.unk_token_id) is not None:
+        unknown.extend(numbers[j] for j, e in enumerate(encoded) if unk in e)
     for j, e in enumerate(encoded):
         if len(e) > limit:
             tail = [ids.eos] if e[-1] == ids.eos else []
@@ -422,6 +425,7 @@ def translate_nbest(
     sampler: Sampler | None = None,
     progress=None,
     details: bool = False,
+    unknown: list[int] | None = None,
 ) -> list[list[tuple]]:
     """Lines -> for each line up to `nbest` (text, score) pairs, best first; with `details`,
     (text, score, log P(tokens | line), the number of tokens) for beam search: the tokens it
@@ -433,7 +437,8 @@ def translate_nbest(
     SDPA's flash kernel needs half precision); log-probabilities are summed in fp32, from bf16
     logits.
     A `sampler` (beam 1 only) draws each token instead, seeded per line by its line number.
-    `progress` (a tqdm bar) counts the lines done, batch by batch.
+    `progress` (a tqdm bar) counts the lines done, batch by batch. `unknown`, a list, gets the
+    numbers of the lines whose tokens hold <unk>.
     """
     if nbest > max(beam, 1):
         raise UserError(f"--nbest {nbest} needs --beam >= {nbest}")
@@ -446,7 +451,9 @@ def translate_nbest(
     todo = [i for i, line in enumerate(lines) if line.strip()]
     limit = min(max_src_len or model.cfg.max_len, model.cfg.max_len)  # the positional table
     numbers = line_numbers or range(1, len(lines) + 1)
-    encoded = _encode(tokenizer, ids, [lines[i] for i in todo], limit, [numbers[i] for i in todo])
+    encoded = _encode(
+        tokenizer, ids, [lines[i] for i in todo], limit, [numbers[i] for i in todo], unknown
+    )
     # a line of zero-width or control characters is blank to the tokenizer: [] (encode_sources)
     todo, encoded = [i for i, e in zip(todo, encoded, strict=True) if e], [e for e in encoded if e]
     if progress is not None:
@@ -872,6 +879,7 @@ def main(argv=None):
     # (nor while the user types: the bar would share the line being typed)
     typed = stdin is not None and stdin.tty
     bar = tqdm(desc="translating", unit=" lines", disable=True if typed else None, file=sys.stderr)
+    unknown, read = [], 0
     with open_output(args.output) as out, bar:
         numbered = iter_input(args.input, stdin)
         for first, lines in read_chunks(numbered, args.chunk_size, stdin and stdin.paused):
@@ -885,13 +893,21 @@ def main(argv=None):
                 nbest=args.nbest or 1,
                 line_numbers=range(first, first + len(lines)),
                 progress=bar,
+                unknown=unknown,
                 **options,
             )
+            read += len(lines)
             if args.nbest is not None:  # --nbest 1 too: the best hypothesis and its score
                 out.writelines(format_nbest(pairs) + "\n" for pairs in found)
             else:
                 out.writelines((pairs[0][0] if pairs else "") + "\n" for pairs in found)
             out.flush()
+    if unknown:  # said once, not per line: a whole text in another script would flood stderr
+        print(
+            f"warning: {len(unknown)} of {read} lines hold characters the tokenizer does not "
+            f"know, translated as <unk> (the first: line {unknown[0]})",
+            file=sys.stderr,
+        )
     for given in args.checkpoint:  # a run's output_dir: which of its checkpoints decoded
         if (used := resolve(given)) != Path(given):  # (after the work: an error stays one line)
             print(f"{given}: decoded with {used}", file=sys.stderr)

@@ -911,3 +911,21 @@ def test_a_beam_past_the_vocabulary_is_refused_and_out_of_memory_is_one_line(ckp
     assert err.count("\n") == 1
     with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError: seen whole
         cli(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
+
+
+def test_lines_with_characters_the_tokenizer_does_not_know_are_counted(ckpt, tmp_path, capsys):
+    # "€" and "x" never occur in TEXTS: their <unk> was translated without a word
+    src = tmp_path / "in.en"
+    src.write_text("the dog sees the cat\nthe cat costs 5 €\n\nwe eat an apple\nx\n")
+    translate.main(
+        ["--checkpoint", str(ckpt), "--input", str(src), "--output", str(tmp_path / "o")]
+    )
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "warning: 2 of 5 lines hold characters the tokenizer does not know, translated as <unk> "
+        "(the first: line 2)"
+    )
+    src.write_text("the dog sees the cat\nwe eat an apple\n")
+    translate.main(
+        ["--checkpoint", str(ckpt), "--input", str(src), "--output", str(tmp_path / "o")]
+    )
+    assert "warning" not in capsys.readouterr().err
