@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from accelerate.utils import patch_environment
+from datasets.data_files import FILES_TO_IGNORE, DataFilesDict, get_data_patterns
 from datasets.fingerprint import Hasher
 
 from config import ArgumentParser, TrainConfig, UserError, cli, load_config, parse_overrides
@@ -275,16 +276,19 @@ def _directory(path: str, cfg: TrainConfig, split: str) -> datasets.Dataset:
     files = [f for f in everything if f.is_file() and not any(
         part.startswith(".") for part in f.relative_to(p).parts)]  # fmt: skip
     delimited = sorted(f for f in files if _suffix(f.name) in (".csv", ".tsv"))
-    others = [f for f in files if _suffix(f.name) in (".parquet", ".arrow", ".jsonl", ".json")]
+    others = [  # datasets' own metadata files (dataset_infos.json, ...) are not data
+        f
+        for f in files
+        if _suffix(f.name) in (".parquet", ".arrow", ".jsonl", ".json")
+        and f.name not in FILES_TO_IGNORE
+    ]
     # datasets would parse them with pandas: quotes and a stray \r merge or shift lines
     refused = UserError(
         f"{path}: CSV/TSV files in a dataset directory are not read (pandas would merge or "
         f"shift lines); give the file itself, e.g. {delimited[0] if delimited else '*.tsv'}"
     )
-    from datasets.data_files import FILES_TO_IGNORE
-
-    if delimited and not [f for f in others if f.name not in FILES_TO_IGNORE]:
-        raise refused  # found before reading (dataset_infos.json and such are not data)
+    if delimited and not others:
+        raise refused  # found before reading
     if (p / "README.md").exists() or any(f.suffix in data_files for f in everything):
         _check_repository_files(path, others, readme=(p / "README.md").exists())
         cache = _stamped_cache("local_repositories", path, files)  # a dataset repository
@@ -310,18 +314,12 @@ def _check_repository_files(path: str, files: list[Path], readme: bool) -> None:
                 raise UserError(f"{f}: a Git LFS pointer, not the data: run git lfs pull in {path}")
     if readme and "configs:" in _front_matter(Path(path) / "README.md"):
         return  # its configs say which files are which split and config
-    from datasets.data_files import FILES_TO_IGNORE, DataFilesDict, get_data_patterns
-
     try:
         splits = DataFilesDict.from_patterns(get_data_patterns(path), path)
     except Exception:  # datasets says what is wrong when it loads the folder
         return
     read = {os.path.realpath(f) for names in splits.values() for f in names}
-    left = sorted(
-        str(f.relative_to(path))
-        for f in files  # datasets' own metadata files (dataset_infos.json, ...) are not data
-        if os.path.realpath(f) not in read and f.name not in FILES_TO_IGNORE
-    )
+    left = sorted(str(f.relative_to(path)) for f in files if os.path.realpath(f) not in read)
     if left:
         raise UserError(
             f"{path}: datasets takes the splits from the file names "
@@ -1322,10 +1320,7 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
         f"{src} length p50/p90/p99/max": [s["pct"][0] for s in stats.values()],
         f"{tgt} length p50/p90/p99/max": [s["pct"][1] for s in stats.values()],
         f"length ratio > {ratio:g}": [f"{s['ratio']:,}" for s in stats.values()],
-        f"longer than {max_len} {unit}": [
-            f"{int((((s['src_len'] > max_len) | (s['tgt_len'] > max_len)) & s['both']).sum()):,}"
-            for s in stats.values()
-        ],
+        f"longer than {max_len} {unit}": [f"{s['long']:,}" for s in stats.values()],
         "sources also in train": [
             "-"
             if s is train
@@ -1346,9 +1341,7 @@ def audit(cfg: TrainConfig, whitespace: bool = False, log=print) -> None:
         log(f"{label:{width}}" + "".join(f"{cell:>14}" for cell in cells))
 
 
-def _split_stats(
-    ds: datasets.Dataset, tok, name: str, ratio: float = RATIO, max_len: int | None = None
-) -> dict:
+def _split_stats(ds: datasets.Dataset, tok, name: str, ratio: float, max_len: int) -> dict:
     """Lengths, hashes and counts of one split, in batches (no Python list of the corpus)."""
     src_len, tgt_len, src_hash, pair_hash = [], [], [], []
     if tok is not None:
@@ -1370,8 +1363,10 @@ def _split_stats(
     empty = [int((src_len == 0).sum()), int((tgt_len == 0).sum())]
     pair_hash = np.concatenate(pair_hash)
     both = (src_len > 0) & (tgt_len > 0)
-    # as training counts them (_usable): not the pairs it drops as too long
-    fits = both if max_len is None else both & (src_len <= max_len) & (tgt_len <= max_len)
+    # counted as training counts them (_usable): a pair with an empty side as empty, not as too
+    # long; a pair too long as that, not as uneven
+    long = both & ((src_len > max_len) | (tgt_len > max_len))
+    fits = both & ~long
     longer, shorter = np.maximum(src_len, tgt_len)[fits], np.minimum(src_len, tgt_len)[fits]
 
     def percentiles(x) -> str:  # of the non-empty lines
@@ -1388,8 +1383,7 @@ def _split_stats(
         "dups": int(both.sum()) - len(np.unique(pair_hash[both])),  # empty ones count as empty
         "pct": (percentiles(src_len), percentiles(tgt_len)),
         "ratio": int((longer > ratio * shorter).sum()),
-        "src_len": src_len,
-        "tgt_len": tgt_len,
+        "long": int(long.sum()),
         "src_hash": np.concatenate(src_hash),
         "pair_hash": pair_hash,
         "has_src": src_len > 0,  # empty lines are not counted as overlap

@@ -46,7 +46,7 @@ def mbr_pick(nbest: list[tuple[str, float]], utility, k: int, temperature: float
 
 
 def main():
-    p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint dir, e.g. runs/multi30k/avg10")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--beam", type=int, default=10, help="beam size = n-best size (default 10)")

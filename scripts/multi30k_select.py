@@ -41,7 +41,7 @@ PENALTIES = (0.6, 1.0, 1.4, 1.8, 2.2)
 
 
 def main(argv=None):
-    p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", help="the run to choose from (default runs/multi30k); with "
                    "--ensemble, a new directory for the ensemble's results")  # fmt: skip
     p.add_argument("--data", default=str(DATA))
@@ -84,6 +84,9 @@ def main(argv=None):
         if twice := given_twice([resolve(c) for c in args.ensemble]):
             raise UserError(f"--ensemble: {', '.join(twice)}: the same checkpoint twice")
         loaded = {"ensemble": load_models(args.ensemble)}
+        cfg = loaded["ensemble"][3]  # its members' direction, which load_models makes one
+        if (cfg.src_lang, cfg.tgt_lang) != ("en", "de"):  # val and test are read en->de
+            raise UserError(f"--ensemble: a {cfg.src_lang}->{cfg.tgt_lang} model, not en->de")
     else:
         names, saved = ["best"], step_dirs(run / "checkpoints")
         if not saved:
@@ -102,9 +105,6 @@ def main(argv=None):
             average(saved[-n:], run / f"avg{n}")
             names.append(f"avg{n}")
         loaded = {name: load_model(run / name) for name in names}
-    for name, (_, _, _, cfg) in loaded.items():  # val and test are read en->de
-        if (cfg.src_lang, cfg.tgt_lang) != ("en", "de"):
-            raise UserError(f"{name}: a {cfg.src_lang}->{cfg.tgt_lang} model, not en->de")
     run.mkdir(parents=True, exist_ok=True)  # once they load: a failure leaves no folder
     results = []
     for name, (model, tok, ids, cfg) in loaded.items():

@@ -71,7 +71,7 @@ def choose(nbest: list[list[tuple]], lam: float, alpha: float) -> list[str]:
 
 
 def main(argv=None):
-    p = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--forward", required=True, help="the en->de checkpoint whose n-best is ranked")
     p.add_argument("--reverse", required=True, help="a de->en checkpoint: the channel model")
     p.add_argument("--run", required=True, help="a directory for the results (replaced)")
